@@ -1,0 +1,161 @@
+"""Model configurations. Named configs: ``tiny`` (tests), ``base`` and ``paper`` (see README).
+
+A config is plain data (dataclasses <-> JSON) so that it can be stored in a bundle's
+``config.json`` and shown by ``medvlsam2 info``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass
+class VisionConfig:
+    """3D vision encoder. ``kind``: "vit" (MONAI ViT, M3D-LaMed style) or "dcformer" (Med3DVLM style)."""
+
+    kind: str = "vit"
+    input_size: tuple[int, int, int] = (32, 256, 256)  # (D, H, W) after resampling
+    patch_size: tuple[int, int, int] = (4, 16, 16)
+    hidden_size: int = 768
+    mlp_dim: int = 3072
+    num_layers: int = 12
+    num_heads: int = 12
+    window: str = "abdomen"  # CT window applied before the encoder
+
+
+@dataclass
+class ProjectorConfig:
+    """Maps encoder patch features to ``num_tokens`` visual tokens of the LLM width."""
+
+    kind: str = "mlp"  # "mlp" (pool + 2-layer MLP, M3D) or "mixer" (MLP-Mixer, Med3DVLM)
+    num_tokens: int = 256
+
+
+@dataclass
+class LLMConfig:
+    """Language model: a local Hugging Face folder (``path``) or a config built in code (``builtin``)."""
+
+    path: str | None = None  # local folder with config.json + weights + tokenizer files
+    builtin: dict[str, Any] | None = None  # Qwen2Config kwargs for a randomly initialised LM
+    lora_r: int = 0  # 0 = no LoRA
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_new_tokens: int = 256
+
+
+@dataclass
+class SegmenterConfig:
+    """SAM2 segmenter built from the ``sam2`` package's own configs."""
+
+    sam2_config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    image_size: int = 512
+    window: str = "abdomen"
+    hydra_overrides: tuple[str, ...] = ()  # extra overrides (the tiny config shrinks Hiera with these)
+    checkpoint: str | None = None  # official SAM2.1 / MedSAM2 .pt to initialise from
+    key_slice_stride: int = 0  # 0 = automatic (about 16 probes per volume); see modeling/key_slices.py
+    num_key_slices: int = 1
+    prompt_dim: int = 256  # SAM2 prompt embedding width
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    bridge_hidden: int = 512  # [SEG] hidden state -> Linear-ReLU-Linear -> prompt_dim
+    num_seg_prompt_tokens: int = 1  # sparse prompt tokens made from one [SEG] hidden state
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        def build(klass, values):
+            known = {f.name: f for f in dataclasses.fields(klass)}
+            unknown = set(values) - set(known)
+            if unknown:
+                raise InputError(f"unknown {klass.__name__} field(s) {sorted(unknown)}; check config.json")
+            kwargs = {}
+            for name, value in values.items():
+                sub = {"vision": VisionConfig, "projector": ProjectorConfig, "llm": LLMConfig, "segmenter": SegmenterConfig}
+                if klass is ModelConfig and name in sub:
+                    value = build(sub[name], value)
+                elif isinstance(value, list):
+                    value = tuple(value)
+                kwargs[name] = value
+            return klass(**kwargs)
+
+        return build(cls, data)
+
+
+# Tiny Qwen2-architecture LM: random weights, seconds on CPU.
+_TINY_LLM = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+
+# Hiera-t shrunk to one block per stage and one memory-attention layer: same module types and
+# code paths as SAM2.1, a fraction of the compute.
+_TINY_SAM2_OVERRIDES = (
+    "++model.image_encoder.trunk.stages=[1,1,1,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[]",  # stage-change blocks cannot be global
+    "++model.memory_attention.num_layers=1",
+)
+
+
+def tiny() -> ModelConfig:
+    return ModelConfig(
+        name="tiny",
+        vision=VisionConfig(input_size=(16, 64, 64), patch_size=(4, 16, 16), hidden_size=64, mlp_dim=128,
+                            num_layers=2, num_heads=4),
+        projector=ProjectorConfig(kind="mlp", num_tokens=16),
+        llm=LLMConfig(builtin=dict(_TINY_LLM), lora_r=0, max_new_tokens=48),
+        segmenter=SegmenterConfig(image_size=128, hydra_overrides=_TINY_SAM2_OVERRIDES),
+        bridge_hidden=128,
+    )
+
+
+def base() -> ModelConfig:
+    return ModelConfig(
+        name="base",
+        vision=VisionConfig(input_size=(32, 256, 256), patch_size=(4, 16, 16), hidden_size=384, mlp_dim=1536,
+                            num_layers=6, num_heads=6),
+        projector=ProjectorConfig(kind="mlp", num_tokens=256),
+        llm=LLMConfig(builtin=dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096,
+                                   tie_word_embeddings=True), lora_r=0),
+        segmenter=SegmenterConfig(image_size=512),
+        bridge_hidden=512,
+    )
+
+
+def paper() -> ModelConfig:
+    """Med3DVLM-scale reconstruction: 128x256x256 input, 256 tokens, 7B-class LLM with LoRA r16/a32."""
+    return ModelConfig(
+        name="paper",
+        vision=VisionConfig(kind="dcformer", input_size=(128, 256, 256), patch_size=(4, 16, 16), hidden_size=768,
+                            mlp_dim=3072, num_layers=12, num_heads=12),
+        projector=ProjectorConfig(kind="mixer", num_tokens=256),
+        llm=LLMConfig(path="Qwen2.5-7B-Instruct", lora_r=16, lora_alpha=32),
+        segmenter=SegmenterConfig(sam2_config="configs/sam2.1/sam2.1_hiera_b+.yaml", image_size=1024),
+        bridge_hidden=4096,
+    )
+
+
+NAMED_CONFIGS = {"tiny": tiny, "base": base, "paper": paper}
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return NAMED_CONFIGS[name]()
+    except KeyError:
+        raise InputError(f"unknown config {name!r}; choose one of {sorted(NAMED_CONFIGS)} or pass a bundle folder") from None

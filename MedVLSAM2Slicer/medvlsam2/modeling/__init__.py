@@ -1,0 +1,1 @@
+"""Model components: 3D vision encoder, projector, language model, [SEG] bridge, SAM2 segmenter."""

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates .venv (if absent) and installs the engine with its test extras, fast path for sam2.
+# Usage: scripts/bootstrap.sh [--gpu]   (default: CPU build of torch where the platform has one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+stamp=.venv/.medvlsam2-installed
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/bootstrap.sh ]; then
+  exit 0
+fi
+python -m pip install -q --upgrade pip setuptools wheel
+if ! python -c "import torch" 2>/dev/null; then
+  if [ "${1:-}" = "--gpu" ]; then
+    python -m pip install -q "torch>=2.5.1"
+  else
+    # CPU wheel: small and enough for tests and the demo; use --gpu for a CUDA build.
+    python -m pip install -q "torch==2.13.0" 2>/dev/null || python -m pip install -q "torch>=2.5.1"
+  fi
+fi
+python -m pip install -q "hydra-core>=1.3.2" "iopath>=0.1.10" "tqdm>=4.66" "pillow>=9.4"
+# sam2: no CUDA extension build, no isolated build env (it would reinstall torch), no torchvision.
+python -c "import sam2" 2>/dev/null || SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation --no-deps "sam2>=1.1.0"
+python -m pip install -q -e ".[test]"
+touch "$stamp"
