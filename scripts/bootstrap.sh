@@ -10,7 +10,7 @@ stamp=.venv/.medvlsam2-installed
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/bootstrap.sh ]; then
   exit 0
 fi
-python -m pip install -q --upgrade pip setuptools wheel
+python -m pip install -q setuptools wheel
 if ! python -c "import torch" 2>/dev/null; then
   if [ "${1:-}" = "--gpu" ]; then
     python -m pip install -q "torch>=2.5.1"
