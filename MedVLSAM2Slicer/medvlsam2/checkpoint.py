@@ -1,0 +1,75 @@
+"""Our bundle format and loading from released parts.
+
+A bundle is a folder: ``config.json`` (ModelConfig), ``model.safetensors`` (the whole model, segmenter
+included), the tokenizer files, and optional ``metadata.json``. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .config import ModelConfig, get_config
+from .errors import CheckpointError, InputError
+
+WEIGHTS = "model.safetensors"
+
+
+def save_bundle(model, folder: str | os.PathLike, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save_model
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(model.config.to_json())
+    save_model(model, str(out / WEIGHTS))  # de-duplicates tied weights
+    model.tokenizer.save_pretrained(str(out))
+    if metadata:
+        (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return out
+
+
+def load_bundle(folder: str | os.PathLike, device: str = "cpu"):
+    """Load a bundle strictly; an architecture mismatch raises ``CheckpointError`` naming the keys."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+    from transformers import PreTrainedTokenizerFast
+
+    from .modeling.medvlsam2 import MedVLSAM2
+
+    root = Path(folder)
+    if not (root / "config.json").is_file() or not (root / WEIGHTS).is_file():
+        raise CheckpointError(f"{root} is not a MedVL-SAM2 bundle: it needs config.json and {WEIGHTS}")
+    try:
+        config = ModelConfig.from_dict(json.loads((root / "config.json").read_text()))
+    except (json.JSONDecodeError, TypeError, InputError) as exc:
+        raise CheckpointError(f"{root / 'config.json'} is invalid: {exc}") from None
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root))
+    model = MedVLSAM2.from_config(config, tokenizer)
+    try:
+        load_model(model, str(root / WEIGHTS), strict=True)
+    except (RuntimeError, SafetensorError) as exc:
+        raise CheckpointError(f"{root.name}/{WEIGHTS} does not match its config.json: {str(exc)[:600]}") from None
+    return model.to(device).eval()
+
+
+def load_model(spec: str, device: str = "cpu"):
+    """A named config (random weights: tiny, base, paper) or a bundle folder."""
+    from .modeling.medvlsam2 import MedVLSAM2
+
+    if Path(spec).is_dir():
+        return load_bundle(spec, device)
+    return MedVLSAM2.from_config(get_config(spec)).to(device).eval()
+
+
+def init_from_parts(config: ModelConfig, sam2_checkpoint: str | None = None, llm_folder: str | None = None):
+    """Start training from released parts: an official SAM2.1/MedSAM2 .pt and a local Hugging Face LLM folder."""
+    from .modeling.medvlsam2 import MedVLSAM2
+    from .modeling.segmenter import load_sam2_checkpoint
+
+    if llm_folder:
+        config.llm.path = str(llm_folder)
+    model = MedVLSAM2.from_config(config)
+    if sam2_checkpoint:
+        load_sam2_checkpoint(model.segmenter, sam2_checkpoint)
+    return model

@@ -1,0 +1,132 @@
+"""MedVLSAM2: 3D encoder + projector + LLM with [SEG] + bridge + SAM2 volume segmenter, one nn.Module."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import InputError
+from ..utils.cancel import CancelToken, check
+from .bridge import SegBridge
+from .language import build_language_model, load_llm_tokenizer
+from .projector import Projector
+from .prompting import IMAGE_TOKEN, SEG_ANSWER, SEG_TOKEN, build_inputs, segment_question
+from .segmenter import build_segmenter
+from .tokenizer import build_tokenizer
+from .vision_encoder import build_vision_encoder
+
+
+@dataclass
+class VLMOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    seg_hidden: torch.Tensor  # [N, C] last-layer hidden states at [SEG] positions
+    seg_batch_index: torch.Tensor  # [N] batch row of each [SEG]
+
+
+class MedVLSAM2(nn.Module):
+    def __init__(self, config: ModelConfig, tokenizer) -> None:
+        super().__init__()
+        self.config, self.tokenizer = config, tokenizer
+        self.vision_encoder = build_vision_encoder(config.vision)
+        self.llm = build_language_model(config.llm, tokenizer)
+        width = self.llm.get_input_embeddings().embedding_dim
+        self.projector = Projector(config.projector, config.vision.hidden_size, width)
+        self.bridge = SegBridge(width, config.bridge_hidden, config.num_seg_prompt_tokens, config.segmenter.prompt_dim)
+        self.segmenter = build_segmenter(config.segmenter)
+        self.seg_token_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, tokenizer=None) -> "MedVLSAM2":
+        """Random weights (the LLM's own weights when ``config.llm.path`` names a local folder)."""
+        if tokenizer is None:
+            tokenizer = load_llm_tokenizer(config.llm.path) if config.llm.path else build_tokenizer()
+        return cls(config, tokenizer)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.config.projector.num_tokens
+
+    def encode_volume(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 1, D, H, W] in [0, 1] -> visual tokens [B, T, C]."""
+        expected = (1, *self.config.vision.input_size)
+        if images.dim() != 5 or tuple(images.shape[1:]) != expected:
+            raise InputError(f"encoder input must be [B, {', '.join(map(str, expected))}], got {tuple(images.shape)}")
+        return self.projector(self.vision_encoder(images))
+
+    def _embed(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.image_token_id
+        if int(slots.sum()) != visual.shape[0] * visual.shape[1]:
+            raise InputError(f"each sequence needs exactly {visual.shape[1]} image placeholder tokens")
+        embeds = embeds.clone()
+        embeds[slots] = visual.reshape(-1, visual.shape[-1]).to(embeds.dtype)
+        return embeds
+
+    def forward(self, images: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, visual_tokens: torch.Tensor | None = None) -> VLMOutput:
+        visual = visual_tokens if visual_tokens is not None else self.encode_volume(images)
+        out = self.llm(inputs_embeds=self._embed(input_ids, visual), attention_mask=attention_mask, labels=labels,
+                       output_hidden_states=True)
+        seg = input_ids == self.seg_token_id
+        return VLMOutput(out.loss, out.logits, out.hidden_states[-1][seg], seg.nonzero()[:, 0])
+
+    def seg_prompt_tokens(self, seg_hidden: torch.Tensor) -> torch.Tensor:
+        return self.bridge(seg_hidden)
+
+    @torch.inference_mode()
+    def _greedy(self, visual: torch.Tensor, question: str, cancel: CancelToken | None,
+                max_new_tokens: int | None) -> Iterator[int]:
+        ids, _ = build_inputs(self.tokenizer, visual.shape[1], question)
+        out = self.llm(inputs_embeds=self._embed(ids[None].to(visual.device), visual), use_cache=True)
+        for _ in range(max_new_tokens or self.config.llm.max_new_tokens):
+            check(cancel)
+            next_id = int(out.logits[0, -1].argmax())
+            if next_id == self.tokenizer.eos_token_id:
+                return
+            yield next_id
+            out = self.llm(input_ids=torch.tensor([[next_id]], device=visual.device),
+                           past_key_values=out.past_key_values, use_cache=True)
+
+    def stream_text(self, visual_tokens: torch.Tensor, question: str, cancel: CancelToken | None = None,
+                    max_new_tokens: int | None = None) -> Iterator[str]:
+        """Greedy answer, yielded piece by piece; ``cancel`` is checked between tokens."""
+        if not question.strip():
+            raise InputError("the question is empty; type a question about the volume")
+        previous = ""
+        generated: list[int] = []
+        for token_id in self._greedy(visual_tokens, question, cancel, max_new_tokens):
+            generated.append(token_id)
+            text = self.tokenizer.decode(generated, skip_special_tokens=False)
+            if len(text) > len(previous):
+                yield text[len(previous):]
+                previous = text
+
+    @torch.inference_mode()
+    def text_to_seg_prompts(self, visual_tokens: torch.Tensor, prompt: str,
+                            cancel: CancelToken | None = None) -> list[tuple[str, torch.Tensor]]:
+        """One (name, prompt tokens [1, n, 256]) per [SEG] in the answer to "Segment the <prompt>.".
+
+        If the model answers without a [SEG], the fixed answer ``SEG_ANSWER`` is used instead, so a text
+        prompt always yields an object; its [SEG] state is then read by one teacher-forced pass.
+        """
+        if not prompt.strip():
+            raise InputError("the text prompt is empty; type what to segment, e.g. 'liver'")
+        question = segment_question(prompt)
+        answer_ids = list(self._greedy(visual_tokens, question, cancel, None))
+        if self.seg_token_id not in answer_ids:
+            answer_ids = self.tokenizer.encode(SEG_ANSWER, add_special_tokens=False)
+        ids, _ = build_inputs(self.tokenizer, visual_tokens.shape[1], question)
+        full = torch.cat([ids, torch.tensor(answer_ids)])[None].to(visual_tokens.device)
+        out = self.forward(None, full, visual_tokens=visual_tokens)
+        tokens = self.seg_prompt_tokens(out.seg_hidden)
+        answer = self.tokenizer.decode(answer_ids, skip_special_tokens=False)
+        phrases = [re.sub(r"^(it is|and|,)\s*", "", p.strip(" ,.").lower()) for p in answer.split(SEG_TOKEN)[:-1]]
+        names = [p if p and len(tokens) > 1 else prompt.strip() for p in phrases]
+        return [(name, tokens[i:i + 1]) for i, name in enumerate(names)]

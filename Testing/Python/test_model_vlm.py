@@ -1,0 +1,117 @@
+"""MedVLSAM2 (tiny): forward pass, [SEG] path into SAM2, streaming + cancel, LoRA, bundles."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from medvlsam2.checkpoint import load_bundle, load_model, save_bundle
+from medvlsam2.config import LLMConfig, VisionConfig, tiny
+from medvlsam2.errors import Cancelled, CheckpointError, InputError
+from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+from medvlsam2.modeling.prompting import SEG_ANSWER, build_inputs, segment_question
+from medvlsam2.modeling.vision_encoder import build_vision_encoder
+from medvlsam2.utils.cancel import CancelToken
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MedVLSAM2.from_config(tiny()).eval()
+
+
+def batch(model, n=2):
+    ids, labels = build_inputs(model.tokenizer, model.num_image_tokens, segment_question("liver"), SEG_ANSWER)
+    torch.manual_seed(1)
+    return torch.rand(n, 1, 16, 64, 64), ids.repeat(n, 1), labels.repeat(n, 1)
+
+
+def test_forward_gives_logits_loss_and_seg_states(model):
+    images, ids, labels = batch(model)
+    out = model(images, ids, labels=labels)
+    assert out.logits.shape == (2, ids.shape[1], len(model.tokenizer))
+    assert torch.isfinite(out.loss)
+    assert out.seg_hidden.shape == (2, model.llm.config.hidden_size) and out.seg_batch_index.tolist() == [0, 1]
+    model.zero_grad()
+    (out.loss + model.seg_prompt_tokens(out.seg_hidden).square().mean()).backward()
+    for part in (model.projector, model.bridge, model.vision_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    model.zero_grad()
+
+
+@pytest.mark.parametrize("kind", ["vit", "dcformer"])
+def test_encoders_give_tokens(kind):
+    cfg = dataclasses.replace(tiny().vision, kind=kind)
+    tokens = build_vision_encoder(cfg)(torch.rand(1, 1, *cfg.input_size))
+    assert tokens.dim() == 3 and tokens.shape[0] == 1 and tokens.shape[2] == cfg.hidden_size
+    with pytest.raises(InputError, match="divisible"):
+        build_vision_encoder(VisionConfig(input_size=(15, 64, 64), patch_size=(4, 16, 16)))
+
+
+def test_seg_hidden_state_drives_the_sam2_mask_decoder(model):
+    """Disconnect the bridge (zero its output layer) and the decoded mask must change."""
+    volume_tokens = model.encode_volume(torch.rand(1, 1, 16, 64, 64))
+    (_, tokens), = model.text_to_seg_prompts(volume_tokens, "liver")
+    assert tokens.shape == (1, 1, 256)
+    seg = model.segmenter
+    frames = torch.randn(4, 3, seg.image_size, seg.image_size)
+
+    def decode(prompt_tokens):
+        """Mask logits and the decoder's object score (random weights may gate the mask to 'no object')."""
+        seg.clear_feature_cache()
+        state = seg.init_volume_state(frames, (32, 32))
+        mask = seg.add_prompt_tokens(state, 1, 1, prompt_tokens)[2]
+        return mask, seg.object_score(state, 1)
+
+    mask, score = decode(tokens)
+    mask_again, score_again = decode(tokens)
+    assert torch.equal(mask, mask_again) and score == score_again
+    _, score_disconnected = decode(torch.zeros_like(tokens))
+    assert abs(score - score_disconnected) > 1e-4
+
+
+def test_streaming_is_incremental_and_cancellable(model):
+    visual = model.encode_volume(torch.rand(1, 1, 16, 64, 64))
+    pieces = list(model.stream_text(visual, "what is this?", max_new_tokens=6))
+    assert 1 <= len(pieces) <= 6 and all(isinstance(p, str) and p for p in pieces)
+    token = CancelToken()
+    stream = model.stream_text(visual, "what is this?", cancel=token, max_new_tokens=20)
+    next(stream)
+    token.cancel()
+    with pytest.raises(Cancelled):
+        next(stream)
+    with pytest.raises(InputError, match="empty"):
+        list(model.stream_text(visual, "  "))
+
+
+def test_lora_freezes_the_base_llm():
+    cfg = tiny()
+    cfg.llm = dataclasses.replace(cfg.llm, lora_r=4)
+    lora_model = MedVLSAM2.from_config(cfg)
+    trainable = {n for n, p in lora_model.llm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_missing_llm_folder_is_a_clear_error(tmp_path):
+    cfg = tiny()
+    cfg.llm = LLMConfig(path=str(tmp_path / "no-such-llm"))
+    with pytest.raises(InputError, match="config.json"):
+        MedVLSAM2.from_config(cfg)
+
+
+def test_bundle_round_trip_and_wrong_architecture(model, tmp_path):
+    images, ids, _ = batch(model, n=1)
+    folder = save_bundle(model, tmp_path / "bundle", metadata={"trained_on": "nothing (random)"})
+    again = load_model(str(folder))
+    with torch.no_grad():
+        assert torch.equal(model(images, ids).logits, again(images, ids).logits)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+
+    config = json.loads((folder / "config.json").read_text())
+    config["bridge_hidden"] = 64  # weights no longer fit the declared architecture
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_bundle(folder)
+    with pytest.raises(CheckpointError, match="not a MedVL-SAM2 bundle"):
+        load_bundle(tmp_path)
