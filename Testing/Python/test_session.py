@@ -1,0 +1,98 @@
+"""Session (tiny model, CPU): bounded click updates, both-way propagation, cancel, undo, cache reuse, text, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from medvlsam2.config import tiny
+from medvlsam2.errors import Cancelled, InputError, UnknownObjectError
+from medvlsam2.io.volume import Volume
+from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+from medvlsam2.session import Session
+from medvlsam2.utils.cancel import CancelToken
+
+K, H, W = 10, 40, 48
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MedVLSAM2.from_config(tiny()).eval()
+
+
+@pytest.fixture
+def session(model):
+    k, j, i = np.mgrid[:K, :H, :W]
+    inside = ((k - 5) / 4.5) ** 2 + ((j - 20) / 10) ** 2 + ((i - 24) / 12) ** 2 < 1
+    return Session(model, Volume(np.where(inside, 150, -900).astype(np.int16), (0.8, 0.8, 2.0)))
+
+
+def test_click_changes_only_its_slice_and_bbox_covers_every_change(session):
+    obj = session.add_object("liver")
+    before = session.mask(obj)
+    result = session.add_points(obj, [[24, 20, 5]], [1])
+    after = session.mask(obj)
+    changed = np.argwhere(before != after)
+    assert set(changed[:, 0]) <= {5}
+    if result.bbox is not None:
+        k0, k1, j0, j1, i0, i1 = result.bbox
+        assert (changed >= [k0, j0, i0]).all() and (changed < [k1, j1, i1]).all()
+        assert np.array_equal(result.patch, after[k0:k1, j0:j1, i0:i1])
+    else:
+        assert changed.size == 0
+
+
+def test_propagation_covers_both_sides_and_refinement_reuses_features(session):
+    obj = session.add_object()
+    session.add_points(obj, [[24, 20, 5]], [1])
+    seen = []
+    result = session.propagate(obj, progress=lambda done, total: seen.append((done, total)))
+    assert min(result.scores) < 5 < max(result.scores) and seen[-1] == (K, K)
+    calls = session.predictor.encoder_calls
+    session.add_points(obj, [[3, 3, 2]], [-1])
+    session.propagate(obj)
+    assert session.predictor.encoder_calls == calls  # no image-encoder call for slices already seen
+
+
+def test_cancel_keeps_previous_mask_and_undo_restores_exactly(session):
+    obj = session.add_object()
+    session.add_points(obj, [[24, 20, 5]], [1])
+    first = session.mask(obj)
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        session.propagate(obj, cancel=token, progress=lambda done, total: token.cancel())
+    assert np.array_equal(session.mask(obj), first)
+    session.add_points(obj, [[10, 10, 5]], [-1])
+    session.undo(obj)
+    assert np.array_equal(session.mask(obj), first)
+    session.reset(obj)
+    assert not session.mask(obj).any()
+
+
+def test_text_prompt_creates_named_objects_and_answers_stream(session):
+    results = session.segment_text("liver")
+    assert [r.name for r in results] == ["liver"] and session.objects()[results[0].object_id] == "liver"
+    pieces = list(session.ask("what is this?", context={"object": results[0].object_id}))
+    assert pieces and all(isinstance(p, str) for p in pieces)
+    assert list(session.report())
+
+
+def test_invalid_prompts_raise_clear_errors(session):
+    obj = session.add_object()
+    with pytest.raises(InputError, match="outside the volume"):
+        session.add_points(obj, [[W, 0, 0]], [1])
+    with pytest.raises(InputError, match="finite"):
+        session.add_points(obj, [[float("nan"), 0, 0]], [1])
+    with pytest.raises(InputError, match="at least one point"):
+        session.add_points(obj, [], [])
+    with pytest.raises(InputError, match="empty"):
+        session.add_box(obj, (10, 10, 10, 20), k=3)  # zero width
+    with pytest.raises(InputError, match="empty"):
+        session.add_box(obj, (5, 12, 2, 30, 12, 6))  # zero height, 3D
+    with pytest.raises(UnknownObjectError, match="unknown object 99"):
+        session.add_points(99, [[1, 1, 1]], [1])
+    with pytest.raises(InputError, match="empty"):
+        session.segment_text("   ")
+    with pytest.raises(InputError, match="no prompt"):
+        session.propagate(obj)
+    assert session.add_box(obj, (12, 10, 36, 30), k=5).object_id == obj
