@@ -186,7 +186,7 @@ class Session:
                     self.predictor.add_prompt_tokens(o.state, p.k, 1, o.tokens)
                 else:
                     self.predictor.add_new_points_or_box(o.state, p.k, 1, points=p.points, labels=p.labels, box=p.box,
-                                                         clear_old_points=False)
+                                                         clear_old_points=p.box is not None)
 
     # ----- language ---------------------------------------------------------------------------
     def visual_tokens(self) -> torch.Tensor:

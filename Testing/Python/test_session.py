@@ -96,3 +96,15 @@ def test_invalid_prompts_raise_clear_errors(session):
     with pytest.raises(InputError, match="no prompt"):
         session.propagate(obj)
     assert session.add_box(obj, (12, 10, 36, 30), k=5).object_id == obj
+
+
+def test_undo_after_box_then_click_replays_prompts(session):
+    obj = session.add_object()
+    session.add_box(obj, (12, 10, 36, 30), k=5)
+    boxed = session.mask(obj)
+    session.add_points(obj, [[24, 20, 5]], [1])
+    session.add_points(obj, [[13, 11, 5]], [-1])
+    session.undo(obj)  # replays box then the first click on a fresh SAM2 state
+    session.undo(obj)
+    assert np.array_equal(session.mask(obj), boxed)
+    session.add_points(obj, [[24, 20, 5]], [1])  # the rebuilt state accepts further clicks
