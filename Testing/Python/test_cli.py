@@ -21,3 +21,24 @@ def test_errors_are_one_line_messages(capsys):
 def test_package_import_is_light():
     code = "import sys, medvlsam2, medvlsam2.errors, medvlsam2.utils.cancel; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_segment_writes_a_mask_with_the_input_geometry(tmp_path, capsys):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medvlsam2.io.volume import Volume
+
+    direction = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]])
+    ct = Volume(np.full((6, 32, 40), -50, np.int16), (0.7, 0.9, 2.5), (5.0, 6.0, 7.0), direction)
+    sitk.WriteImage(ct.to_sitk(), str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "mask.seg.nrrd"
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "--point", "20,16,3,+", "-o", str(out)]) == 0
+    mask = sitk.ReadImage(str(out))
+    assert mask.GetSize() == (40, 32, 6)
+    np.testing.assert_allclose(mask.GetDirection(), direction.ravel(), atol=1e-6)
+    np.testing.assert_allclose(mask.GetSpacing(), ct.spacing, atol=1e-6)
+    np.testing.assert_allclose(mask.GetOrigin(), ct.origin, atol=1e-6)
+    assert "RANDOM weights" in capsys.readouterr().out
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "--point", "1,2", "-o", str(out)]) == 1
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(out)]) == 1

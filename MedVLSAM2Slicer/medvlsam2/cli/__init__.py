@@ -11,7 +11,7 @@ import sys
 from ..errors import MedVLSAM2Error
 
 # Module names under medvlsam2.cli, in the order shown by --help.
-COMMAND_MODULES = ("info", "segment", "ask", "demo", "weights", "serve", "train", "evaluate")
+COMMAND_MODULES = ("info", "segment", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,69 @@
+"""``medvlsam2 segment IMAGE (--prompt TEXT | --point i,j,k[,+|-] ... | --box ...) -o MASK``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+
+
+def parse_point(text: str) -> tuple[list[float], int]:
+    parts = text.split(",")
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in "+-"):
+        raise InputError(f"--point takes i,j,k or i,j,k,+ or i,j,k,- (got {text!r})")
+    try:
+        ijk = [float(v) for v in parts[:3]]
+    except ValueError:
+        raise InputError(f"--point coordinates must be numbers (got {text!r})") from None
+    return ijk, -1 if len(parts) == 4 and parts[3] == "-" else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment a CT by text, clicks or a box; writes a mask with the CT's geometry")
+    p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("-o", "--output", required=True, help="mask file (.nii.gz, .nrrd, .seg.nrrd)")
+    p.add_argument("--prompt", help="what to segment, e.g. 'liver'")
+    p.add_argument("--point", action="append", default=[], help="voxel click i,j,k[,+|-] (repeatable)")
+    p.add_argument("--box", help="i0,j0,k0,i1,j1,k1 voxel box")
+    p.add_argument("--model", default="tiny", help="named config or bundle folder (default: tiny, random weights)")
+    p.add_argument("--no-propagate", action="store_true", help="only the prompted slices")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..checkpoint import load_model
+    from ..io.volume import read_volume, write_mask
+    from ..session import Session
+
+    if sum(bool(x) for x in (args.prompt, args.point, args.box)) != 1:
+        raise InputError("give exactly one kind of prompt: --prompt, --point (repeatable) or --box")
+    volume = read_volume(args.image)
+    if args.model in ("tiny", "base", "paper"):
+        print(f"note: the '{args.model}' config has RANDOM weights; masks are not meaningful without a trained bundle")
+    session = Session(load_model(args.model), volume)
+    with tqdm(total=volume.shape[0], desc="propagating", unit="slice") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        if args.prompt:
+            results = session.segment_text(args.prompt, progress=progress)
+            labels = {i + 1: r.name for i, r in enumerate(results)}
+            mask = np.zeros(volume.shape, np.uint8)
+            for value, r in enumerate(results, start=1):
+                mask[session.mask(r.object_id) > 0] = value
+        else:
+            obj = session.add_object("Segment_1")
+            if args.point:
+                clicks = [parse_point(t) for t in args.point]
+                session.add_points(obj, [c[0] for c in clicks], [c[1] for c in clicks])
+            else:
+                session.add_box(obj, [float(v) for v in args.box.split(",")])
+            if not args.no_propagate:
+                session.propagate(obj, progress=progress)
+            mask, labels = session.mask(obj), {1: "Segment_1"}
+    path = write_mask(mask, volume, args.output, labels)
+    print(f"wrote {path} ({int((mask > 0).sum())} voxels)")
+    return 0
