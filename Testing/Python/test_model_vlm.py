@@ -115,3 +115,16 @@ def test_bundle_round_trip_and_wrong_architecture(model, tmp_path):
         load_bundle(folder)
     with pytest.raises(CheckpointError, match="not a MedVL-SAM2 bundle"):
         load_bundle(tmp_path)
+
+
+def test_local_hugging_face_llm_folder_is_loaded(model, tmp_path):
+    """A local HF folder (config.json + weights + tokenizer) becomes the model's LLM, weights intact."""
+    folder = tmp_path / "my-llm"
+    model.llm.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    cfg = tiny()
+    cfg.llm = LLMConfig(path=str(folder))
+    loaded = MedVLSAM2.from_config(cfg)
+    assert loaded.seg_token_id == model.seg_token_id
+    for name, value in model.llm.state_dict().items():
+        assert torch.equal(loaded.llm.state_dict()[name], value), name
