@@ -31,6 +31,3 @@ class Cancelled(MedVLSAM2Error):
 
     code = "cancelled"
 
-
-class DeviceOutOfMemory(MedVLSAM2Error):
-    code = "out_of_memory"

@@ -35,11 +35,9 @@ def ensure_head_ct(dest: Path = DATA_DIR / "head_ct.nii.gz") -> Path:
         meta = plistlib.loads((folder / "main.plist").read_bytes())
         shape = tuple(meta["matrix"]["shape"])  # (z, y, x)
         array = np.fromfile(folder / meta["matrix"]["filename"], dtype=meta["matrix"]["dtype"]).reshape(shape)
-        sx, sy, sz = meta["spacing"]
-        Volume(array, (sx, sy, sz)).to_sitk()  # validates
         import SimpleITK as sitk
 
-        sitk.WriteImage(Volume(array, (sx, sy, sz)).to_sitk(), str(dest), useCompression=True)
+        sitk.WriteImage(Volume(array, tuple(meta["spacing"])).to_sitk(), str(dest), useCompression=True)
     return dest
 
 

@@ -1,0 +1,78 @@
+"""Interactive segmentation timing on a real CT (prints numbers and writes JSON; not a test).
+
+    python Testing/Benchmarks/interactive.py [--image CT.nii.gz] [--image-size 512] [--bf16] [--out result.json]
+
+Without --image it uses the Debian invesalius head CT (fetched with apt-get on first use).
+The segmenter is SAM2.1 hiera-t (random weights: timing and memory only, not quality).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import time
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    from headct import ensure_head_ct
+    from medvlsam2.config import SegmenterConfig, tiny
+    from medvlsam2.io.volume import read_volume
+    from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+    from medvlsam2.session import Session
+
+    volume = read_volume(args.image or ensure_head_ct())
+    config = tiny()
+    config.segmenter = SegmenterConfig(image_size=args.image_size, window="brain" if not args.image else "abdomen")
+    torch.manual_seed(0)
+    model = MedVLSAM2.from_config(config).eval()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    k_mid, rows, cols = volume.shape[0] // 2, volume.shape[1], volume.shape[2]
+    timings = {}
+    with autocast:
+        t = time.perf_counter()
+        session = Session(model, volume)
+        obj = session.add_object("target")
+        timings["open_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        session.add_points(obj, [[cols // 2, rows // 2, k_mid]], [1])
+        timings["first_click_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        session.propagate(obj)
+        timings["propagate_s"] = time.perf_counter() - t
+        calls = session.predictor.encoder_calls
+        t = time.perf_counter()
+        session.add_points(obj, [[cols // 4, rows // 4, k_mid + 5]], [-1])
+        timings["refine_click_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        session.propagate(obj)
+        timings["repropagate_s"] = time.perf_counter() - t
+        new_encoder_calls = session.predictor.encoder_calls - calls
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "volume_shape": list(volume.shape), "image_size": args.image_size, "dtype": "bf16" if args.bf16 else "fp32",
+        **{k: round(v, 3) for k, v in timings.items()},
+        "per_slice_propagate_s": round(timings["propagate_s"] / volume.shape[0], 3),
+        "repropagate_over_propagate": round(timings["repropagate_s"] / timings["propagate_s"], 3),
+        "encoder_calls_during_repropagation": new_encoder_calls,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
