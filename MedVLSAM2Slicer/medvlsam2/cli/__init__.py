@@ -10,8 +10,8 @@ import sys
 
 from ..errors import MedVLSAM2Error
 
-# Module names under medvlsam2.cli, in the order shown by --help.
-COMMAND_MODULES = ("info", "segment", "weights")
+# Module names under medvlsam2.cli, in the order shown by --help (absent ones are skipped).
+COMMAND_MODULES = ("info", "segment", "ask", "report", "batch", "demo", "serve", "train", "evaluate", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
