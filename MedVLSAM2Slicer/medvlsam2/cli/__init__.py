@@ -11,7 +11,7 @@ import sys
 from ..errors import MedVLSAM2Error
 
 # Module names under medvlsam2.cli, in the order shown by --help (absent ones are skipped).
-COMMAND_MODULES = ("info", "segment", "ask", "report", "batch", "demo", "serve", "train", "evaluate", "weights")
+COMMAND_MODULES = ("info", "segment", "ask", "report", "batch", "demo", "serve", "synth", "train", "evaluate", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:

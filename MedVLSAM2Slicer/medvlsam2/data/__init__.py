@@ -1,0 +1,1 @@
+"""Datasets: synthetic abdominal CT phantoms and readers for public 3D CT layouts (torch-free records)."""

@@ -1,0 +1,68 @@
+"""The one record every dataset reader and the synthetic generator produce (numpy only, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..io.volume import Volume
+
+CHOICE_LETTERS = "ABCD"
+
+
+@dataclass
+class ClosedQA:
+    """Multiple choice question; ``answer`` is the letter of the right entry of ``choices``."""
+
+    question: str
+    choices: list[str]
+    answer: str
+
+    def prompt(self) -> str:
+        """The question with lettered choices, as the model sees it (M3D-VQA closed style)."""
+        options = " ".join(f"{CHOICE_LETTERS[i]}. {c}" for i, c in enumerate(self.choices))
+        return f"{self.question} Choices: {options}"
+
+    def target(self) -> str:
+        """The answer text a model is trained to emit, e.g. "B. left"; scored by its "B." prefix."""
+        return f"{self.answer}. {self.choices[CHOICE_LETTERS.index(self.answer)]}"
+
+
+@dataclass
+class OpenQA:
+    question: str
+    answer: str
+
+
+@dataclass
+class Referring:
+    """A referring expression ("the lesion in the liver") and the label value it denotes."""
+
+    expression: str
+    label: int
+
+
+@dataclass
+class CTCase:
+    """One CT with whatever annotations its dataset has.
+
+    ``volume.array`` holds Hounsfield units ``[k, j, i]``; ``labels`` (uint8, same shape) is a label map
+    whose values are named by ``label_names`` (0 = background is never listed).
+    """
+
+    case_id: str
+    volume: Volume
+    labels: np.ndarray | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    report: str | None = None
+    vqa_closed: list[ClosedQA] = field(default_factory=list)
+    vqa_open: list[OpenQA] = field(default_factory=list)
+    referring: list[Referring] = field(default_factory=list)
+
+    def mask(self, name: str) -> np.ndarray:
+        """Binary uint8 mask of the structure called ``name`` (empty if absent from this case)."""
+        values = [v for v, n in self.label_names.items() if n == name]
+        if self.labels is None:
+            raise KeyError(f"case {self.case_id} has no label map")
+        return np.isin(self.labels, values).astype(np.uint8)
