@@ -1,0 +1,180 @@
+"""CTCase -> training tensors, and the per-step sampling plan.
+
+Every case is converted once (``prepare_case``) with the same code inference uses: the encoder input
+via ``io.encoder_input``, SAM2 frames via ``io.slices``, chat tokens via ``modeling.prompting``. The data
+order is a pure function of (seed, step) (``plan_step``), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..data.case import CTCase
+from ..errors import InputError
+from ..io.encoder_input import to_encoder_tensor
+from ..io.slices import volume_to_frames
+from ..modeling.prompting import IGNORE, REPORT_QUESTION, SEG_ANSWER, build_inputs, segment_question
+
+
+@dataclass
+class Target:
+    """A segmentation target: the phrase after "Segment the", and the label values it covers."""
+
+    phrase: str
+    values: tuple[int, ...]
+
+
+@dataclass
+class CaseTensors:
+    encoder: torch.Tensor  # [1, D, H, W] in [0, 1]
+    frames: torch.Tensor  # [K, 3, S, S] float16, SAM2-normalised
+    labels: torch.Tensor  # [K, S, S] uint8 label map at the SAM2 frame size (nearest)
+    texts: list[tuple[str, str]]  # (question, answer): report, closed and open VQA
+    present: list[Target] = field(default_factory=list)
+    absent: list[Target] = field(default_factory=list)
+
+    def mask(self, target: Target, slices: Sequence[int]) -> torch.Tensor:
+        """Binary float mask [len(slices), S, S] of ``target`` on ``slices``."""
+        lab = self.labels[list(slices)]
+        values = torch.tensor(target.values, dtype=lab.dtype)
+        return torch.isin(lab, values).float()
+
+
+def case_targets(case: CTCase, structure_labels: dict[str, Iterable[int]]) -> tuple[list[Target], list[Target]]:
+    """Semantic targets (``structure_labels``) and referring expressions, split into present / absent."""
+    present_values = set(np.unique(case.labels).tolist()) - {0} if case.labels is not None else set()
+    present, absent = [], []
+    for name, values in structure_labels.items():
+        t = Target(name, tuple(int(v) for v in values))
+        (present if present_values & set(t.values) else absent).append(t)
+    for ref in case.referring:
+        phrase = ref.expression.strip().rstrip(".")
+        phrase = phrase[4:] if phrase.lower().startswith("the ") else phrase  # "Segment the" adds it back
+        t = Target(phrase, (int(ref.label),))
+        (present if ref.label in present_values else absent).append(t)
+    return present, absent
+
+
+def case_texts(case: CTCase) -> list[tuple[str, str]]:
+    texts = [(REPORT_QUESTION, case.report)] if case.report else []
+    texts += [(qa.prompt(), qa.target()) for qa in case.vqa_closed]
+    texts += [(qa.question, qa.answer) for qa in case.vqa_open]
+    return texts
+
+
+def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, Iterable[int]]) -> CaseTensors:
+    """Convert one case with the inference pre-processing (encoder grid, SAM2 frames)."""
+    if case.labels is None:
+        raise InputError(f"case {case.case_id} has no label map; stage-2 training needs segmentation labels")
+    encoder, _ = to_encoder_tensor(case.volume, config.vision.input_size, config.vision.window)
+    frames, _ = volume_to_frames(case.volume, config.segmenter.image_size, config.segmenter.window)
+    size = config.segmenter.image_size
+    labels = F.interpolate(torch.from_numpy(case.labels.astype(np.uint8))[:, None].float(), size=(size, size),
+                           mode="nearest")[:, 0].to(torch.uint8)
+    present, absent = case_targets(case, structure_labels)
+    return CaseTensors(encoder[0], frames.half(), labels, case_texts(case), present, absent)
+
+
+def generate_pool(generate: Callable[[int], CTCase], seeds: Sequence[int], workers: int = 0) -> list[CTCase]:
+    """Generate phantoms (in ``workers`` processes when > 1; the generator is deterministic per seed)."""
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(generate, seeds, chunksize=4))
+    return [generate(s) for s in seeds]
+
+
+# ----- chat rows ------------------------------------------------------------------------------
+def text_rows(tokenizer, num_image_tokens: int, pairs: Sequence[tuple[str, str]]
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, labels (answer only) and attention mask for (question, answer) pairs."""
+    built = [build_inputs(tokenizer, num_image_tokens, q, a) for q, a in pairs]
+    length = max(len(ids) for ids, _ in built)
+    ids = torch.full((len(built), length), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(built), length), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(built), length), dtype=torch.long)
+    for row, (i, lab) in enumerate(built):
+        ids[row, :len(i)], labels[row, :len(i)], attn[row, :len(i)] = i, lab, 1
+    return ids, labels, attn
+
+
+# ----- the per-step plan ----------------------------------------------------------------------
+@dataclass
+class Clip:
+    case: int
+    target: Target
+    slices: list[int]  # consecutive slices, first = prompted slice (either direction)
+
+
+@dataclass
+class StepPlan:
+    text: list[tuple[int, str, str]]  # (case, question, answer)
+    seg: list[Clip]  # text-prompted clips; row i of the chat batch asks for seg[i].target
+    probes: list[tuple[int, Target, list[int]]]  # (case, target, slices) decoded without memory
+    interactive: list[Clip]
+    interactive_kind: str  # "box" or "points" (one kind per step so the prompts batch together)
+
+
+def _clip(rng: np.random.Generator, case: CaseTensors, index: int, target: Target, length: int) -> Clip:
+    k = case.labels.shape[0]
+    z = torch.isin(case.labels, torch.tensor(target.values, dtype=case.labels.dtype)).flatten(1).any(1)
+    present = torch.nonzero(z).flatten().tolist() or list(range(k))  # absent target: start anywhere
+    length = min(length, k)
+    start = int(rng.choice(present))
+    step = 1 if rng.random() < 0.5 else -1
+    if not 0 <= start + step * (length - 1) < k:
+        step = -step
+    if not 0 <= start + step * (length - 1) < k:  # neither direction fits: keep the start inside the volume
+        start = min(max(start, length - 1), k - 1) if step < 0 else min(start, k - length)
+    return Clip(index, target, [start + step * t for t in range(length)])
+
+
+def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, text_cases: int, seg_clips: int,
+              interactive_clips: int, clip_len: int, probes: int, absent_rate: float = 0.1) -> StepPlan:
+    """Everything random about one step, drawn from a generator seeded by (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    text = []
+    for c in rng.choice(len(pool), size=min(text_cases, len(pool)), replace=False):
+        pairs = pool[c].texts
+        if pairs:
+            q, a = pairs[int(rng.integers(len(pairs)))]
+            text.append((int(c), q, a))
+    if stage == 1:
+        return StepPlan(text, [], [], [], "box")
+    seg, probe_list, inter = [], [], []
+    for _ in range(seg_clips):
+        c = int(rng.integers(len(pool)))
+        case = pool[c]
+        # now and then ask for a structure the case lacks: the object score must stay negative
+        use_absent = case.absent and (not case.present or rng.random() < absent_rate)
+        choices = case.absent if use_absent else case.present
+        if not choices:
+            continue
+        target = choices[int(rng.integers(len(choices)))]
+        seg.append(_clip(rng, case, c, target, clip_len))
+        k = case.labels.shape[0]
+        # probes: half on slices holding the target, half anywhere (mostly absent), same [SEG] tokens
+        inside = seg[-1].slices
+        picks = [int(rng.choice(inside)) for _ in range(probes // 2)]
+        picks += [int(v) for v in rng.integers(0, k, size=probes - len(picks))]
+        probe_list.append((c, target, picks))
+    for _ in range(interactive_clips):
+        c = int(rng.integers(len(pool)))
+        case = pool[c]
+        if case.present:
+            target = case.present[int(rng.integers(len(case.present)))]
+            inter.append(_clip(rng, case, c, target, clip_len))
+    kind = "box" if rng.random() < 0.5 else "points"
+    return StepPlan(text, seg, probe_list, inter, kind)
+
+
+def seg_pairs(plan: StepPlan) -> list[tuple[int, str, str]]:
+    """Chat rows for the text-prompted clips: "Segment the X." -> "It is [SEG]."."""
+    return [(clip.case, segment_question(clip.target.phrase), SEG_ANSWER) for clip in plan.seg]

@@ -1,0 +1,99 @@
+"""Training configuration: one dataclass, read from a YAML or JSON file (unknown keys are errors)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+STAGES = (1, 2)
+MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter")
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on which synthetic cases, for how long, and where to write checkpoints.
+
+    Paths are relative to the working directory. ``train_seeds`` = [first, last) phantom seeds; seeds
+    >= 100000 are reserved for held-out evaluation and refused.
+    """
+
+    stage: int = 2
+    model: str = "demo"  # named config (medvlsam2.config) for a fresh model
+    init_from: str | None = None  # bundle folder to start from (e.g. the stage-1 output); overrides ``model``
+    output_dir: str = "runs/demo"
+    max_steps: int = 1000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    train_seeds: tuple[int, int] = (0, 1000)
+    pool_size: int = 64  # phantoms generated once and sampled from (data order: seed + step)
+    case_shape: tuple[int, int, int] = (32, 128, 128)
+    trainable: tuple[str, ...] = MODULES
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
+    cpu: bool = False  # force CPU even when a GPU is present
+    # per step
+    text_cases: int = 4  # cases whose report / VQA pairs are trained on
+    seg_clips: int = 4  # text-prompted clips ("Segment the X." -> [SEG] -> SAM2 with memory)
+    interactive_clips: int = 2  # clips prompted by GT-sampled clicks or boxes (+ one corrective click)
+    clip_len: int = 6
+    probes: int = 4  # single-slice decodes without memory per text-prompted clip (present and absent)
+    # loss weights
+    lm_weight: float = 1.0
+    seg_weight: float = 1.0
+    # bookkeeping
+    log_every: int = 10
+    checkpoint_every: int = 200  # steps
+    checkpoint_every_s: float = 300.0  # and at least this often in wall-clock seconds
+    keep_checkpoints: int = 2
+
+    def validate(self) -> "TrainConfig":
+        if self.stage not in STAGES:
+            raise InputError(f"stage must be 1 or 2, got {self.stage}")
+        lo, hi = self.train_seeds
+        if not 0 <= lo < hi <= 100000:
+            raise InputError(f"train_seeds must be [first, last) within [0, 100000) (seeds >= 100000 are held out "
+                             f"for evaluation), got {list(self.train_seeds)}")
+        if self.pool_size < 1 or self.pool_size > hi - lo:
+            raise InputError(f"pool_size must be between 1 and the number of train seeds ({hi - lo})")
+        bad = set(self.trainable) - set(MODULES)
+        if bad:
+            raise InputError(f"unknown trainable module(s) {sorted(bad)}; choose from {list(MODULES)}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise InputError("mixed_precision must be 'no', 'bf16' or 'fp16'")
+        if self.stage == 2 and self.clip_len < 1:
+            raise InputError("clip_len must be at least 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or JSON file into a validated ``TrainConfig``; ``overrides`` win."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"training config {p} not found")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise InputError(f"{p.name} must hold a mapping of settings")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{p.name}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return TrainConfig(**values).validate()
