@@ -149,3 +149,41 @@ def test_resume_is_bit_exact(tmp_path):
     from medvlsam2.checkpoint import load_bundle
 
     load_bundle(tmp_path / "a" / "run" / "checkpoints" / "step_0000004")
+
+
+def test_export_half_bundle_loads_close_to_the_checkpoint(tmp_path):
+    from medvlsam2.checkpoint import load_bundle
+    from medvlsam2.training.loop import export_bundle, latest_checkpoint, train
+
+    cfg = small_config(tmp_path, stage=1, max_steps=1)
+    train(cfg, source=source())
+    ckpt = latest_checkpoint(cfg.output_dir)
+    out = export_bundle(ckpt, tmp_path / "bundle", half=True, metadata={"note": "test"})
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["weights_dtype"] == "float16" and "not for clinical images" in meta["trained_on"]
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (ckpt / "model.safetensors").stat().st_size
+    full, half = load_bundle(ckpt), load_bundle(out)
+    for (name, a), b in zip(full.named_parameters(), half.parameters()):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-2, rtol=1e-2), name
+
+
+@pytest.mark.parametrize("name", ["demo_stage1", "demo_stage2", "paper_stage1", "paper_stage2"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer" / "configs" / "train" / f"{name}.yaml"
+    cfg = load_train_config(path)
+    assert cfg.train_seeds[1] <= 100000 and cfg.stage == int(name[-1])
+
+
+def test_cli_train_runs_a_step(tmp_path, monkeypatch, capsys):
+    from medvlsam2.cli import main
+    from medvlsam2.training import loop
+
+    monkeypatch.setattr(loop, "synthetic_source", source)
+    (tmp_path / "c.json").write_text(json.dumps({"stage": 1, "model": "tiny", "pool_size": 2, "text_cases": 2,
+                                                 "cpu": True, "output_dir": str(tmp_path / "run")}))
+    assert main(["train", str(tmp_path / "c.json"), "--max-steps", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 1 and summary["final"].endswith("step_0000001")
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 1

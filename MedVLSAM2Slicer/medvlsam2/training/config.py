@@ -25,6 +25,8 @@ class TrainConfig:
     stage: int = 2
     model: str = "demo"  # named config (medvlsam2.config) for a fresh model
     init_from: str | None = None  # bundle folder to start from (e.g. the stage-1 output); overrides ``model``
+    llm_path: str | None = None  # local Hugging Face LLM folder replacing the config's LLM (fresh models only)
+    sam2_checkpoint: str | None = None  # official SAM2.1 / MedSAM2 .pt to start the segmenter from
     output_dir: str = "runs/demo"
     max_steps: int = 1000
     lr: float = 3e-4
@@ -53,6 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps
     checkpoint_every_s: float = 300.0  # and at least this often in wall-clock seconds
     keep_checkpoints: int = 2
+    time_limit_s: float = 0.0  # > 0: checkpoint and stop once this much wall-clock time has passed
 
     def validate(self) -> "TrainConfig":
         if self.stage not in STAGES:

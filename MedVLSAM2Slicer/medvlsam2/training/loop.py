@@ -75,16 +75,21 @@ def build_model(cfg: TrainConfig, corpus: Iterable[str]):
     if cfg.init_from:
         return load_bundle(cfg.init_from)
     config = get_config(cfg.model)
+    if cfg.llm_path or cfg.sam2_checkpoint:  # released parts: their own tokenizer, official SAM2 weights
+        from ..checkpoint import init_from_parts
+
+        return init_from_parts(config, cfg.sam2_checkpoint, cfg.llm_path)
     return MedVLSAM2.from_config(config, tokenizer=build_tokenizer(list(DEFAULT_CORPUS) + list(corpus)))
 
 
 def set_trainable(model, trainable: Sequence[str]) -> list[nn.Parameter]:
     """Freeze every module not listed; returns the parameters left trainable (in a fixed order)."""
     params = []
+    lora = model.config.llm.lora_r > 0
     for name in MODULES:
-        module = getattr(model, name)
-        for p in module.parameters():
-            p.requires_grad_(name in trainable)
+        for pname, p in getattr(model, name).named_parameters():
+            # with LoRA only the adapters of the LLM train; its released weights stay frozen
+            p.requires_grad_(name in trainable and not (lora and name == "llm" and "lora_" not in pname))
     for p in model.parameters():
         if p.requires_grad:
             params.append(p)
@@ -204,15 +209,19 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
             _log(metrics, record)
             bar.set_postfix(loss=record["loss"])
             step_times = []
-        if done % cfg.checkpoint_every == 0 or time.time() - last_ckpt > cfg.checkpoint_every_s or done == stop:
+        out_of_time = cfg.time_limit_s > 0 and time.time() - t0 > cfg.time_limit_s
+        if done % cfg.checkpoint_every == 0 or time.time() - last_ckpt > cfg.checkpoint_every_s or done == stop \
+                or out_of_time:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(accelerator.unwrap_model(step_module).model, optimizer.optimizer
                                 if hasattr(optimizer, "optimizer") else optimizer, cfg, done,
                                 {**meta, "step": done, "train_seconds": round(time.time() - t0, 1)})
             last_ckpt = time.time()
+        if out_of_time:
+            break
     final = latest_checkpoint(out)
-    return {"final": str(final) if final else None, "steps": stop, "started_at_step": start,
+    return {"final": str(final) if final else None, "steps": step + 1 if stop > start else start, "started_at_step": start,
             "data_seconds": round(data_s, 1), "seconds": round(time.time() - t0, 1)}
 
 
@@ -224,3 +233,18 @@ def _metadata(cfg: TrainConfig, accelerator) -> dict:
             "stage": cfg.stage, "train_seeds": [cfg.train_seeds[0], cfg.train_seeds[0] + cfg.pool_size],
             "seed": cfg.seed, "machine": f"{platform.machine()} {device} x{accelerator.num_processes}",
             "mixed_precision": cfg.mixed_precision}
+
+
+def export_bundle(checkpoint: str | Path, folder: str | Path, half: bool = True, metadata: dict | None = None) -> Path:
+    """Copy a checkpoint's model into a plain bundle (no optimizer), weights stored fp16 when ``half``.
+
+    Loading casts the weights back to the model's fp32 parameters, so a half bundle runs like any other.
+    """
+    src = Path(checkpoint)
+    model = load_bundle(src)
+    meta = json.loads((src / "metadata.json").read_text()) if (src / "metadata.json").is_file() else {}
+    meta.update(metadata or {})
+    meta["weights_dtype"] = "float16" if half else "float32"
+    if half:
+        model = model.half()
+    return save_bundle(model, folder, meta)
