@@ -1,0 +1,128 @@
+"""Evaluation: metrics against hand-computed values, the simulated click rule, and one tiny end-to-end run."""
+
+import math
+
+import numpy as np
+import pytest
+
+from medvlsam2.errors import InputError
+from medvlsam2.evaluation.interactive import auc, initial_box, next_click
+from medvlsam2.evaluation.seg_metrics import boundary, dice, nsd, nsd_sitk
+from medvlsam2.evaluation.text_metrics import bleu, rouge, text_scores, tokenize
+from medvlsam2.evaluation.vqa import closed_accuracy, closed_correct
+
+
+def box_mask(shape, k, j, i):
+    m = np.zeros(shape, np.uint8)
+    m[k[0]:k[1], j[0]:j[1], i[0]:i[1]] = 1
+    return m
+
+
+# ----- Dice / NSD -------------------------------------------------------------------------------------
+def test_dice_by_hand_and_empty_conventions():
+    ref = box_mask((8, 8, 8), (2, 5), (2, 6), (2, 6))  # 48 voxels
+    pred = box_mask((8, 8, 8), (3, 6), (2, 6), (2, 6))  # shifted one slice: 32 shared
+    assert dice(pred, ref) == pytest.approx(2 * 32 / 96)
+    empty = np.zeros_like(ref)
+    assert dice(empty, empty) == 1.0 and nsd(empty, empty, (1, 1, 1)) == 1.0
+    assert dice(empty, ref) == 0.0 and nsd(empty, ref, (1, 1, 1)) == 0.0 and nsd(ref, empty, (1, 1, 1)) == 0.0
+    with pytest.raises(InputError, match="shape"):
+        dice(ref[:-1], ref)
+
+
+def test_nsd_uses_anisotropic_spacing_in_ijk_order():
+    # A 3x4x4 box (44 boundary voxels each) shifted by one slice along k. With slices 3 mm apart the
+    # 16 voxels of each k-face are 3 mm from the other surface (> 2 mm), the other 28 within 1 mm:
+    # NSD = (28 + 28) / (44 + 44). With 1 mm slices every boundary voxel is within 1 mm.
+    ref = box_mask((8, 8, 8), (2, 5), (2, 6), (2, 6))
+    pred = box_mask((8, 8, 8), (3, 6), (2, 6), (2, 6))
+    assert boundary(ref).sum() == 44
+    assert nsd(pred, ref, spacing_ijk=(1.0, 1.0, 3.0)) == pytest.approx(56 / 88)
+    assert nsd(pred, ref, spacing_ijk=(3.0, 1.0, 1.0)) == pytest.approx(1.0)  # 3 mm is along i: no shift there
+    assert nsd(pred, ref, spacing_ijk=(1.0, 1.0, 3.0), tolerance_mm=3.0) == pytest.approx(1.0)
+    assert nsd(ref, ref, (0.7, 0.7, 5.0)) == 1.0
+
+
+def test_nsd_matches_brute_force_distances():
+    rng = np.random.default_rng(0)
+    shape, spacing = (6, 7, 8), (0.8, 1.1, 2.5)  # (i, j, k) mm
+    pred = (rng.random(shape) > 0.6).astype(np.uint8)
+    ref = (rng.random(shape) > 0.5).astype(np.uint8)
+
+    def brute(a, b, tol):
+        ea, eb = np.argwhere(boundary(a)), np.argwhere(boundary(b))
+        scale = np.array(spacing[::-1])
+        d = np.sqrt((((ea[:, None] - eb[None]) * scale) ** 2).sum(-1))
+        return ((d.min(1) <= tol).sum() + (d.min(0) <= tol).sum()) / (len(ea) + len(eb))
+
+    for tol in (0.5, 1.0, 2.0):
+        assert nsd_sitk(pred, ref, spacing, tol) == pytest.approx(brute(pred, ref, tol))
+
+
+# ----- interactive protocol ---------------------------------------------------------------------------
+def test_initial_box_is_middle_slice_box_with_z_range():
+    ref = np.zeros((10, 20, 20), np.uint8)
+    ref[2:9, 5:15, 4:10] = 1
+    ref[5, 3:17, 2:12] = 1  # the middle slice (round((2 + 8) / 2) = 5) is wider
+    assert initial_box(ref) == (2, 3, 2, 11, 16, 8)
+    with pytest.raises(InputError, match="empty"):
+        initial_box(np.zeros_like(ref))
+
+
+def test_click_goes_to_centre_of_largest_error_with_its_sign():
+    ref = np.zeros((12, 20, 20), np.uint8)
+    ref[1:6, 1:6, 1:6] = 1  # 5x5x5 missed region (false negatives, 125 voxels)
+    ref[8:10, 15:17, 15:17] = 1  # small missed region (8)
+    pred = np.zeros_like(ref)
+    pred[6:9, 10:13, 2:5] = 1  # 27 false positives
+    (i, j, k), label = next_click(pred, ref)
+    assert label == 1 and (i, j, k) == (3, 3, 3)
+
+    pred2 = ref.copy()
+    pred2[3:10, 8:15, 9:16] = 1  # a 7x7x7 false-positive block (343) beats the 8 still-missed voxels
+    pred2[8:10, 15:17, 15:17] = 0
+    (i, j, k), label = next_click(pred2, ref)
+    assert label == -1 and (i, j, k) == (12, 11, 6)
+    assert next_click(ref, ref) is None
+
+
+def test_auc_is_trapezoidal_over_steps():
+    assert auc([0.5, 0.7, 0.9]) == pytest.approx(0.6 + 0.8)
+    assert auc([1.0]) == 0.0
+
+
+# ----- text metrics and VQA ----------------------------------------------------------------------------
+def test_bleu_and_rouge_by_hand():
+    pred, ref = ["The liver is normal."], ["The liver is enlarged."]
+    assert tokenize(pred[0]) == ["the", "liver", "is", "normal", "."]
+    assert bleu(pred, ref, 1) == pytest.approx(4 / 5)  # 4 of 5 unigrams, same length
+    assert bleu(pred, ref, 2) == pytest.approx(math.sqrt(4 / 5 * 2 / 4))
+    assert bleu(["the cat sat"], ["the cat sat on the mat"], 1) == pytest.approx(math.exp(1 - 6 / 3))  # brevity
+    assert rouge(pred, ref, "rouge1") == pytest.approx(3 / 4)  # rouge-score drops punctuation
+    assert rouge(["a b c d"], ["a c e"], "rougeL") == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3))
+    with pytest.raises(InputError, match="one per reference"):
+        bleu(["a"], ["a", "b"])
+
+
+def test_conventions_select_metrics_and_explain_missing_ones(monkeypatch):
+    import medvlsam2.evaluation.text_metrics as tm
+
+    monkeypatch.setattr(tm, "meteor_unavailable_reason", lambda: "no WordNet here")
+    m3d = text_scores(["the liver is normal"], ["the liver is normal"], "m3d")
+    assert set(m3d) == {"bleu1", "rouge1", "unavailable"} and m3d["bleu1"] == pytest.approx(1.0)
+    assert m3d["unavailable"]["meteor"] == "no WordNet here" and "bertscore" in m3d["unavailable"]
+    ct = text_scores(["the liver is normal"], ["the liver is normal"], "ct_rate")
+    assert {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL"} <= set(ct) and "bertscore" not in ct["unavailable"]
+    with pytest.raises(InputError, match="convention"):
+        text_scores(["a"], ["a"], "coco")
+
+
+def test_closed_vqa_letter_rule():
+    assert closed_correct("B. left kidney", "B")
+    assert closed_correct("The answer is C.", "C")
+    assert not closed_correct("B left kidney", "B")  # no period
+    assert not closed_correct("A. right", "B")
+    assert not closed_correct("TAB.", "B")  # not a word start
+    assert not closed_correct("b.", "B")
+    res = closed_accuracy(["A. yes", "C. no", "D."], ["A", "B", "D"], [4, 4, 2])
+    assert res["accuracy"] == pytest.approx(2 / 3) and res["chance"] == pytest.approx((0.25 + 0.25 + 0.5) / 3)
