@@ -38,6 +38,14 @@ class CaseTensors:
     texts: list[tuple[str, str]]  # (question, answer): report, closed and open VQA
     present: list[Target] = field(default_factory=list)
     absent: list[Target] = field(default_factory=list)
+    z_extent: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # label values -> slices holding them
+
+    def slices_with(self, target: Target) -> list[int]:
+        if target.values not in self.z_extent:
+            values = torch.tensor(target.values, dtype=self.labels.dtype)
+            hit = torch.isin(self.labels, values).flatten(1).any(1)
+            self.z_extent[target.values] = torch.nonzero(hit).flatten().tolist()
+        return self.z_extent[target.values]
 
     def mask(self, target: Target, slices: Sequence[int]) -> torch.Tensor:
         """Binary float mask [len(slices), S, S] of ``target`` on ``slices``."""
@@ -78,7 +86,10 @@ def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, 
     labels = F.interpolate(torch.from_numpy(case.labels.astype(np.uint8))[:, None].float(), size=(size, size),
                            mode="nearest")[:, 0].to(torch.uint8)
     present, absent = case_targets(case, structure_labels)
-    return CaseTensors(encoder[0], frames.half(), labels, case_texts(case), present, absent)
+    tensors = CaseTensors(encoder[0], frames.half(), labels, case_texts(case), present, absent)
+    for t in present + absent:
+        tensors.slices_with(t)
+    return tensors
 
 
 def generate_pool(generate: Callable[[int], CTCase], seeds: Sequence[int], workers: int = 0) -> list[CTCase]:
@@ -124,8 +135,7 @@ class StepPlan:
 
 def _clip(rng: np.random.Generator, case: CaseTensors, index: int, target: Target, length: int) -> Clip:
     k = case.labels.shape[0]
-    z = torch.isin(case.labels, torch.tensor(target.values, dtype=case.labels.dtype)).flatten(1).any(1)
-    present = torch.nonzero(z).flatten().tolist() or list(range(k))  # absent target: start anywhere
+    present = case.slices_with(target) or list(range(k))  # absent target: start anywhere
     length = min(length, k)
     start = int(rng.choice(present))
     step = 1 if rng.random() < 0.5 else -1

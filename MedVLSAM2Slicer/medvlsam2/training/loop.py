@@ -175,7 +175,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
     step_module = TrainStep(model, cfg)
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     device = accelerator.device
-    pool = [CaseTensors(p.encoder.to(device), p.frames.to(device), p.labels, p.texts, p.present, p.absent) for p in pool]
+    pool = [CaseTensors(p.encoder.to(device), p.frames.to(device), p.labels, p.texts, p.present, p.absent, p.z_extent)
+            for p in pool]
     _set_modes(model)
 
     stop = min(cfg.max_steps, max_steps if max_steps is not None else cfg.max_steps)
