@@ -86,6 +86,59 @@ def test_click_goes_to_centre_of_largest_error_with_its_sign():
     assert next_click(ref, ref) is None
 
 
+class BoxThenClickSession:
+    """A stand-in Session whose box fills the prompted box on its z-range and whose clicks add or erase a
+    3x3x3 cube: enough to check the protocol's bookkeeping (box, z-range, click signs, per-step scores)."""
+
+    def __init__(self, shape, spacing=(1.0, 1.0, 1.0)):
+        from medvlsam2.io.volume import Volume
+
+        self.volume = Volume(np.zeros(shape, np.int16), spacing)
+        self.calls, self.removed = [], []
+        self._mask = np.zeros(shape, np.uint8)
+
+    def add_object(self, name):
+        return 7
+
+    def add_box(self, obj, box):
+        i0, j0, k0, i1, j1, k1 = box
+        self.calls.append(("box", tuple(box)))
+        self._mask[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] = 1
+
+    def add_points(self, obj, points, labels):
+        (i, j, k), = points
+        self.calls.append(("click", (i, j, k), labels[0]))
+        self._mask[max(k - 1, 0):k + 2, max(j - 1, 0):j + 2, max(i - 1, 0):i + 2] = labels[0] > 0
+
+    def propagate(self, obj, k_range=None):
+        self.calls.append(("propagate", k_range))
+
+    def mask(self, obj):
+        return self._mask.copy()
+
+    def remove(self, obj):
+        self.removed.append(obj)
+
+
+def test_protocol_gives_box_then_corrective_clicks_and_scores_each_step():
+    from medvlsam2.evaluation.interactive import run_interactive
+
+    ref = np.zeros((10, 16, 16), np.uint8)
+    ref[2:8, 3:9, 3:9] = 1
+    ref[2:8, 3:6, 9:12] = 1  # an L shape: the middle-slice box over-covers the corner (false positives)
+    session = BoxThenClickSession(ref.shape)
+    result = run_interactive(session, ref, "organ", clicks=2)
+    assert session.calls[0] == ("box", (3, 3, 2, 11, 8, 7)) and session.calls[1] == ("propagate", (2, 7))
+    assert session.calls[2][0] == "click" and session.calls[2][2] == -1  # erase inside the false corner
+    i, j, k = session.calls[2][1]
+    assert ref[k, j, i] == 0 and 2 <= k <= 7
+    assert [s.kind for s in result.steps] == ["box", "click", "click"] and session.removed == [7]
+    box_pred = np.zeros_like(ref)
+    box_pred[2:8, 3:9, 3:12] = 1
+    assert result.steps[0].dice == pytest.approx(dice(box_pred, ref))
+    assert result.steps[1].dice > result.steps[0].dice
+
+
 def test_auc_is_trapezoidal_over_steps():
     assert auc([0.5, 0.7, 0.9]) == pytest.approx(0.6 + 0.8)
     assert auc([1.0]) == 0.0
@@ -126,3 +179,53 @@ def test_closed_vqa_letter_rule():
     assert not closed_correct("b.", "B")
     res = closed_accuracy(["A. yes", "C. no", "D."], ["A", "B", "D"], [4, 4, 2])
     assert res["accuracy"] == pytest.approx(2 / 3) and res["chance"] == pytest.approx((0.25 + 0.25 + 0.5) / 3)
+
+
+# ----- end to end ---------------------------------------------------------------------------------------
+def small_case():
+    from medvlsam2.data.case import CTCase, ClosedQA, OpenQA
+    from medvlsam2.io.volume import Volume
+
+    k, j, i = np.mgrid[:8, :40, :48]
+    organ = ((k - 4) / 3.5) ** 2 + ((j - 20) / 9) ** 2 + ((i - 16) / 8) ** 2 < 1
+    cyst = ((k - 4) / 2.5) ** 2 + ((j - 20) / 5) ** 2 + ((i - 36) / 5) ** 2 < 1
+    labels = np.zeros(organ.shape, np.uint8)
+    labels[organ], labels[cyst] = 1, 2
+    hu = np.where(organ, 60, np.where(cyst, 5, -100)).astype(np.int16)
+    return CTCase("case0", Volume(hu, (0.8, 0.8, 2.5)), labels, {1: "liver", 2: "cyst"},
+                  report="The liver is normal. A cyst is seen.",
+                  vqa_closed=[ClosedQA("Which organ has the cyst?", ["liver", "kidney"], "B")],
+                  vqa_open=[OpenQA("What is seen?", "a cyst")])
+
+
+def test_runner_end_to_end_on_a_small_case_with_the_tiny_model(monkeypatch):
+    import torch
+
+    from medvlsam2.config import tiny
+    from medvlsam2.evaluation.runner import EvalOptions, evaluate, to_markdown
+    from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    torch.manual_seed(0)
+    model = MedVLSAM2.from_config(tiny()).eval()
+    case = small_case()
+    opts = EvalOptions(structures={"liver": [1], "cyst": [2], "spleen": [9]}, interactive_structures=["cyst"],
+                       clicks=2)
+    out = evaluate(model, [case], opts)
+    summary, record = out["summary"], out["cases"][0]
+    assert set(summary["seg"]) == {"liver", "cyst"}  # the spleen is absent from this case: skipped
+    for s in record["seg"]:
+        assert 0.0 <= s["dice"] <= 1.0 and 0.0 <= s["nsd"] <= 1.0 and s["objects"] >= 1
+    steps = record["interactive"][0]["steps"]
+    assert [s["kind"] for s in steps][0] == "box" and len(steps) == 3
+    assert steps[0]["prompt"] == list(initial_box(case.mask("cyst")))
+    assert summary["interactive"]["cyst"]["dice_auc"] == pytest.approx(auc([s["dice"] for s in steps]))
+    assert record["report"]["generated"] == record["report"]["generated"].strip()
+    assert set(summary["report"]) == {"m3d", "ct_rate", "n"} and "bleu4" in summary["report"]["ct_rate"]
+    closed = record["vqa_closed"][0]
+    assert closed["correct"] == closed_correct(closed["generated"], "B")
+    assert summary["vqa"]["closed"]["chance"] == 0.5 and "open" in summary["vqa"]
+    md = to_markdown(summary)
+    assert "| liver |" in md and "Closed VQA" in md and "+2 click" in md
+    with pytest.raises(InputError, match="task"):
+        EvalOptions(tasks=("seg", "dance"))
