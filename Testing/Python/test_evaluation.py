@@ -198,16 +198,22 @@ def small_case():
                   vqa_open=[OpenQA("What is seen?", "a cyst")])
 
 
-def test_runner_end_to_end_on_a_small_case_with_the_tiny_model(monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_model():
     import torch
 
     from medvlsam2.config import tiny
-    from medvlsam2.evaluation.runner import EvalOptions, evaluate, to_markdown
     from medvlsam2.modeling.medvlsam2 import MedVLSAM2
 
-    monkeypatch.setenv("TQDM_DISABLE", "1")
     torch.manual_seed(0)
-    model = MedVLSAM2.from_config(tiny()).eval()
+    return MedVLSAM2.from_config(tiny()).eval()
+
+
+def test_runner_end_to_end_on_a_small_case_with_the_tiny_model(monkeypatch, tiny_model):
+    from medvlsam2.evaluation.runner import EvalOptions, evaluate, to_markdown
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    model = tiny_model
     case = small_case()
     opts = EvalOptions(structures={"liver": [1], "cyst": [2], "spleen": [9]}, interactive_structures=["cyst"],
                        clicks=2)
@@ -229,3 +235,40 @@ def test_runner_end_to_end_on_a_small_case_with_the_tiny_model(monkeypatch):
     assert "| liver |" in md and "Closed VQA" in md and "+2 click" in md
     with pytest.raises(InputError, match="task"):
         EvalOptions(tasks=("seg", "dance"))
+
+
+def test_seed_parsing():
+    from medvlsam2.cli.evaluate import parse_seeds
+
+    assert parse_seeds("100000-100002,100007") == [100000, 100001, 100002, 100007]
+    for bad in ("abc", "5-3", ""):
+        with pytest.raises(InputError):
+            parse_seeds(bad)
+
+
+def test_evaluate_command_writes_json_and_markdown(tmp_path, monkeypatch, capsys, tiny_model):
+    import json
+    import sys
+    import types
+
+    import medvlsam2.checkpoint
+    from medvlsam2.cli import main
+
+    monkeypatch.setattr(medvlsam2.checkpoint, "load_model", lambda spec, device="cpu": tiny_model)
+
+    # The command's own wiring, with a stand-in generator: seeds -> cases, structures, tasks, outputs.
+    seen = []
+    fake = types.ModuleType("medvlsam2.data.synthetic")
+    fake.STRUCTURE_LABELS = {"liver": [1], "cyst": [2]}
+    fake.generate_case = lambda seed, **kw: seen.append((seed, kw)) or small_case()
+    monkeypatch.setitem(sys.modules, "medvlsam2.data.synthetic", fake)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    rc = main(["evaluate", "--model", "tiny", "--synthetic-seeds", "100000-100001", "--shape", "8,40,48",
+               "--tasks", "seg,vqa", "--structures", "cyst", "--out", str(out), "--markdown", str(md)])
+    assert rc == 0 and seen == [(100000, {"shape": (8, 40, 48)}), (100001, {"shape": (8, 40, 48)})]
+    result = json.loads(out.read_text())
+    assert result["summary"]["n_cases"] == 2 and list(result["summary"]["seg"]) == ["cyst"]
+    assert "interactive" not in result["summary"] and result["summary"]["vqa"]["closed"]["n"] == 2
+    assert "| cyst |" in md.read_text() and "RANDOM weights" in capsys.readouterr().out
+    assert main(["evaluate", "--synthetic-seeds", "1", "--structures", "heart", "--out", str(out)]) == 1

@@ -1,0 +1,177 @@
+"""``medvlsam2 evaluate --model tiny|BUNDLE (--synthetic-seeds A-B | --dataset FOLDER) --out results.json``.
+
+Scores a model with the field's metrics (see ``medvlsam2.evaluation``): text-prompted Dice/NSD per
+structure, the interactive box + clicks protocol, report metrics and closed/open VQA. Writes JSON (and
+optionally Markdown tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..errors import InputError
+
+HELD_OUT_FIRST_SEED = 100000  # synthetic seeds below this are reserved for training
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"100000-100019" (inclusive range), "100000,100004" or a mix of both."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise InputError(f"seed range {part!r} ends before it starts")
+                seeds.extend(range(a, b + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise InputError(f"--synthetic-seeds takes A-B or a comma list of integers (got {text!r})") from None
+    if not seeds:
+        raise InputError("--synthetic-seeds gave no seeds")
+    return seeds
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a model: Dice/NSD, interactive protocol, report and VQA metrics")
+    p.add_argument("--model", default="tiny", help="named config (random weights) or bundle folder (default: tiny)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic-seeds", help="held-out synthetic phantoms, e.g. 100000-100019 (seeds >= 100000)")
+    src.add_argument("--dataset", help="folder of a public dataset layout (see medvlsam2.data.datasets)")
+    p.add_argument("--shape", help="synthetic volume shape K,J,I (default: the generator's)")
+    p.add_argument("--out", required=True, help="results JSON file")
+    p.add_argument("--markdown", help="also write the tables as Markdown here")
+    p.add_argument("--tasks", default="seg,interactive,report,vqa", help="comma list of seg,interactive,report,vqa")
+    p.add_argument("--structures", help="comma list of target names (default: every structure of the data)")
+    p.add_argument("--interactive-structures", help="comma list for the interactive protocol (default: --structures)")
+    p.add_argument("--clicks", type=int, default=5, help="simulated corrective clicks after the box (default 5)")
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--conventions", default="m3d,ct_rate", help="text-metric conventions: m3d, ct_rate")
+    p.add_argument("--bertscore-model", help="local Hugging Face model folder for BERTScore (needs bert_score)")
+    p.add_argument("--max-questions", type=int, help="at most this many closed and open questions per case")
+    p.add_argument("--limit", type=int, help="evaluate only the first N cases of --dataset")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.set_defaults(func=run)
+
+
+def _synthetic_cases(seeds: list[int], shape: str | None):
+    try:
+        from ..data.synthetic import STRUCTURE_LABELS, generate_case
+    except ImportError as exc:
+        raise InputError(f"the synthetic phantom generator is not available in this installation ({exc})") from None
+    kwargs = {}
+    if shape:
+        try:
+            kwargs["shape"] = tuple(int(v) for v in shape.split(","))
+        except ValueError:
+            raise InputError(f"--shape takes K,J,I integers (got {shape!r})") from None
+        if len(kwargs["shape"]) != 3:
+            raise InputError(f"--shape takes three integers K,J,I (got {shape!r})")
+    return (generate_case(seed, **kwargs) for seed in seeds), dict(STRUCTURE_LABELS)
+
+
+def _dataset_cases(folder: str):
+    try:
+        from ..data import datasets
+    except ImportError as exc:
+        raise InputError(f"dataset readers are not available in this installation ({exc})") from None
+    reader = getattr(datasets, "read_dataset", None)
+    if reader is None:
+        raise InputError("this installation has no generic dataset reader (medvlsam2.data.datasets.read_dataset)")
+    return reader(folder)
+
+
+def _strict_json(value):
+    """NaN/inf -> None so the file is valid JSON for any reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _model_metadata(spec: str) -> dict:
+    import json
+    from pathlib import Path
+
+    meta = Path(spec) / "metadata.json"
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text())
+        except json.JSONDecodeError:
+            return {"warning": "metadata.json is not valid JSON"}
+    return {}
+
+
+def run(args: argparse.Namespace) -> int:
+    import itertools
+    import json
+    import platform
+    from pathlib import Path
+
+    import torch
+    from tqdm import tqdm
+
+    from ..checkpoint import load_model
+    from ..evaluation.runner import EvalOptions, evaluate_case, summarise, to_markdown
+
+    tasks = _names(args.tasks) or []
+    conventions = _names(args.conventions) or []
+    wanted = _names(args.structures)
+    if args.synthetic_seeds:
+        seeds = parse_seeds(args.synthetic_seeds)
+        if min(seeds) < HELD_OUT_FIRST_SEED:
+            print(f"warning: seeds below {HELD_OUT_FIRST_SEED} are training seeds; these scores are not held-out")
+        cases, structures = _synthetic_cases(seeds, args.shape)
+        total, source = len(seeds), {"synthetic_seeds": args.synthetic_seeds, "shape": args.shape}
+        if wanted:
+            unknown = set(wanted) - set(structures)
+            if unknown:
+                raise InputError(f"unknown structure(s) {sorted(unknown)}; the phantoms have {sorted(structures)}")
+            structures = {n: structures[n] for n in wanted}
+    else:
+        cases, total, source = _dataset_cases(args.dataset), None, {"dataset": str(args.dataset)}
+        structures = None  # each case's own label names, filtered below
+        if args.limit:
+            cases, total = itertools.islice(cases, args.limit), args.limit
+    options = EvalOptions(tasks=tasks, structures=structures, clicks=args.clicks, tolerance_mm=args.tolerance_mm,
+                          interactive_structures=_names(args.interactive_structures), conventions=conventions,
+                          bertscore_model=args.bertscore_model, max_questions=args.max_questions)
+    if args.model in ("tiny", "base", "paper"):
+        print(f"note: the '{args.model}' config has RANDOM weights; its scores only show that the pipeline runs")
+    model = load_model(args.model, args.device)
+
+    records = []
+    with tqdm(cases, total=total, desc="evaluating", unit="case") as bar:
+        for case in bar:
+            if wanted and structures is None:  # dataset: keep only the requested names
+                case.label_names = {v: n for v, n in case.label_names.items() if n in wanted}
+            records.append(evaluate_case(model, case, options))
+            seg = records[-1].get("seg") or []
+            if seg:
+                bar.set_postfix(dice=f"{sum(s['dice'] for s in seg) / len(seg):.3f}")
+    if not records:
+        raise InputError("the data source gave no cases to evaluate")
+    summary = summarise(records, options)
+    result = {"model": str(args.model), "model_metadata": _model_metadata(args.model), "data": source,
+              "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                          "torch_threads": torch.get_num_threads(), "device": args.device},
+              "summary": summary, "cases": records}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_strict_json(result), indent=2))
+    markdown = to_markdown(summary, title=f"Evaluation of {args.model}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown)
+    print(markdown)
+    print(f"wrote {out}" + (f" and {args.markdown}" if args.markdown else ""))
+    return 0
