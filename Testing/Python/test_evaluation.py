@@ -57,6 +57,19 @@ def test_nsd_matches_brute_force_distances():
 
     for tol in (0.5, 1.0, 2.0):
         assert nsd_sitk(pred, ref, spacing, tol) == pytest.approx(brute(pred, ref, tol))
+        assert nsd(pred, ref, spacing, tol) == pytest.approx(brute(pred, ref, tol))  # MONAI when scipy is there
+
+
+def test_monai_and_simpleitk_nsd_agree():
+    pytest.importorskip("scipy")
+    from medvlsam2.evaluation.seg_metrics import nsd_monai
+
+    rng = np.random.default_rng(1)
+    k, j, i = np.mgrid[:12, :30, :30]
+    ref = (((k - 6) / 4) ** 2 + ((j - 15) / 9) ** 2 + ((i - 14) / 7) ** 2 < 1).astype(np.uint8)
+    pred = np.roll(ref, 2, axis=2) | (rng.random(ref.shape) > 0.97)
+    for spacing in ((0.7, 0.7, 2.5), (1.0, 2.0, 0.5)):
+        assert nsd_monai(pred, ref, spacing, 2.0) == pytest.approx(nsd_sitk(pred, ref, spacing, 2.0), abs=1e-6)
 
 
 # ----- interactive protocol ---------------------------------------------------------------------------

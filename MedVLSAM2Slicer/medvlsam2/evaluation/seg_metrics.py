@@ -12,6 +12,7 @@ MONAI itself returns NaN for "both empty"; that NaN is replaced here so that mea
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -81,8 +82,10 @@ def nsd_monai(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float], t
         return torch.stack([~t, t])[None].float()  # [B=1, C=2 (background, object), k, j, i]
 
     spacing_kji = [float(s) for s in reversed(tuple(spacing_ijk))]
-    value = compute_surface_dice(one_hot(pred), one_hot(ref), class_thresholds=[float(tolerance_mm)],
-                                 include_background=False, spacing=spacing_kji)
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument its own code passes internally
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        value = compute_surface_dice(one_hot(pred), one_hot(ref), class_thresholds=[float(tolerance_mm)],
+                                     include_background=False, spacing=spacing_kji)
     return float(value.reshape(-1)[0])
 
 
