@@ -58,14 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-questions", type=int, help="at most this many closed and open questions per case")
     p.add_argument("--limit", type=int, help="evaluate only the first N cases of --dataset")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes, each with its own model copy (CPU: cores are split between them)")
     p.set_defaults(func=run)
 
 
-def _synthetic_cases(seeds: list[int], shape: str | None):
-    try:
-        from ..data.synthetic import STRUCTURE_LABELS, generate_case
-    except ImportError as exc:
-        raise InputError(f"the synthetic phantom generator is not available in this installation ({exc})") from None
+def _parse_shape(shape: str | None) -> dict:
     kwargs = {}
     if shape:
         try:
@@ -74,7 +72,44 @@ def _synthetic_cases(seeds: list[int], shape: str | None):
             raise InputError(f"--shape takes K,J,I integers (got {shape!r})") from None
         if len(kwargs["shape"]) != 3:
             raise InputError(f"--shape takes three integers K,J,I (got {shape!r})")
-    return (generate_case(seed, **kwargs) for seed in seeds), dict(STRUCTURE_LABELS)
+    return kwargs
+
+
+def _synthetic():
+    try:
+        from ..data import synthetic
+    except ImportError as exc:
+        raise InputError(f"the synthetic phantom generator is not available in this installation ({exc})") from None
+    return synthetic
+
+
+class _SyntheticCase:
+    """A seed standing for its phantom, generated where it is evaluated (cheap to send to a worker)."""
+
+    def __init__(self, seed: int, kwargs: dict) -> None:
+        self.seed, self.kwargs = seed, kwargs
+
+    def make(self):
+        return _synthetic().generate_case(self.seed, **self.kwargs)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(model_spec: str, device: str, options, threads: int) -> None:
+    import torch
+
+    from ..checkpoint import load_model
+
+    torch.set_num_threads(threads)
+    _WORKER["model"], _WORKER["options"] = load_model(model_spec, device), options
+
+
+def _evaluate_item(item) -> dict:
+    from ..evaluation.runner import evaluate_case
+
+    case = item.make() if isinstance(item, _SyntheticCase) else item
+    return evaluate_case(_WORKER["model"], case, _WORKER["options"])
 
 
 def _dataset_cases(folder: str):
@@ -116,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     import itertools
     import json
     import platform
+    import time
     from pathlib import Path
 
     import torch
@@ -131,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.synthetic_seeds)
         if min(seeds) < HELD_OUT_FIRST_SEED:
             print(f"warning: seeds below {HELD_OUT_FIRST_SEED} are training seeds; these scores are not held-out")
-        cases, structures = _synthetic_cases(seeds, args.shape)
+        kwargs = _parse_shape(args.shape)
+        structures = dict(_synthetic().STRUCTURE_LABELS)
+        cases = [_SyntheticCase(seed, kwargs) for seed in seeds]
         total, source = len(seeds), {"synthetic_seeds": args.synthetic_seeds, "shape": args.shape}
         if wanted:
             unknown = set(wanted) - set(structures)
@@ -148,23 +186,46 @@ def run(args: argparse.Namespace) -> int:
                           bertscore_model=args.bertscore_model, max_questions=args.max_questions)
     if args.model in ("tiny", "base", "paper"):
         print(f"note: the '{args.model}' config has RANDOM weights; its scores only show that the pipeline runs")
-    model = load_model(args.model, args.device)
+    if args.jobs < 1:
+        raise InputError("--jobs must be >= 1")
 
-    records = []
-    with tqdm(cases, total=total, desc="evaluating", unit="case") as bar:
-        for case in bar:
-            if wanted and structures is None:  # dataset: keep only the requested names
-                case.label_names = {v: n for v, n in case.label_names.items() if n in wanted}
-            records.append(evaluate_case(model, case, options))
-            seg = records[-1].get("seg") or []
+    def keep_wanted(case):
+        if wanted and structures is None and not isinstance(case, _SyntheticCase):  # dataset: requested names only
+            case.label_names = {v: n for v, n in case.label_names.items() if n in wanted}
+        return case
+
+    records: list[dict] = []
+    started = time.perf_counter()
+    with tqdm(total=total, desc="evaluating", unit="case") as bar:
+        def done(record: dict) -> None:
+            records.append(record)
+            seg = record.get("seg") or []
             if seg:
                 bar.set_postfix(dice=f"{sum(s['dice'] for s in seg) / len(seg):.3f}")
+            bar.update(1)
+
+        if args.jobs == 1:
+            model = load_model(args.model, args.device)
+            for case in cases:
+                case = keep_wanted(case)
+                done(evaluate_case(model, case.make() if isinstance(case, _SyntheticCase) else case, options))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, torch.get_num_threads() // args.jobs) if args.device == "cpu" else 1
+            context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+            with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker,
+                                     initargs=(args.model, args.device, options, threads)) as pool:
+                for record in pool.map(_evaluate_item, (keep_wanted(c) for c in cases)):
+                    done(record)
     if not records:
         raise InputError("the data source gave no cases to evaluate")
     summary = summarise(records, options)
     result = {"model": str(args.model), "model_metadata": _model_metadata(args.model), "data": source,
               "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                          "torch_threads": torch.get_num_threads(), "device": args.device},
+                          "torch_threads": torch.get_num_threads(), "device": args.device, "jobs": args.jobs},
+              "wall_seconds": time.perf_counter() - started,
               "summary": summary, "cases": records}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -91,23 +91,19 @@ def _widen(lo: int, hi: int, size: int) -> tuple[int, int]:
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    import SimpleITK as sitk
+    from scipy import ndimage
 
-    labels = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), False)  # 6-connected
-    array = sitk.GetArrayFromImage(labels)
-    return array, int(array.max())
+    labels, n = ndimage.label(mask)  # default structure: 6-connected in 3D
+    return labels, int(n)
 
 
 def _innermost(component: np.ndarray, spacing_ijk: Sequence[float]) -> tuple[int, int, int]:
     """(k, j, i) of the voxel farthest (mm) from the component's outside; the array border counts as outside."""
-    import SimpleITK as sitk
+    from scipy import ndimage
 
-    padded = np.pad(component.astype(np.uint8), 1)
-    image = sitk.GetImageFromArray(padded)
-    image.SetSpacing([float(s) for s in spacing_ijk])
-    depth = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(image, insideIsPositive=True, squaredDistance=False,
-                                                                useImageSpacing=True))[1:-1, 1:-1, 1:-1]
-    depth = np.where(component, depth, -np.inf)
+    padded = np.pad(component.astype(bool), 1)
+    depth = ndimage.distance_transform_edt(padded, sampling=[float(s) for s in reversed(tuple(spacing_ijk))])
+    depth = np.where(component, depth[1:-1, 1:-1, 1:-1], -np.inf)
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(depth)), depth.shape))
 
 
