@@ -1,0 +1,202 @@
+"""Runs the panel's actions: model calls on the worker thread, MRML writes on the main thread.
+
+Works with any object that has the Session's method names (local ``medvlsam2.session.Session`` or
+``medvlsam2.client.RemoteSession``). A failed or cancelled call changes no segment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from medvlsam2.errors import Cancelled, InputError
+
+from . import report_node, segments
+from .panel_state import PanelState
+from .signals import Signal
+from .worker import Job, ModelWorker
+
+MAX_HISTORY = 50
+
+
+class Controller:
+    """Glue between the panel state, one session, the worker and the segmentation node."""
+
+    def __init__(self, worker: ModelWorker, state: PanelState | None = None) -> None:
+        self.worker = worker
+        self.state = state or PanelState()
+        self.session: Any = None
+        self.volume_node = None
+        self.segmentation_node = None
+        self.objects: dict[str, int] = {}  # segment id -> session object id
+        self.before_write: Callable[[], None] | None = None  # e.g. the Segment Editor's saveStateForUndo
+        self.history: list[segments.UndoRecord] = []
+        self.answer_chunk = Signal()   # (text) streamed answer / report pieces
+        self.answer_done = Signal()    # (job name, full text)
+        self.segments_written = Signal()  # (list of segment ids)
+        self.message = Signal()        # (text) informative status lines
+        self._text_queue: list[str] = []
+
+    # ----- setup (main thread)
+    def attach(self, session, volume_node, segmentation_node) -> None:
+        """Use ``session`` (opened on ``volume_node``'s voxels) and write into ``segmentation_node``."""
+        self.session, self.volume_node, self.segmentation_node = session, volume_node, segmentation_node
+        self.objects.clear()
+        self.history.clear()
+        if segmentation_node is not None and volume_node is not None:
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        self.state.update(session_open=session is not None, volume_selected=volume_node is not None,
+                          segmentation_selected=segmentation_node is not None)
+
+    def select_segment(self, segment_id: str | None) -> None:
+        self.state.update(segment_selected=bool(segment_id), segment_has_object=segment_id in self.objects)
+
+    # ----- helpers
+    def _start(self, name: str, run: Callable[[Job], Any], on_done: Callable[[Any], None],
+               on_partial: Callable[[Any], None] | None = None) -> Job | None:
+        if self.session is None:
+            raise InputError("no model session: start the server (or connect) and select a CT volume first")
+        if not self.state.begin(name):
+            self.message.emit(f"busy with {self.state.busy_job}; wait or press Cancel")
+            return None
+        job = Job(name, run, on_done=on_done, on_error=self._failed, on_partial=on_partial,
+                  on_progress=self.state.set_progress)
+        return self.worker.submit(job)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._text_queue.clear()
+        if isinstance(exc, Cancelled):
+            self.state.finish()
+            self.message.emit("Cancelled; the segmentation is unchanged")
+        else:
+            self.state.finish(error=str(exc) or type(exc).__name__)
+
+    def _object_for(self, segment_id: str, name: str) -> int:
+        """Session object for a segment, created on first use (runs on the worker thread)."""
+        if segment_id not in self.objects:
+            self.objects[segment_id] = self.session.add_object(name)
+        return self.objects[segment_id]
+
+    def _segment_name(self, segment_id: str) -> str:
+        return self.segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+
+    def _write(self, segment_id: str, result) -> None:
+        record = segments.write_result(self.segmentation_node, segment_id, self.volume_node, result, self.before_write)
+        if record is not None:
+            self.history = (self.history + [record])[-MAX_HISTORY:]
+
+    def _written(self, segment_id: str) -> Callable[[Any], None]:
+        def done(result) -> None:
+            try:
+                self._write(segment_id, result)
+            except Exception as exc:
+                self.state.finish(error=str(exc))
+                return
+            self.state.finish()
+            self.state.update(segment_has_object=True)
+            self.segments_written.emit([segment_id])
+        return done
+
+    # ----- interactive prompts
+    def add_points(self, segment_id: str, points_ijk, labels) -> Job | None:
+        """Positive/negative clicks (voxel (i, j, k), labels +1/-1) on one segment."""
+        segments._check_segment(self.segmentation_node, segment_id)
+        points, labels = np.asarray(points_ijk, dtype=np.int64).reshape(-1, 3), np.asarray(labels, dtype=np.int64)
+        name = self._segment_name(segment_id)
+        return self._start("points", lambda job: self.session.add_points(self._object_for(segment_id, name), points, labels),
+                           self._written(segment_id))
+
+    def add_box(self, segment_id: str, box) -> Job | None:
+        """A 3D box (i0, j0, k0, i1, j1, k1) inclusive, e.g. from an ROI."""
+        segments._check_segment(self.segmentation_node, segment_id)
+        name = self._segment_name(segment_id)
+        box = tuple(int(v) for v in box)
+        return self._start("box", lambda job: self.session.add_box(self._object_for(segment_id, name), box),
+                           self._written(segment_id))
+
+    def propagate(self, segment_id: str, k_range: tuple[int, int] | None = None, direction: str = "both") -> Job | None:
+        obj = self._known(segment_id)
+        return self._start("propagate", lambda job: self.session.propagate(obj, k_range, direction, cancel=job.cancel,
+                                                                           progress=job.progress),
+                           self._written(segment_id))
+
+    def undo(self, segment_id: str) -> Job | None:
+        obj = self._known(segment_id)
+        return self._start("undo", lambda job: self.session.undo(obj), self._written(segment_id))
+
+    def reset(self, segment_id: str) -> Job | None:
+        obj = self._known(segment_id)
+        return self._start("reset", lambda job: self.session.reset(obj), self._written(segment_id))
+
+    def _known(self, segment_id: str) -> int:
+        if segment_id not in self.objects:
+            raise InputError("this segment has no model prompts yet; place a point or a box first")
+        return self.objects[segment_id]
+
+    def cancel(self) -> None:
+        """Stop the running call at its next slice/token; nothing is written for it."""
+        self._text_queue.clear()
+        self.worker.cancel_current()
+
+    # ----- text prompts: one job per line, each line its own segment(s)
+    def segment_text(self, text: str) -> Job | None:
+        lines = segments.prompt_lines(text)
+        if not lines:
+            raise InputError("type a structure to segment, one per line (e.g. 'liver')")
+        if self.segmentation_node is None:
+            raise InputError("select or create a segmentation first")
+        self._text_queue = lines[1:]
+        return self._text_job(lines[0])
+
+    def _text_job(self, prompt: str) -> Job | None:
+        return self._start("text", lambda job: self.session.segment_text(prompt, cancel=job.cancel, progress=job.progress),
+                           lambda results: self._text_done(prompt, results))
+
+    def _text_done(self, prompt: str, results) -> None:
+        ids = []
+        try:
+            for result in results:
+                phrase = result.name if len(results) > 1 and result.name else prompt
+                segment_id = segments.add_prompt_segment(
+                    self.segmentation_node, segments.segment_name_for(prompt, result.name, len(results)), phrase)
+                self.objects[segment_id] = result.object_id
+                self._write(segment_id, result)
+                ids.append(segment_id)
+        except Exception as exc:
+            self.state.finish(error=str(exc))
+            return
+        if not results:
+            self.message.emit(f"The model found nothing for '{prompt}'")
+        self.state.finish()
+        self.segments_written.emit(ids)
+        if self._text_queue:
+            self._text_job(self._text_queue.pop(0))
+
+    # ----- language
+    def ask(self, question: str, context: dict | None = None) -> Job | None:
+        if not question.strip():
+            raise InputError("type a question first")
+        return self._stream("ask", lambda job: self.session.ask(question, context, cancel=job.cancel), lambda text: None)
+
+    def report(self) -> Job | None:
+        def done(text: str) -> None:
+            node = report_node.report_text_node(self.volume_node.GetScene())
+            report_node.set_report_text(node, text)
+            self.state.update(report_text=text)
+        return self._stream("report", lambda job: self.session.report(cancel=job.cancel), done)
+
+    def _stream(self, name: str, make_iter: Callable[[Job], Any], on_text: Callable[[str], None]) -> Job | None:
+        def run(job: Job) -> str:
+            pieces = []
+            for piece in make_iter(job):
+                job.cancel.raise_if_cancelled()  # also stops remote streams between tokens
+                pieces.append(piece)
+                job.emit(piece)
+            return "".join(pieces)
+
+        def done(text: str) -> None:
+            on_text(text)
+            self.state.finish()
+            self.answer_done.emit(name, text)
+        return self._start(name, run, done, on_partial=self.answer_chunk.emit)

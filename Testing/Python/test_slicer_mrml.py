@@ -1,0 +1,352 @@
+"""Slicer module adapters on real MRML (slicer-core, no Slicer application): geometry, markups,
+segment writes, text-prompt segments, report node, cancel, and the worker with a real tiny Session."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+try:
+    import slicer
+    import vtk
+except ImportError as exc:  # pragma: no cover - depends on the test environment
+    pytest.skip(f"slicer-core is not installed ({exc}); pip install slicer-core to run the MRML tests",
+                allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer"))
+
+from MedVLSAM2SlicerLib import geometry, markups, report_node, segments, terminology  # noqa: E402
+from MedVLSAM2SlicerLib.controller import Controller  # noqa: E402
+from MedVLSAM2SlicerLib.worker import ModelWorker  # noqa: E402
+from medvlsam2.errors import Cancelled, InputError  # noqa: E402
+from medvlsam2.results import SegmentationResult, changed_region  # noqa: E402
+
+SHAPE = (8, 24, 32)  # k, j, i
+
+
+@pytest.fixture
+def scene():
+    """A scene with the module logics slicer.util needs (see FIELD_NOTES section 5)."""
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.GetColorLogic().SetMRMLScene(scene)
+    app.GetColorLogic().AddDefaultColorNodes()
+    logics = {"Colors": app.GetColorLogic(), "Volumes": slicer.vtkSlicerVolumesLogic(),
+              "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic(), "Markups": slicer.vtkSlicerMarkupsLogic()}
+    for name, logic in logics.items():
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(app)
+        app.SetModuleLogic(name, logic)
+    slicer.mrmlScene = scene
+    slicer.modules = SimpleNamespace(**{n.lower(): SimpleNamespace(logic=lambda l=l: l) for n, l in logics.items()})
+    scene._keep = (app, logics)  # keep the logics alive as long as the scene
+    yield scene
+    scene.Clear(1)
+
+
+def oblique_ijk_to_ras() -> np.ndarray:
+    angle = np.deg2rad(20)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    tilt = np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
+    m = np.eye(4)
+    m[:3, :3] = rot @ tilt @ np.diag([0.7, 0.8, 2.5])
+    m[:3, 3] = [-40.0, 15.0, 120.0]
+    return m
+
+
+def linear_transform(scene, matrix: np.ndarray):
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    node.SetMatrixTransformToParent(geometry._numpy_to_vtk(matrix))
+    return node
+
+
+def shift_rotate() -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # 90 degrees about S
+    m[:3, 3] = [5.0, -7.0, 11.0]
+    return m
+
+
+@pytest.fixture
+def ct(scene):
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 1000, SHAPE).astype(np.int16)
+    node = slicer.util.addVolumeFromArray(array, oblique_ijk_to_ras(), "ct")
+    return node
+
+
+@pytest.fixture
+def segmentation(scene, ct):
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    return node
+
+
+def test_oblique_transformed_volume_to_session_voxels_and_back(scene, ct):
+    ct.SetAndObserveTransformNodeID(linear_transform(scene, shift_rotate()).GetID())
+    volume = geometry.volume_from_node(ct)
+    assert volume.shape == SHAPE and np.array_equal(volume.array, slicer.util.arrayFromVolume(ct))
+    world = shift_rotate() @ oblique_ijk_to_ras()
+    np.testing.assert_allclose(volume.ijk_to_ras(), world, atol=1e-9)
+    # the same voxel lands on the same LPS point in SimpleITK (what the engine reads and writes)
+    image = volume.to_sitk()
+    ras = world @ [3, 5, 2, 1]
+    np.testing.assert_allclose(image.TransformIndexToPhysicalPoint((3, 5, 2)), [-ras[0], -ras[1], ras[2]], atol=1e-6)
+    # and back: a node built from the Volume maps every voxel to the same world point
+    back = slicer.util.addVolumeFromArray(volume.array, volume.ijk_to_ras(), "back")
+    np.testing.assert_allclose(geometry.ijk_to_world(back), world, atol=1e-9)
+    ijk = np.array([[0, 0, 0], [31, 23, 7], [10, 4, 3]])
+    np.testing.assert_array_equal(geometry.voxel_indices(back, (world @ np.c_[ijk, np.ones(3)].T).T[:, :3]), ijk)
+
+
+def test_nonlinear_parent_transform_is_refused_with_advice(scene, ct):
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode")
+    ct.SetAndObserveTransformNodeID(grid.GetID())
+    with pytest.raises(InputError, match="Harden transform"):
+        geometry.volume_from_node(ct)
+
+
+def test_markups_points_in_a_transformed_node_give_the_right_voxels(scene, ct):
+    world = geometry.ijk_to_world(ct)
+    expected = np.array([[4, 6, 1], [20, 11, 5], [31, 0, 7]])
+    world_pts = (world @ np.c_[expected, np.ones(3)].T).T[:, :3] + 0.2  # a bit off-centre: rounds to the voxel
+    transform = linear_transform(scene, shift_rotate())
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    local = (np.linalg.inv(shift_rotate()) @ np.c_[world_pts, np.ones(3)].T).T[:, :3]
+    for p in local:
+        node.AddControlPoint(vtk.vtkVector3d(*p))
+    np.testing.assert_array_equal(markups.points_to_voxels(node, ct), expected)
+    negative = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    negative.AddControlPoint(vtk.vtkVector3d(*world_pts[0]))
+    points, labels = markups.labelled_points(node, negative, ct)
+    assert points.tolist() == expected.tolist() + [expected[0].tolist()] and labels.tolist() == [1, 1, 1, -1]
+    outside = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    outside.AddControlPoint(vtk.vtkVector3d(*(world @ [-5, 0, 0, 1])[:3]))
+    with pytest.raises(InputError, match="outside the volume"):
+        markups.points_to_voxels(outside, ct)
+
+
+def test_roi_in_a_transformed_node_gives_the_voxel_box(scene):
+    # axis-aligned volume so the expected box is exact: spacing (1, 1, 2), origin (0, 0, 0)
+    ijk_to_ras = np.diag([1.0, 1.0, 2.0, 1.0])
+    ct = slicer.util.addVolumeFromArray(np.zeros(SHAPE, np.int16), ijk_to_ras, "axial")
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    transform = linear_transform(scene, shift_rotate())
+    roi.SetAndObserveTransformNodeID(transform.GetID())
+    # wanted world box: i 4..10, j 3..12, k 2..5 (voxel centres), i.e. RAS x 3.5..10.5, y 2.5..12.5, z 3..11
+    centre_world = np.array([7.0, 7.5, 7.0, 1.0])
+    roi.SetCenter(*(np.linalg.inv(shift_rotate()) @ centre_world)[:3])
+    roi.SetSize(10.0, 7.0, 8.0)  # local x maps to world y under the 90 degree rotation
+    assert markups.roi_to_box(roi, ct) == (4, 3, 2, 10, 12, 5)
+    roi.SetCenter(*(np.linalg.inv(shift_rotate()) @ [500.0, 0, 0, 1])[:3])
+    with pytest.raises(InputError, match="does not overlap"):
+        markups.roi_to_box(roi, ct)
+
+
+def _segment_masks(node, volume_node) -> dict[str, np.ndarray]:
+    seg = node.GetSegmentation()
+    return {seg.GetNthSegmentID(n): segments.segment_array(node, seg.GetNthSegmentID(n), volume_node)
+            for n in range(seg.GetNumberOfSegments())}
+
+
+def test_a_result_written_into_one_segment_leaves_every_other_segment_bit_identical(segmentation, ct):
+    seg = segmentation.GetSegmentation()
+    ids = [seg.AddEmptySegment(name) for name in ("target", "neighbour", "far")]
+    masks = [np.zeros(SHAPE, np.uint8) for _ in ids]
+    masks[0][2:5, 4:10, 4:10] = 1
+    masks[1][3:7, 10:20, 10:20] = 1
+    masks[2][0:2, 20:24, 25:32] = 1
+    for sid, mask in zip(ids, masks):
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, sid, ct)
+    seg.CollapseBinaryLabelmaps(False)  # non-overlapping segments share one labelmap, as the Segment Editor makes
+    assert seg.GetNumberOfLayers() == 1
+    before = _segment_masks(segmentation, ct)
+    patch = np.ones((4, 10, 12), np.uint8)  # overlaps "neighbour"
+    patch[:, 0, :] = 0
+    result = SegmentationResult(1, "target", (2, 6, 6, 16, 5, 17), patch)
+    record = segments.write_result(segmentation, ids[0], ct, result)
+    after = _segment_masks(segmentation, ct)
+    for sid in ids[1:]:
+        assert after[sid].dtype == before[sid].dtype and np.array_equal(after[sid], before[sid])
+    expected = before[ids[0]].copy()
+    result.apply_to(expected)
+    assert np.array_equal(after[ids[0]], expected)
+    assert changed_region(before[ids[0]], after[ids[0]]) is not None
+    # exactly what was replaced comes back
+    segments.restore(segmentation, ct, record)
+    assert all(np.array_equal(m, before[s]) for s, m in _segment_masks(segmentation, ct).items())
+
+
+def test_write_is_refused_when_the_result_does_not_fit_the_volume(segmentation, ct):
+    sid = segmentation.GetSegmentation().AddEmptySegment("a")
+    with pytest.raises(InputError, match="outside the volume"):
+        segments.write_patch(segmentation, sid, ct, (0, 9, 0, 4, 0, 4), np.ones((9, 4, 4), np.uint8))
+    calls = []
+    assert segments.write_patch(segmentation, sid, ct, (0, 1, 0, 2, 0, 2), np.zeros((1, 2, 2)), calls.append) is None
+    assert calls == []  # nothing changed: no undo state saved
+
+
+class FakeSession:
+    """Session stand-in whose answers are known exactly (the real one is used in the last test)."""
+
+    def __init__(self) -> None:
+        self.next_id = 0
+        self.names: dict[int, str] = {}
+        self.gate = threading.Event()
+
+    def add_object(self, name=None):
+        self.next_id += 1
+        self.names[self.next_id] = name or f"object {self.next_id}"
+        return self.next_id
+
+    def segment_text(self, prompt, cancel=None, progress=None):
+        results = []
+        for n, name in enumerate(prompt.split(" and ")):
+            obj = self.add_object(name)
+            patch = np.ones((1, 3, 3), np.uint8)
+            results.append(SegmentationResult(obj, name, (n, n + 1, 0, 3, 0, 3), patch))
+        return results
+
+    def propagate(self, obj, k_range=None, direction="both", cancel=None, progress=None):
+        for k in range(SHAPE[0]):
+            progress(k, SHAPE[0])
+            self.gate.wait(5)
+            cancel.raise_if_cancelled()
+        return SegmentationResult(obj, self.names[obj], (0, SHAPE[0], 0, SHAPE[1], 0, SHAPE[2]), np.ones(SHAPE, np.uint8))
+
+    def add_points(self, obj, points, labels):
+        i, j, k = points[0]
+        return SegmentationResult(obj, self.names[obj], (k, k + 1, j, j + 1, i, i + 1), np.ones((1, 1, 1), np.uint8))
+
+    def report(self, cancel=None):
+        yield from ["Liver: ", "normal. ", "Spleen: normal."]
+
+
+@pytest.fixture
+def controller(segmentation, ct):
+    worker = ModelWorker()
+    c = Controller(worker)
+    c.attach(FakeSession(), ct, segmentation)
+    c.state.update(connection="connected", session_open=True)
+    yield c
+    worker.stop()
+
+
+def terminology_tag(segment) -> str:
+    value = vtk.reference("")
+    segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value)
+    return str(value)
+
+
+def test_text_prompts_create_named_coloured_segments_with_terminology(controller, segmentation):
+    controller.segment_text("Liver\n\nleft kidney and tumour\nmy odd structure\n")
+    controller.worker.wait_all()
+    seg = segmentation.GetSegmentation()
+    names = [seg.GetNthSegment(n).GetName() for n in range(seg.GetNumberOfSegments())]
+    assert names == ["Liver", "left kidney and tumour: left kidney", "left kidney and tumour: tumour", "my odd structure"]
+    liver = seg.GetNthSegment(0)
+    np.testing.assert_allclose(liver.GetColor(), np.array(terminology.match("liver").color) / 255)
+    assert "SCT^10200004^Liver" in terminology_tag(liver)
+    assert "SCT^18639004^Left kidney" in terminology_tag(seg.GetNthSegment(1))
+    assert "SCT^108369006^Neoplasm" in terminology_tag(seg.GetNthSegment(2))
+    np.testing.assert_allclose(seg.GetNthSegment(2).GetColor(), np.array(terminology.match("tumour").color) / 255)
+    unmatched = terminology_tag(seg.GetNthSegment(3))  # Slicer's default ("Tissue") or nothing
+    assert unmatched == "" or "SCT^85756007^Tissue~" in unmatched
+    assert len({tuple(seg.GetNthSegment(n).GetColor()) for n in (0, 2, 3)}) == 3
+    tumour = segments.segment_array(segmentation, seg.GetNthSegmentID(2), controller.volume_node)
+    assert tumour.sum() == 9 and tumour[1, :3, :3].all()
+    assert not controller.state.busy and controller.state.error == ""
+
+
+def test_cancel_leaves_the_segmentation_unchanged(controller, segmentation, ct):
+    sid = segmentation.GetSegmentation().AddEmptySegment("organ")
+    controller.add_points(sid, [[3, 4, 2]], [1])
+    controller.worker.wait_all()
+    before = _segment_masks(segmentation, ct)
+    assert before[sid].sum() == 1
+    controller.propagate(sid)
+    assert controller.state.busy and controller.state.enabled("cancelButton")
+    assert not controller.state.enabled("positivePointButton")  # one model call at a time
+    controller.cancel()
+    controller.session.gate.set()
+    controller.worker.wait_all()
+    after = _segment_masks(segmentation, ct)
+    assert all(np.array_equal(after[s], before[s]) for s in before)
+    assert not controller.state.busy and controller.state.error == ""
+
+
+def test_report_streams_and_round_trips_through_a_saved_scene(controller, scene, tmp_path):
+    chunks = []
+    controller.answer_chunk.connect(chunks.append)
+    controller.report()
+    controller.worker.wait_all()
+    text = "Liver: normal. Spleen: normal."
+    assert chunks == ["Liver: ", "normal. ", "Spleen: normal."]
+    node = report_node.report_text_node(scene, create=False)
+    assert node is not None and node.GetText() == text and controller.state.enabled("saveReportButton")
+    edited = text + "\nImpression: no acute findings (edited by the reader)."
+    report_node.set_report_text(node, edited)
+    scene.SetRootDirectory(str(tmp_path))
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    node.AddDefaultStorageNode()
+    node.GetStorageNode().SetFileName(str(tmp_path / "report.txt"))
+    assert node.GetStorageNode().WriteData(node)
+    assert scene.Commit()
+    loaded = slicer.vtkMRMLScene()
+    loaded.SetURL(str(tmp_path / "scene.mrml"))
+    assert loaded.Connect()
+    again = report_node.report_text_node(loaded, create=False)
+    assert again is not None and again.GetText() == edited
+    md = report_node.save_markdown(edited, tmp_path / "draft")
+    assert md.name == "draft.md" and "not for diagnosis" in md.read_text() and edited in md.read_text()
+
+
+def test_the_worker_runs_a_real_tiny_session_and_its_result_lands_in_the_segment(scene, monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    from medvlsam2.config import tiny
+    from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+    from medvlsam2.session import Session
+
+    k, j, i = np.mgrid[:8, :64, :64]
+    ball = ((k - 4) / 3.5) ** 2 + ((j - 32) / 14) ** 2 + ((i - 30) / 16) ** 2 < 1
+    ct = slicer.util.addVolumeFromArray(np.where(ball, 120, -900).astype(np.int16), np.diag([0.8, 0.8, 2.5, 1]), "ct")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    other = segmentation.GetSegmentation().AddEmptySegment("other")
+    other_mask = np.zeros((8, 64, 64), np.uint8)
+    other_mask[:, 30:40, 25:35] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(other_mask, segmentation, other, ct)
+    target = segmentation.GetSegmentation().AddEmptySegment("tumour")
+
+    torch.manual_seed(0)
+    session = Session(MedVLSAM2.from_config(tiny()).eval(), geometry.volume_from_node(ct))
+    worker = ModelWorker()
+    try:
+        c = Controller(worker)
+        c.attach(session, ct, segmentation)
+        c.state.update(connection="connected", session_open=True)
+        main_thread = threading.get_ident()
+        threads = []
+        c.segments_written.connect(lambda ids: threads.append(threading.get_ident()))
+        c.add_points(target, [[30, 32, 4]], [1])
+        worker.wait_all(timeout=120)
+        assert c.state.error == "" and threads == [main_thread]
+        obj = c.objects[target]
+        assert session.mask(obj).any()  # seeded tiny model: a non-empty mask, so the write is really checked
+        assert np.array_equal(segments.segment_array(segmentation, target, ct), session.mask(obj))
+        c.propagate(target, (2, 6), "both")
+        worker.wait_all(timeout=120)
+        assert c.state.error == ""
+        assert np.array_equal(segments.segment_array(segmentation, target, ct), session.mask(obj))
+        assert np.array_equal(segments.segment_array(segmentation, other, ct), other_mask)
+    finally:
+        worker.stop()
