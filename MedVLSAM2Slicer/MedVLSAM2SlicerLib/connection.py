@@ -1,0 +1,100 @@
+"""The module's link to the model: a local server it starts (127.0.0.1, random token) or a remote URL.
+
+Everything here may block (process start, HTTP), so the widget calls it from the model worker thread.
+The engine's launcher and client are imported lazily: both are torch-free.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medvlsam2.errors import InputError
+
+
+@dataclass
+class ServerOptions:
+    model: str = "base"
+    device: str = "auto"
+    python: str = ""  # empty: this Python (Slicer's)
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_path: str = ""
+
+
+def _engine(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise InputError(f"{what} is not available ({exc}); update the MedVLSAM2Slicer extension") from None
+
+
+class Connection:
+    """Holds at most one server process and one client; ``open_session`` gives a RemoteSession."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.client: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and (self.server is None or self.server.is_alive())
+
+    def start_local(self, options: ServerOptions) -> None:
+        """Start ``medvlsam2 serve`` in a child process and connect to it (blocks until it answers)."""
+        launcher = _engine("medvlsam2.server.launcher", "the local server launcher")
+        self.stop()
+        log_path = options.log_path or str(Path.home() / ".cache" / "medvlsam2" / "server.log")
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        self.server = launcher.launch_server(options.python or sys.executable, options.model, options.device,
+                                             options.host, options.port, log_path)
+        self._connect(self.server.url, self.server.token)
+
+    def connect_remote(self, url: str, token: str) -> None:
+        """Use a server started elsewhere (the token is kept in memory only)."""
+        url = url.strip()
+        if not url.startswith(("http://", "https://")):
+            raise InputError(f"remote server URL must start with http:// or https://, got {url!r}")
+        self.stop()
+        self._connect(url, token)
+
+    def _connect(self, url: str, token: str) -> None:
+        client_module = _engine("medvlsam2.client", "the model client")
+        self.client = client_module.Client(url, token)
+
+    def open_session(self, volume) -> Any:
+        """Upload ``volume`` once and return a session object with the Session's method names."""
+        if self.client is None:
+            raise InputError("not connected: press Start (local server) or set a remote URL first")
+        return self.client.open_session(volume)
+
+    def device_info(self) -> tuple[str, float | None]:
+        """(device name, memory in GB) as the server reports it, when the client can tell."""
+        info = getattr(self.client, "info", None)
+        if info is None:
+            return "", None
+        data = info() if callable(info) else info
+        data = data if isinstance(data, dict) else getattr(data, "__dict__", {})
+        return str(data.get("device", "")), data.get("memory_gb")
+
+    def last_log_lines(self, n: int = 20) -> str:
+        if self.server is None:
+            return ""
+        return "\n".join(self.server.last_log_lines(n))
+
+    def stop(self) -> None:
+        """Close the client and stop the server this module started (a remote server keeps running)."""
+        client, self.client = self.client, None
+        close = getattr(client, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # the server may already be gone
+                pass
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()

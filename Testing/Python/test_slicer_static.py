@@ -1,0 +1,136 @@
+"""Static checks of the Slicer module: light imports, widget names, CMake lists and extension metadata."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = ROOT / "MedVLSAM2Slicer"
+MODULE_FILE = MODULE_DIR / "MedVLSAM2Slicer.py"
+LIB_DIR = MODULE_DIR / "MedVLSAM2SlicerLib"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedVLSAM2Slicer.ui"
+MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
+
+# What a Slicer module file may import at file scope: Slicer's own bindings and the standard library basics.
+ALLOWED_TOP_LEVEL = {"__future__", "logging", "os", "ctk", "qt", "slicer", "vtk"}
+
+
+def module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(), str(MODULE_FILE))
+
+
+def test_module_file_imports_nothing_heavy_and_runs_nothing_at_import():
+    for node in module_tree().body:
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            continue
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # docstring
+        elif isinstance(node, ast.Assign) and all(isinstance(n, ast.Constant) for n in ast.walk(node.value)
+                                                   if not isinstance(n, (ast.Tuple, ast.List, ast.Load))):
+            continue  # plain constants
+        else:
+            raise AssertionError(f"line {node.lineno}: statement runs code at import ({ast.dump(node)[:80]})")
+        for name in names:
+            assert name.split(".")[0] in ALLOWED_TOP_LEVEL, f"line {node.lineno}: file-scope import of {name}"
+
+
+def test_module_file_follows_the_slicer_template():
+    classes = {n.name: n for n in module_tree().body if isinstance(n, ast.ClassDef)}
+    for name in ("MedVLSAM2Slicer", "MedVLSAM2SlicerWidget", "MedVLSAM2SlicerLogic", "MedVLSAM2SlicerTest",
+                 "MedVLSAM2SlicerParameterNode"):
+        assert name in classes, f"{name} missing from the module file"
+    decorators = [ast.unparse(d) for d in classes["MedVLSAM2SlicerParameterNode"].decorator_list]
+    assert decorators == ["parameterNodeWrapper"]
+
+
+def test_lib_imports_neither_torch_nor_qt_nor_slicer():
+    modules = sorted(p.stem for p in LIB_DIR.glob("*.py") if p.stem != "__init__")
+    code = (f"import sys; sys.path.insert(0, {str(MODULE_DIR)!r})\n"
+            + "".join(f"import MedVLSAM2SlicerLib.{m}\n" for m in modules)
+            + "bad = [m for m in ('torch', 'qt', 'ctk', 'slicer', 'sam2', 'transformers', 'SimpleITK') if m in sys.modules]\n"
+            + "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"MedVLSAM2SlicerLib imports {out.stdout.strip()} at import time"
+
+
+def ui_widget_names() -> list[str]:
+    root = ET.parse(UI_FILE).getroot()
+    return [w.get("name") for w in root.iter("widget")]
+
+
+def test_ui_widget_names_are_unique():
+    names = ui_widget_names()
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui():
+    sys.path.insert(0, str(MODULE_DIR))
+    from MedVLSAM2SlicerLib.panel_state import CONTROLS
+    from MedVLSAM2SlicerLib.shortcuts import SHORTCUTS
+
+    used = set(CONTROLS) | {button for _, button in SHORTCUTS.values()}
+    for node in ast.walk(module_tree()):
+        if isinstance(node, ast.Attribute):
+            owner = node.value
+            if (isinstance(owner, ast.Attribute) and owner.attr == "ui") or (isinstance(owner, ast.Name) and owner.id == "u"):
+                used.add(node.attr)
+    used -= {"__dict__"}
+    assert len(used) > 30  # the scan really found the panel's widgets
+    missing = sorted(used - set(ui_widget_names()))
+    assert not missing, f"widgets used in code but absent from {UI_FILE.name}: {missing}"
+
+
+def cmake_lists() -> tuple[set[str], list[str]]:
+    """(explicitly listed files, glob patterns relative to the module folder)."""
+    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text()).replace("${MODULE_NAME}", "MedVLSAM2Slicer")
+    listed = set()
+    for block in re.findall(r"set\(MODULE_PYTHON_(?:SCRIPTS|RESOURCES)\s+(.*?)\)", text, re.S):
+        listed |= set(block.split())
+    globs = re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)", text)
+    return listed, globs
+
+
+def test_every_module_file_is_listed_in_the_module_cmakelists():
+    text = MODULE_CMAKE.read_text()
+    assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
+    listed, globs = cmake_lists()
+    for path in listed:
+        assert (MODULE_DIR / path).is_file(), f"CMakeLists lists {path}, which does not exist"
+    own = [MODULE_FILE, *LIB_DIR.glob("*.py"), *(p for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file())]
+    for path in own:
+        rel = path.relative_to(MODULE_DIR).as_posix()
+        assert rel in listed, f"{rel} is not listed in {MODULE_CMAKE.relative_to(ROOT)}"
+    engine = [p for p in (MODULE_DIR / "medvlsam2").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert engine
+    for path in engine:
+        rel = path.relative_to(MODULE_DIR).as_posix()
+        # CMake's GLOB_RECURSE "medvlsam2/*.py" matches at any depth, like fnmatch's "*" across "/"
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is matched by no glob in the module CMakeLists"
+
+
+def test_icon_is_a_128_pixel_png():
+    data = (MODULE_DIR / "Resources" / "Icons" / "MedVLSAM2Slicer.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (128, 128)
+
+
+def test_extension_metadata_is_in_the_top_level_cmakelists():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for field in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                  "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        match = re.search(rf'set\({field}\s+"([^"]*)"\)', text)
+        assert match and match.group(1).strip(), f"{field} is missing or empty"
+    assert re.search(r'set\(EXTENSION_DEPENDS\s+"[^"]*PyTorch', text)
+    assert "add_subdirectory(MedVLSAM2Slicer)" in text
