@@ -1,0 +1,226 @@
+"""Qt-free panel logic of the Slicer module: enable rules, busy handling, shortcuts, signal, worker, settings."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer"))
+
+from MedVLSAM2SlicerLib import dependencies, segments, terminology  # noqa: E402
+from MedVLSAM2SlicerLib.panel_state import CONTROLS, PanelState  # noqa: E402
+from MedVLSAM2SlicerLib.settings import Settings  # noqa: E402
+from MedVLSAM2SlicerLib.shortcuts import SHORTCUTS, button_label, strip_shortcut  # noqa: E402
+from MedVLSAM2SlicerLib.signals import Signal  # noqa: E402
+from MedVLSAM2SlicerLib.worker import Job, ModelWorker  # noqa: E402
+from medvlsam2.errors import Cancelled  # noqa: E402
+
+PROMPTS = ("positivePointButton", "boxButton")
+NEEDS_OBJECT = ("negativePointButton", "propagateButton", "undoButton", "resetButton")
+
+
+def ready_state(**extra) -> PanelState:
+    state = PanelState()
+    state.update(connection="connected", session_open=True, volume_selected=True, segmentation_selected=True,
+                 segment_selected=True, **extra)
+    return state
+
+
+def test_nothing_model_related_is_enabled_before_connecting():
+    state = PanelState()
+    enabled = {c for c, on in state.enabled_map().items() if on}
+    assert enabled == {"startServerButton"}
+    assert "Not connected" in state.status_text()
+
+
+def test_prompt_buttons_follow_connection_volume_and_segment():
+    state = ready_state()
+    assert all(state.enabled(c) for c in PROMPTS)
+    assert not any(state.enabled(c) for c in NEEDS_OBJECT)  # nothing to correct, propagate or undo yet
+    state.update(segment_has_object=True)
+    assert all(state.enabled(c) for c in NEEDS_OBJECT)
+    state.update(segment_selected=False)
+    assert not any(state.enabled(c) for c in PROMPTS + NEEDS_OBJECT)
+    state.update(segment_selected=True, connection="error")
+    assert not state.ready and not any(state.enabled(c) for c in PROMPTS)
+    assert state.enabled("startServerButton") and not state.enabled("stopServerButton")
+
+
+def test_text_and_question_need_text():
+    state = ready_state()
+    assert not state.enabled("runTextButton") and not state.enabled("askButton")
+    state.update(text_prompt="  \n", question=" ")
+    assert not state.enabled("runTextButton") and not state.enabled("askButton")
+    state.update(text_prompt="liver", question="Is the liver enlarged?", segment_selected=False)
+    assert state.enabled("runTextButton")  # text prompts make their own segments
+    assert state.enabled("askButton") and state.enabled("reportButton")
+    assert not state.enabled("saveReportButton")
+    state.update(report_text="Liver: normal.")
+    assert state.enabled("saveReportButton") and state.enabled("copyReportButton")
+
+
+def test_busy_blocks_every_model_action_and_only_the_right_stop_button_is_enabled():
+    state = ready_state(segment_has_object=True, text_prompt="liver", question="why?")
+    assert state.begin("propagate")
+    assert not state.begin("points")  # one call at a time; nothing changed
+    assert state.busy_job == "propagate"
+    model_actions = PROMPTS + NEEDS_OBJECT + ("runTextButton", "askButton", "reportButton", "stopServerButton")
+    assert not any(state.enabled(c) for c in model_actions)
+    assert state.enabled("cancelButton") and not state.enabled("stopAnswerButton")
+    state.set_progress(3, 10)
+    assert state.status_text() == "Running propagate: 3/10"
+    state.finish()
+    assert all(state.enabled(c) for c in model_actions) and not state.enabled("cancelButton")
+    assert state.begin("ask")
+    assert state.enabled("stopAnswerButton") and not state.enabled("cancelButton")
+    state.finish(error="server went away")
+    assert state.status_text() == "Error: server went away" and not state.busy
+
+
+def test_uncancellable_jobs_show_no_cancel_and_unknown_controls_are_errors():
+    state = ready_state()
+    state.begin("upload", cancellable=False)
+    assert not state.enabled("cancelButton") and not state.enabled("stopAnswerButton")
+    with pytest.raises(KeyError, match="unknown control"):
+        state.enabled("noSuchButton")
+    with pytest.raises(AttributeError):
+        state.update(nonsense=1)
+    with pytest.raises(ValueError):
+        state.update(connection="maybe")
+
+
+def test_changed_fires_once_per_update_and_cpu_warning_shows_on_cpu_only():
+    state = ready_state()
+    calls = []
+    state.changed.connect(lambda: calls.append(1))
+    state.update(text_prompt="a", question="b")
+    assert len(calls) == 1
+    state.set_device("cpu", None)
+    assert "CPU" in state.cpu_warning()
+    state.set_device("cuda:0 (NVIDIA H100)", 79.6)
+    assert state.cpu_warning() == "" and state.status_text() == "Connected (cuda:0 (NVIDIA H100), 79.6 GB)"
+
+
+def test_disconnecting_closes_the_session():
+    state = ready_state()
+    state.update(connection="disconnected")
+    assert not state.session_open and not state.ready
+
+
+def test_shortcut_map_is_unique_and_points_at_panel_buttons():
+    keys = [k for k, _ in SHORTCUTS.values()]
+    buttons = [b for _, b in SHORTCUTS.values()]
+    assert len(set(keys)) == len(keys) and len(set(buttons)) == len(buttons)
+    assert set(buttons) <= set(CONTROLS)
+    assert SHORTCUTS["undo"][0] == "Ctrl+Z" and SHORTCUTS["run_text"][0] == "Ctrl+Return"
+    label = button_label("Undo", "undo")
+    assert label == "Undo (Ctrl+Z)" and strip_shortcut(label) == "Undo" and strip_shortcut("Undo") == "Undo"
+
+
+def test_signal_calls_slots_in_order_and_disconnects():
+    signal, seen = Signal(), []
+    first, second = (lambda x: seen.append(("a", x))), (lambda x: seen.append(("b", x)))
+    signal.connect(first)
+    signal.connect(second)
+    signal.connect(first)
+    signal.emit(1)
+    signal.disconnect(first)
+    signal.emit(2)
+    assert seen == [("a", 1), ("b", 1), ("b", 2)] and len(signal) == 1
+
+
+def test_worker_runs_jobs_in_order_on_one_thread_and_delivers_on_the_caller():
+    worker = ModelWorker()
+    try:
+        seen, threads = [], set()
+
+        def run(n):
+            def body(job):
+                threads.add(threading.get_ident())
+                job.progress(n, 3)
+                job.emit(f"piece {n}")
+                if n == 2:
+                    raise ValueError("bad prompt")
+                return n
+            return body
+
+        delivered_on = set()
+        for n in range(3):
+            worker.submit(Job(f"job{n}", run(n), on_done=lambda r: (seen.append(("done", r)), delivered_on.add(threading.get_ident())),
+                              on_error=lambda e: seen.append(("error", str(e))),
+                              on_partial=lambda p: seen.append(("partial", p)),
+                              on_progress=lambda d, t: seen.append(("progress", d))))
+        assert all(kind != "done" for kind, _ in seen)  # nothing runs on this thread until deliver()
+        worker.wait_all(timeout=10)
+        assert seen == [("progress", 0), ("partial", "piece 0"), ("done", 0),
+                        ("progress", 1), ("partial", "piece 1"), ("done", 1),
+                        ("progress", 2), ("partial", "piece 2"), ("error", "bad prompt")]
+        assert len(threads) == 1 and threading.get_ident() not in threads
+        assert delivered_on == {threading.get_ident()} and worker.idle
+    finally:
+        worker.stop()
+
+
+def test_cancel_reaches_the_running_and_the_queued_jobs():
+    worker = ModelWorker()
+    try:
+        started, errors, done = threading.Event(), [], []
+
+        def slow(job):
+            started.set()
+            while True:
+                job.cancel.raise_if_cancelled()
+                threading.Event().wait(0.01)
+
+        worker.submit(Job("slow", slow, on_error=errors.append))
+        worker.submit(Job("queued", lambda job: "ran", on_done=done.append, on_error=errors.append))
+        assert started.wait(10)
+        worker.cancel_current()
+        worker.wait_all(timeout=10)
+        assert done == [] and len(errors) == 2 and all(isinstance(e, Cancelled) for e in errors)
+    finally:
+        worker.stop()
+
+
+def test_settings_round_trip_and_never_store_secrets():
+    store: dict = {}
+    fake = SimpleNamespace(value=lambda k, d=None: store.get(k, d), setValue=store.__setitem__)
+    settings = Settings(fake)
+    assert settings.get("device") == "auto" and settings.get("consentedInstall") is False
+    settings.set("remoteUrl", "https://gpu:8000")
+    store["MedVLSAM2Slicer/consentedInstall"] = "true"  # how QSettings returns booleans on some platforms
+    assert settings.get("remoteUrl") == "https://gpu:8000" and settings.get("consentedInstall") is True
+    with pytest.raises(ValueError, match="secret"):
+        settings.set("remoteToken", "abc")
+    with pytest.raises(KeyError):
+        settings.get("nope")
+    assert not any("token" in k.lower() for k in store)
+
+
+def test_dependency_install_prefers_pip_ensure_and_falls_back_to_pip_install():
+    calls = []
+    new = SimpleNamespace(packaging=SimpleNamespace(pip_ensure=lambda reqs, requester: calls.append(("ensure", reqs))),
+                          util=SimpleNamespace(pip_install=lambda reqs: calls.append(("install", reqs))))
+    old = SimpleNamespace(util=SimpleNamespace(pip_install=lambda reqs: calls.append(("install", reqs))))
+    assert dependencies.install(["httpx>=0.27"], new) == "pip_ensure"
+    assert dependencies.install(["httpx>=0.27", "zstandard>=0.22"], old) == "pip_install"
+    assert dependencies.install([], old) == "none"
+    assert calls == [("ensure", ["httpx>=0.27"]), ("install", ["httpx>=0.27", "zstandard>=0.22"])]
+    assert dependencies.has_pip_ensure(new) and not dependencies.has_pip_ensure(old)
+    assert dependencies.missing({"json": "json", "no_such_module_xyz": "no-such-module-xyz>=1"}) == ["no-such-module-xyz>=1"]
+    assert "no-such-module-xyz" in dependencies.consent_message(["no-such-module-xyz>=1"])
+
+
+def test_prompt_lines_and_terminology_matching():
+    assert segments.prompt_lines(" liver \n\nspleen\nliver\n") == ["liver", "spleen"]
+    assert terminology.match("the LEFT kidney").code[2] == "Left kidney"
+    assert terminology.match("kidneys").code[2] == "Kidney"
+    assert terminology.match("liverish blob") is None  # whole words only
+    assert terminology.terminology_entry("splenic something") is None
+    assert terminology.color_for("blob", 0) != terminology.color_for("blob", 1)
+    assert segments.segment_name_for("liver", "liver", 1) == "liver"
+    assert segments.segment_name_for("both kidneys", "left kidney", 2) == "both kidneys: left kidney"
