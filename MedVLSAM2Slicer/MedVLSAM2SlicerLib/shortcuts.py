@@ -3,16 +3,17 @@ removed on exit (the widget owns the QShortcut objects; this module stays Qt-fre
 
 from __future__ import annotations
 
-# action -> (Qt key sequence, objectName of the button it triggers)
+# action -> (Qt key sequence, objectName of the button it triggers). Plain letters are avoided: slice
+# views already use them (b/f step slices); Ctrl+Z matches the Segment Editor's undo.
 SHORTCUTS: dict[str, tuple[str, str]] = {
-    "positive_point": ("P", "positivePointButton"),
-    "negative_point": ("Shift+P", "negativePointButton"),
-    "box": ("B", "boxButton"),
+    "positive_point": ("Alt+1", "positivePointButton"),
+    "negative_point": ("Alt+2", "negativePointButton"),
+    "box": ("Alt+3", "boxButton"),
     "run_text": ("Ctrl+Return", "runTextButton"),
     "propagate": ("Ctrl+Shift+P", "propagateButton"),
     "undo": ("Ctrl+Z", "undoButton"),
     "reset": ("Ctrl+Shift+R", "resetButton"),
-    "next_segment": ("N", "nextSegmentButton"),
+    "next_segment": ("Alt+4", "nextSegmentButton"),
     "cancel": ("Escape", "cancelButton"),
     "ask": ("Ctrl+Shift+Return", "askButton"),
 }

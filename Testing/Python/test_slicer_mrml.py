@@ -350,3 +350,48 @@ def test_the_worker_runs_a_real_tiny_session_and_its_result_lands_in_the_segment
         assert np.array_equal(segments.segment_array(segmentation, other, ct), other_mask)
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def module_file(monkeypatch):
+    """Import MedVLSAM2Slicer.py with stand-ins for the parts slicer-core lacks (Qt, ctk, the scripted-module base classes)."""
+    import importlib.util
+    import types
+
+    base = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Logic:
+        def getParameterNode(self):
+            return slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+
+    base.ScriptedLoadableModuleLogic = Logic
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
+        setattr(base, name, type(name, (), {}))
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    for name, module in {"qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk"),
+                         "slicer.ScriptedLoadableModule": base, "slicer.parameterNodeWrapper": wrapper}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    path = Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer" / "MedVLSAM2Slicer.py"
+    spec = importlib.util.spec_from_file_location("MedVLSAM2Slicer_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_module_logic_drives_a_session_and_reports_connection_errors(module_file, segmentation, ct):
+    logic = module_file.MedVLSAM2SlicerLogic()
+    try:
+        assert {"base", "tiny"} <= set(logic.model_names()) and logic.weights_ready("tiny")
+        sid = segmentation.GetSegmentation().AddEmptySegment("organ")
+        logic.use_session(FakeSession(), ct, segmentation)
+        logic.controller.add_points(sid, [[5, 6, 3]], [1])
+        logic.controller.worker.wait_all()
+        mask = segments.segment_array(segmentation, sid, ct)
+        assert mask.sum() == 1 and mask[3, 6, 5] == 1
+        logic.start("tiny", "cpu", "ftp://nowhere", "secret", "")
+        logic.controller.worker.wait_all()
+        state = logic.controller.state
+        assert state.connection == "error" and "http://" in state.error and "secret" not in state.error
+    finally:
+        logic.shutdown()
