@@ -138,6 +138,8 @@ class MedVLSAM2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def exit(self) -> None:
         self._removeShortcuts()
+        for button in (self.ui.positivePointButton, self.ui.negativePointButton, self.ui.boxButton):
+            button.checked = False
         self._stopPlacing()
 
     def cleanup(self) -> None:
@@ -224,6 +226,10 @@ class MedVLSAM2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.inputVolume = node
         self.state.update(volume_selected=node is not None, session_open=False)
+        if node is not None and node.GetImageData() is not None:
+            lastSlice = node.GetImageData().GetDimensions()[2] - 1
+            self.ui.rangeFromSpinBox.maximum = self.ui.rangeToSpinBox.maximum = lastSlice
+            self.ui.rangeToSpinBox.value = lastSlice
         if node is not None and self.logic.connection.connected:
             self._openSession()
 
@@ -333,6 +339,7 @@ class MedVLSAM2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.CreateDefaultDisplayNodes()
             node.GetDisplayNode().SetSelectedColor(*color)
             setattr(self._parameterNode, attribute, node)
+        if not self.hasObserver(node, node.PointPositionDefinedEvent, self._onPlaced):
             self.addObserver(node, node.PointPositionDefinedEvent, self._onPlaced)
         return node
 
@@ -387,7 +394,8 @@ class MedVLSAM2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.state.set_error(str(exc))
         else:
             self._run(self.logic.controller.add_points, segmentId, point, [label])
-        caller.RemoveAllControlPoints()  # the session keeps the prompt; the view stays clean
+        # the session keeps the prompt; clear the view after this event has been handled
+        qt.QTimer.singleShot(0, caller.RemoveAllControlPoints)
 
     def onRunText(self) -> None:
         self._run(self.logic.controller.segment_text, self.ui.textPromptEdit.plainText)
@@ -554,7 +562,9 @@ class MedVLSAM2SlicerLogic(ScriptedLoadableModuleLogic):
 
         volume = volume_from_node(volumeNode)  # read MRML here, on the main thread
         state = self.controller.state
-        state.begin("upload", cancellable=False)
+        if not state.begin("upload", cancellable=False):
+            state.set_error(f"busy with {state.busy_job}; open the volume again when it has finished")
+            return
 
         def done(session):
             state.finish()
