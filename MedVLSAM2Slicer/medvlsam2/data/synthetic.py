@@ -1,0 +1,271 @@
+"""Synthetic abdominal CT phantoms with labels, a findings report, VQA pairs and referring expressions.
+
+Deterministic by seed. Geometry: identity direction in LPS, so ``i`` runs to the patient's left,
+``j`` to posterior and ``k`` to superior; the patient lies supine. The liver is on the patient's
+right (low ``i``), the spleen on the left, the spine posterior (high ``j``).
+
+Label map (``ORGANS``): a liver-lesion voxel has label 8 (not 1) and a renal-cyst voxel label 9.
+Segmentation targets (``STRUCTURE_LABELS``) follow radiology usage: "liver" includes its lesions
+(labels 1 and 8); a kidney is its parenchyma (3 or 4) without the cyst, which is its own target.
+
+These phantoms train and test the pipeline; they are not clinical images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..io.volume import Volume
+from ..modeling.prompting import REPORT_QUESTION, SEG_ANSWER, segment_question
+from .case import CHOICE_LETTERS, ClosedQA, CTCase, OpenQA, Referring
+
+ORGANS: dict[int, str] = {1: "liver", 2: "spleen", 3: "right kidney", 4: "left kidney", 5: "pancreas",
+                          6: "aorta", 7: "stomach", 8: "liver lesion", 9: "kidney cyst"}
+STRUCTURE_LABELS: dict[str, list[int]] = {"liver": [1, 8], "spleen": [2], "right kidney": [3], "left kidney": [4],
+                                          "pancreas": [5], "aorta": [6], "stomach": [7], "liver lesion": [8],
+                                          "kidney cyst": [9]}
+HU = {"air": -1000, "fat": -100, "muscle": 50, "bone": 700, "marrow": 250, "liver": 60, "spleen": 48,
+      "kidney": 150, "pancreas": 40, "aorta": 180, "stomach_wall": 45, "stomach_fluid": 10, "gas": -900,
+      "lesion": 20, "cyst": 5}
+NOISE_HU = 12.0
+BLUR_VOXELS = 0.6  # partial-volume blur (Gaussian sigma, in voxels)
+_NUMBER_WORDS = ["none", "one", "two", "three"]
+
+
+@dataclass
+class Findings:
+    """What a phantom shows. Keys accepted by ``generate_case(findings=...)``:
+    ``liver_lesions`` (list of diameters in mm, 0-3 entries), ``renal_cyst`` (None, "left" or "right"),
+    ``cyst_mm`` (diameter), ``splenomegaly`` (bool)."""
+
+    liver_lesions: list[float]
+    renal_cyst: str | None
+    cyst_mm: float
+    splenomegaly: bool
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> "Findings":
+        n = int(rng.choice(4, p=[0.6, 0.2, 0.12, 0.08]))
+        lesions = sorted((float(rng.uniform(8, 30)) for _ in range(n)), reverse=True)
+        cyst = None if rng.random() >= 0.3 else str(rng.choice(["left", "right"]))
+        return cls(lesions, cyst, float(rng.uniform(10, 24)), bool(rng.random() < 0.25))
+
+    @classmethod
+    def from_dict(cls, d: dict, rng: np.random.Generator) -> "Findings":
+        unknown = set(d) - {"liver_lesions", "renal_cyst", "cyst_mm", "splenomegaly"}
+        if unknown:
+            raise ValueError(f"unknown findings {sorted(unknown)}; use liver_lesions, renal_cyst, cyst_mm, splenomegaly")
+        drawn = cls.draw(rng)
+        lesions = sorted((float(x) for x in d.get("liver_lesions", drawn.liver_lesions)), reverse=True)
+        if len(lesions) > 3 or any(not 4 <= x <= 60 for x in lesions):
+            raise ValueError("liver_lesions takes at most 3 diameters between 4 and 60 mm")
+        cyst = d.get("renal_cyst", drawn.renal_cyst)
+        if cyst not in (None, "left", "right"):
+            raise ValueError(f"renal_cyst must be None, 'left' or 'right', got {cyst!r}")
+        return cls(lesions, cyst, float(d.get("cyst_mm", drawn.cyst_mm)), bool(d.get("splenomegaly", drawn.splenomegaly)))
+
+
+def _grid(shape, spacing):
+    """Physical coordinates (mm) of voxel centres, centred on the volume: x (i), y (j), z (k)."""
+    k, j, i = (np.arange(n, dtype=np.float32) for n in shape)
+    z = (k - (shape[0] - 1) / 2) * spacing[2]
+    y = (j - (shape[1] - 1) / 2) * spacing[1]
+    x = (i - (shape[2] - 1) / 2) * spacing[0]
+    return x[None, None, :], y[None, :, None], z[:, None, None]
+
+
+def _ellipsoid(grid, centre, axes) -> np.ndarray:
+    x, y, z = grid
+    return ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + ((z - centre[2]) / axes[2]) ** 2 <= 1.0
+
+
+def _paint_anatomy(shape, spacing, rng, f: Findings):
+    grid = _grid(shape, spacing)
+    x, y, z = grid
+    jitter = lambda s=6.0: rng.normal(0, s, 3)  # noqa: E731 - centre shift in mm
+    scale = lambda: rng.uniform(0.88, 1.12, 3)  # noqa: E731 - per-axis size variation
+    full = np.ones(shape, bool)
+    hu = np.full(shape, HU["air"], np.float32)
+    labels = np.zeros(shape, np.uint8)
+
+    # Body wall: fat, a muscle ring, intra-abdominal fat; spine and ribs.
+    ax, ay = 160 * rng.uniform(0.92, 1.05), 115 * rng.uniform(0.92, 1.05)
+    r = (x / ax) ** 2 + (y / ay) ** 2
+    body = (r <= 1.0) & full
+    hu[body] = HU["fat"]
+    muscle = body & (((x / (ax - 16)) ** 2 + (y / (ay - 16)) ** 2) <= 1.0)
+    hu[muscle] = HU["muscle"]
+    inner = body & (((x / (ax - 28)) ** 2 + (y / (ay - 28)) ** 2) <= 1.0)
+    hu[inner] = HU["fat"] + 10
+    spine_c = (0.0, ay - 45)
+    vert = ((x - spine_c[0]) ** 2 + (y - spine_c[1]) ** 2 <= 18 ** 2) & full
+    hu[vert] = HU["bone"]
+    hu[((x - spine_c[0]) ** 2 + (y - spine_c[1]) ** 2 <= 13 ** 2) & full] = HU["marrow"]
+    paraspinal = (((x - spine_c[0]) / 55) ** 2 + ((y - spine_c[1] - 25) / 22) ** 2 <= 1.0) & ~vert & body
+    hu[paraspinal] = HU["muscle"]
+    rib_ring = body & ~inner & muscle & (((x / (ax - 20)) ** 2 + (y / (ay - 20)) ** 2) >= 1.0)
+    rib_levels = (np.mod(z + rng.uniform(0, 25), 25) < 8) & (z > -10)
+    hu[rib_ring & rib_levels & (y > -ay * 0.6)] = HU["bone"] - 100
+
+    zs = shape[0] * spacing[2] / 2  # half the z extent, organs placed relative to it
+    organs = {}
+    organs["liver"] = _ellipsoid(grid, np.array([-62, -8, 0.35 * zs]) + jitter(), np.array([78, 68, 0.62 * zs]) * scale())
+    organs["liver"] &= inner
+    spleen_axes = np.array([30, 45, 0.5 * zs]) * scale() * (1.45 if f.splenomegaly else 1.0)
+    organs["spleen"] = _ellipsoid(grid, np.array([88, 38, 0.35 * zs]) + jitter(), spleen_axes) & inner
+    kid_axes = np.array([24, 30, 0.48 * zs])
+    organs["right kidney"] = _ellipsoid(grid, np.array([-58, 52, -0.3 * zs]) + jitter(4), kid_axes * scale()) & inner
+    organs["left kidney"] = _ellipsoid(grid, np.array([58, 52, -0.22 * zs]) + jitter(4), kid_axes * scale()) & inner
+    organs["pancreas"] = _ellipsoid(grid, np.array([12, 12, -0.02 * zs]) + jitter(4), np.array([55, 12, 0.18 * zs]) * scale())
+    organs["stomach"] = _ellipsoid(grid, np.array([45, -38, 0.4 * zs]) + jitter(), np.array([42, 30, 0.4 * zs]) * scale()) & inner
+    aorta_c = np.array([14, spine_c[1] - 30]) + rng.normal(0, 3, 2)
+    organs["aorta"] = ((x - aorta_c[0]) ** 2 + (y - aorta_c[1]) ** 2 <= (11 * rng.uniform(0.9, 1.1)) ** 2) & full
+
+    for name in ("liver", "spleen", "right kidney", "left kidney", "pancreas", "stomach", "aorta"):
+        value = next(v for v, n in ORGANS.items() if n == name)
+        m = organs[name]
+        labels[m] = value
+        hu[m] = HU["kidney" if "kidney" in name else ("stomach_wall" if name == "stomach" else name)]
+    # Stomach content: fluid with an anterior gas cap (low j is anterior).
+    content = _ellipsoid(grid, np.array([45, -38, 0.4 * zs]), np.array([32, 22, 0.32 * zs])) & (labels == 7)
+    hu[content] = HU["stomach_fluid"]
+    hu[content & (y < -48)] = HU["gas"]
+
+    lesion_sites = []
+    liver_idx = np.argwhere(labels == 1)
+    for d in f.liver_lesions:
+        c = _centre_inside(liver_idx, shape, spacing, rng)
+        sphere = _ellipsoid(grid, c, np.full(3, d / 2)) & (labels == 1)
+        labels[sphere] = 8
+        hu[sphere] = HU["lesion"]
+        lesion_sites.append(c)
+    if f.renal_cyst:
+        kidney = 3 if f.renal_cyst == "right" else 4
+        c = _centre_inside(np.argwhere(labels == kidney), shape, spacing, rng)
+        sphere = _ellipsoid(grid, c, np.full(3, f.cyst_mm / 2)) & (labels == kidney)
+        labels[sphere] = 9
+        hu[sphere] = HU["cyst"]
+    return hu, labels, lesion_sites, organs, spleen_axes
+
+
+def _centre_inside(indices: np.ndarray, shape, spacing, rng) -> np.ndarray:
+    """A random centre (mm) among the inner half of an organ's voxels, so a finding sits inside it."""
+    centre = indices.mean(0)
+    near = indices[np.linalg.norm((indices - centre) * np.array(spacing[::-1]), axis=1)
+                   <= np.percentile(np.linalg.norm((indices - centre) * np.array(spacing[::-1]), axis=1), 50)]
+    k, j, i = near[rng.integers(len(near))]
+    return np.array([(i - (shape[2] - 1) / 2) * spacing[0], (j - (shape[1] - 1) / 2) * spacing[1],
+                     (k - (shape[0] - 1) / 2) * spacing[2]])
+
+
+# ----- texts ----------------------------------------------------------------------------------
+def _lobe(centre_x: float, liver_centre_x: float) -> str:
+    return "right" if centre_x < liver_centre_x + 10 else "left"  # patient's right is low x
+
+
+def _report(f: Findings, lobes: list[str], spleen_cm: int, rng) -> str:
+    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    n = len(f.liver_lesions)
+    if n:
+        size = int(round(f.liver_lesions[0]))
+        liver = pick([f"{_NUMBER_WORDS[n].capitalize()} hypodense liver lesion{'s' if n > 1 else ''}, the largest {size} mm in the {lobes[0]} lobe.",
+                      f"There {'are' if n > 1 else 'is'} {_NUMBER_WORDS[n]} hypodense lesion{'s' if n > 1 else ''} in the liver, the largest measuring {size} mm in the {lobes[0]} lobe."])
+    else:
+        liver = pick(["The liver is normal in size and attenuation without focal lesion.", "No focal liver lesion is seen.",
+                      "The liver appears unremarkable."])
+    spleen = (pick([f"The spleen is enlarged, measuring {spleen_cm} cm.", f"Splenomegaly is present, the spleen measuring {spleen_cm} cm."])
+              if f.splenomegaly else pick(["The spleen is normal in size.", "No splenomegaly."]))
+    if f.renal_cyst:
+        cyst = int(round(f.cyst_mm))
+        kidneys = pick([f"A {cyst} mm simple cyst in the {f.renal_cyst} kidney.",
+                        f"There is a cyst in the {f.renal_cyst} kidney measuring {cyst} mm."])
+    else:
+        kidneys = pick(["Both kidneys are normal without cysts.", "The kidneys are unremarkable."])
+    rest = pick(["The pancreas, aorta and stomach are unremarkable.", "Pancreas, aorta and stomach are normal."])
+    abnormal = [s for s, on in (("liver lesion", n), ("splenomegaly", f.splenomegaly),
+                                (f"{f.renal_cyst} renal cyst", f.renal_cyst)) if on]
+    impression = "Impression: " + (", ".join(abnormal) + "." if abnormal else pick(["no acute abnormality.", "normal study."]))
+    return " ".join([liver, spleen, kidneys, rest, impression])
+
+
+def _closed(question: str, correct: str, choices: list[str], rng) -> ClosedQA:
+    order = list(rng.permutation(len(choices)))
+    shuffled = [choices[o] for o in order]
+    return ClosedQA(question, shuffled, CHOICE_LETTERS[shuffled.index(correct)])
+
+
+def _questions(f: Findings, lobes: list[str], rng):
+    n = len(f.liver_lesions)
+    cyst = f.renal_cyst or "neither"
+    closed = [
+        _closed("How many focal lesions are in the liver?", _NUMBER_WORDS[n], list(_NUMBER_WORDS), rng),
+        _closed("Which kidney has a cyst?", cyst, ["left", "right", "both", "neither"], rng),
+        _closed("What is the size of the spleen?", "enlarged" if f.splenomegaly else "normal",
+                ["normal", "enlarged", "absent", "atrophic"], rng),
+        _closed("Is there a focal liver lesion?", "yes" if n else "no", ["yes", "no", "only a cyst", "not assessable"], rng),
+    ]
+    opened = [
+        OpenQA("Is the spleen enlarged?", "yes" if f.splenomegaly else "no"),
+        OpenQA("What abnormality is in the kidneys?", f"a cyst in the {f.renal_cyst} kidney" if f.renal_cyst else "none"),
+        OpenQA("Where is the liver lesion?", f"in the {lobes[0]} lobe" if n else "there is no liver lesion"),
+    ]
+    referring = [Referring("the largest abdominal organ", 1), Referring("the organ on the left side next to the stomach", 2),
+                 Referring("the vessel in front of the spine", 6)]
+    if n:
+        referring.append(Referring("the lesion in the liver", 8))
+    if f.renal_cyst:
+        referring.append(Referring(f"the cyst in the {f.renal_cyst} kidney", 9))
+    return closed, opened, referring
+
+
+# ----- public API ------------------------------------------------------------------------------
+def generate_case(seed: int, shape: tuple[int, int, int] = (32, 128, 128),
+                  spacing: tuple[float, float, float] = (2.8, 2.8, 5.0), findings: dict | None = None) -> CTCase:
+    """One phantom: HU int16 ``[k, j, i]``, label map, report, VQA and referring expressions.
+
+    ``shape`` is (slices, rows, columns); ``spacing`` is (i, j, k) in mm and should cover about
+    36 x 36 x 16 cm. ``findings`` forces what the phantom shows (keys: see ``Findings``).
+    """
+    if len(shape) != 3 or min(shape) < 8:
+        raise ValueError(f"shape must be three sizes of at least 8 voxels, got {shape}")
+    rng = np.random.default_rng(seed)
+    f = Findings.from_dict(findings, rng) if findings is not None else Findings.draw(rng)
+    hu, labels, lesion_sites, organs, spleen_axes = _paint_anatomy(shape, spacing, rng, f)
+
+    from scipy.ndimage import gaussian_filter
+
+    hu = gaussian_filter(hu, BLUR_VOXELS) + rng.normal(0, NOISE_HU, shape).astype(np.float32)
+    image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+
+    liver_x = float(np.argwhere(labels == 1)[:, 2].mean() - (shape[2] - 1) / 2) * spacing[0]
+    lobes = [_lobe(c[0], liver_x) for c in lesion_sites] or ["right"]
+    spleen_cm = int(round(2 * spleen_axes[2] / 10))
+    report = _report(f, lobes, spleen_cm, rng)
+    closed, opened, referring = _questions(f, lobes, rng)
+    present = {v: n for v, n in ORGANS.items() if (labels == v).any()}
+    volume = Volume(image, spacing=spacing, origin=(-(shape[2] - 1) / 2 * spacing[0], -(shape[1] - 1) / 2 * spacing[1],
+                                                    -(shape[0] - 1) / 2 * spacing[2]))
+    return CTCase(f"synthetic-{seed}", volume, labels, present, report, closed, opened, referring)
+
+
+def corpus() -> list[str]:
+    """Text covering every word the generator and the chat format can emit (for a word-level tokenizer)."""
+    texts = [REPORT_QUESTION, SEG_ANSWER, "Choices: A. B. C. D. About the region : , ( )", "slices - to"]
+    texts += [segment_question(t) for t in STRUCTURE_LABELS]
+    texts.append(" ".join(str(n) for n in range(0, 1001)))
+    rng = np.random.default_rng(0)
+    for lesions in ([], [12.0], [20.0, 10.0], [25.0, 15.0, 9.0]):
+        for cyst in (None, "left", "right"):
+            for spleno in (False, True):
+                f = Findings(lesions, cyst, 15.0, spleno)
+                for lobe in ("left", "right"):
+                    for _ in range(6):  # the templates are chosen at random; cover every variant
+                        texts.append(_report(f, [lobe], 14, rng))
+                    closed, opened, referring = _questions(f, [lobe], rng)
+                    texts += [q.prompt() + " " + q.target() for q in closed]
+                    texts += [f"{q.question} {q.answer}" for q in opened]
+                    texts += [segment_question(r.expression) for r in referring]
+    return texts
+

@@ -1,0 +1,70 @@
+"""Synthetic abdominal phantoms: deterministic, anatomically ordered, texts consistent with labels."""
+
+import numpy as np
+import pytest
+
+from medvlsam2.data.case import CHOICE_LETTERS
+from medvlsam2.data.synthetic import HU, ORGANS, STRUCTURE_LABELS, corpus, generate_case
+from medvlsam2.modeling.tokenizer import build_tokenizer
+
+
+def test_same_seed_same_case_other_seed_other_case():
+    a, b, c = generate_case(7), generate_case(7), generate_case(8)
+    assert np.array_equal(a.volume.array, b.volume.array) and np.array_equal(a.labels, b.labels)
+    assert a.report == b.report and a.vqa_closed == b.vqa_closed
+    assert not np.array_equal(a.volume.array, c.volume.array)
+
+
+def test_organs_have_plausible_hu_position_and_extent():
+    case = generate_case(1, findings={"liver_lesions": [], "renal_cyst": None, "splenomegaly": False})
+    img, lab = case.volume.array, case.labels
+    assert img.dtype == np.int16 and lab.shape == img.shape
+    for value, name in ORGANS.items():
+        if value >= 8:
+            assert value not in case.label_names  # no findings forced
+            continue
+        m = lab == value
+        if name != "stomach":  # wall, fluid and gas
+            assert abs(np.median(img[m]) - HU["kidney" if "kidney" in name else name]) < 40, name
+        assert len(np.unique(np.nonzero(m)[0])) >= 4, f"{name} must span several slices"
+    centre_i = lambda v: np.nonzero(lab == v)[2].mean()  # noqa: E731
+    assert centre_i(1) < centre_i(2), "liver on the patient's right (low i), spleen on the left"
+    assert centre_i(3) < centre_i(4)
+    assert (img[lab == 0] < -50).mean() > 0.5  # background is fat or air
+
+
+def test_forced_findings_match_labels_report_and_answers():
+    case = generate_case(5, findings={"liver_lesions": [22.0], "renal_cyst": "left", "cyst_mm": 20, "splenomegaly": True})
+    lab = case.labels
+    cyst_i = np.nonzero(lab == 9)[2].mean()
+    assert abs(cyst_i - np.nonzero(lab == 4)[2].mean()) < abs(cyst_i - np.nonzero(lab == 3)[2].mean())
+    assert (lab == 8).sum() > 30 and np.median(case.volume.array[lab == 8]) < np.median(case.volume.array[lab == 1]) - 15
+    assert "left kidney" in case.report and "lesion" in case.report and ("enlarged" in case.report or "Splenomegaly" in case.report)
+    answers = {q.question: q.choices[CHOICE_LETTERS.index(q.answer)] for q in case.vqa_closed}
+    assert answers["Which kidney has a cyst?"] == "left"
+    assert answers["How many focal lesions are in the liver?"] == "one"
+    assert answers["What is the size of the spleen?"] == "enlarged"
+    assert {r.label for r in case.referring} >= {8, 9}
+    assert case.mask("liver lesion").sum() == (lab == 8).sum()
+
+
+def test_answer_letters_vary_across_seeds():
+    letters = {q.answer for s in range(12) for q in generate_case(s, shape=(8, 32, 32), spacing=(11.2, 11.2, 20)).vqa_closed}
+    assert letters == set(CHOICE_LETTERS)
+
+
+def test_corpus_covers_every_generated_word():
+    tok = build_tokenizer(corpus())
+    for s in range(40):
+        case = generate_case(s, shape=(8, 32, 32), spacing=(11.2, 11.2, 20))
+        texts = [case.report] + [q.prompt() + " " + q.target() for q in case.vqa_closed]
+        texts += [q.question + " " + q.answer for q in case.vqa_open] + [r.expression for r in case.referring]
+        for t in texts:
+            assert tok.unk_token_id not in tok.encode(t, add_special_tokens=False), t
+    assert set(STRUCTURE_LABELS) >= {"liver", "spleen", "right kidney", "left kidney"}
+
+
+@pytest.mark.parametrize("bad", [{"liver_lesions": [1, 2, 3, 4]}, {"renal_cyst": "middle"}, {"tumour": True}])
+def test_bad_findings_are_refused(bad):
+    with pytest.raises(ValueError):
+        generate_case(0, findings=bad)
