@@ -37,6 +37,7 @@ class Controller:
         self.segments_written = Signal()  # (list of segment ids)
         self.message = Signal()        # (text) informative status lines
         self._text_queue: list[str] = []
+        self.current_segment: str | None = None  # the segment selected in the panel
 
     # ----- setup (main thread)
     def attach(self, session, volume_node, segmentation_node) -> None:
@@ -44,13 +45,19 @@ class Controller:
         self.session, self.volume_node, self.segmentation_node = session, volume_node, segmentation_node
         self.objects.clear()
         self.history.clear()
+        self._text_queue.clear()
         if segmentation_node is not None and volume_node is not None:
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         self.state.update(session_open=session is not None, volume_selected=volume_node is not None,
                           segmentation_selected=segmentation_node is not None)
 
     def select_segment(self, segment_id: str | None) -> None:
-        self.state.update(segment_selected=bool(segment_id), segment_has_object=segment_id in self.objects)
+        self.current_segment = segment_id or None
+        self._update_selection()
+
+    def _update_selection(self) -> None:
+        self.state.update(segment_selected=self.current_segment is not None,
+                          segment_has_object=self.current_segment in self.objects)
 
     # ----- helpers
     def _start(self, name: str, run: Callable[[Job], Any], on_done: Callable[[Any], None],
@@ -94,7 +101,7 @@ class Controller:
                 self.state.finish(error=str(exc))
                 return
             self.state.finish()
-            self.state.update(segment_has_object=True)
+            self._update_selection()
             self.segments_written.emit([segment_id])
         return done
 
@@ -146,8 +153,10 @@ class Controller:
             raise InputError("type a structure to segment, one per line (e.g. 'liver')")
         if self.segmentation_node is None:
             raise InputError("select or create a segmentation first")
-        self._text_queue = lines[1:]
-        return self._text_job(lines[0])
+        job = self._text_job(lines[0])
+        if job is not None:  # callbacks run on this thread later, so the queue is set in time
+            self._text_queue = lines[1:]
+        return job
 
     def _text_job(self, prompt: str) -> Job | None:
         return self._start("text", lambda job: self.session.segment_text(prompt, cancel=job.cancel, progress=job.progress),
@@ -164,6 +173,7 @@ class Controller:
                 self._write(segment_id, result)
                 ids.append(segment_id)
         except Exception as exc:
+            self._text_queue.clear()
             self.state.finish(error=str(exc))
             return
         if not results:

@@ -395,3 +395,22 @@ def test_module_logic_drives_a_session_and_reports_connection_errors(module_file
         assert state.connection == "error" and "http://" in state.error and "secret" not in state.error
     finally:
         logic.shutdown()
+
+
+def test_a_second_action_while_busy_is_refused_and_leaves_no_queued_text(controller, segmentation):
+    seg = segmentation.GetSegmentation()
+    first, second = seg.AddEmptySegment("first"), seg.AddEmptySegment("second")
+    controller.select_segment(first)
+    controller.add_points(first, [[1, 1, 1]], [1])
+    controller.worker.wait_all()
+    assert controller.state.segment_has_object
+    controller.select_segment(second)
+    assert not controller.state.segment_has_object  # "second" has no prompts yet
+    messages = []
+    controller.message.connect(messages.append)
+    controller.propagate(first)
+    assert controller.segment_text("liver\nspleen") is None and "busy" in messages[-1]
+    controller.session.gate.set()
+    controller.worker.wait_all()
+    assert seg.GetNumberOfSegments() == 2  # the refused text prompts made nothing, now or later
+    assert not controller.state.segment_has_object and controller.state.error == ""
