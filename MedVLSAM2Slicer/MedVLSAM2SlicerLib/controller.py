@@ -50,6 +50,7 @@ class Controller:
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         self.state.update(session_open=session is not None, volume_selected=volume_node is not None,
                           segmentation_selected=segmentation_node is not None)
+        self._update_selection()  # a new session knows none of the segments yet
 
     def select_segment(self, segment_id: str | None) -> None:
         self.current_segment = segment_id or None
