@@ -10,9 +10,6 @@ from medvlsam2.errors import InputError
 
 from .geometry import _vtk_to_numpy, voxel_indices, world_to_ijk
 
-# Control-point description used to mark negative (background) clicks; positive is the default.
-NEGATIVE = "negative"
-
 
 def control_points_world(markups_node) -> np.ndarray:
     """World RAS positions [N, 3] of every defined control point (parent transforms applied)."""
