@@ -312,10 +312,14 @@ class MedVLSAM2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onImportWeights(self) -> None:
         path = qt.QFileDialog.getOpenFileName(self.parent, "Import weights file", "", "Weights (*.pt *.safetensors *.bin)")
-        if path:
+        if not path:
+            return
+        try:
             with slicer.util.tryWithErrorDisplay("Importing the weights failed.", waitCursor=True):
                 final = self.logic.import_weights(self.ui.modelSelector.currentText, path)
-                slicer.util.showStatusMessage(f"Weights installed: {os.path.basename(final)}", 5000)
+        except Exception:
+            return  # already shown to the user
+        slicer.util.showStatusMessage(f"Weights installed: {os.path.basename(final)}", 5000)
 
     def onStop(self) -> None:
         self.logic.stop()
@@ -329,6 +333,8 @@ class MedVLSAM2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} MedVLSAM2")
             segmentation.CreateDefaultDisplayNodes()
             self.ui.segmentSelector.setCurrentNode(segmentation)
+        if segmentation.GetSegmentation().GetNumberOfSegments() == 0:
+            self.ui.segmentSelector.setCurrentSegmentID(segmentation.GetSegmentation().AddEmptySegment("", "Segment 1"))
         self._run(self.logic.open_session, volume, segmentation)
 
     # ----- prompts
@@ -477,9 +483,14 @@ class MedVLSAM2SlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedVLSAM2SlicerLib import report_node
 
         path = qt.QFileDialog.getSaveFileName(self.parent, "Save draft report", "report.md", "Markdown (*.md)")
-        if path:
+        if not path:
+            return
+        try:
             with slicer.util.tryWithErrorDisplay("Saving the report failed."):
-                report_node.save_markdown(self.ui.reportEdit.plainText, path)
+                saved = report_node.save_markdown(self.ui.reportEdit.plainText, path)
+        except Exception:
+            return  # already shown to the user
+        slicer.util.showStatusMessage(f"Report saved to {saved}", 5000)
 
 
 class MedVLSAM2SlicerLogic(ScriptedLoadableModuleLogic):
