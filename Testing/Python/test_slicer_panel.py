@@ -224,3 +224,62 @@ def test_prompt_lines_and_terminology_matching():
     assert terminology.color_for("blob", 0) != terminology.color_for("blob", 1)
     assert segments.segment_name_for("liver", "liver", 1) == "liver"
     assert segments.segment_name_for("both kidneys", "left kidney", 2) == "both kidneys: left kidney"
+
+
+def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, tmp_path):
+    import types
+
+    from MedVLSAM2SlicerLib.connection import Connection, ServerOptions
+    from medvlsam2.errors import InputError
+
+    calls = []
+
+    class Server:
+        url, token = "http://127.0.0.1:5123", "tok"
+
+        def is_alive(self):
+            return "stopped" not in calls
+
+        def stop(self):
+            calls.append("stopped")
+
+        def last_log_lines(self, n):
+            return ["line"] * n
+
+    class Client:
+        def __init__(self, url, token):
+            calls.append(("client", url, token))
+
+        def info(self):
+            return {"device": "cuda:0", "memory_gb": 24.0}
+
+        def open_session(self, volume):
+            return ("session", volume)
+
+        def close(self):
+            calls.append("closed")
+
+    launcher = types.ModuleType("medvlsam2.server.launcher")
+    launcher.launch_server = lambda *args: calls.append(("launch", args)) or Server()
+    client = types.ModuleType("medvlsam2.client")
+    client.Client = Client
+    monkeypatch.setitem(sys.modules, "medvlsam2.server.launcher", launcher)
+    monkeypatch.setitem(sys.modules, "medvlsam2.client", client)
+
+    conn = Connection()
+    with pytest.raises(InputError, match="not connected"):
+        conn.open_session("volume")
+    conn.start_local(ServerOptions(model="tiny", device="cpu", log_path=str(tmp_path / "server.log")))
+    assert calls[0] == ("launch", (sys.executable, "tiny", "cpu", "127.0.0.1", 0, str(tmp_path / "server.log")))
+    assert calls[1] == ("client", "http://127.0.0.1:5123", "tok") and conn.connected
+    assert conn.open_session("volume") == ("session", "volume")
+    assert conn.device_info() == ("cuda:0", 24.0) and conn.last_log_lines(2) == "line\nline"
+    conn.stop()
+    assert calls[-2:] == ["closed", "stopped"] and not conn.connected
+    with pytest.raises(InputError, match="http://"):
+        conn.connect_remote("gpu-host:8000", "secret")
+    conn.connect_remote(" https://gpu-host:8000 ", "secret")
+    assert calls[-1] == ("client", "https://gpu-host:8000", "secret")
+    monkeypatch.setitem(sys.modules, "medvlsam2.client", None)  # an engine without the client
+    with pytest.raises(InputError, match="update the MedVLSAM2Slicer extension"):
+        conn.connect_remote("https://gpu-host:8000", "secret")
