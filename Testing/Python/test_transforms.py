@@ -1,0 +1,44 @@
+"""MONAI preprocessing keeps anatomy in place whatever the input orientation and spacing."""
+
+from dataclasses import replace
+
+import numpy as np
+
+from medvlsam2.data.synthetic import generate_case
+from medvlsam2.data.transforms import cached_cases, standardize, standardize_transform
+from medvlsam2.io.volume import Volume
+
+
+def _centroid_mm(case, value):
+    ijk = np.argwhere(case.labels == value)[:, ::-1].mean(0)
+    return (case.volume.ijk_to_lps() @ np.append(ijk, 1.0))[:3]
+
+
+def test_flipped_input_gives_the_same_standard_case():
+    case = generate_case(3, shape=(12, 48, 48), spacing=(7.5, 7.5, 13.3))
+    v = case.volume
+    # The same patient stored with i running right-ward: flip the columns, negate the i direction.
+    flipped_origin = v.ijk_to_lps() @ np.array([v.shape[2] - 1, 0, 0, 1.0])
+    flipped = replace(case, volume=Volume(v.array[:, :, ::-1], v.spacing, flipped_origin[:3], np.diag([-1.0, 1, 1])),
+                      labels=case.labels[:, :, ::-1])
+    t = standardize_transform(spacing=v.spacing)
+    a, b = standardize(case, t), standardize(flipped, t)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.volume.array, b.volume.array)
+    assert np.allclose(_centroid_mm(a, 1), _centroid_mm(case, 1), atol=1.0)
+
+
+def test_resampling_keeps_organ_volume_and_crops_to_the_body():
+    case = generate_case(4, shape=(12, 48, 48), spacing=(7.5, 7.5, 13.3))
+    out = standardize(case, standardize_transform(spacing=(3.75, 3.75, 13.3)))
+    assert out.volume.shape[0] == 12 and out.volume.shape[2] <= 96
+    assert np.allclose(out.volume.spacing, (3.75, 3.75, 13.3))
+    ml = lambda c, v: (c.labels == v).sum() * np.prod(c.volume.spacing)  # noqa: E731 - organ volume in mm3
+    for organ in (1, 2, 3, 4):
+        assert abs(ml(out, organ) / ml(case, organ) - 1) < 0.1
+    assert out.volume.array.min() >= -1024 and out.label_names == case.label_names
+
+
+def test_cache_serves_preprocessed_cases():
+    cases = [generate_case(s, shape=(8, 32, 32), spacing=(11.2, 11.2, 20.0)) for s in (1, 2)]
+    ds = cached_cases(cases, standardize_transform(spacing=(11.2, 11.2, 20.0)))
+    assert len(ds) == 2 and ds[1].case_id == "synthetic-2" and ds[0].volume.array.dtype == np.int16
