@@ -1,0 +1,118 @@
+"""``medvlsam2 serve --model tiny|BUNDLE --host 127.0.0.1 --port 0 --device auto``: the inference server.
+
+The token comes from ``--token-file`` (read, or written with a fresh token when absent), the
+``MEDVLSAM2_SERVER_TOKEN`` environment variable, or ``--token``; a fresh one is printed once to
+stdout only when none is given. It is never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+TOKEN_ENV = "MEDVLSAM2_SERVER_TOKEN"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the inference server (FastAPI) that the Slicer module talks to")
+    p.add_argument("--model", default="tiny", help="named config (random weights) or bundle folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=0, help="port (0: a free one, printed at start)")
+    p.add_argument("--token", help="bearer token (visible in process lists: prefer --token-file or $%s)" % TOKEN_ENV)
+    p.add_argument("--token-file", help="file holding the token; created with a fresh token (mode 600) if missing")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, help="torch seed before building a named config (reproducible random weights)")
+    p.add_argument("--lease-s", type=float, default=600.0, help="idle seconds before a session is closed")
+    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest accepted upload (compressed)")
+    p.add_argument("--max-voxels", type=int, default=1024 ** 3)
+    p.add_argument("--call-timeout-s", type=float, default=600.0, help="longest wait for one model call")
+    p.add_argument("--ready-file", help="write {url} as JSON here once the server accepts connections")
+    p.set_defaults(func=run)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _token(args: argparse.Namespace) -> tuple[str, bool]:
+    """(token, whether it was generated here)."""
+    if args.token_file:
+        path = Path(args.token_file)
+        if path.exists():
+            token = path.read_text().strip()
+            if not token:
+                raise InputError(f"the token file is empty; delete it to get a fresh token")
+            return token, False
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        return token, False
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV], False
+    if args.token:
+        return args.token, False
+    return secrets.token_urlsafe(32), True
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import socket
+
+    import uvicorn
+
+    from ..checkpoint import load_model
+    from ..server.app import Limits, create_app
+
+    if args.lease_s <= 0 or args.max_upload_mb <= 0 or args.max_voxels <= 0 or args.max_sessions <= 0:
+        raise InputError("--lease-s, --max-upload-mb, --max-voxels and --max-sessions must be positive")
+    token, generated = _token(args)
+    if args.host not in LOOPBACK:
+        print(f"WARNING: binding {args.host}: other machines can reach this server. Use a strong token and "
+              "put TLS (a reverse proxy) in front of it; patient images travel over this connection", file=sys.stderr)
+    device = resolve_device(args.device)
+    if args.seed is not None:
+        import torch
+
+        torch.manual_seed(args.seed)
+    model = load_model(args.model, device)
+    info = {"model": Path(args.model).name if Path(args.model).is_dir() else args.model,
+            "config": getattr(model.config, "name", args.model), "device": device}
+    limits = Limits(int(args.max_upload_mb * 2**20), args.max_voxels, args.call_timeout_s)
+    app = create_app(model, token, info, limits, args.lease_s, args.max_sessions)
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    url = f"http://{shown}:{port}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30))
+    print(f"medvlsam2 server on {url} (model {info['model']}, device {device})", flush=True)
+    if generated:
+        print(f"token: {token}", flush=True)  # shown once so a user can connect; never logged
+    if args.ready_file:
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+        tmp.replace(args.ready_file)
+    logging.getLogger("medvlsam2.server").info("serving")
+    server.run(sockets=[sock])
+    return 0

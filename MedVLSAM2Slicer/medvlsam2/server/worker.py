@@ -1,0 +1,200 @@
+"""The one long-lived model worker, the volume store and session leases.
+
+All model work runs on a single thread, one call at a time, in arrival order: the model's SAM2 predictor
+(and its prompt-token hook) is shared by every session, so calls must not interleave. A second client
+therefore waits at most for the call in progress (plus calls queued before it), never for a whole
+session. Requests of one session are additionally serialised by a per-session lock, so a session's
+state is never touched by two requests at once.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import secrets
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..protocol import RemoteError
+from ..utils.cancel import CancelToken
+
+log = logging.getLogger("medvlsam2.server")
+
+
+class ModelWorker:
+    """Runs submitted callables on one thread, first come first served."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="medvlsam2-model-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fn, fut))
+        return fut
+
+    def run(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn`` on the worker and wait for its result (exceptions are re-raised here)."""
+        return self.submit(fn).result(timeout)
+
+    def pending(self) -> int:
+        return self._jobs.qsize()
+
+    def _loop(self) -> None:
+        while True:
+            fn, fut = self._jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # the caller re-raises it
+                fut.set_exception(exc)
+
+
+@dataclass
+class StoredVolume:
+    volume: Any  # medvlsam2.io.volume.Volume
+    nbytes: int
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class ServerSession:
+    sid: str
+    volume_id: str
+    engine: Any  # medvlsam2.session.Session
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_seen: float = field(default_factory=time.monotonic)
+    busy: int = 0
+    cancel: CancelToken | None = None
+
+    def nbytes(self) -> int:
+        """Bytes this session holds beyond the shared volume: masks, history and SAM2 frames."""
+        total = 0
+        for o in getattr(self.engine, "_objects", {}).values():
+            total += o.mask.nbytes + sum(m.nbytes for m, _ in o.history)
+        frames = getattr(self.engine, "frames", None)
+        return total + (int(frames.numel() * frames.element_size()) if frames is not None else 0)
+
+
+class SessionStore:
+    """Volumes by content hash, sessions by random id, idle leases enforced by a reaper thread."""
+
+    def __init__(self, model: Any, worker: ModelWorker, lease_s: float, max_sessions: int) -> None:
+        self.model, self.worker = model, worker
+        self.lease_s, self.max_sessions = lease_s, max_sessions
+        self.volumes: dict[str, StoredVolume] = {}
+        self.sessions: dict[str, ServerSession] = {}
+        self.expired = 0
+        self._engines: weakref.WeakSet = weakref.WeakSet()  # to measure that expiry really frees sessions
+        self._lock = threading.Lock()
+        threading.Thread(target=self._reap_loop, name="medvlsam2-lease-reaper", daemon=True).start()
+
+    # ----- volumes ------------------------------------------------------------------------------
+    def put_volume(self, vid: str, array: np.ndarray, geometry: dict) -> None:
+        from ..io.volume import Volume
+
+        volume = Volume(array, geometry["spacing"], geometry["origin"], np.reshape(geometry["direction"], (3, 3)))
+        with self._lock:
+            self.volumes.setdefault(vid, StoredVolume(volume, array.nbytes))
+
+    def has_volume(self, vid: str) -> bool:
+        with self._lock:
+            v = self.volumes.get(vid)
+            if v is not None:
+                v.last_used = time.monotonic()
+            return v is not None
+
+    # ----- sessions -----------------------------------------------------------------------------
+    def create(self, vid: str) -> ServerSession:
+        from ..session import Session
+
+        with self._lock:
+            stored = self.volumes.get(vid)
+            if stored is None:
+                raise RemoteError(f"volume {vid[:12]}... is not on this server; upload it first", "unknown_volume", 404)
+            if len(self.sessions) >= self.max_sessions:
+                raise RemoteError(f"this server already holds {self.max_sessions} sessions; close one or raise "
+                                  "--max-sessions", "too_many_sessions", 503)
+            stored.last_used = time.monotonic()
+        engine = self.worker.run(lambda: Session(self.model, stored.volume))
+        s = ServerSession(secrets.token_urlsafe(16), vid, engine)
+        with self._lock:
+            self.sessions[s.sid] = s
+            self._engines.add(engine)
+        log.info("session opened (%d open)", len(self.sessions))
+        return s
+
+    def get(self, sid: str) -> ServerSession:
+        with self._lock:
+            s = self.sessions.get(sid)
+            if s is None:
+                raise RemoteError("unknown session: it expired (idle longer than the lease) or the server restarted; "
+                                  "open a new session (the client does this by itself)", "unknown_session", 404)
+            s.last_seen = time.monotonic()
+            return s
+
+    def delete(self, sid: str) -> None:
+        with self._lock:
+            s = self.sessions.pop(sid, None)
+        if s is None:
+            self.get(sid)  # raises unknown_session
+        if s.cancel is not None:
+            s.cancel.cancel()
+        self._drop_unused_volumes()
+        log.info("session closed (%d open)", len(self.sessions))
+
+    def _drop_unused_volumes(self) -> None:
+        with self._lock:
+            used = {s.volume_id for s in self.sessions.values()}
+            now = time.monotonic()
+            for vid in [v for v, sv in self.volumes.items() if v not in used and now - sv.last_used > min(self.lease_s, 60)]:
+                del self.volumes[vid]
+
+    def reap(self) -> int:
+        """Close sessions idle longer than the lease (never one with a call in progress)."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [sid for sid, s in self.sessions.items() if not s.busy and now - s.last_seen > self.lease_s]
+            for sid in stale:
+                del self.sessions[sid]
+            self.expired += len(stale)
+        # Unused volumes go after one lease too, so a reconnecting client can skip the upload for a while.
+        with self._lock:
+            used = {s.volume_id for s in self.sessions.values()}
+            for vid in [v for v, sv in self.volumes.items() if v not in used and now - sv.last_used > self.lease_s]:
+                del self.volumes[vid]
+        if stale:
+            gc.collect()
+            log.info("%d idle session(s) expired (%d open)", len(stale), len(self.sessions))
+        return len(stale)
+
+    def _reap_loop(self) -> None:
+        while True:
+            time.sleep(min(1.0, max(0.05, self.lease_s / 4)))
+            try:
+                self.reap()
+            except Exception:  # never let the reaper die
+                log.exception("lease reaper failed")
+
+    def stats(self) -> dict[str, int]:
+        gc.collect()
+        with self._lock:
+            held = sum(v.nbytes for v in self.volumes.values()) + sum(s.nbytes() for s in self.sessions.values())
+            return {"sessions": len(self.sessions), "volumes": len(self.volumes), "held_bytes": int(held),
+                    "live_engine_sessions": len(self._engines), "expired_sessions": self.expired}
+
+
+def check_object(obj: int) -> int:
+    if obj < 1:
+        raise InputError(f"object ids start at 1, got {obj}")
+    return obj
