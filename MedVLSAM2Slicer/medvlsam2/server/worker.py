@@ -164,7 +164,7 @@ class SessionStore:
         """Close sessions idle longer than the lease (never one with a call in progress)."""
         now = time.monotonic()
         with self._lock:
-            stale = [sid for sid, s in self.sessions.items() if not s.busy and now - s.last_seen > self.lease_s]
+            stale = [sid for sid, s in self.sessions.items() if not s.busy and not s.lock.locked() and now - s.last_seen > self.lease_s]
             for sid in stale:
                 del self.sessions[sid]
             self.expired += len(stale)
