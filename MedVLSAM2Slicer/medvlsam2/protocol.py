@@ -180,6 +180,8 @@ def validate_propagate(body: Any) -> tuple[tuple[int, int] | None, str]:
         if not isinstance(k_range, list) or len(k_range) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in k_range):
             raise InputError(f"k_range must be two slice indices [k0, k1], got {k_range!r}")
         k_range = (int(k_range[0]), int(k_range[1]))
+        if not 0 <= k_range[0] <= k_range[1]:
+            raise InputError(f"slice range must satisfy 0 <= k0 <= k1, got {list(k_range)}")
     direction = body.get("direction", "both")
     if direction not in ("both", "forward", "backward"):
         raise InputError(f"direction must be both, forward or backward, got {direction!r}")

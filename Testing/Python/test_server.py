@@ -1,0 +1,355 @@
+"""The inference server as a real child process on 127.0.0.1 (tiny model, CPU, seed 0), driven by the
+torch-free client and by raw HTTP. Masks are compared with an in-process Session on the same weights.
+
+The server starts once per module; the last test kills it mid-propagation on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from medvlsam2 import protocol as P  # noqa: E402
+from medvlsam2.client import Client  # noqa: E402
+from medvlsam2.errors import Cancelled, InputError, UnknownObjectError  # noqa: E402
+from medvlsam2.io.volume import Volume  # noqa: E402
+from medvlsam2.server.launcher import ServerStartError, launch_server  # noqa: E402
+from medvlsam2.utils.cancel import CancelToken  # noqa: E402
+
+LEASE_S = 4.0
+MAX_UPLOAD_MB = 1.0
+
+
+def phantom(seed: int, shape=(8, 64, 64)) -> Volume:
+    """A bright ellipsoid in noisy soft tissue (HU-like int16)."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    c = np.array(shape) / 2 + rng.uniform(-3, 3, 3)
+    inside = ((k - c[0]) / (shape[0] / 2.5)) ** 2 + ((j - c[1]) / 14) ** 2 + ((i - c[2]) / 18) ** 2 <= 1
+    arr = rng.normal(40, 15, shape) + 200 * inside
+    return Volume(arr.astype(np.int16), (0.8, 0.8, 2.5), (-20.0, 10.0, 5.0))
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = launch_server(model="tiny", device="cpu", extra_args=["--seed", "0", "--lease-s", str(LEASE_S),
+                                                                 "--max-upload-mb", str(MAX_UPLOAD_MB)])
+    yield srv
+    srv.stop()
+    assert not srv.is_alive()
+
+
+@pytest.fixture(scope="module")
+def model():
+    import torch
+
+    from medvlsam2.checkpoint import load_model
+
+    torch.manual_seed(0)  # the same random weights as the server's --seed 0
+    return load_model("tiny")
+
+
+@pytest.fixture
+def client(server):
+    c = Client(server.url, server.token, timeout=60)
+    yield c
+    c.close()
+
+
+def _auth(server) -> dict:
+    return {"Authorization": f"Bearer {server.token}"}
+
+
+def _health(server) -> dict:
+    r = httpx.get(server.url + "/v1/health", headers=_auth(server))
+    assert r.status_code == 200
+    return r.json()
+
+
+# ----- round trip ---------------------------------------------------------------------------------
+def test_round_trip_matches_in_process_session(client, model):
+    from medvlsam2.session import Session
+
+    vol = phantom(0)
+    local = Session(model, vol)
+    remote = client.open_session(vol)
+    assert client.version()["api_version"] == P.API_VERSION and client.version()["device"] == "cpu"
+    try:
+        lo, ro = local.add_object("liver"), remote.add_object("liver")
+        assert lo == ro and remote.objects() == local.objects()
+        for step in (lambda s, o: s.add_points(o, [[32, 32, 4], [10, 10, 4]], [1, -1]),
+                     lambda s, o: s.add_box(o, (20, 20, 44, 44), k=2)):
+            lr, rr = step(local, lo), step(remote, ro)
+            assert rr.bbox == lr.bbox and np.array_equal(rr.patch, lr.patch)
+            assert np.array_equal(remote.mask(ro), local.mask(lo))
+        seen = []
+        lr = local.propagate(lo)
+        rr = remote.propagate(ro, progress=lambda d, n: seen.append((d, n)))
+        assert seen and seen[-1][0] == seen[-1][1] == vol.shape[0]
+        assert rr.bbox == lr.bbox and rr.scores.keys() == lr.scores.keys()
+        assert np.array_equal(remote.mask(ro), local.mask(lo)) and remote.mask(ro).any()
+        assert np.array_equal(remote.fetch_mask(ro), local.mask(lo))  # the server agrees with the local copy
+
+        question = "Where is the lesion?"
+        stream = remote.ask(question, {"object": ro})
+        first = next(stream)  # tokens arrive one by one
+        assert [first, *stream] == list(local.ask(question, {"object": lo}))
+        assert "".join(remote.report()) == "".join(local.report())
+
+        local.undo(lo)
+        remote.undo(ro)
+        assert np.array_equal(remote.mask(ro), local.mask(lo))
+        assert np.array_equal(remote.fetch_mask(ro), local.mask(lo))
+
+        texts_l, texts_r = local.segment_text("segment the liver"), remote.segment_text("segment the liver")
+        assert [(r.object_id, r.name, r.bbox) for r in texts_r] == [(r.object_id, r.name, r.bbox) for r in texts_l]
+        for r in texts_l:
+            assert np.array_equal(remote.mask(r.object_id), local.mask(r.object_id))
+        remote.reset(ro)
+        assert not remote.mask(ro).any() and not remote.fetch_mask(ro).any()
+        remote.remove(ro)
+        assert ro not in remote.objects()
+        with pytest.raises(UnknownObjectError):
+            remote.undo(ro)
+    finally:
+        remote.close()
+
+
+def test_reconnect_with_same_content_does_not_upload_again(client):
+    vol = phantom(5)
+    a = client.open_session(vol)
+    b = client.open_session(vol)
+    assert client.uploads == 1 and a.sid != b.sid
+    a.close()
+    b.close()
+
+
+def test_cancelled_propagation_keeps_previous_mask(client):
+    vol = phantom(1, shape=(16, 64, 64))
+    s = client.open_session(vol)
+    try:
+        o = s.add_object()
+        s.add_points(o, [[32, 32, 8]], [1])
+        before = s.mask(o)
+        token = CancelToken()
+        with pytest.raises(Cancelled):
+            s.propagate(o, cancel=token, progress=lambda d, n: token.cancel())
+        assert np.array_equal(s.mask(o), before) and np.array_equal(s.fetch_mask(o), before)
+        s.propagate(o)  # the session still works afterwards
+        assert s.mask(o).sum() >= before.sum()
+    finally:
+        s.close()
+
+
+# ----- security and validation ----------------------------------------------------------------------
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])
+@pytest.mark.parametrize("method, path", [("GET", "/v1/health"), ("GET", "/v1/version"), ("POST", "/v1/sessions"),
+                                          ("POST", "/v1/volumes")])
+def test_missing_or_wrong_token_is_401(server, headers, method, path):
+    r = httpx.request(method, server.url + path, headers=headers, content=b"{}")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert "bearer token" in r.json()["error"]["message"]
+
+
+def _raw_request(server, head: str, body: bytes = b"", read_timeout: float = 20.0) -> tuple[int, bytes, float]:
+    """Send ``head`` + part of a body over a plain socket; return (status, response bytes, seconds)."""
+    u = urlparse(server.url)
+    t0 = time.perf_counter()
+    with socket.create_connection((u.hostname, u.port), timeout=read_timeout) as s:
+        s.sendall(head.encode() + body)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.find(b"\r\n\r\n") + 4 + 10:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data, time.perf_counter() - t0
+
+
+def test_too_large_upload_is_413_before_the_body_is_read(server):
+    big = 50 * 2 ** 20  # 50 MiB announced, only 4 KiB sent: the answer cannot wait for the body
+    head = (f"POST /v1/volumes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {big}\r\n\r\n")
+    status, data, seconds = _raw_request(server, head, b"\0" * 4096)
+    assert status == 413 and b"too_large" in data and seconds < 10
+
+    def chunks():  # no Content-Length: the server counts the streamed bytes
+        for _ in range(64):
+            yield b"\1" * 65536
+    try:
+        r = httpx.post(server.url + "/v1/volumes", content=chunks(), headers=_auth(server))
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+        pass  # the server may close before the client finished writing; it must still be healthy
+    assert _health(server)["status"] == "ok"
+
+
+def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(client, server):
+    h = _auth(server)
+    url = server.url
+    vol = phantom(2)
+    s = client.open_session(vol)
+    try:
+        o = s.add_object()
+        base = f"{url}/v1/sessions/{s.sid}"
+        cases = [
+            ("POST", f"{base}/objects/{o}/points", b"{not json", 400, "not valid JSON"),
+            ("POST", f"{base}/objects/{o}/points", b'{"points": [[NaN, 3, 2]], "labels": [1]}', 400, "finite"),
+            ("POST", f"{base}/objects/{o}/points", b'{"points": [[1e9, 3, 2]], "labels": [1]}', 400, "outside the volume"),
+            ("POST", f"{base}/objects/{o}/box", b'{"box": [5, 5, 1, 1], "k": 2}', 400, "empty"),
+            ("POST", f"{base}/objects/{o}/box", b'{"box": [1, 1, 5, 5], "k": -3}', 400, "non-negative"),
+            ("POST", f"{base}/objects/{o}/propagate", b'{"k_range": [5, 2]}', 400, "slice range"),
+            ("POST", f"{base}/objects/{o}/propagate", b'{"k_range": [-2, 2]}', 400, "slice range"),
+            ("POST", f"{base}/objects/-4/undo", b"", 400, "start at 1"),
+            ("POST", f"{base}/objects/99/undo", b"", 404, "unknown object"),
+            ("POST", f"{url}/v1/sessions/nosuchsession/objects", b"{}", 404, "unknown session"),
+            ("POST", f"{url}/v1/sessions", b'{"volume_id": "abc"}', 404, "upload it first"),
+            ("POST", f"{base}/ask", b'{"question": ""}', 400, "non-empty"),
+            ("GET", f"{url}/v1/nothing", b"", 404, "not a route"),
+        ]
+        arr = np.zeros((2, 3, 4), np.complex64)
+        header = json.dumps({"dtype": "complex64", "shape": [2, 3, 4], "spacing": [1, 1, 1], "origin": [0, 0, 0],
+                             "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}).encode()
+        cases.append(("POST", f"{url}/v1/volumes", P.MAGIC + len(header).to_bytes(4, "little") + header + arr.tobytes(),
+                      400, "not supported"))
+        neg = header.replace(b"[2, 3, 4]", b"[2, -3, 4]").replace(b"complex64", b"int16")
+        cases.append(("POST", f"{url}/v1/volumes", P.MAGIC + len(neg).to_bytes(4, "little") + neg, 400, "positive"))
+        for method, target, body, status, words in cases:
+            r = httpx.request(method, target, content=body, headers=h)
+            assert r.status_code == status, (target, r.text)
+            text = r.text.strip().splitlines()[-1]  # a stream reports its error on its last line
+            err = json.loads(text)["error"]
+            assert err["code"] and words in err["message"], (target, err)
+        assert _health(server)["status"] == "ok"
+        s.add_points(o, [[32, 32, 4]], [1])  # the session is intact
+        with pytest.raises(InputError, match="outside"):
+            s.add_points(o, [[-1, 3, 3]], [1])  # the client raises the engine's error class
+    finally:
+        s.close()
+
+
+def test_client_killed_mid_upload_leaves_server_healthy(server, client):
+    _, body = P.pack_volume(phantom(3).array, (1, 1, 1), (0, 0, 0), np.eye(3))
+    u = urlparse(server.url)
+    head = (f"POST /v1/volumes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    for _ in range(3):
+        with socket.create_connection((u.hostname, u.port)) as s:
+            s.sendall(head + body[: len(body) // 2])  # then vanish
+    h = _health(server)
+    assert h["status"] == "ok"
+    sess = client.open_session(phantom(3))  # a complete upload of the same volume still works
+    sess.add_object()
+    sess.close()
+
+
+def test_two_concurrent_clients_get_correct_masks(server, model):
+    from medvlsam2.session import Session
+
+    vols = [phantom(10), phantom(11)]
+    out: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            c = Client(server.url, server.token)
+            s = c.open_session(vols[n])
+            o = s.add_object()
+            s.add_points(o, [[32, 30 + n, 4]], [1])
+            s.propagate(o)
+            out[n] = s.mask(o)
+            assert np.array_equal(s.fetch_mask(o), out[n])
+            s.close()
+            c.close()
+        except BaseException as exc:  # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for n in range(2):
+        ref = Session(model, vols[n])
+        o = ref.add_object()
+        ref.add_points(o, [[32, 30 + n, 4]], [1])
+        ref.propagate(o)
+        assert np.array_equal(out[n], ref.mask(o)), n
+
+
+def test_lease_expiry_frees_memory_and_client_recovers(server, model):
+    from medvlsam2.session import Session
+
+    c = Client(server.url, server.token, heartbeat=False)  # an idle client that stopped sending heartbeats
+    vol = phantom(20, shape=(16, 128, 128))
+    before = _health(server)
+    s = c.open_session(vol)
+    o = s.add_object()
+    s.add_points(o, [[64, 64, 8]], [1])
+    s.propagate(o)
+    held = _health(server)
+    assert held["sessions"] == before["sessions"] + 1
+    assert held["held_bytes"] - before["held_bytes"] >= vol.array.nbytes + 16 * 128 * 128  # volume + mask at least
+    deadline = time.time() + LEASE_S + 15
+    while time.time() < deadline and _health(server)["sessions"] > before["sessions"]:
+        time.sleep(0.5)
+    after = _health(server)
+    assert after["sessions"] == before["sessions"] and after["expired_sessions"] > before["expired_sessions"]
+    assert after["live_engine_sessions"] == before["live_engine_sessions"]  # the engine Session was garbage-collected
+    assert after["held_bytes"] <= before["held_bytes"]
+    # the next call re-opens, re-uploads, replays the click + propagation, then does the new click
+    r = s.add_points(o, [[70, 60, 8]], [-1])
+    assert s.reopened == 1 and c.uploads == 2 and r.object_id == o
+    ref = Session(model, vol)
+    ro = ref.add_object()
+    ref.add_points(ro, [[64, 64, 8]], [1])
+    ref.propagate(ro)
+    ref.add_points(ro, [[70, 60, 8]], [-1])
+    assert np.array_equal(s.mask(o), ref.mask(ro)) and np.array_equal(s.fetch_mask(o), ref.mask(ro))
+    s.close()
+    c.close()
+
+
+def test_api_version_mismatch_is_refused(client, monkeypatch):
+    monkeypatch.setattr(P, "API_VERSION", P.API_VERSION + 1)
+    with pytest.raises(P.APIVersionMismatch, match="update the server"):
+        client.version()
+
+
+def test_launcher_reports_a_bad_python():
+    with pytest.raises(ServerStartError, match="cannot start the server"):
+        launch_server(python="/nonexistent/python", ready_timeout=5)
+
+
+# ----- keep last: it kills the module's server ------------------------------------------------------
+def test_server_killed_mid_propagation(server, client):
+    s = client.open_session(phantom(30, shape=(16, 64, 64)))
+    o = s.add_object()
+    s.add_points(o, [[32, 32, 8]], [1])
+    before = s.mask(o)
+
+    def kill(done: int, total: int) -> None:
+        if server.is_alive():
+            os.kill(server.pid, signal.SIGKILL)
+            server.proc.wait(10)
+
+    with pytest.raises(P.ServerUnavailable, match="stopped answering|closed the stream") as info:
+        s.propagate(o, progress=kill)
+    assert "previous result is kept" in str(info.value)
+    assert np.array_equal(s.mask(o), before)
+    assert not server.is_alive()
+    assert any("medvlsam2 server on" in line for line in server.last_log_lines(50))
+    with pytest.raises(P.ServerUnavailable, match="cannot reach"):
+        Client(server.url, server.token, retries=1, backoff_s=0.01).health()
