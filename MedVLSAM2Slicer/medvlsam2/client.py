@@ -284,7 +284,12 @@ class RemoteSession:
 
     def fetch_mask(self, obj: int) -> np.ndarray:
         """The server's mask of ``obj`` (to check the local copy)."""
-        got = self._c.request("GET", self._path(f"/objects/{int(obj)}/mask"))
+        with self._lock:
+            try:
+                got = self._c.request("GET", self._path(f"/objects/{int(obj)}/mask"))
+            except SessionExpired:
+                self._reseed()
+                got = self._c.request("GET", self._path(f"/objects/{int(obj)}/mask"))
         return decode_mask(got["mask"], tuple(got["shape"]))
 
     def remove(self, obj: int) -> None:

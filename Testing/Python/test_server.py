@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # server child and this process: no oversubscription on shared cores
 
 from medvlsam2 import protocol as P  # noqa: E402
 from medvlsam2.client import Client  # noqa: E402
@@ -27,7 +28,7 @@ from medvlsam2.io.volume import Volume  # noqa: E402
 from medvlsam2.server.launcher import ServerStartError, launch_server  # noqa: E402
 from medvlsam2.utils.cancel import CancelToken  # noqa: E402
 
-LEASE_S = 4.0
+LEASE_S = 6.0
 MAX_UPLOAD_MB = 1.0
 
 
@@ -292,8 +293,13 @@ def test_two_concurrent_clients_get_correct_masks(server, model):
 def test_lease_expiry_frees_memory_and_client_recovers(server, model):
     from medvlsam2.session import Session
 
-    c = Client(server.url, server.token, heartbeat=False)  # an idle client that stopped sending heartbeats
     vol = phantom(20, shape=(16, 128, 128))
+    ref = Session(model, vol)  # the expected masks, computed first: the idle session below must not wait on it
+    ro = ref.add_object()
+    ref.add_points(ro, [[64, 64, 8]], [1])
+    ref.propagate(ro)
+    ref.add_points(ro, [[70, 60, 8]], [-1])
+    c = Client(server.url, server.token, heartbeat=False)  # an idle client that stopped sending heartbeats
     before = _health(server)
     s = c.open_session(vol)
     o = s.add_object()
@@ -312,11 +318,6 @@ def test_lease_expiry_frees_memory_and_client_recovers(server, model):
     # the next call re-opens, re-uploads, replays the click + propagation, then does the new click
     r = s.add_points(o, [[70, 60, 8]], [-1])
     assert s.reopened == 1 and c.uploads == 2 and r.object_id == o
-    ref = Session(model, vol)
-    ro = ref.add_object()
-    ref.add_points(ro, [[64, 64, 8]], [1])
-    ref.propagate(ro)
-    ref.add_points(ro, [[70, 60, 8]], [-1])
     assert np.array_equal(s.mask(o), ref.mask(ro)) and np.array_equal(s.fetch_mask(o), ref.mask(ro))
     s.close()
     c.close()
