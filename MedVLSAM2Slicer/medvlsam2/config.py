@@ -183,7 +183,7 @@ def demo() -> ModelConfig:
         llm=LLMConfig(builtin=dict(hidden_size=192, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True),
                       lora_r=0, max_new_tokens=96),
-        segmenter=SegmenterConfig(image_size=128, hydra_overrides=_DEMO_SAM2_OVERRIDES),
+        segmenter=SegmenterConfig(image_size=256, hydra_overrides=_DEMO_SAM2_OVERRIDES),
         bridge_hidden=256,
     )
 
