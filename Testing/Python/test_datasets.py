@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from medvlsam2.cli import main
-from medvlsam2.data.datasets import (load_image, read_caption_pairs, read_ct_rate, read_refseg, read_segmentation,
-                                     read_vqa)
+from medvlsam2.data.datasets import (load_image, read_caption_pairs, read_ct_rate, read_dataset, read_m3d_seg,
+                                     read_refseg, read_segmentation, read_vqa)
 from medvlsam2.data.synthetic import ORGANS, generate_case
 from medvlsam2.data.writers import write_dataset
 from medvlsam2.errors import InputError
@@ -38,6 +38,7 @@ def test_caption_vqa_and_refseg_layouts(written):
     cases, root = written
     caps = read_caption_pairs(root / "m3d_cap.json")
     assert [c.report for c in caps] == [c.report for c in cases]
+    assert [c.case_id for c in caps] == [c.case_id for c in cases] == ["synthetic-1", "synthetic-2"]
     vqa = read_vqa(root / "m3d_vqa.csv")[0]
     assert vqa.vqa_closed == cases[0].vqa_closed and vqa.vqa_open == cases[0].vqa_open
     ref = read_refseg(root / "m3d_refseg.csv")[0]
@@ -89,3 +90,87 @@ def test_synth_command_writes_every_layout(tmp_path):
     for name in ("dataset.json", "m3d_cap.json", "m3d_vqa.csv", "m3d_refseg.csv"):
         assert (tmp_path / "out" / name).is_file()
     assert len(read_segmentation(tmp_path / "out")) == 2
+
+
+def test_read_dataset_attaches_reports_vqa_and_referring(written):
+    cases, root = written
+    read = read_dataset(root)
+    assert len(read) == 2
+    for got, want in zip(read, cases):
+        assert got.report == want.report
+        assert got.vqa_closed == want.vqa_closed and got.vqa_open == want.vqa_open
+        assert got.referring == want.referring
+        assert np.array_equal(got.labels, want.labels) and got.case_id == want.case_id
+    assert len(read_dataset(root / "m3d_vqa.csv")) == 2 and len(read_dataset(root / "m3d_refseg.csv")) == 2
+    assert read_dataset(root / "m3d_cap.json")[0].report == cases[0].report
+
+
+def test_msd_test_split_and_nnunet_label_names(tmp_path):
+    case = generate_case(3, **SMALL)
+    (tmp_path / "imagesTs").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    sitk.WriteImage(case.volume.to_sitk(), str(tmp_path / "imagesTs" / "a_0.nii.gz"))
+    sitk.WriteImage(case.volume.to_sitk(), str(tmp_path / "labelsTr" / "img.nii.gz"))
+    labels = case.volume.with_array(case.labels.astype(np.int16))  # write the label map as a volume
+    sitk.WriteImage(labels.to_sitk(), str(tmp_path / "labelsTr" / "lab.nii.gz"))
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "labels": {"background": 0, "liver": 1, "spleen": 2},  # nnU-Net v2 direction
+        "training": [{"image": "./labelsTr/img.nii.gz", "label": "./labelsTr/lab.nii.gz"}],
+        "test": ["./imagesTs/a_0.nii.gz"]}))
+    train = read_segmentation(tmp_path)[0]
+    assert train.label_names == {1: "liver", 2: "spleen"} and train.mask("spleen").sum() == (case.labels == 2).sum()
+    test = read_segmentation(tmp_path, split="test")[0]
+    assert test.case_id == "a_0" and test.labels is None
+
+
+def _write_m3d_seg(root, code="0007", with_names=True):
+    from scipy import sparse
+
+    case = generate_case(4, **SMALL)
+    k, j, i = case.labels.shape
+    folder = root / code / "case_1"
+    folder.mkdir(parents=True)
+    np.save(folder / "image.npy", case.volume.array.transpose(2, 1, 0)[None].astype(np.float32))
+    onehot = np.stack([(case.labels == v).transpose(2, 1, 0) for v in (1, 2)])  # channels: liver, spleen
+    mask_name = f"mask_({onehot.shape[0]}, {i}, {j}, {k}).npz"
+    sparse.save_npz(folder / mask_name, sparse.csr_matrix(onehot.reshape(onehot.shape[0], -1)))
+    meta = {"train": [{"image": f"{code}/case_1/image.npy", "label": f"{code}/case_1/{mask_name}"}]}
+    (root / code / f"{code}.json").write_text(json.dumps(meta))
+    if with_names:
+        (root / "dataset_info.json").write_text(json.dumps({code: ["liver", "spleen"]}))
+    return case, root / code
+
+
+def test_m3d_seg_folder_with_sparse_one_hot_masks(tmp_path):
+    case, folder = _write_m3d_seg(tmp_path)
+    got = read_dataset(folder)[0]
+    assert got.case_id == "case_1" and got.label_names == {1: "liver", 2: "spleen"}
+    assert np.array_equal(got.volume.array, case.volume.array)
+    assert np.array_equal(got.mask("liver"), case.mask("liver")) and np.array_equal(got.mask("spleen"), case.mask("spleen"))
+
+
+def test_m3d_seg_errors_say_what_is_wrong(tmp_path):
+    _, folder = _write_m3d_seg(tmp_path, with_names=False)
+    with pytest.raises(InputError, match="no category names"):
+        read_m3d_seg(folder)
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"0007": ["liver", "spleen"]}))
+    meta = json.loads((folder / "0007.json").read_text())
+    mask = tmp_path / meta["train"][0]["label"]
+    mask.rename(mask.with_name("mask.npz"))
+    meta["train"][0]["label"] = meta["train"][0]["label"].rsplit("/", 1)[0] + "/mask.npz"
+    (folder / "0007.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"mask_\(C, H, W, D\)"):
+        read_m3d_seg(folder)[0]
+
+
+def test_read_dataset_refuses_unknown_layouts(tmp_path):
+    with pytest.raises(InputError, match="neither dataset.json"):
+        read_dataset(tmp_path)
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="neither an M3D-VQA"):
+        read_dataset(tmp_path / "x.csv")
+    (tmp_path / "r.csv").write_text("Image,Mask,Mask_ID,Question\na.nii.gz,m.nii.gz,one,the liver\n")
+    with pytest.raises(InputError, match="Mask_ID"):
+        read_dataset(tmp_path / "r.csv")
+    with pytest.raises(InputError, match="does not exist"):
+        read_dataset(tmp_path / "missing.txt")

@@ -1,9 +1,14 @@
 """Readers for the public 3D CT dataset layouts the model trains on; each returns ``CTCase`` records lazily.
 
 Layouts (paths inside a layout file are relative to that file's folder):
-- segmentation, Medical Segmentation Decathlon / M3D-Seg: ``dataset.json`` with ``labels``
-  ({"0": "background", "1": "liver", ...}, the category names) and ``training`` (MSD) or ``train`` /
-  ``test`` (M3D-Seg) lists of ``{"image": ..., "label": ...}``;
+- segmentation, Medical Segmentation Decathlon: ``dataset.json`` with ``labels`` (the category names,
+  {"0": "background", "1": "liver"} or nnU-Net v2's {"background": 0, "liver": 1}) and a ``training``
+  list of ``{"image": ..., "label": ...}`` (``test`` may list bare image paths);
+- segmentation, M3D-Seg: one folder per dataset (``M3D_Seg/0000``) with ``0000.json`` holding ``train`` /
+  ``test`` lists of ``{"image": "0000/1/image.npy", "label": "0000/1/mask_(C, H, W, D).npz"}`` (paths
+  relative to ``M3D_Seg``); ``image.npy`` is ``[1, H, W, D]`` and the mask a SciPy sparse one-hot matrix
+  of C category channels (channel c becomes label c + 1); category names come from a ``labels`` entry
+  of that JSON or from ``M3D_Seg/dataset_info.json`` ({"0000": ["liver", ...]});
 - image-report pairs, M3D-Cap: a JSON ``{"train": [{"image": ..., "text": report.txt}], "validation": [...]}``;
 - image-report pairs, CT-RATE: a reports CSV with ``VolumeName``, ``Findings_EN``, ``Impressions_EN``;
   volumes are found by file name anywhere under the volume root (``train_1/train_1_a/train_1_a_1.nii.gz``);
@@ -13,6 +18,9 @@ Layouts (paths inside a layout file are relative to that file's folder):
   (the referring expression) and ``Answer``.
 Images are anything ``io.volume.read_volume`` reads, or M3D's preprocessed ``.npy`` arrays
 ([1,] D, H, W, unit spacing, intensities as stored).
+
+``read_dataset(path)`` recognises any of these from a folder or file; a ``dataset.json`` folder written by
+``medvlsam2 synth`` also gets its reports, VQA and referring expressions attached to each case.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -94,30 +103,120 @@ def _csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         raise InputError(f"{path} does not exist") from None
 
 
-def read_segmentation(folder: str | os.PathLike, split: str = "train") -> LazyCases:
-    """MSD / M3D-Seg folder: ``dataset.json`` + images + label maps, named by its ``labels`` entry."""
-    root = Path(folder)
-    meta = _json(root / "dataset.json")
-    if not isinstance(meta.get("labels"), dict):
-        raise InputError(f"{root / 'dataset.json'} needs a 'labels' object mapping label values to category names")
+def _label_names(labels, where: str) -> dict[int, str]:
+    """Category names from {"1": "liver"} (MSD), {"liver": 1} (nnU-Net v2) or ["liver", ...] (label i + 1)."""
+    if isinstance(labels, list):
+        return {i + 1: str(n) for i, n in enumerate(labels)}
+    if not isinstance(labels, dict):
+        raise InputError(f"{where} needs 'labels' mapping label values to category names")
     try:
-        names = {int(v): str(n) for v, n in meta["labels"].items() if int(v) != 0}
-    except ValueError:
-        raise InputError("dataset.json 'labels' keys must be integer label values ('0', '1', ...)") from None
+        if all(isinstance(v, int) for v in labels.values()):
+            pairs = {int(v): str(n) for n, v in labels.items()}
+        else:
+            pairs = {int(v): str(n) for v, n in labels.items()}
+    except (TypeError, ValueError):
+        raise InputError(f"{where} 'labels' must map integer label values ('0', '1', ...) to names") from None
+    return {v: n for v, n in pairs.items() if v != 0}
+
+
+def _segmentation_entries(root: Path, split: str) -> tuple[dict[int, str], list[dict]]:
+    meta = _json(root / "dataset.json")
+    names = _label_names(meta.get("labels"), str(root / "dataset.json"))
     key = "training" if "training" in meta and split == "train" else split
     entries = meta.get(key)
     if not isinstance(entries, list):
         raise InputError(f"dataset.json has no '{key}' list; available: {[k for k, v in meta.items() if isinstance(v, list)]}")
+    out = []
+    for entry in entries:
+        entry = {"image": entry} if isinstance(entry, str) else entry  # MSD lists test images as bare paths
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise InputError(f"dataset.json entry {entry!r} needs an 'image' path")
+        out.append(entry)
+    return names, out
+
+
+_GENERIC_FOLDERS = {"", ".", "imagesTr", "imagesTs", "images", "volumes", "ct"}
+
+
+def _case_id(image: str) -> str:
+    """M3D names a case by its folder (``ct_case/000006/Axial.npy``); MSD-like layouts by the file name."""
+    parent = Path(image).parent.name
+    return parent if parent not in _GENERIC_FOLDERS else Path(image).name.split(".")[0]
+
+
+def _segmentation_loader(root: Path, entry: dict, names: dict[int, str]) -> Callable[[], CTCase]:
+    def load() -> CTCase:
+        volume = load_image(root / entry["image"])
+        labels = load_labels(root / entry["label"], volume) if entry.get("label") else None
+        present = {v: n for v, n in names.items() if labels is not None and (labels == v).any()}
+        return CTCase(_case_id(entry["image"]), volume, labels, present)
+    return load
+
+
+def read_segmentation(folder: str | os.PathLike, split: str = "train") -> LazyCases:
+    """MSD-style folder: ``dataset.json`` + images + label maps, named by its ``labels`` entry."""
+    root = Path(folder)
+    names, entries = _segmentation_entries(root, split)
+    return LazyCases([_segmentation_loader(root, e, names) for e in entries])
+
+
+_MASK_SHAPE = re.compile(r"mask_\((\d+(?:,\s*\d+)*)\)\.npz$")
+
+
+def _m3d_mask(path: Path) -> np.ndarray:
+    """An M3D-Seg sparse one-hot mask ``mask_(C, H, W, D).npz`` as a ``[k, j, i]`` label map."""
+    from scipy import sparse
+
+    match = _MASK_SHAPE.search(path.name)
+    if not match:
+        raise InputError(f"M3D-Seg mask {path.name} must be named mask_(C, H, W, D).npz (its shape)")
+    shape = tuple(int(v) for v in match.group(1).split(","))
+    if not path.is_file():
+        raise InputError(f"mask {path} does not exist; check the dataset root")
+    dense = sparse.load_npz(path).toarray()  # load_npz never unpickles
+    if dense.size != int(np.prod(shape)) or len(shape) != 4:
+        raise InputError(f"{path.name} holds {dense.size} values, not the (C, H, W, D) = {shape} its name gives")
+    channels = dense.reshape(shape)
+    labels = np.zeros(shape[1:], np.uint8)
+    for c in range(shape[0]):  # overlapping channels: the later category wins
+        labels[channels[c] > 0] = c + 1
+    return np.ascontiguousarray(labels.transpose(2, 1, 0))
+
+
+def read_m3d_seg(folder: str | os.PathLike, split: str = "train") -> LazyCases:
+    """One M3D-Seg dataset folder (``M3D_Seg/0000`` with ``0000.json``); see the module docstring."""
+    folder = Path(folder)
+    meta = _json(folder / f"{folder.name}.json")
+    if "labels" in meta:
+        names = _label_names(meta["labels"], f"{folder.name}.json")
+    else:
+        info = _json(folder.parent / "dataset_info.json") if (folder.parent / "dataset_info.json").is_file() else {}
+        if folder.name not in info:
+            raise InputError(f"no category names for M3D-Seg dataset {folder.name}: add a 'labels' list to "
+                             f"{folder.name}.json or an entry '{folder.name}' to {folder.parent / 'dataset_info.json'}")
+        names = _label_names(info[folder.name], "dataset_info.json")
+    entries = meta.get(split)
+    if not isinstance(entries, list):
+        raise InputError(f"{folder.name}.json has no '{split}' list; available: {[k for k, v in meta.items() if isinstance(v, list)]}")
 
     def loader(entry: dict) -> Callable[[], CTCase]:
-        if not isinstance(entry, dict) or "image" not in entry:
-            raise InputError(f"dataset.json entry {entry!r} needs an 'image' path")
+        if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
+            raise InputError(f"{folder.name}.json entry {entry!r} needs 'image' and 'label'")
+        # Paths are relative to M3D_Seg (the parent); accept paths relative to the dataset folder too.
+        base = folder.parent if (folder.parent / entry["image"]).exists() else folder
 
         def load() -> CTCase:
-            volume = load_image(root / entry["image"])
-            labels = load_labels(root / entry["label"], volume) if entry.get("label") else None
-            present = {v: n for v, n in names.items() if labels is not None and (labels == v).any()}
-            return CTCase(Path(entry["image"]).name.split(".")[0], volume, labels, present)
+            path = base / entry["image"]
+            if not path.is_file():
+                raise InputError(f"image {path} does not exist; check the dataset root")
+            array = np.load(path, allow_pickle=False)
+            array = array[0] if array.ndim == 4 and array.shape[0] == 1 else array
+            volume = Volume(np.ascontiguousarray(array.transpose(2, 1, 0)))  # [H, W, D] -> [k, j, i]
+            labels = _m3d_mask(base / entry["label"])
+            if labels.shape != volume.shape:
+                raise InputError(f"mask {entry['label']} has shape {labels.shape[::-1]} but its image {volume.shape[::-1]}")
+            present = {v: n for v, n in names.items() if (labels == v).any()}
+            return CTCase(Path(entry["image"]).parent.name, volume, labels, present)
         return load
 
     return LazyCases([loader(e) for e in entries])
@@ -138,7 +237,7 @@ def read_caption_pairs(json_path: str | os.PathLike, split: str = "train") -> La
             text_path = path.parent / e["text"]
             if not text_path.is_file():
                 raise InputError(f"report {text_path} does not exist")
-            return CTCase(Path(e["image"]).parent.name or Path(e["image"]).stem, load_image(path.parent / e["image"]),
+            return CTCase(_case_id(e["image"]), load_image(path.parent / e["image"]),
                           report=text_path.read_text(encoding="utf-8").strip())
         return load
 
@@ -163,47 +262,124 @@ def read_ct_rate(volume_root: str | os.PathLike, reports_csv: str | os.PathLike)
     return LazyCases([loader(r) for r in rows])
 
 
+def _vqa_by_image(path: Path) -> dict[str, tuple[list[ClosedQA], list[OpenQA]]]:
+    """M3D-VQA rows grouped by image: rows with an ``Answer Choice`` letter are closed, the others open."""
+    grouped: dict[str, tuple[list[ClosedQA], list[OpenQA]]] = {}
+    for row in _csv(path, VQA_COLUMNS):
+        closed, opened = grouped.setdefault(row["Image Path"], ([], []))
+        letter = (row["Answer Choice"] or "").strip().upper()
+        if letter:
+            if letter not in CHOICE_LETTERS:
+                raise InputError(f"{path.name}: 'Answer Choice' must be one of A-D, got {letter!r}")
+            closed.append(ClosedQA(row["Question"], [row[f"Choice {c}"] for c in CHOICE_LETTERS], letter))
+        else:
+            opened.append(OpenQA(row["Question"], row["Answer"]))
+    return grouped
+
+
 def read_vqa(csv_path: str | os.PathLike) -> LazyCases:
     """M3D-VQA: one case per image with its closed (lettered) and open questions."""
     path = Path(csv_path)
-    grouped: dict[str, list[dict]] = {}
-    for row in _csv(path, VQA_COLUMNS):
-        grouped.setdefault(row["Image Path"], []).append(row)
 
-    def loader(image: str, rows: list[dict]) -> Callable[[], CTCase]:
-        closed, opened = [], []
-        for row in rows:
-            letter = (row["Answer Choice"] or "").strip().upper()
-            if letter:
-                if letter not in CHOICE_LETTERS:
-                    raise InputError(f"{path.name}: 'Answer Choice' must be one of A-D, got {letter!r}")
-                closed.append(ClosedQA(row["Question"], [row[f"Choice {c}"] for c in CHOICE_LETTERS], letter))
-            else:
-                opened.append(OpenQA(row["Question"], row["Answer"]))
-        return lambda: CTCase(Path(image).parent.name or Path(image).stem, load_image(path.parent / image),
+    def loader(image: str, closed: list[ClosedQA], opened: list[OpenQA]) -> Callable[[], CTCase]:
+        return lambda: CTCase(_case_id(image), load_image(path.parent / image),
                               vqa_closed=closed, vqa_open=opened)
 
-    return LazyCases([loader(i, r) for i, r in grouped.items()])
+    return LazyCases([loader(i, c, o) for i, (c, o) in _vqa_by_image(path).items()])
+
+
+def _refs_by_image(path: Path) -> dict[tuple[str, str], list[Referring]]:
+    """M3D-RefSeg rows grouped by (image, mask)."""
+    grouped: dict[tuple[str, str], list[Referring]] = {}
+    for row in _csv(path, REFSEG_COLUMNS):
+        try:
+            ref = Referring(row["Question"], int(row["Mask_ID"]))
+        except ValueError:
+            raise InputError(f"{path.name}: 'Mask_ID' must be an integer label value, got {row['Mask_ID']!r}") from None
+        grouped.setdefault((row["Image"], row["Mask"]), []).append(ref)
+    return grouped
 
 
 def read_refseg(csv_path: str | os.PathLike) -> LazyCases:
     """M3D-RefSeg: one case per image; each row is an expression naming one label value of its mask."""
     path = Path(csv_path)
-    grouped: dict[tuple[str, str], list[dict]] = {}
-    for row in _csv(path, REFSEG_COLUMNS):
-        grouped.setdefault((row["Image"], row["Mask"]), []).append(row)
 
-    def loader(image: str, mask: str, rows: list[dict]) -> Callable[[], CTCase]:
-        try:
-            refs = [Referring(r["Question"], int(r["Mask_ID"])) for r in rows]
-        except ValueError:
-            raise InputError(f"{path.name}: 'Mask_ID' must be an integer label value") from None
-
+    def loader(image: str, mask: str, refs: list[Referring]) -> Callable[[], CTCase]:
         def load() -> CTCase:
             volume = load_image(path.parent / image)
             labels = load_labels(path.parent / mask, volume)
-            return CTCase(Path(image).parent.name or Path(image).stem, volume, labels,
+            return CTCase(_case_id(image), volume, labels,
                           {r.label: r.expression for r in refs}, referring=refs)
         return load
 
-    return LazyCases([loader(i, m, r) for (i, m), r in grouped.items()])
+    return LazyCases([loader(i, m, r) for (i, m), r in _refs_by_image(path).items()])
+
+
+# Files next to a dataset.json that ``medvlsam2 synth`` writes (see ``data.writers.LAYOUT_FILES``).
+_SIDECARS = {"captions": "m3d_cap.json", "vqa": "m3d_vqa.csv", "refseg": "m3d_refseg.csv"}
+
+
+def _annotated(root: Path, split: str) -> LazyCases:
+    """Segmentation cases of ``root/dataset.json`` with the reports, VQA and referring expressions of its sidecars."""
+    names, entries = _segmentation_entries(root, split)
+    reports: dict[str, str] = {}
+    if (root / _SIDECARS["captions"]).is_file():
+        captions = _json(root / _SIDECARS["captions"]).get(split, [])
+        reports = {e["image"]: e["text"] for e in captions if isinstance(e, dict) and {"image", "text"} <= set(e)}
+    vqa = _vqa_by_image(root / _SIDECARS["vqa"]) if (root / _SIDECARS["vqa"]).is_file() else {}
+    refs: dict[str, list[Referring]] = {}
+    if (root / _SIDECARS["refseg"]).is_file():
+        for (image, _), group in _refs_by_image(root / _SIDECARS["refseg"]).items():
+            refs.setdefault(image, []).extend(group)
+
+    def loader(entry: dict) -> Callable[[], CTCase]:
+        base = _segmentation_loader(root, entry, names)
+        image = entry["image"]
+
+        def load() -> CTCase:
+            case = base()
+            if image in reports:
+                text = root / reports[image]
+                if not text.is_file():
+                    raise InputError(f"report {text} listed in {_SIDECARS['captions']} does not exist")
+                case.report = text.read_text(encoding="utf-8").strip()
+            case.vqa_closed, case.vqa_open = (list(v) for v in vqa.get(image, ([], [])))
+            case.referring = list(refs.get(image, []))
+            return case
+        return load
+
+    return LazyCases([loader(e) for e in entries])
+
+
+def read_dataset(path: str | os.PathLike, split: str = "train") -> LazyCases:
+    """Cases of whatever supported layout ``path`` is (a dataset folder or an index file).
+
+    - a folder with ``dataset.json`` (MSD, or ``medvlsam2 synth`` output with its reports/VQA/referring files);
+    - an M3D-Seg dataset folder ``NAME`` with ``NAME.json``;
+    - an M3D-Cap JSON, an M3D-VQA CSV or an M3D-RefSeg CSV file.
+    CT-RATE needs two paths: use ``read_ct_rate(volume_root, reports_csv)``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if (p / "dataset.json").is_file():
+            return _annotated(p, split)
+        if (p / f"{p.name}.json").is_file():
+            return read_m3d_seg(p, split)
+        raise InputError(f"{p} has neither dataset.json (MSD / medvlsam2 synth) nor {p.name}.json (M3D-Seg); "
+                         "point at a dataset folder or at an M3D-Cap JSON / M3D-VQA / M3D-RefSeg CSV file")
+    if p.suffix == ".json":
+        return read_caption_pairs(p, split)
+    if p.suffix == ".csv":
+        header = _csv_header(p)
+        if set(VQA_COLUMNS) <= header:
+            return read_vqa(p)
+        if set(REFSEG_COLUMNS) <= header:
+            return read_refseg(p)
+        raise InputError(f"{p.name} is neither an M3D-VQA CSV (columns {list(VQA_COLUMNS)}) nor an M3D-RefSeg CSV "
+                         f"(columns {list(REFSEG_COLUMNS)}); CT-RATE reports need read_ct_rate(volume_root, csv)")
+    raise InputError(f"{p} does not exist or is not a dataset folder, .json or .csv index")
+
+
+def _csv_header(path: Path) -> set[str]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return set(next(csv.reader(fh), []))
