@@ -174,3 +174,14 @@ def test_read_dataset_refuses_unknown_layouts(tmp_path):
         read_dataset(tmp_path / "r.csv")
     with pytest.raises(InputError, match="does not exist"):
         read_dataset(tmp_path / "missing.txt")
+
+
+def test_write_case_round_trips_one_case(tmp_path):
+    from medvlsam2.data.synthetic import write_case
+
+    case = generate_case(9, findings={"liver_lesions": [], "renal_cyst": "left", "cyst_mm": 24}, **SMALL)
+    got = read_dataset(write_case(case, tmp_path / "one"))[0]
+    assert got.report == case.report and got.vqa_closed == case.vqa_closed and got.referring == case.referring
+    assert got.label_names == case.label_names and 9 in got.label_names and 8 not in got.label_names
+    with pytest.raises(ValueError, match="unknown layout"):
+        write_case(case, tmp_path / "two", layout="nnunet")

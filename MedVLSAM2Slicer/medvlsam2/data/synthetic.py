@@ -250,6 +250,13 @@ def generate_case(seed: int, shape: tuple[int, int, int] = (32, 128, 128),
     return CTCase(f"synthetic-{seed}", volume, labels, present, report, closed, opened, referring)
 
 
+def write_case(case: CTCase, folder, layout: str = "m3d"):
+    """Write ``case`` (image, label map, report, VQA, referring) to ``folder``; see ``data.writers.write_case``."""
+    from .writers import write_case as _write
+
+    return _write(case, folder, layout)
+
+
 def corpus() -> list[str]:
     """Text covering every word the generator and the chat format can emit (for a word-level tokenizer)."""
     texts = [REPORT_QUESTION, SEG_ANSWER, "Choices: A. B. C. D. About the region : , ( )", "slices - to"]

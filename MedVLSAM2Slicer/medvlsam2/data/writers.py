@@ -52,6 +52,18 @@ def write_dataset(cases: Iterable[CTCase], folder: str | os.PathLike, label_name
     return root
 
 
+def write_case(case: CTCase, folder: str | os.PathLike, layout: str = "m3d") -> Path:
+    """One case as its own dataset folder (all layouts of ``LAYOUT_FILES``), readable by ``read_dataset``.
+
+    ``layout="m3d"`` is the only layout: MSD ``dataset.json`` plus the M3D-Cap / M3D-VQA / M3D-RefSeg
+    index files. The folder's index files are rewritten, so give each case its own folder (or use
+    ``write_dataset`` for many cases).
+    """
+    if layout != "m3d":
+        raise ValueError(f"unknown layout {layout!r}; the writer has 'm3d' (MSD + M3D-Cap/VQA/RefSeg index files)")
+    return write_dataset([case], folder, case.label_names)
+
+
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(columns)))
