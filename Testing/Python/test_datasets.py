@@ -54,6 +54,14 @@ def test_ct_rate_layout(tmp_path):
     (tmp_path / "reports.csv").write_text('VolumeName,Findings_EN,Impressions_EN\ntrain_1_a_1.nii.gz,"Liver normal.",No acute.\n')
     case = read_ct_rate(tmp_path / "vols", tmp_path / "reports.csv")[0]
     assert case.report == "Liver normal. No acute." and case.volume.shape == (4, 8, 8)
+    (tmp_path / "meta.csv").write_text('VolumeName,RescaleSlope,RescaleIntercept,XYSpacing,ZSpacing\n'
+                                       'train_1_a_1.nii.gz,1,-1024,"[0.75, 0.8]",1.5\n')
+    raw = read_ct_rate(tmp_path / "vols", tmp_path / "reports.csv", tmp_path / "meta.csv")[0]
+    assert np.all(raw.volume.array == -1024) and np.allclose(raw.volume.spacing, (0.75, 0.8, 1.5))
+    (tmp_path / "meta.csv").write_text("VolumeName,RescaleSlope,RescaleIntercept,XYSpacing,ZSpacing\n"
+                                       "train_1_a_1.nii.gz,1,-1024,unknown,1.5\n")
+    with pytest.raises(InputError, match="spacing"):
+        read_ct_rate(tmp_path / "vols", tmp_path / "reports.csv", tmp_path / "meta.csv")
     (tmp_path / "bad.csv").write_text("VolumeName,Findings_EN\nmissing.nii.gz,x\n")
     with pytest.raises(InputError, match="not under"):
         read_ct_rate(tmp_path / "vols", tmp_path / "bad.csv")

@@ -244,19 +244,52 @@ def read_caption_pairs(json_path: str | os.PathLike, split: str = "train") -> La
     return LazyCases([loader(e) for e in entries])
 
 
-def read_ct_rate(volume_root: str | os.PathLike, reports_csv: str | os.PathLike) -> LazyCases:
-    """CT-RATE: findings + impression per volume name; volumes anywhere under ``volume_root``."""
+CTRATE_METADATA_COLUMNS = ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing")
+
+
+def _ct_rate_geometry(row: dict, where: str) -> tuple[float, float, tuple[float, float, float]]:
+    """(slope, intercept, spacing (i, j, k)) from one CT-RATE metadata row; XYSpacing reads like "[0.75, 0.75]"."""
+    try:
+        xy = [float(v) for v in re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", row["XYSpacing"])]
+        slope, intercept, z = float(row["RescaleSlope"]), float(row["RescaleIntercept"]), float(row["ZSpacing"])
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: metadata of {row.get('VolumeName')} must hold numbers in "
+                         f"{list(CTRATE_METADATA_COLUMNS[1:])}") from None
+    if len(xy) != 2 or min(xy[0], xy[1], z) <= 0:
+        raise InputError(f"{where}: spacing of {row.get('VolumeName')} must be two positive XY values and a positive Z")
+    return slope, intercept, (xy[0], xy[1], z)
+
+
+def read_ct_rate(volume_root: str | os.PathLike, reports_csv: str | os.PathLike,
+                 metadata_csv: str | os.PathLike | None = None) -> LazyCases:
+    """CT-RATE: findings + impression per volume name; volumes anywhere under ``volume_root``.
+
+    ``metadata_csv`` (CT-RATE's ``*_metadata.csv``) is for volumes stored as raw scanner values: each
+    volume is then rescaled to HU (``RescaleSlope``, ``RescaleIntercept``) and given the listed
+    ``XYSpacing`` / ``ZSpacing``.
+    """
     rows = _csv(Path(reports_csv), CTRATE_COLUMNS)
     files = {p.name: p for p in Path(volume_root).rglob("*.nii*")}
+    geometry = {}
+    if metadata_csv is not None:
+        where = Path(metadata_csv).name
+        geometry = {r["VolumeName"]: _ct_rate_geometry(r, where) for r in _csv(Path(metadata_csv), CTRATE_METADATA_COLUMNS)}
 
     def loader(row: dict) -> Callable[[], CTCase]:
         name = row["VolumeName"]
         if name not in files:
             raise InputError(f"CT-RATE volume {name} listed in the reports CSV is not under {volume_root}")
+        if metadata_csv is not None and name not in geometry:
+            raise InputError(f"CT-RATE volume {name} has no row in {Path(metadata_csv).name}")
 
         def load() -> CTCase:
             report = " ".join(t.strip() for t in (row["Findings_EN"], row.get("Impressions_EN") or "") if t and t.strip())
-            return CTCase(name.split(".")[0], read_volume(files[name]), report=report)
+            volume = read_volume(files[name])
+            if name in geometry:
+                slope, intercept, spacing = geometry[name]
+                hu = np.round(volume.array.astype(np.float64) * slope + intercept)
+                volume = Volume(np.clip(hu, -1024, 3071).astype(np.int16), spacing, volume.origin, volume.direction)
+            return CTCase(name.split(".")[0], volume, report=report)
         return load
 
     return LazyCases([loader(r) for r in rows])
