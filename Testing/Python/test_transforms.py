@@ -5,7 +5,8 @@ from dataclasses import replace
 import numpy as np
 
 from medvlsam2.data.synthetic import generate_case
-from medvlsam2.data.transforms import cached_cases, standardize, standardize_transform
+from medvlsam2.data.transforms import cached_cases, intensity_transform, standardize, standardize_transform
+from medvlsam2.io.windowing import apply_window
 from medvlsam2.io.volume import Volume
 
 
@@ -42,3 +43,11 @@ def test_cache_serves_preprocessed_cases():
     cases = [generate_case(s, shape=(8, 32, 32), spacing=(11.2, 11.2, 20.0)) for s in (1, 2)]
     ds = cached_cases(cases, standardize_transform(spacing=(11.2, 11.2, 20.0)))
     assert len(ds) == 2 and ds[1].case_id == "synthetic-2" and ds[0].volume.array.dtype == np.int16
+
+
+def test_intensity_transform_matches_the_model_windowing():
+    case = generate_case(2, shape=(8, 32, 32), spacing=(11.2, 11.2, 20.0))
+    out = intensity_transform("abdomen")({"image": case.volume.array.astype(np.float32)})["image"]
+    out = np.asarray(out)
+    assert np.allclose(out, apply_window(case.volume.array, "abdomen"), atol=1e-5)
+    assert out.min() == 0.0 and out.max() == 1.0  # air clipped to 0, bone to 1

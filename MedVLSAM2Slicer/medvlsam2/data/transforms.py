@@ -1,8 +1,9 @@
 """MONAI preprocessing for dataset cases: orientation, spacing, foreground crop, caching.
 
 Cases from different datasets arrive in different orientations and voxel sizes; training wants one
-orientation and one spacing. Intensity windowing stays in ``io.windowing`` (applied by the model's
-own input builders), so HU survive this step.
+orientation and one spacing. ``standardize`` keeps HU (the model's own input builders window them
+through ``io.windowing``); ``intensity_transform`` is the same windowing as a MONAI transform for
+pipelines that feed MONAI networks directly.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ def standardize_transform(spacing: tuple[float, float, float] = (1.5, 1.5, 3.0),
         CropForegroundd(keys=keys, source_key="image", select_fn=lambda x: x > body_hu, margin=margin, allow_smaller=True,
                         allow_missing_keys=True),
     ])
+
+
+def intensity_transform(window="abdomen", keys=("image",)):
+    """MONAI ``ScaleIntensityRanged``: HU clipped to ``window`` (a preset, "L,W" or (L, W)) and scaled to [0, 1]."""
+    from monai.transforms import ScaleIntensityRanged
+
+    from ..io.windowing import get_window
+
+    w = get_window(window)
+    return ScaleIntensityRanged(keys=list(keys), a_min=w.low, a_max=w.high, b_min=0.0, b_max=1.0, clip=True)
 
 
 def _to_meta(array: np.ndarray, volume: Volume):
