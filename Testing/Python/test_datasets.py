@@ -100,6 +100,19 @@ def test_synth_command_writes_every_layout(tmp_path):
     assert len(read_segmentation(tmp_path / "out")) == 2
 
 
+def test_synth_command_forces_findings_and_refuses_bad_ones(tmp_path, capsys):
+    args = ["synth", str(tmp_path / "f"), "--cases", "2", "--shape", "8,32,32", "--findings", '{"renal_cyst": "left"}']
+    assert main(args) == 0
+    cases = read_dataset(tmp_path / "f")
+    assert all(9 in c.label_names and "left kidney" in c.report for c in cases)
+    assert main(["synth", str(tmp_path / "g"), "--findings", '{"tumour": 1}']) != 0
+    assert main(["synth", str(tmp_path / "h"), "--findings", "[1]"]) != 0
+    assert main(["synth", str(tmp_path / "i"), "--shape", "4,32,32"]) != 0
+    err = capsys.readouterr().err
+    assert "tumour" in err and "JSON object" in err and "at least 8" in err
+    assert not (tmp_path / "g").exists()
+
+
 def test_read_dataset_attaches_reports_vqa_and_referring(written):
     cases, root = written
     read = read_dataset(root)

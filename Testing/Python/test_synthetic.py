@@ -68,3 +68,17 @@ def test_corpus_covers_every_generated_word():
 def test_bad_findings_are_refused(bad):
     with pytest.raises(ValueError):
         generate_case(0, findings=bad)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_report_lobe_and_sizes_follow_the_label_map(seed):
+    case = generate_case(seed, findings={"liver_lesions": [26.0], "renal_cyst": "right", "cyst_mm": 22})
+    lab, sp = case.labels, case.volume.spacing
+    lesion_i, liver_i = np.nonzero(lab == 8)[2].mean(), np.nonzero(np.isin(lab, [1, 8]))[2].mean()
+    lobe = "right" if (lesion_i - liver_i) * sp[0] < 10 else "left"  # patient's right is low i
+    assert f"{lobe} lobe" in case.report and "26 mm" in case.report and "22 mm" in case.report
+    # the largest in-plane extent of the lesion is close to its nominal diameter (partial slices make it smaller)
+    extent_mm = max(np.ptp(np.nonzero(lab == 8)[a]) + 1 for a in (1, 2)) * sp[0]
+    assert 26 * 0.6 <= extent_mm <= 26 + 2 * sp[0]
+    assert np.median(case.volume.array[lab == 9]) < 40 < np.median(case.volume.array[lab == 3])
+    assert next(r.label for r in case.referring if "cyst" in r.expression) == 9

@@ -29,6 +29,7 @@ STRUCTURE_LABELS: dict[str, list[int]] = {"liver": [1, 8], "spleen": [2], "right
 HU = {"air": -1000, "fat": -100, "muscle": 50, "bone": 700, "marrow": 250, "liver": 60, "spleen": 48,
       "kidney": 150, "pancreas": 40, "aorta": 180, "stomach_wall": 45, "stomach_fluid": 10, "gas": -900,
       "lesion": 20, "cyst": 5}
+GENERATOR_VERSION = 1  # bump whenever a seed's image or texts change (models trained on older phantoms differ)
 NOISE_HU = 12.0
 BLUR_VOXELS = 0.6  # partial-volume blur (Gaussian sigma, in voxels)
 _NUMBER_WORDS = ["none", "one", "two", "three"]
