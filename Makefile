@@ -5,9 +5,10 @@ VENV := .venv/bin
 setup:
 	bash scripts/bootstrap.sh
 
-# Main job until the interactive demo lands (issue 3/6): model configs, parameter counts, device.
+# Main job: the project's own demo weights on a held-out synthetic phantom, no download.
+# Writes outputs/demo/{masks.nii.gz, masks.seg.nrrd, answer.txt, report.md, overlay.png}.
 run: setup
-	$(VENV)/medvlsam2 info --model tiny
+	$(VENV)/medvlsam2 demo -o outputs/demo
 
 test: setup
 	$(VENV)/python -m pytest -q

@@ -1,0 +1,136 @@
+"""``medvlsam2 demo``: the whole product on one held-out synthetic phantom, with no download.
+
+Segments organs by text, answers a question, drafts a report, and writes what a person can check:
+the masks (with the phantom's geometry), ``answer.txt``, ``report.md``, an overlay PNG and Dice
+against the phantom's own labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEMO_ORGANS = ("liver", "spleen", "right kidney", "left kidney")
+# Outline colours (RGB) per organ, in DEMO_ORGANS order; further targets reuse them.
+COLOURS = ((235, 120, 50), (160, 90, 210), (60, 190, 80), (70, 140, 240), (240, 220, 60), (60, 210, 210))
+RANDOM_WARNING = "weights are random: masks and text are meaningless (no demo bundle found)"
+
+
+def demo_weights_folder() -> Path:
+    """The project's own demo bundle (Resources/DemoWeights in the repository or the installed module)."""
+    try:
+        from ..resources import resource_path
+    except ImportError:  # resources.py lands with the Slicer packaging work
+        return Path(__file__).resolve().parents[3] / "Resources" / "DemoWeights"
+    return resource_path("DemoWeights")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run text segmentation, a question and a report on a synthetic phantom (no download)")
+    p.add_argument("-o", "--output", default="outputs/demo", help="output folder (default: outputs/demo)")
+    p.add_argument("--model", help="bundle folder or named config (default: the project's demo weights)")
+    p.add_argument("--seed", type=int, default=100000, help="phantom seed (>= 100000: never seen in training)")
+    p.add_argument("--organs", default=",".join(DEMO_ORGANS), help="comma-separated text prompts")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def dice(pred, ref) -> float:
+    total = int(pred.sum()) + int(ref.sum())
+    return 1.0 if total == 0 else 2.0 * float((pred & ref).sum()) / total
+
+
+def overlay_png(volume, masks: dict[str, "np.ndarray"], path: Path, window: str = "abdomen") -> Path:
+    """Three axial slices through the segmented organs, windowed, with filled coloured masks and a legend."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from ..io.windowing import apply_window
+
+    union = np.zeros(volume.shape, bool)
+    for m in masks.values():
+        union |= m > 0
+    ks = np.nonzero(union.any(axis=(1, 2)))[0]
+    lo, hi = (int(ks.min()), int(ks.max())) if len(ks) else (0, volume.shape[0] - 1)
+    slices = sorted({int(round(lo + f * (hi - lo))) for f in (0.25, 0.5, 0.75)})
+    gray = (apply_window(volume.array, window) * 255).astype(np.uint8)
+    tiles = []
+    for k in slices:
+        rgb = np.repeat(gray[k][..., None], 3, axis=2).astype(np.float32)
+        for (name, m), colour in zip(masks.items(), COLOURS * 4):
+            sel = m[k] > 0
+            rgb[sel] = 0.55 * rgb[sel] + 0.45 * np.array(colour, np.float32)
+        tile = Image.fromarray(rgb.astype(np.uint8)).resize((256, 256), Image.NEAREST)
+        ImageDraw.Draw(tile).text((4, 4), f"slice {k}", fill=(255, 255, 0))
+        tiles.append(tile)
+    legend_h = 18 * len(masks) + 10
+    canvas = Image.new("RGB", (256 * len(tiles), 256 + legend_h), (0, 0, 0))
+    for n, tile in enumerate(tiles):
+        canvas.paste(tile, (256 * n, 0))
+    draw = ImageDraw.Draw(canvas)
+    for n, (name, colour) in enumerate(zip(masks, COLOURS * 4)):
+        draw.rectangle([6, 262 + 18 * n, 18, 274 + 18 * n], fill=tuple(colour))
+        draw.text((24, 262 + 18 * n), name, fill=(255, 255, 255))
+    canvas.save(path)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..checkpoint import load_model
+    from ..data.synthetic import STRUCTURE_LABELS, generate_case
+    from ..errors import InputError
+    from ..io.volume import write_mask
+    from ..session import Session
+
+    organs = [o.strip() for o in args.organs.split(",") if o.strip()]
+    unknown = [o for o in organs if o not in STRUCTURE_LABELS]
+    if unknown:
+        raise InputError(f"unknown organ(s) {unknown}; the phantoms have {sorted(STRUCTURE_LABELS)}")
+    spec = args.model or str(demo_weights_folder())
+    trained = Path(spec).is_dir()
+    if not trained:
+        spec = args.model or "tiny"
+        print(f"WARNING: {RANDOM_WARNING}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    case = generate_case(args.seed)
+    model = load_model(spec, args.device)
+    print(f"model: {spec}" + (" (trained on synthetic phantoms; not for clinical images)" if trained else ""))
+    print(f"phantom: seed {args.seed}, {case.volume.shape[0]} slices of {case.volume.shape[1]}x{case.volume.shape[2]}")
+    session = Session(model, case.volume)
+
+    masks, scores = {}, {}
+    for organ in tqdm(organs, desc="text prompts", unit="organ"):
+        result = session.segment_text(organ)[0]
+        masks[organ] = session.mask(result.object_id)
+        scores[organ] = dice(masks[organ] > 0, np.isin(case.labels, STRUCTURE_LABELS[organ]))
+    label_map = np.zeros(case.volume.shape, np.uint8)
+    for value, organ in enumerate(organs, start=1):
+        label_map[(masks[organ] > 0) & (label_map == 0)] = value
+    write_mask(label_map, case.volume, out / "masks.nii.gz")
+    write_mask(label_map, case.volume, out / "masks.seg.nrrd", {v: o for v, o in enumerate(organs, start=1)})
+    import SimpleITK as sitk
+
+    sitk.WriteImage(case.volume.to_sitk(), str(out / "phantom.nii.gz"), useCompression=True)
+
+    qa = case.vqa_closed[0]
+    answer = "".join(session.ask(qa.prompt())).strip()
+    (out / "answer.txt").write_text(f"Q: {qa.prompt()}\nA: {answer}\nexpected: {qa.target()}\n", encoding="utf-8")
+    report = "".join(session.report()).strip()
+    note = "trained on synthetic phantoms; not for clinical images" if trained else RANDOM_WARNING
+    (out / "report.md").write_text(f"# Draft report (research use only, not for diagnosis)\n\n_{note}_\n\n{report}\n\n"
+                                   f"## Phantom's reference report\n\n{case.report}\n", encoding="utf-8")
+    overlay_png(case.volume, masks, out / "overlay.png")
+
+    print("\nDice against the phantom's labels:")
+    for organ, d in scores.items():
+        print(f"  {organ:<14} {d:.3f}")
+    print(f"\nQ: {qa.prompt()}\nA: {answer}   (expected {qa.target()})")
+    print(f"\nreport: {report}\n")
+    print(f"wrote {out}/masks.nii.gz, masks.seg.nrrd, phantom.nii.gz, answer.txt, report.md, overlay.png")
+    if not trained:
+        print(f"WARNING: {RANDOM_WARNING}")
+    return 0
