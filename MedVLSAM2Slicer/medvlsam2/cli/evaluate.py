@@ -177,10 +177,11 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"unknown structure(s) {sorted(unknown)}; the phantoms have {sorted(structures)}")
             structures = {n: structures[n] for n in wanted}
     else:
-        cases, total, source = _dataset_cases(args.dataset), None, {"dataset": str(args.dataset)}
+        cases, source = _dataset_cases(args.dataset), {"dataset": str(args.dataset)}
         structures = None  # each case's own label names, filtered below
         if args.limit:
-            cases, total = itertools.islice(cases, args.limit), args.limit
+            cases = itertools.islice(cases, args.limit)
+        total = min(len(cases), args.limit or len(cases)) if hasattr(cases, "__len__") else args.limit
     options = EvalOptions(tasks=tasks, structures=structures, clicks=args.clicks, tolerance_mm=args.tolerance_mm,
                           interactive_structures=_names(args.interactive_structures), conventions=conventions,
                           bertscore_model=args.bertscore_model, max_questions=args.max_questions)

@@ -39,6 +39,8 @@ def bleu(predictions: Sequence[str], references: Sequence[str], max_order: int =
     """BLEU with uniform weights up to ``max_order`` (nltk, smoothing method 1 so short texts don't score 0).
 
     ``corpus=False``: per-sample sentence BLEU, averaged (M3D); ``corpus=True``: one corpus BLEU (coco style).
+    nltk counts a hypothesis with no n-grams of order n (a one-word answer) as one unmatched n-gram,
+    so BLEU-2..4 of very short answers is lower than pycocoevalcap's; reports are long enough not to care.
     """
     from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
