@@ -147,6 +147,15 @@ def test_cancelled_propagation_keeps_previous_mask(client):
         with pytest.raises(Cancelled):
             s.propagate(o, cancel=token, progress=lambda d, n: token.cancel())
         assert np.array_equal(s.mask(o), before) and np.array_equal(s.fetch_mask(o), before)
+        # a client that drops a propagation stream after the first progress line must not leave the
+        # session locked: the next call (with a short timeout) goes through
+        with httpx.stream("POST", f"{client.url}/v1/sessions/{s.sid}/objects/{o}/propagate", json={},
+                          headers={"Authorization": client._http.headers["Authorization"]}, timeout=30) as r:
+            assert r.status_code == 200
+            assert "progress" in json.loads(next(r.iter_lines()))
+        quick = Client(client.url, client._http.headers["Authorization"].split()[1], timeout=30)
+        assert quick.request("GET", f"/v1/sessions/{s.sid}/objects")["objects"] == {str(o): "Segment_1"}
+        quick.close()
         s.propagate(o)  # the session still works afterwards
         assert s.mask(o).sum() >= before.sum()
     finally:

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     url = f"http://{shown}:{port}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30,
+                                           timeout_graceful_shutdown=3))
     print(f"medvlsam2 server on {url} (model {info['model']}, device {device})", flush=True)
     if generated:
         print(f"token: {token}", flush=True)  # shown once so a user can connect; never logged

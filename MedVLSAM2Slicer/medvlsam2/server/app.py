@@ -5,10 +5,11 @@ Logs hold counts and error codes only: never voxels, file names, prompts or pati
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
-import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -115,33 +116,42 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         s = store.get(sid)  # unknown session -> 404 before the stream starts
         return StreamingResponse(_lines(s, work), media_type=JSONL)
 
-    def _lines(s: ServerSession, work):
-        done = object()
-        q: queue.Queue = queue.Queue()
-        with s.lock:
-            s.busy += 1
-            cancel = s.cancel = CancelToken()
-            fut = worker.submit(lambda: work(s.engine, cancel, q.put))
-            fut.add_done_callback(lambda _: q.put(done))
+    async def _lines(s: ServerSession, work):
+        """The job runs in its own pump thread (holding the session lock only while it runs), so a client
+        that disconnects can never leave the session locked; lines reach this generator by an asyncio queue."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        cancel, done = CancelToken(), object()
+
+        def put(item: Any) -> None:
             try:
-                while (item := q.get()) is not done:
-                    yield dumps(item) + b"\n"
-                exc = fut.exception()
-                if exc is not None:
-                    code, message = _exc_body(exc)
-                    yield dumps(error_body(code, message)) + b"\n"
-                else:
-                    yield dumps(fut.result()) + b"\n"
-            finally:
-                if not fut.done():  # the client went away: stop the model at the next slice / token
-                    cancel.cancel()
-                    try:
-                        fut.result(limits.call_timeout_s)
-                    except BaseException:
-                        pass
-                s.busy -= 1
-                s.cancel = None
-                s.last_seen = time.monotonic()
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                pass
+
+        def pump() -> None:
+            with s.lock:
+                s.busy += 1
+                s.cancel = cancel
+                try:
+                    put(worker.run(lambda: work(s.engine, cancel, put), limits.call_timeout_s))
+                except BaseException as exc:  # sent to the client as the last line
+                    put(error_body(*_exc_body(exc)))
+                finally:
+                    s.busy -= 1
+                    s.cancel = None
+                    s.last_seen = time.monotonic()
+                    put(done)
+
+        threading.Thread(target=pump, name="medvlsam2-stream", daemon=True).start()
+        finished = False
+        try:
+            while (item := await q.get()) is not done:
+                yield dumps(item) + b"\n"
+            finished = True
+        finally:
+            if not finished:  # the client went away: stop the model at the next slice / token
+                cancel.cancel()
 
     # ----- service --------------------------------------------------------------------------------
     @app.get("/v1/health")
