@@ -162,6 +162,39 @@ def test_cancelled_propagation_keeps_previous_mask(client):
         s.close()
 
 
+def test_cancelled_ask_stops_the_stream_and_the_session_goes_on(client):
+    s = client.open_session(phantom(6))
+    try:
+        token = CancelToken()
+        stream = s.ask("Describe the liver.", cancel=token)
+        assert isinstance(next(stream), str)
+        token.cancel()
+        with pytest.raises(Cancelled):
+            for _ in stream:
+                pass
+        assert s.add_object() == 1  # the session is free again
+    finally:
+        s.close()
+
+
+def test_serve_token_sources(tmp_path, monkeypatch):
+    import argparse
+    import stat
+
+    from medvlsam2.cli.serve import TOKEN_ENV, _token
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    path = tmp_path / "token"
+    made, generated = _token(argparse.Namespace(token_file=str(path), token=None))
+    assert len(made) >= 32 and not generated and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert _token(argparse.Namespace(token_file=str(path), token="other"))[0] == made  # the file wins, reused
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert _token(argparse.Namespace(token_file=None, token="argv")) == ("from-env", False)
+    monkeypatch.delenv(TOKEN_ENV)
+    fresh, generated = _token(argparse.Namespace(token_file=None, token=None))
+    assert generated and fresh != made
+
+
 # ----- security and validation ----------------------------------------------------------------------
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])
 @pytest.mark.parametrize("method, path", [("GET", "/v1/health"), ("GET", "/v1/version"), ("POST", "/v1/sessions"),
