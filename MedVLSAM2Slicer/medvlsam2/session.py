@@ -229,7 +229,11 @@ class Session:
             region = f"the {o.name}" + (f" (slices {where[:, 0].min()}-{where[:, 0].max()})" if len(where) else "")
             question = f"About {region}: {question}"
         elif context and "box" in context:
-            question = f"About the region {tuple(int(v) for v in context['box'])}: {question}"
+            box = tuple(int(v) for v in context["box"])
+            if len(box) != 6 or not all(0 <= box[a] <= box[a + 3] < n for a, n in enumerate(self.volume.shape[::-1])):
+                raise InputError(f"a context box is (i0, j0, k0, i1, j1, k1) inside the volume {self.volume.shape[::-1]} "
+                                 f"(i, j, k); got {box}")
+            question = f"About the region {box}: {question}"
         return self.model.stream_text(self.visual_tokens(), question, cancel=cancel)
 
     def report(self, cancel: CancelToken | None = None) -> Iterator[str]:

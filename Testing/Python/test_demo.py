@@ -5,7 +5,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from medvlsam2.cli import main
-from medvlsam2.cli.demo import RANDOM_WARNING
+from medvlsam2.cli.common import RANDOM_WARNING
 from medvlsam2.data.synthetic import generate_case
 
 
@@ -13,8 +13,8 @@ def test_demo_with_random_weights_writes_all_outputs_and_says_so(tmp_path, capsy
     monkeypatch.setenv("TQDM_DISABLE", "1")
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--model", "tiny", "--organs", "liver,spleen"]) == 0
-    printed = capsys.readouterr().out
-    assert RANDOM_WARNING in printed and "Dice" in printed
+    printed = capsys.readouterr()
+    assert RANDOM_WARNING in printed.err and "Dice" in printed.out
     mask = sitk.ReadImage(str(out / "masks.nii.gz"))
     case = generate_case(100000)
     assert sitk.GetArrayFromImage(mask).shape == case.volume.shape

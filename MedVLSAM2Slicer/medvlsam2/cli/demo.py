@@ -10,28 +10,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import RANDOM_WARNING, TRAINED_NOTE, add_model_arguments, load_model_for
+
 DEMO_ORGANS = ("liver", "spleen", "right kidney", "left kidney")
 # Outline colours (RGB) per organ, in DEMO_ORGANS order; further targets reuse them.
 COLOURS = ((235, 120, 50), (160, 90, 210), (60, 190, 80), (70, 140, 240), (240, 220, 60), (60, 210, 210))
-RANDOM_WARNING = "weights are random: masks and text are meaningless (no demo bundle found)"
-
-
-def demo_weights_folder() -> Path:
-    """The project's own demo bundle (Resources/DemoWeights in the repository or the installed module)."""
-    try:
-        from ..resources import resource_path
-    except ImportError:  # resources.py lands with the Slicer packaging work
-        return Path(__file__).resolve().parents[3] / "Resources" / "DemoWeights"
-    return resource_path("DemoWeights")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run text segmentation, a question and a report on a synthetic phantom (no download)")
     p.add_argument("-o", "--output", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--model", help="bundle folder or named config (default: the project's demo weights)")
     p.add_argument("--seed", type=int, default=100000, help="phantom seed (>= 100000: never seen in training)")
     p.add_argument("--organs", default=",".join(DEMO_ORGANS), help="comma-separated text prompts")
-    p.add_argument("--device", default="cpu")
+    add_model_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -79,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from ..checkpoint import load_model
     from ..data.synthetic import STRUCTURE_LABELS, generate_case
     from ..errors import InputError
     from ..io.volume import write_mask
@@ -89,16 +79,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = [o for o in organs if o not in STRUCTURE_LABELS]
     if unknown:
         raise InputError(f"unknown organ(s) {unknown}; the phantoms have {sorted(STRUCTURE_LABELS)}")
-    spec = args.model or str(demo_weights_folder())
-    trained = Path(spec).is_dir()
-    if not trained:
-        spec = args.model or "tiny"
-        print(f"WARNING: {RANDOM_WARNING}")
+    model, trained = load_model_for(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     case = generate_case(args.seed)
-    model = load_model(spec, args.device)
-    print(f"model: {spec}" + (" (trained on synthetic phantoms; not for clinical images)" if trained else ""))
     print(f"phantom: seed {args.seed}, {case.volume.shape[0]} slices of {case.volume.shape[1]}x{case.volume.shape[2]}")
     session = Session(model, case.volume)
 
@@ -120,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     answer = "".join(session.ask(qa.prompt())).strip()
     (out / "answer.txt").write_text(f"Q: {qa.prompt()}\nA: {answer}\nexpected: {qa.target()}\n", encoding="utf-8")
     report = "".join(session.report()).strip()
-    note = "trained on synthetic phantoms; not for clinical images" if trained else RANDOM_WARNING
+    note = TRAINED_NOTE if trained else RANDOM_WARNING
     (out / "report.md").write_text(f"# Draft report (research use only, not for diagnosis)\n\n_{note}_\n\n{report}\n\n"
                                    f"## Phantom's reference report\n\n{case.report}\n", encoding="utf-8")
     overlay_png(case.volume, masks, out / "overlay.png")

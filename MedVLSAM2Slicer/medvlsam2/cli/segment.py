@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
+from .common import add_model_arguments, load_model_for
 
 
 def parse_point(text: str) -> tuple[list[float], int]:
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", help="what to segment, e.g. 'liver'")
     p.add_argument("--point", action="append", default=[], help="voxel click i,j,k[,+|-] (repeatable)")
     p.add_argument("--box", help="i0,j0,k0,i1,j1,k1 voxel box")
-    p.add_argument("--model", default="tiny", help="named config or bundle folder (default: tiny, random weights)")
+    add_model_arguments(p)
     p.add_argument("--no-propagate", action="store_true", help="only the prompted slices")
     p.set_defaults(func=run)
 
@@ -34,16 +35,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from ..checkpoint import load_model
     from ..io.volume import read_volume, write_mask
     from ..session import Session
 
     if sum(bool(x) for x in (args.prompt, args.point, args.box)) != 1:
         raise InputError("give exactly one kind of prompt: --prompt, --point (repeatable) or --box")
     volume = read_volume(args.image)
-    if args.model in ("tiny", "base", "paper"):
-        print(f"note: the '{args.model}' config has RANDOM weights; masks are not meaningful without a trained bundle")
-    session = Session(load_model(args.model), volume)
+    session = Session(load_model_for(args)[0], volume)
     with tqdm(total=volume.shape[0], desc="propagating", unit="slice") as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)

@@ -1,0 +1,40 @@
+"""``medvlsam2 ask IMAGE "question" [--about TEXT | --box i0,j0,k0,i1,j1,k1]``: stream an answer."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+from .common import add_model_arguments, load_model_for
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ask", help="ask a question about a CT; the answer streams to stdout")
+    p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("question")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--about", metavar="TEXT", help="segment TEXT first and ask about it (e.g. 'liver')")
+    where.add_argument("--box", help="ask about the voxel box i0,j0,k0,i1,j1,k1")
+    add_model_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io.volume import read_volume
+    from ..session import Session
+
+    if not args.question.strip():
+        raise InputError("the question is empty")
+    session = Session(load_model_for(args)[0], read_volume(args.image))
+    context = None
+    if args.about:
+        context = {"object": session.segment_text(args.about)[0].object_id}
+    elif args.box:
+        try:
+            context = {"box": tuple(int(v) for v in args.box.split(","))}
+        except ValueError:
+            raise InputError(f"--box takes six integers i0,j0,k0,i1,j1,k1 (got {args.box!r})") from None
+    for piece in session.ask(args.question, context=context):
+        print(piece, end="", flush=True)
+    print()
+    return 0
