@@ -111,12 +111,20 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
                 s.busy -= 1
                 s.last_seen = time.monotonic()
 
-    def stream(sid: str, work: Callable[[Any, CancelToken, Callable[[dict], None]], dict]) -> StreamingResponse:
-        """JSON lines: what ``work`` emits (progress, tokens), then its final dict or an error line."""
-        s = store.get(sid)  # unknown session -> 404 before the stream starts
-        return StreamingResponse(_lines(s, work), media_type=JSONL)
+    def on_worker(fn: Callable[[], Any]) -> Any:
+        return worker.run(fn, limits.call_timeout_s)
 
-    async def _lines(s: ServerSession, work):
+    def stream(sid: str, work: Callable[[Any, CancelToken, Callable[[dict], None]], dict],
+               tokens: Callable[[Any, CancelToken], Any] | None = None) -> StreamingResponse:
+        """JSON lines: what ``work`` emits (progress), then its final dict or an error line.
+
+        ``work(engine, cancel, emit)`` is one model call. For text, ``tokens(engine, cancel)`` makes a
+        token iterator and each token is its own model call, so other sessions' calls run in between.
+        """
+        s = store.get(sid)  # unknown session -> 404 before the stream starts
+        return StreamingResponse(_lines(s, work, tokens), media_type=JSONL)
+
+    async def _lines(s: ServerSession, work, tokens):
         """The job runs in its own pump thread (holding the session lock only while it runs), so a client
         that disconnects can never leave the session locked; lines reach this generator by an asyncio queue."""
         loop = asyncio.get_running_loop()
@@ -134,7 +142,15 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
                 s.busy += 1
                 s.cancel = cancel
                 try:
-                    put(worker.run(lambda: work(s.engine, cancel, put), limits.call_timeout_s))
+                    if tokens is None:
+                        put(on_worker(lambda: work(s.engine, cancel, put)))
+                    else:
+                        end = object()
+                        it = on_worker(lambda: iter(tokens(s.engine, cancel)))
+                        while (token := on_worker(lambda: next(it, end))) is not end:
+                            put({"token": token})
+                            cancel.raise_if_cancelled()
+                        put({"done": True})
                 except BaseException as exc:  # sent to the client as the last line
                     put(error_body(*_exc_body(exc)))
                 finally:
@@ -294,19 +310,11 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         question = validate_text(body, "question")
         context = validate_context(body.get("context"))
 
-        def work(engine, cancel, emit):
-            for token in engine.ask(question, context, cancel=cancel):
-                emit({"token": token})
-            return {"done": True}
-        return stream(sid, work)
+        return stream(sid, None, lambda engine, cancel: engine.ask(question, context, cancel=cancel))
 
     @app.post("/v1/sessions/{sid}/report")
     def report(sid: str):
-        def work(engine, cancel, emit):
-            for token in engine.report(cancel=cancel):
-                emit({"token": token})
-            return {"done": True}
-        return stream(sid, work)
+        return stream(sid, None, lambda engine, cancel: engine.report(cancel=cancel))
 
     return app
 
