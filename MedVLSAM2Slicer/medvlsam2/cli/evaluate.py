@@ -149,16 +149,13 @@ def _model_metadata(spec: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import itertools
-    import json
-    import platform
     import time
-    from pathlib import Path
 
     import torch
     from tqdm import tqdm
 
     from ..checkpoint import load_model
-    from ..evaluation.runner import EvalOptions, evaluate_case, summarise, to_markdown
+    from ..evaluation.runner import EvalOptions, evaluate_case
 
     tasks = _names(args.tasks) or []
     conventions = _names(args.conventions) or []
@@ -200,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=total, desc="evaluating", unit="case") as bar:
         def done(record: dict) -> None:
             records.append(record)
+            write_results(records, options, args, source, time.perf_counter() - started)
             seg = record.get("seg") or []
             if seg:
                 bar.set_postfix(dice=f"{sum(s['dice'] for s in seg) / len(seg):.3f}")
@@ -222,18 +220,31 @@ def run(args: argparse.Namespace) -> int:
                     done(record)
     if not records:
         raise InputError("the data source gave no cases to evaluate")
+    markdown = write_results(records, options, args, source, time.perf_counter() - started)
+    print(markdown)
+    print(f"wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
+    return 0
+
+
+def write_results(records: list[dict], options, args: argparse.Namespace, source: dict, wall_seconds: float) -> str:
+    """Write the JSON (and Markdown) for ``records``; called after every case, so a stopped run keeps its results."""
+    import json
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    from ..evaluation.runner import summarise, to_markdown
+
     summary = summarise(records, options)
     result = {"model": str(args.model), "model_metadata": _model_metadata(args.model), "data": source,
               "machine": {"platform": platform.platform(), "processor": platform.machine(),
                           "torch_threads": torch.get_num_threads(), "device": args.device, "jobs": args.jobs},
-              "wall_seconds": time.perf_counter() - started,
-              "summary": summary, "cases": records}
+              "wall_seconds": wall_seconds, "summary": summary, "cases": records}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_strict_json(result), indent=2))
     markdown = to_markdown(summary, title=f"Evaluation of {args.model}")
     if args.markdown:
         Path(args.markdown).write_text(markdown)
-    print(markdown)
-    print(f"wrote {out}" + (f" and {args.markdown}" if args.markdown else ""))
-    return 0
+    return markdown
