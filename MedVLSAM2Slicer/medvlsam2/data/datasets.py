@@ -69,8 +69,26 @@ def load_image(path: str | os.PathLike) -> Volume:
     return read_volume(p)
 
 
+def _label_array(p: Path) -> np.ndarray:
+    """A label map's voxels, read without ``read_volume``'s Hounsfield-unit check (labels are not HU)."""
+    if p.suffix == ".npy":
+        return load_image(p).array
+    import SimpleITK as sitk
+
+    if not p.is_file():
+        raise InputError(f"label map {p} does not exist; check the dataset root")
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError:
+        raise InputError(f"cannot read label map {p.name}: not a readable NIfTI/NRRD/MHA file") from None
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    return Volume.from_sitk(image).array
+
+
 def load_labels(path: str | os.PathLike, like: Volume) -> np.ndarray:
-    labels = load_image(path).array
+    """The label map at ``path`` as uint8 ``[k, j, i]``; it must have the shape of its image ``like``."""
+    labels = _label_array(Path(path))
     if labels.shape != like.shape:
         raise InputError(f"label map {Path(path).name} has shape {labels.shape} but its image {like.shape}; "
                          "the dataset pairs the wrong files")
