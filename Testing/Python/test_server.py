@@ -332,6 +332,34 @@ def test_two_concurrent_clients_get_correct_masks(server, model):
         assert np.array_equal(out[n], ref.mask(o)), n
 
 
+def test_a_long_answer_does_not_block_another_session(server):
+    """Each answer token is one model call, so B's click runs between A's tokens."""
+    a_client, b_client = Client(server.url, server.token), Client(server.url, server.token)
+    a, b = a_client.open_session(phantom(40)), b_client.open_session(phantom(41))
+    ob = b.add_object()
+    finished: dict[str, float] = {}
+    stream = a.report()
+    next(stream)  # A's report is under way
+    pieces = []
+
+    def read_rest() -> None:
+        for piece in stream:
+            pieces.append(piece)
+        finished["a"] = time.perf_counter()
+
+    t = threading.Thread(target=read_rest)
+    t.start()
+    b.add_points(ob, [[32, 32, 4]], [1])
+    finished["b"], a_pieces_then = time.perf_counter(), len(pieces)
+    t.join(120)
+    assert len(pieces) >= 5, "the report was too short to tell"
+    assert a_pieces_then < len(pieces) - 2, "B's click waited for A's whole answer"
+    assert finished["b"] < finished["a"]
+    for s, c in ((a, a_client), (b, b_client)):
+        s.close()
+        c.close()
+
+
 def test_lease_expiry_frees_memory_and_client_recovers(server, model):
     from medvlsam2.session import Session
 
