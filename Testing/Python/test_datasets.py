@@ -209,3 +209,16 @@ def test_write_case_round_trips_one_case(tmp_path):
     assert got.label_names == case.label_names and 9 in got.label_names and 8 not in got.label_names
     with pytest.raises(ValueError, match="unknown layout"):
         write_case(case, tmp_path / "two", layout="nnunet")
+
+
+def test_m3d_vqa_rows_are_asked_both_ways(tmp_path):
+    header = "Image Path,Text,Question Type,Question,Choice A,Choice B,Choice C,Choice D,Answer,Answer Choice\n"
+    (tmp_path / "vqa.csv").write_text(header + "c1/ct.npy,,3,Which organ is abnormal?,Liver,Spleen,Kidney,Lung,Spleen,B\n")
+    (tmp_path / "c1").mkdir()
+    np.save(tmp_path / "c1" / "ct.npy", np.zeros((1, 4, 8, 8), np.float32))
+    case = read_vqa(tmp_path / "vqa.csv")[0]
+    assert case.case_id == "c1" and case.vqa_closed[0].target() == "B. Spleen"
+    assert [(q.question, q.answer) for q in case.vqa_open] == [("Which organ is abnormal?", "Spleen")]
+    (tmp_path / "bad.csv").write_text(header + "c1/ct.npy,,3,Which organ?,Liver,Spleen,,,x,C\n")
+    with pytest.raises(InputError, match="empty choice"):
+        read_vqa(tmp_path / "bad.csv")

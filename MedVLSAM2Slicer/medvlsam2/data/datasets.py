@@ -314,16 +314,25 @@ def read_ct_rate(volume_root: str | os.PathLike, reports_csv: str | os.PathLike,
 
 
 def _vqa_by_image(path: Path) -> dict[str, tuple[list[ClosedQA], list[OpenQA]]]:
-    """M3D-VQA rows grouped by image: rows with an ``Answer Choice`` letter are closed, the others open."""
+    """M3D-VQA rows grouped by image.
+
+    In M3D-VQA every row is asked both ways (``Question Type`` is its category, 1-5): its choices and
+    ``Answer Choice`` give a closed question and its ``Answer`` text an open one. Rows whose ``Question
+    Type`` is "closed" or "open" (``medvlsam2 synth``) are only that kind.
+    """
     grouped: dict[str, tuple[list[ClosedQA], list[OpenQA]]] = {}
     for row in _csv(path, VQA_COLUMNS):
         closed, opened = grouped.setdefault(row["Image Path"], ([], []))
+        kind = (row.get("Question Type") or "").strip().lower()
         letter = (row["Answer Choice"] or "").strip().upper()
-        if letter:
+        if letter and kind != "open":
             if letter not in CHOICE_LETTERS:
                 raise InputError(f"{path.name}: 'Answer Choice' must be one of A-D, got {letter!r}")
-            closed.append(ClosedQA(row["Question"], [row[f"Choice {c}"] for c in CHOICE_LETTERS], letter))
-        else:
+            choices = [row[f"Choice {c}"] or "" for c in CHOICE_LETTERS]
+            if not choices[CHOICE_LETTERS.index(letter)].strip():
+                raise InputError(f"{path.name}: answer {letter} of {row['Question']!r} points at an empty choice")
+            closed.append(ClosedQA(row["Question"], choices, letter))
+        if kind != "closed" and (row["Answer"] or "").strip():
             opened.append(OpenQA(row["Question"], row["Answer"]))
     return grouped
 
