@@ -82,3 +82,13 @@ def test_report_lobe_and_sizes_follow_the_label_map(seed):
     assert 26 * 0.6 <= extent_mm <= 26 + 2 * sp[0]
     assert np.median(case.volume.array[lab == 9]) < 40 < np.median(case.volume.array[lab == 3])
     assert next(r.label for r in case.referring if "cyst" in r.expression) == 9
+
+
+def test_generator_and_readers_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, medvlsam2.data.synthetic as s, medvlsam2.data.datasets, medvlsam2.data.writers; "
+            "s.generate_case(0, shape=(8, 32, 32), spacing=(11.2, 11.2, 20)); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

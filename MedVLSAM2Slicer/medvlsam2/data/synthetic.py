@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.volume import Volume
-from ..modeling.prompting import REPORT_QUESTION, SEG_ANSWER, segment_question
 from .case import CHOICE_LETTERS, ClosedQA, CTCase, OpenQA, Referring
 
 ORGANS: dict[int, str] = {1: "liver", 2: "spleen", 3: "right kidney", 4: "left kidney", 5: "pancreas",
@@ -260,6 +259,8 @@ def write_case(case: CTCase, folder, layout: str = "m3d"):
 
 def corpus() -> list[str]:
     """Text covering every word the generator and the chat format can emit (for a word-level tokenizer)."""
+    from ..modeling.prompting import REPORT_QUESTION, SEG_ANSWER, segment_question  # torch: only here
+
     texts = [REPORT_QUESTION, SEG_ANSWER, "Choices: A. B. C. D. About the region : , ( )", "slices - to"]
     texts += [segment_question(t) for t in STRUCTURE_LABELS]
     texts.append(" ".join(str(n) for n in range(0, 1001)))
