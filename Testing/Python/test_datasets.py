@@ -222,3 +222,18 @@ def test_m3d_vqa_rows_are_asked_both_ways(tmp_path):
     (tmp_path / "bad.csv").write_text(header + "c1/ct.npy,,3,Which organ?,Liver,Spleen,,,x,C\n")
     with pytest.raises(InputError, match="empty choice"):
         read_vqa(tmp_path / "bad.csv")
+
+
+def test_caption_errors_and_lazy_loading(written, tmp_path):
+    _, root = written
+    (tmp_path / "cap.json").write_text(json.dumps({"train": [{"image": "a.nii.gz"}]}))
+    with pytest.raises(InputError, match="needs 'image' and 'text'"):
+        read_caption_pairs(tmp_path / "cap.json")
+    with pytest.raises(InputError, match="no 'validation' list"):
+        read_caption_pairs(root / "m3d_cap.json", split="validation")
+    # Listing is lazy: missing files only fail when their case is loaded, and say which file.
+    (tmp_path / "cap.json").write_text(json.dumps({"train": [{"image": "gone.nii.gz", "text": "gone.txt"}]}))
+    cases = read_caption_pairs(tmp_path / "cap.json")
+    assert len(cases) == 1
+    with pytest.raises(InputError, match="gone.txt"):
+        cases[0]
