@@ -45,6 +45,12 @@ def test_caption_vqa_and_refseg_layouts(written):
     vqa = read_vqa(root / "m3d_vqa.csv")[0]
     assert vqa.vqa_closed == cases[0].vqa_closed and vqa.vqa_open == cases[0].vqa_open
     ref = read_refseg(root / "m3d_refseg.csv")[0]
+    moved = root.parent / "index_elsewhere"
+    moved.mkdir(exist_ok=True)
+    (moved / "vqa.csv").write_bytes((root / "m3d_vqa.csv").read_bytes())
+    with pytest.raises(InputError):
+        read_vqa(moved / "vqa.csv")[0]
+    assert read_vqa(moved / "vqa.csv", root=root)[0].vqa_closed == cases[0].vqa_closed
     assert [r.expression for r in ref.referring] == [r.expression for r in cases[0].referring]
     cyst = next(r for r in ref.referring if "cyst" in r.expression)
     assert ref.mask(cyst.expression).sum() == (cases[0].labels == 9).sum() > 0

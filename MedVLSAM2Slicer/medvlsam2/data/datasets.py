@@ -1,6 +1,6 @@
 """Readers for the public 3D CT dataset layouts the model trains on; each returns ``CTCase`` records lazily.
 
-Layouts (paths inside a layout file are relative to that file's folder):
+Layouts (paths inside an index file are relative to its folder, or to ``root=`` where a reader takes one):
 - segmentation, Medical Segmentation Decathlon: ``dataset.json`` with ``labels`` (the category names,
   {"0": "background", "1": "liver"} or nnU-Net v2's {"background": 0, "liver": 1}) and a ``training``
   list of ``{"image": ..., "label": ...}`` (``test`` may list bare image paths);
@@ -240,9 +240,11 @@ def read_m3d_seg(folder: str | os.PathLike, split: str = "train") -> LazyCases:
     return LazyCases([loader(e) for e in entries])
 
 
-def read_caption_pairs(json_path: str | os.PathLike, split: str = "train") -> LazyCases:
-    """M3D-Cap: image-report pairs listed in a JSON file."""
+def read_caption_pairs(json_path: str | os.PathLike, split: str = "train",
+                       root: str | os.PathLike | None = None) -> LazyCases:
+    """M3D-Cap: image-report pairs listed in a JSON file (paths relative to ``root``, default its folder)."""
     path = Path(json_path)
+    base = Path(root) if root is not None else path.parent
     entries = _json(path).get(split)
     if not isinstance(entries, list):
         raise InputError(f"{path.name} has no '{split}' list of {{'image', 'text'}} entries")
@@ -252,10 +254,10 @@ def read_caption_pairs(json_path: str | os.PathLike, split: str = "train") -> La
 
     def loader(e: dict) -> Callable[[], CTCase]:
         def load() -> CTCase:
-            text_path = path.parent / e["text"]
+            text_path = base / e["text"]
             if not text_path.is_file():
                 raise InputError(f"report {text_path} does not exist")
-            return CTCase(_case_id(e["image"]), load_image(path.parent / e["image"]),
+            return CTCase(_case_id(e["image"]), load_image(base / e["image"]),
                           report=text_path.read_text(encoding="utf-8").strip())
         return load
 
@@ -337,12 +339,13 @@ def _vqa_by_image(path: Path) -> dict[str, tuple[list[ClosedQA], list[OpenQA]]]:
     return grouped
 
 
-def read_vqa(csv_path: str | os.PathLike) -> LazyCases:
-    """M3D-VQA: one case per image with its closed (lettered) and open questions."""
+def read_vqa(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> LazyCases:
+    """M3D-VQA: one case per image with its closed (lettered) and open questions (images under ``root``)."""
     path = Path(csv_path)
+    base = Path(root) if root is not None else path.parent
 
     def loader(image: str, closed: list[ClosedQA], opened: list[OpenQA]) -> Callable[[], CTCase]:
-        return lambda: CTCase(_case_id(image), load_image(path.parent / image),
+        return lambda: CTCase(_case_id(image), load_image(base / image),
                               vqa_closed=closed, vqa_open=opened)
 
     return LazyCases([loader(i, c, o) for i, (c, o) in _vqa_by_image(path).items()])
@@ -360,14 +363,15 @@ def _refs_by_image(path: Path) -> dict[tuple[str, str], list[Referring]]:
     return grouped
 
 
-def read_refseg(csv_path: str | os.PathLike) -> LazyCases:
+def read_refseg(csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> LazyCases:
     """M3D-RefSeg: one case per image; each row is an expression naming one label value of its mask."""
     path = Path(csv_path)
+    base = Path(root) if root is not None else path.parent
 
     def loader(image: str, mask: str, refs: list[Referring]) -> Callable[[], CTCase]:
         def load() -> CTCase:
-            volume = load_image(path.parent / image)
-            labels = load_labels(path.parent / mask, volume)
+            volume = load_image(base / image)
+            labels = load_labels(base / mask, volume)
             return CTCase(_case_id(image), volume, labels,
                           {r.label: r.expression for r in refs}, referring=refs)
         return load
