@@ -121,6 +121,11 @@ def _csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         raise InputError(f"{path} does not exist") from None
 
 
+def _lists(meta: dict) -> list[str]:
+    """The keys of a JSON index that hold lists (the splits it has)."""
+    return [k for k, v in meta.items() if isinstance(v, list)]
+
+
 def _label_names(labels, where: str) -> dict[int, str]:
     """Category names from {"1": "liver"} (MSD), {"liver": 1} (nnU-Net v2) or ["liver", ...] (label i + 1)."""
     if isinstance(labels, list):
@@ -143,7 +148,7 @@ def _segmentation_entries(root: Path, split: str) -> tuple[dict[int, str], list[
     key = "training" if "training" in meta and split == "train" else split
     entries = meta.get(key)
     if not isinstance(entries, list):
-        raise InputError(f"dataset.json has no '{key}' list; available: {[k for k, v in meta.items() if isinstance(v, list)]}")
+        raise InputError(f"dataset.json has no '{key}' list; available: {_lists(meta)}")
     out = []
     for entry in entries:
         entry = {"image": entry} if isinstance(entry, str) else entry  # MSD lists test images as bare paths
@@ -215,7 +220,7 @@ def read_m3d_seg(folder: str | os.PathLike, split: str = "train") -> LazyCases:
         names = _label_names(info[folder.name], "dataset_info.json")
     entries = meta.get(split)
     if not isinstance(entries, list):
-        raise InputError(f"{folder.name}.json has no '{split}' list; available: {[k for k, v in meta.items() if isinstance(v, list)]}")
+        raise InputError(f"{folder.name}.json has no '{split}' list; available: {_lists(meta)}")
 
     def loader(entry: dict) -> Callable[[], CTCase]:
         if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
@@ -232,7 +237,8 @@ def read_m3d_seg(folder: str | os.PathLike, split: str = "train") -> LazyCases:
             volume = Volume(np.ascontiguousarray(array.transpose(2, 1, 0)))  # [H, W, D] -> [k, j, i]
             labels = _m3d_mask(base / entry["label"])
             if labels.shape != volume.shape:
-                raise InputError(f"mask {entry['label']} has shape {labels.shape[::-1]} but its image {volume.shape[::-1]}")
+                raise InputError(f"mask {entry['label']} has shape {labels.shape[::-1]} "
+                                 f"but its image {volume.shape[::-1]}")
             present = {v: n for v, n in names.items() if (labels == v).any()}
             return CTCase(Path(entry["image"]).parent.name, volume, labels, present)
         return load
@@ -293,7 +299,8 @@ def read_ct_rate(volume_root: str | os.PathLike, reports_csv: str | os.PathLike,
     geometry = {}
     if metadata_csv is not None:
         where = Path(metadata_csv).name
-        geometry = {r["VolumeName"]: _ct_rate_geometry(r, where) for r in _csv(Path(metadata_csv), CTRATE_METADATA_COLUMNS)}
+        rows_meta = _csv(Path(metadata_csv), CTRATE_METADATA_COLUMNS)
+        geometry = {r["VolumeName"]: _ct_rate_geometry(r, where) for r in rows_meta}
 
     def loader(row: dict) -> Callable[[], CTCase]:
         name = row["VolumeName"]
@@ -303,7 +310,8 @@ def read_ct_rate(volume_root: str | os.PathLike, reports_csv: str | os.PathLike,
             raise InputError(f"CT-RATE volume {name} has no row in {Path(metadata_csv).name}")
 
         def load() -> CTCase:
-            report = " ".join(t.strip() for t in (row["Findings_EN"], row.get("Impressions_EN") or "") if t and t.strip())
+            parts = (row["Findings_EN"], row.get("Impressions_EN") or "")
+            report = " ".join(t.strip() for t in parts if t and t.strip())
             volume = read_volume(files[name])
             if name in geometry:
                 slope, intercept, spacing = geometry[name]
