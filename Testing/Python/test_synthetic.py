@@ -64,7 +64,8 @@ def test_corpus_covers_every_generated_word():
     assert set(STRUCTURE_LABELS) >= {"liver", "spleen", "right kidney", "left kidney"}
 
 
-@pytest.mark.parametrize("bad", [{"liver_lesions": [1, 2, 3, 4]}, {"renal_cyst": "middle"}, {"tumour": True}])
+@pytest.mark.parametrize("bad", [{"liver_lesions": [1, 2, 3, 4]}, {"renal_cyst": "middle"}, {"tumour": True},
+                                 {"renal_cyst": "left", "cyst_mm": 80}])
 def test_bad_findings_are_refused(bad):
     with pytest.raises(ValueError):
         generate_case(0, findings=bad)

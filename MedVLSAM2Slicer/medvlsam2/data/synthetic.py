@@ -64,7 +64,10 @@ class Findings:
         cyst = d.get("renal_cyst", drawn.renal_cyst)
         if cyst not in (None, "left", "right"):
             raise ValueError(f"renal_cyst must be None, 'left' or 'right', got {cyst!r}")
-        return cls(lesions, cyst, float(d.get("cyst_mm", drawn.cyst_mm)), bool(d.get("splenomegaly", drawn.splenomegaly)))
+        cyst_mm = float(d.get("cyst_mm", drawn.cyst_mm))
+        if not 5 <= cyst_mm <= 40:  # larger would replace the whole kidney
+            raise ValueError(f"cyst_mm must be between 5 and 40 mm, got {cyst_mm}")
+        return cls(lesions, cyst, cyst_mm, bool(d.get("splenomegaly", drawn.splenomegaly)))
 
 
 def _grid(shape, spacing):
