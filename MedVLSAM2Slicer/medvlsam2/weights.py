@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import CheckpointError, InputError
+from .resources import resource_path
 from .utils.cancel import CancelToken, check
 
-MANIFEST = Path(__file__).resolve().parents[2] / "Resources" / "weights_manifest.json"
+MANIFEST_NAME = "weights_manifest.json"
 CHUNK = 1 << 20
 
 
@@ -35,8 +36,15 @@ class WeightEntry:
     version: str | None = None
 
 
+def manifest_path() -> Path:
+    """``$MEDVLSAM2_MANIFEST`` if set, else the shipped manifest (repository or installed module)."""
+    override = os.environ.get("MEDVLSAM2_MANIFEST")
+    return Path(override) if override else resource_path(MANIFEST_NAME)
+
+
 def load_manifest(path: str | os.PathLike | None = None) -> dict[str, WeightEntry]:
-    p = Path(path or os.environ.get("MEDVLSAM2_MANIFEST", MANIFEST))
+    """Entries of the manifest at ``path`` (default: ``manifest_path()``)."""
+    p = Path(path) if path else manifest_path()
     try:
         data = json.loads(p.read_text())["weights"]
     except (OSError, ValueError, KeyError) as exc:

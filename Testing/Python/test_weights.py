@@ -102,3 +102,40 @@ def test_shipped_manifest_and_cli(tmp_path, monkeypatch, capsys):
     assert "sam2.1-hiera-tiny" in capsys.readouterr().out
     assert main(["weights", "cache"]) == 0 and str(tmp_path) in capsys.readouterr().out
     assert main(["weights", "import", "sam2.1-hiera-tiny", str(tmp_path / "missing.pt")]) == 1
+
+
+def test_resource_path_finds_the_repository_then_the_installed_module_layout(tmp_path, monkeypatch):
+    from medvlsam2 import resources
+
+    repo, installed = tmp_path / "repo" / "Resources", tmp_path / "module" / "Resources"
+    monkeypatch.setattr(resources, "SEARCH_DIRS", (repo, installed))
+    (installed / "DemoWeights").mkdir(parents=True)
+    assert resources.resource_path("DemoWeights") == installed / "DemoWeights"  # installed extension
+    (repo / "DemoWeights").mkdir(parents=True)
+    assert resources.resource_path("DemoWeights") == repo / "DemoWeights"  # repository wins
+    assert resources.resource_path("nothing.json") == repo / "nothing.json"
+    with pytest.raises(InputError, match="nothing.json.*Reinstall"):
+        resources.resource_path("nothing.json", must_exist=True)
+
+
+def test_shipped_resources_are_found_from_the_repository(monkeypatch):
+    from medvlsam2.resources import resource_path
+
+    monkeypatch.delenv("MEDVLSAM2_MANIFEST", raising=False)
+    assert resource_path("DemoWeights", must_exist=True).joinpath("model.safetensors").is_file()
+    assert weights.manifest_path() == resource_path("weights_manifest.json", must_exist=True)
+    assert "sam2.1-hiera-tiny" in weights.load_manifest()
+
+
+def test_the_manifest_is_read_from_the_installed_module_layout(tmp_path, monkeypatch):
+    """An installed extension has no repository Resources/: the module's Resources/ copy is used."""
+    from medvlsam2 import resources
+
+    installed = tmp_path / "qt-scripted-modules" / "Resources"
+    installed.mkdir(parents=True)
+    (installed / "weights_manifest.json").write_text(
+        '{"format": 1, "weights": {"w": {"url": null, "file": "w.pt", "size": 3, "sha256": null, '
+        '"license": "MIT"}}}')
+    monkeypatch.delenv("MEDVLSAM2_MANIFEST", raising=False)
+    monkeypatch.setattr(resources, "SEARCH_DIRS", (tmp_path / "no-repo" / "Resources", installed))
+    assert list(weights.load_manifest()) == ["w"]
