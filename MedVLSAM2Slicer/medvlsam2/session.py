@@ -19,6 +19,7 @@ from .modeling.key_slices import choose_key_slices
 from .modeling.prompting import REPORT_QUESTION
 from .results import SegmentationResult, changed_region
 from .utils.cancel import CancelToken
+from .utils.device import translate_oom
 
 Progress = Callable[[int, int], None]
 
@@ -42,9 +43,14 @@ class _Object:
 
 
 class Session:
-    def __init__(self, model, volume: Volume) -> None:
+    def __init__(self, model, volume: Volume, cache_mb: float | None = None) -> None:
+        """One volume and one model; ``cache_mb`` bounds the per-slice feature cache (default: the segmenter's)."""
         self.model, self.volume = model, volume
         self.predictor = model.segmenter
+        if cache_mb is not None:
+            if cache_mb <= 0:
+                raise InputError(f"cache_mb must be positive, got {cache_mb}")
+            self.predictor.cache_mb = cache_mb
         self.predictor.clear_feature_cache()
         self.frames, self.hw = volume_to_frames(volume, self.predictor.image_size, model.config.segmenter.window)
         self._objects: dict[int, _Object] = {}
@@ -75,6 +81,7 @@ class Session:
         return self._objects[obj]
 
     # ----- prompts ----------------------------------------------------------------------------
+    @translate_oom
     def add_points(self, obj: int, points_ijk, labels) -> SegmentationResult:
         """Clicks at voxel (i, j, k) with labels +1 (object) or -1 (background); grouped per slice."""
         pts = np.asarray(points_ijk, dtype=np.float64).reshape(-1, 3) if np.size(points_ijk) else np.zeros((0, 3))
@@ -94,6 +101,7 @@ class Session:
                            [1 if v > 0 else 0 for v in lab[pts[:, 2].round() == k]]) for k in np.unique(pts[:, 2].round())]
         return self._prompt(obj, prompts)
 
+    @translate_oom
     def add_box(self, obj: int, box, k: int | None = None) -> SegmentationResult:
         """A 2D box (i0, j0, i1, j1) on slice ``k``, or a 3D box (i0, j0, k0, i1, j1, k1) prompted on its middle slice.
 
@@ -140,6 +148,7 @@ class Session:
         return SegmentationResult(obj, o.name, bbox, patch, {k: v for k, v in (scores or {}).items() if v is not None})
 
     # ----- propagation ------------------------------------------------------------------------
+    @translate_oom
     def propagate(self, obj: int, k_range: tuple[int, int] | None = None, direction: str = "both",
                   cancel: CancelToken | None = None, progress: Progress | None = None) -> SegmentationResult:
         """Carry the object through slices (within ``k_range`` inclusive) from its prompted slices."""
@@ -199,6 +208,7 @@ class Session:
                 self._visual = self.model.encode_volume(images)
         return self._visual
 
+    @translate_oom
     def segment_text(self, prompt: str, cancel: CancelToken | None = None,
                      progress: Progress | None = None) -> list[SegmentationResult]:
         """Semantic or referring segmentation: one new object per [SEG] the model emits."""

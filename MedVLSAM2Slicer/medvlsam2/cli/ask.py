@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.question.strip():
         raise InputError("the question is empty")
-    session = Session(load_model_for(args)[0], read_volume(args.image))
+    session = Session(load_model_for(args)[0], read_volume(args.image), cache_mb=args.cache_mb)
     context = None
     if args.about:
         context = {"object": session.segment_text(args.about)[0].object_id}

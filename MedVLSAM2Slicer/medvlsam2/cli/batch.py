@@ -55,7 +55,7 @@ def list_cases(source: str | Path) -> list[tuple[str, Path]]:
     return cases
 
 
-def process_case(model, image: Path, out: Path, prompts: list[str], report: bool) -> int:
+def process_case(model, image: Path, out: Path, prompts: list[str], report: bool, cache_mb: float | None = None) -> int:
     """Write one case's outputs into ``out`` and return the number of segmented voxels."""
     import numpy as np
 
@@ -63,7 +63,7 @@ def process_case(model, image: Path, out: Path, prompts: list[str], report: bool
     from ..session import Session
 
     volume = read_volume(image)
-    session = Session(model, volume)
+    session = Session(model, volume, cache_mb=cache_mb)
     labels = np.zeros(volume.shape, np.uint8)
     for value, prompt in enumerate(prompts, start=1):
         for result in session.segment_text(prompt):
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         start = time.perf_counter()
         try:
-            voxels = process_case(model, image, out, args.prompt, args.report)
+            voxels = process_case(model, image, out, args.prompt, args.report, args.cache_mb)
             rows.append({"case": case_id, "status": "ok", "seconds": f"{time.perf_counter() - start:.1f}",
                          "voxels": voxels, "error": ""})
         except Exception as exc:  # one bad case must not stop the batch; the summary names it

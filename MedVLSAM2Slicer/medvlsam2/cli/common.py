@@ -21,13 +21,15 @@ def demo_weights_folder() -> Path:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="bundle folder or named config tiny|base|paper (default: the project's demo weights)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
+    p.add_argument("--cache-mb", type=float, default=None, help="feature-cache budget in MB (lower it on small GPUs)")
 
 
 def load_model_for(args: argparse.Namespace):
     """Load ``args.model`` (default: the demo bundle, else the random tiny config), say what it is, and
     return (model, trained) where ``trained`` is False for randomly initialised named configs."""
     from ..checkpoint import load_model
+    from ..utils.device import resolve_device
 
     spec = args.model or str(demo_weights_folder())
     trained = Path(spec).is_dir()
@@ -36,4 +38,4 @@ def load_model_for(args: argparse.Namespace):
         print(f"WARNING: {RANDOM_WARNING} (model '{spec}')", file=sys.stderr)
     elif Path(spec).resolve() == demo_weights_folder().resolve():
         print(f"model: demo weights ({TRAINED_NOTE})", file=sys.stderr)
-    return load_model(spec, args.device), trained
+    return load_model(spec, str(resolve_device(args.device))), trained

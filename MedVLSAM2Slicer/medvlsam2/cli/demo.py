@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     case = generate_case(args.seed)
     print(f"phantom: seed {args.seed}, {case.volume.shape[0]} slices of {case.volume.shape[1]}x{case.volume.shape[2]}")
-    session = Session(model, case.volume)
+    session = Session(model, case.volume, cache_mb=args.cache_mb)
 
     masks, scores = {}, {}
     for organ in tqdm(organs, desc="text prompts", unit="organ"):

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.volume import read_volume
     from ..session import Session
 
-    session = Session(load_model_for(args)[0], read_volume(args.image))
+    session = Session(load_model_for(args)[0], read_volume(args.image), cache_mb=args.cache_mb)
     pieces = []
     for piece in session.report():
         pieces.append(piece)

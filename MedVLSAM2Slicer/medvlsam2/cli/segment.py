@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if sum(bool(x) for x in (args.prompt, args.point, args.box)) != 1:
         raise InputError("give exactly one kind of prompt: --prompt, --point (repeatable) or --box")
     volume = read_volume(args.image)
-    session = Session(load_model_for(args)[0], volume)
+    session = Session(load_model_for(args)[0], volume, cache_mb=args.cache_mb)
     with tqdm(total=volume.shape[0], desc="propagating", unit="slice") as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)

@@ -2,8 +2,9 @@
 
 ``SAM2VolumePredictor`` is upstream's ``SAM2VideoPredictor`` plus three things:
 - frames come from memory (a CT volume), not a JPEG folder;
-- per-slice image features live in an LRU cache shared by all objects of a volume, so refinement
-  and re-propagation never re-run the image encoder on a slice already seen;
+- per-slice image features live in an LRU cache shared by all objects of a volume, bounded in
+  megabytes and stored in bf16 (positional encodings once per size), so refinement and
+  re-propagation never re-run the image encoder on a slice the budget still holds;
 - ``extra_prompt_tokens`` appends the language model's ``[SEG]`` prompt tokens to SAM2's sparse
   prompt embeddings through a forward hook, which keeps official state-dict keys unchanged.
 """
@@ -29,10 +30,13 @@ DIRECTIONS = {"forward": (False,), "backward": (True,), "both": (False, True)}
 class SAM2VolumePredictor(SAM2VideoPredictor):
     """SAM2 video predictor over the slices of one CT volume (see module docstring)."""
 
-    def __init__(self, *args, max_cached_slices: int = 512, **kwargs) -> None:
+    def __init__(self, *args, cache_mb: float = 2048, cache_dtype: torch.dtype = torch.bfloat16, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.max_cached_slices = max_cached_slices
+        self.cache_mb = cache_mb  # budget of ``feature_cache``; least recently used slices are evicted first
+        self.cache_dtype = cache_dtype  # features are stored in this dtype and restored for compute
         self.feature_cache: OrderedDict[tuple[int, int], tuple] = OrderedDict()
+        self.cached_bytes = 0
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.encoder_calls = 0
         self._extra_tokens: torch.Tensor | None = None
         self.sam_prompt_encoder.register_forward_hook(self._append_extra_tokens)
@@ -72,24 +76,36 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
         finally:
             upstream.load_video_frames = original
 
+    def _shared_pos(self, pos: torch.Tensor) -> torch.Tensor:
+        # SAM2's sine positional encodings depend only on the feature-map size: keep one copy per size.
+        key = (tuple(pos.shape), pos.dtype, pos.device)
+        return self._pos_cache.setdefault(key, pos)
+
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
         key = (id(inference_state["images"]), int(frame_idx))
-        cached = self.feature_cache.get(key)
-        if cached is None:
+        entry = self.feature_cache.get(key)
+        if entry is None:
             image = inference_state["images"][frame_idx].to(inference_state["device"]).float().unsqueeze(0)
-            cached = (image, self.forward_image(image))
+            out = self.forward_image(image)
+            fpn = [f.to(self.cache_dtype) for f in out["backbone_fpn"]]
+            entry = (image, fpn, [self._shared_pos(p) for p in out["vision_pos_enc"]], out["backbone_fpn"][0].dtype,
+                     sum(t.numel() * t.element_size() for t in [image, *fpn]))
             self.encoder_calls += 1
-            self.feature_cache[key] = cached
-            while len(self.feature_cache) > self.max_cached_slices:
-                self.feature_cache.popitem(last=False)
+            self.feature_cache[key] = entry
+            self.cached_bytes += entry[-1]
+            while self.cached_bytes > self.cache_mb * 2**20 and len(self.feature_cache) > 1:
+                self.cached_bytes -= self.feature_cache.popitem(last=False)[1][-1]
         else:
             self.feature_cache.move_to_end(key)
+        image, fpn, pos, dtype, _ = entry
+        backbone_out = {"backbone_fpn": [f.to(dtype) for f in fpn], "vision_pos_enc": list(pos)}
         # Let upstream expand to the batch and prepare features from a one-entry cache.
-        inference_state["cached_features"] = {frame_idx: cached}
+        inference_state["cached_features"] = {frame_idx: (image, backbone_out)}
         return super()._get_image_feature(inference_state, frame_idx, batch_size)
 
     def clear_feature_cache(self) -> None:
         self.feature_cache.clear()
+        self.cached_bytes = 0
 
     # ----- decoding helpers ------------------------------------------------------------------
     @torch.inference_mode()

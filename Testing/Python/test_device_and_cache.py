@@ -1,0 +1,88 @@
+"""Device choice, the GPU out-of-memory message, and the megabyte-bounded bf16 feature cache."""
+
+import numpy as np
+import pytest
+import torch
+
+from medvlsam2.config import tiny
+from medvlsam2.errors import InputError
+from medvlsam2.io.volume import Volume
+from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+from medvlsam2.session import Session
+from medvlsam2.utils.device import OOM_ADVICE, autocast_dtype, cpu_has_native_bf16, resolve_device, translate_oom
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MedVLSAM2.from_config(tiny()).eval()
+
+
+def _volume():
+    k, j, i = np.mgrid[:K, :32, :32]
+    inside = ((k - 4) / 3.5) ** 2 + ((j - 16) / 8) ** 2 + ((i - 16) / 9) ** 2 < 1
+    return Volume(np.where(inside, 150, -900).astype(np.int16))
+
+
+def _segment(session):
+    obj = session.add_object()
+    session.add_points(obj, [[16, 16, 4]], [1])
+    session.propagate(obj)
+    return obj
+
+
+def test_cache_reuses_features_within_budget_and_evicts_beyond(model, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    big = Session(model, _volume(), cache_mb=4096)
+    obj = _segment(big)
+    seg = big.predictor
+    assert seg.encoder_calls == K and len(seg.feature_cache) == K
+    assert all(f.dtype == torch.bfloat16 for entry in seg.feature_cache.values() for f in entry[1])
+    per_slice = seg.cached_bytes / K
+    calls = seg.encoder_calls
+    big.propagate(obj)
+    assert seg.encoder_calls == calls  # nothing recomputed
+    reference = big.mask(obj)
+
+    small = Session(model, _volume(), cache_mb=2.5 * per_slice / 2**20)
+    obj = _segment(small)
+    assert len(seg.feature_cache) == 2 and seg.cached_bytes <= small.predictor.cache_mb * 2**20
+    calls = seg.encoder_calls
+    small.propagate(obj)
+    assert seg.encoder_calls > calls  # evicted slices had to be encoded again
+    assert np.array_equal(small.mask(obj), reference)  # and the result does not depend on the budget
+
+
+def test_bad_cache_budget_is_refused(model):
+    with pytest.raises(InputError, match="cache_mb"):
+        Session(model, _volume(), cache_mb=0)
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    with pytest.raises(InputError, match="device must be one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA was requested"):
+            resolve_device("cuda")
+
+
+def test_bf16_only_on_cpus_that_compute_it(tmp_path):
+    plain, amx = tmp_path / "plain", tmp_path / "amx"
+    plain.write_text("flags : fpu sse avx2 avx512f\n")
+    amx.write_text("flags : fpu avx512f avx512_bf16 amx_bf16\n")
+    assert not cpu_has_native_bf16(plain) and cpu_has_native_bf16(amx)
+    assert autocast_dtype(torch.device("cpu")) in (None, torch.bfloat16)
+
+
+def test_out_of_memory_becomes_advice():
+    @translate_oom
+    def explode():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    with pytest.raises(InputError) as info:
+        explode()
+    assert str(info.value) == OOM_ADVICE and "image size" in OOM_ADVICE and "slice range" in OOM_ADVICE
