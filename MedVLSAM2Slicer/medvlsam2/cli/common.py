@@ -12,10 +12,8 @@ TRAINED_NOTE = "trained on synthetic phantoms; not for clinical images"
 
 def demo_weights_folder() -> Path:
     """The project's own demo bundle (Resources/DemoWeights in the repository or the installed module)."""
-    try:
-        from ..resources import resource_path
-    except ImportError:  # resources.py lands with the Slicer packaging work
-        return Path(__file__).resolve().parents[3] / "Resources" / "DemoWeights"
+    from ..resources import resource_path
+
     return resource_path("DemoWeights")
 
 
