@@ -58,6 +58,7 @@ class ModelWorker:
                 fut.set_result(fn())
             except BaseException as exc:  # the caller re-raises it
                 fut.set_exception(exc)
+            del fn, fut  # keep no closed session alive while waiting for the next job
 
 
 @dataclass
