@@ -1,7 +1,8 @@
 """The module's link to the model: a local server it starts (127.0.0.1, random token) or a remote URL.
 
 Everything here may block (process start, HTTP), so the widget calls it from the model worker thread.
-The engine's launcher and client are imported lazily: both are torch-free.
+The engine's launcher (``medvlsam2.server.launcher.launch_server``) and client (``medvlsam2.client.Client``)
+are imported lazily: both are torch-free.
 """
 
 from __future__ import annotations
@@ -14,14 +15,41 @@ from typing import Any
 from medvlsam2.errors import InputError
 
 
+NAMED_CONFIGS = ("tiny", "base")  # random weights, for trying the module; "paper" is too large for a panel default
+READY_TIMEOUT_S = 300.0  # first start on a laptop CPU imports torch and builds the model
+
+
 @dataclass
 class ServerOptions:
-    model: str = "base"
+    model: str = "demo"  # "demo" (shipped bundle), a named config, or a bundle folder
     device: str = "auto"
     python: str = ""  # empty: this Python (Slicer's)
     host: str = "127.0.0.1"
     port: int = 0
     log_path: str = ""
+    ready_timeout: float = READY_TIMEOUT_S
+
+
+def demo_weights() -> Path | None:
+    """The shipped demo bundle (repository or installed module ``Resources/DemoWeights``), or None."""
+    from medvlsam2.resources import resource_path
+
+    folder = resource_path("DemoWeights")
+    return folder if (folder / "config.json").is_file() else None
+
+
+def model_spec(model: str) -> str:
+    """What ``medvlsam2 serve --model`` takes for the panel's choice: a named config or a bundle folder."""
+    if model == "demo":  # not the random "demo" config: the trained bundle
+        folder = demo_weights()
+        if folder is None:
+            raise InputError("the demo weights (Resources/DemoWeights) are not installed; reinstall the extension "
+                             "or choose 'tiny' (random weights)")
+        return str(folder)
+    if model in NAMED_CONFIGS or Path(model).is_dir():
+        return model
+    raise InputError(f"the local server cannot load {model!r}: choose 'demo', {', '.join(map(repr, NAMED_CONFIGS))} "
+                     "or a bundle folder (config.json + model.safetensors)")
 
 
 def _engine(module: str, what: str):
@@ -50,8 +78,9 @@ class Connection:
         self.stop()
         log_path = options.log_path or str(Path.home() / ".cache" / "medvlsam2" / "server.log")
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        self.server = launcher.launch_server(options.python or sys.executable, options.model, options.device,
-                                             options.host, options.port, log_path)
+        self.server = launcher.launch_server(python=options.python or sys.executable, model=model_spec(options.model),
+                                             device=options.device, host=options.host, port=options.port,
+                                             log_path=log_path, ready_timeout=options.ready_timeout)
         self._connect(self.server.url, self.server.token)
 
     def connect_remote(self, url: str, token: str) -> None:
@@ -73,13 +102,12 @@ class Connection:
         return self.client.open_session(volume)
 
     def device_info(self) -> tuple[str, float | None]:
-        """(device name, memory in GB) as the server reports it, when the client can tell."""
-        info = getattr(self.client, "info", None)
-        if info is None:
-            return "", None
-        data = info() if callable(info) else info
-        data = data if isinstance(data, dict) else getattr(data, "__dict__", {})
-        return str(data.get("device", "")), data.get("memory_gb")
+        """(device, memory in GB) from the server's /v1/version; also refuses a server of another API version."""
+        if self.client is None:
+            raise InputError("not connected: press Start (local server) or set a remote URL first")
+        data = self.client.version()
+        memory = data.get("memory_gb")
+        return str(data.get("device", "")), float(memory) if memory is not None else None
 
     def last_log_lines(self, n: int = 20) -> str:
         if self.server is None:

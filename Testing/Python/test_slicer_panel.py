@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "MedVLSAM2Slicer"))
 
 from MedVLSAM2SlicerLib import dependencies, segments, terminology  # noqa: E402
 from MedVLSAM2SlicerLib.panel_state import CONTROLS, PanelState  # noqa: E402
@@ -250,8 +251,8 @@ def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, t
         def __init__(self, url, token):
             calls.append(("client", url, token))
 
-        def info(self):
-            return {"device": "cuda:0", "memory_gb": 24.0}
+        def version(self):
+            return {"device": "cuda:0", "memory_gb": 24.0, "api_version": 1}
 
         def open_session(self, volume):
             return ("session", volume)
@@ -260,7 +261,7 @@ def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, t
             calls.append("closed")
 
     launcher = types.ModuleType("medvlsam2.server.launcher")
-    launcher.launch_server = lambda *args: calls.append(("launch", args)) or Server()
+    launcher.launch_server = lambda **kwargs: calls.append(("launch", kwargs)) or Server()
     client = types.ModuleType("medvlsam2.client")
     client.Client = Client
     monkeypatch.setitem(sys.modules, "medvlsam2.server.launcher", launcher)
@@ -269,13 +270,21 @@ def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, t
     conn = Connection()
     with pytest.raises(InputError, match="not connected"):
         conn.open_session("volume")
+    with pytest.raises(InputError, match="cannot load 'sam2.1-hiera-tiny'"):
+        conn.start_local(ServerOptions(model="sam2.1-hiera-tiny"))  # a SAM2 checkpoint is not a bundle
     conn.start_local(ServerOptions(model="tiny", device="cpu", log_path=str(tmp_path / "server.log")))
-    assert calls[0] == ("launch", (sys.executable, "tiny", "cpu", "127.0.0.1", 0, str(tmp_path / "server.log")))
+    assert calls[0] == ("launch", {"python": sys.executable, "model": "tiny", "device": "cpu", "host": "127.0.0.1",
+                                   "port": 0, "log_path": str(tmp_path / "server.log"), "ready_timeout": 300.0})
     assert calls[1] == ("client", "http://127.0.0.1:5123", "tok") and conn.connected
     assert conn.open_session("volume") == ("session", "volume")
     assert conn.device_info() == ("cuda:0", 24.0) and conn.last_log_lines(2) == "line\nline"
     conn.stop()
     assert calls[-2:] == ["closed", "stopped"] and not conn.connected
+    with pytest.raises(InputError, match="not connected"):
+        conn.device_info()
+    conn.start_local(ServerOptions(model="demo"))  # the shipped bundle folder, not the random "demo" config
+    assert calls[-2][1]["model"] == str(ROOT / "Resources" / "DemoWeights")
+    conn.stop()
     with pytest.raises(InputError, match="http://"):
         conn.connect_remote("gpu-host:8000", "secret")
     conn.connect_remote(" https://gpu-host:8000 ", "secret")
@@ -283,3 +292,23 @@ def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, t
     monkeypatch.setitem(sys.modules, "medvlsam2.client", None)  # an engine without the client
     with pytest.raises(InputError, match="update the MedVLSAM2Slicer extension"):
         conn.connect_remote("https://gpu-host:8000", "secret")
+
+
+def test_logic_offers_the_shipped_demo_weights_first_and_only_loadable_models(monkeypatch, tmp_path):
+    from medvlsam2 import resources
+    from MedVLSAM2SlicerLib.logic import MedVLSAM2Logic
+
+    assert MedVLSAM2Logic.model_names() == ["demo", "tiny", "base"]
+    assert MedVLSAM2Logic.weights_ready("demo") and MedVLSAM2Logic.weights_ready("tiny")
+    monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path))
+    assert not MedVLSAM2Logic.weights_ready("sam2.1-hiera-tiny")  # manifest entry, not downloaded
+    monkeypatch.setattr(resources, "SEARCH_DIRS", (tmp_path / "a", tmp_path / "b"))  # extension without demo weights
+    assert MedVLSAM2Logic.model_names() == ["tiny", "base"] and not MedVLSAM2Logic.weights_ready("demo")
+    logic = MedVLSAM2Logic()
+    try:
+        worker = logic.controller.worker
+        MedVLSAM2Logic.__init__(logic)  # Slicer's base class runs it again through super(): same worker
+        assert logic.controller.worker is worker
+        assert len([t for t in threading.enumerate() if t.name == "MedVLSAM2-model"]) <= 1
+    finally:
+        logic.shutdown()

@@ -10,6 +10,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "MedVLSAM2Slicer"
 MODULE_FILE = MODULE_DIR / "MedVLSAM2Slicer.py"
@@ -17,18 +19,27 @@ LIB_DIR = MODULE_DIR / "MedVLSAM2SlicerLib"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedVLSAM2Slicer.ui"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 
-# What a Slicer module file may import at file scope: Slicer's own bindings and the standard library basics.
-ALLOWED_TOP_LEVEL = {"__future__", "logging", "os", "ctk", "qt", "slicer", "vtk"}
+# What a Slicer module file may import at file scope: Slicer's own bindings, the standard library basics and
+# the Qt-free logic (whose light imports test_lib_imports_neither_torch_nor_qt_nor_slicer checks).
+ALLOWED_TOP_LEVEL = {"__future__", "logging", "os", "typing", "ctk", "qt", "slicer", "vtk", "MedVLSAM2SlicerLib.logic"}
+# Lib modules that need Slicer (qt, slicer): same file-scope rule as the module file, not importable in pytest.
+SLICER_ONLY = ("widget", "selftest")
+SHELL_MAX_LINES = 150  # the module file stays a thin shell (SlicerDentalSegmentator style)
 
 
-def module_tree() -> ast.Module:
-    return ast.parse(MODULE_FILE.read_text(), str(MODULE_FILE))
+def module_tree(path: Path = MODULE_FILE) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
 
 
-def test_module_file_imports_nothing_heavy_and_runs_nothing_at_import():
-    for node in module_tree().body:
+@pytest.mark.parametrize("path", [MODULE_FILE, *(LIB_DIR / f"{m}.py" for m in SLICER_ONLY)], ids=lambda p: p.name)
+def test_slicer_files_import_nothing_heavy_and_run_nothing_at_import(path):
+    for node in module_tree(path).body:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            assert path.parent == LIB_DIR, f"line {node.lineno}: relative import outside MedVLSAM2SlicerLib"
+            assert node.module not in SLICER_ONLY  # the panel may use the Qt-free modules only
+            continue
         elif isinstance(node, ast.ImportFrom):
             names = [node.module or ""]
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
@@ -41,7 +52,8 @@ def test_module_file_imports_nothing_heavy_and_runs_nothing_at_import():
         else:
             raise AssertionError(f"line {node.lineno}: statement runs code at import ({ast.dump(node)[:80]})")
         for name in names:
-            assert name.split(".")[0] in ALLOWED_TOP_LEVEL, f"line {node.lineno}: file-scope import of {name}"
+            assert name in ALLOWED_TOP_LEVEL or name.split(".")[0] in ALLOWED_TOP_LEVEL - {"MedVLSAM2SlicerLib.logic"}, \
+                f"{path.name} line {node.lineno}: file-scope import of {name}"
 
 
 def test_module_file_follows_the_slicer_template():
@@ -51,10 +63,23 @@ def test_module_file_follows_the_slicer_template():
         assert name in classes, f"{name} missing from the module file"
     decorators = [ast.unparse(d) for d in classes["MedVLSAM2SlicerParameterNode"].decorator_list]
     assert decorators == ["parameterNodeWrapper"]
+    assert [ast.unparse(b) for b in classes["MedVLSAM2SlicerLogic"].bases] == ["ScriptedLoadableModuleLogic",
+                                                                               "MedVLSAM2Logic"]
+
+
+def test_module_file_is_a_thin_shell_over_the_lib():
+    lines = len(MODULE_FILE.read_text().splitlines())
+    assert lines <= SHELL_MAX_LINES, f"{MODULE_FILE.name} has {lines} lines; move code into MedVLSAM2SlicerLib"
+    widget = next(n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name == "MedVLSAM2SlicerWidget")
+    for method in widget.body:
+        if isinstance(method, ast.FunctionDef):
+            assert method.end_lineno - method.lineno < 10, f"Widget.{method.name} does work; delegate to the panel"
+    assert "MedVLSAM2Panel(self, self.logic)" in ast.unparse(widget)  # logic injected into the panel
 
 
 def test_lib_imports_neither_torch_nor_qt_nor_slicer():
-    modules = sorted(p.stem for p in LIB_DIR.glob("*.py") if p.stem != "__init__")
+    modules = sorted(p.stem for p in LIB_DIR.glob("*.py") if p.stem not in ("__init__", *SLICER_ONLY))
+    assert "logic" in modules and "connection" in modules
     code = (f"import sys; sys.path.insert(0, {str(MODULE_DIR)!r})\n"
             + "".join(f"import MedVLSAM2SlicerLib.{m}\n" for m in modules)
             + "bad = [m for m in ('torch', 'qt', 'ctk', 'slicer', 'sam2', 'transformers', 'SimpleITK') if m in sys.modules]\n"
@@ -80,7 +105,7 @@ def test_every_widget_the_code_uses_exists_in_the_ui():
     from MedVLSAM2SlicerLib.shortcuts import SHORTCUTS
 
     used = set(CONTROLS) | {button for _, button in SHORTCUTS.values()}
-    for node in ast.walk(module_tree()):
+    for node in ast.walk(module_tree(LIB_DIR / "widget.py")):
         if isinstance(node, ast.Attribute):
             owner = node.value
             if (isinstance(owner, ast.Attribute) and owner.attr == "ui") or (isinstance(owner, ast.Name) and owner.id == "u"):
@@ -134,3 +159,21 @@ def test_extension_metadata_is_in_the_top_level_cmakelists():
         assert match and match.group(1).strip(), f"{field} is missing or empty"
     assert re.search(r'set\(EXTENSION_DEPENDS\s+"[^"]*PyTorch', text)
     assert "add_subdirectory(MedVLSAM2Slicer)" in text
+
+
+def test_shared_resources_are_installed_where_resource_path_looks():
+    """Every file in Resources/DemoWeights and the manifest is copied into the module's Resources/."""
+    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text())
+    block = re.search(r"set\(SHARED_RESOURCES\s+(.*?)\)", text, re.S)
+    assert block, "the module CMakeLists does not list SHARED_RESOURCES"
+    listed = set(block.group(1).split())
+    shared = ROOT / "Resources"
+    wanted = {"weights_manifest.json"} | {p.relative_to(shared).as_posix()
+                                           for p in (shared / "DemoWeights").rglob("*") if p.is_file()}
+    assert wanted - listed == set(), f"not installed with the extension: {sorted(wanted - listed)}"
+    assert all((shared / name).is_file() for name in listed), "SHARED_RESOURCES lists a file that does not exist"
+    assert "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources" in text  # where resource_path() looks
+    from medvlsam2 import resources
+
+    installed_dir = resources.SEARCH_DIRS[1]
+    assert installed_dir.parent == (MODULE_DIR / "medvlsam2").resolve().parent  # next to the medvlsam2 package
