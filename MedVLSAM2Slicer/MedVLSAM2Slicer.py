@@ -8,7 +8,6 @@ run on one worker thread and go to a model server through a torch-free client. N
 from __future__ import annotations
 
 import ctk  # noqa: F401  (registers the ctk widgets the .ui uses)
-import qt  # noqa: F401
 import slicer
 from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode,
                     vtkMRMLSegmentationNode, vtkMRMLTextNode)

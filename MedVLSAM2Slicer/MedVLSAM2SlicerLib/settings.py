@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 PREFIX = "MedVLSAM2Slicer/"
 DEFAULTS: dict[str, Any] = {
-    "model": "base",          # model config / weights name served by the local server
+    "model": "demo",          # "demo" (shipped trained bundle), "tiny"/"base" (random) or a bundle folder
     "device": "auto",         # auto, cuda, mps, cpu
     "remoteUrl": "",          # empty: start a local server
     "serverPort": 0,          # 0: pick a free port

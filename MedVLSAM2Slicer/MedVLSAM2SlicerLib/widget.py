@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import ctk  # noqa: F401  (registers the ctk widgets the .ui uses)
 import qt
 import slicer
 from slicer.util import VTKObservationMixin

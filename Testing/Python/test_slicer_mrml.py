@@ -414,3 +414,34 @@ def test_a_second_action_while_busy_is_refused_and_leaves_no_queued_text(control
     controller.worker.wait_all()
     assert seg.GetNumberOfSegments() == 2  # the refused text prompts made nothing, now or later
     assert not controller.state.segment_has_object and controller.state.error == ""
+
+
+@pytest.mark.skipif(__import__("os").environ.get("MEDVLSAM2_SERVER_TESTS") != "1",
+                    reason="starts a real tiny server (~45 s on 2 busy cores); set MEDVLSAM2_SERVER_TESTS=1")
+def test_start_launches_a_real_local_server_and_a_click_lands_in_the_segment(module_file, segmentation, ct,
+                                                                               monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the server log goes to ~/.cache/medvlsam2
+    logic = module_file.MedVLSAM2SlicerLogic()
+    try:
+        ready = []
+        logic.start("tiny", "cpu", "", "", "", on_ready=lambda: ready.append(True))
+        logic.controller.worker.wait_all(timeout=300)
+        state = logic.controller.state
+        assert state.error == "" and state.connection == "connected" and ready == [True]
+        assert "cpu" in state.status_text() and logic.connection.server.is_alive()
+        sid = segmentation.GetSegmentation().AddEmptySegment("organ")
+        logic.open_session(ct, segmentation)
+        logic.controller.worker.wait_all(timeout=120)
+        assert state.error == "" and logic.controller.session is not None
+        logic.controller.add_points(sid, [[16, 12, 4]], [1])
+        logic.controller.worker.wait_all(timeout=120)
+        assert state.error == ""
+        obj = logic.controller.objects[sid]
+        assert np.array_equal(segments.segment_array(segmentation, sid, ct), logic.controller.session.mask(obj))
+        server = logic.connection.server
+        logic.stop()
+        assert not server.is_alive() and state.connection == "disconnected"
+    finally:
+        logic.shutdown()
