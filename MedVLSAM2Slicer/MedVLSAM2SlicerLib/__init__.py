@@ -1,5 +1,6 @@
 """Slicer-side library of the MedVLSAM2Slicer module.
 
-Qt-free at import: panel state, signals and shortcuts are pure Python; the MRML adapters import
-``slicer`` inside their functions, so the panel logic can be tested without the Slicer application.
+Qt-free at import: panel state, signals, shortcuts, connection and ``logic`` are pure Python; the MRML
+adapters import ``slicer`` inside their functions, so they can be tested without the Slicer application.
+Two files need Slicer and are imported only inside it: ``widget`` (the panel) and ``selftest``.
 """
