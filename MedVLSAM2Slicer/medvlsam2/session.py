@@ -131,7 +131,7 @@ class Session:
             with self.predictor.extra_prompt_tokens(o.tokens):
                 _, _, logits = self.predictor.add_new_points_or_box(o.state, p.k, 1, points=p.points, labels=p.labels,
                                                                     box=p.box, clear_old_points=p.box is not None)
-            new[p.k] = (logits[0, 0] > 0).numpy().astype(np.uint8)
+            new[p.k] = (logits[0, 0] > 0).cpu().numpy().astype(np.uint8)
         scores = {p.k: self.predictor.object_score(o.state, p.k) for p in prompts}
         return self._commit(obj, new, o.prompts + prompts, scores)
 
@@ -163,7 +163,7 @@ class Session:
         with self.predictor.extra_prompt_tokens(o.tokens):
             for k, logits in self.predictor.propagate(o.state, None, direction, cancel=cancel):
                 if k0 <= k <= k1:
-                    new[k] = (logits > 0).numpy().astype(np.uint8)
+                    new[k] = (logits > 0).cpu().numpy().astype(np.uint8)
                     scores[k] = self.predictor.object_score(o.state, k)
                     done += 1
                     if progress:
