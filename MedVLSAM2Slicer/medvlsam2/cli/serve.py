@@ -38,18 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def _token(args: argparse.Namespace) -> tuple[str, bool]:
     """(token, whether it was generated here)."""
     if args.token_file:
@@ -86,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"WARNING: binding {args.host}: other machines can reach this server. Use a strong token and "
               "put TLS (a reverse proxy) in front of it; patient images travel over this connection", file=sys.stderr)
-    device = resolve_device(args.device)
+    from ..utils.device import resolve_device
+
+    device = str(resolve_device(args.device))
     if args.seed is not None:
         import torch
 
