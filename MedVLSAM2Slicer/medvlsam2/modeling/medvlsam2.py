@@ -81,6 +81,7 @@ class MedVLSAM2(nn.Module):
         return self.bridge(seg_hidden)
 
     @torch.inference_mode()
+    @torch.inference_mode()  # also wraps each step of the generator: no autograd graph while decoding
     def _greedy(self, visual: torch.Tensor, question: str, cancel: CancelToken | None,
                 max_new_tokens: int | None) -> Iterator[int]:
         ids, _ = build_inputs(self.tokenizer, visual.shape[1], question)
