@@ -205,7 +205,7 @@ class Session:
             vision = self.model.config.vision
             images, _ = to_encoder_tensor(self.volume, vision.input_size, vision.window)
             with torch.inference_mode():
-                self._visual = self.model.encode_volume(images)
+                self._visual = self.model.encode_volume(images.to(next(self.model.parameters()).device))
         return self._visual
 
     @translate_oom
