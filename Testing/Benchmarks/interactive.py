@@ -1,6 +1,6 @@
 """Interactive segmentation timing on a real CT (prints numbers and writes JSON; not a test).
 
-    python Testing/Benchmarks/interactive.py [--image CT.nii.gz] [--image-size 512] [--bf16] [--out result.json]
+    python Testing/Benchmarks/interactive.py [--image CT.nii.gz] [--image-size 512] [--bf16] [--slices N] [--out result.json]
 
 Without --image it uses the Debian invesalius head CT (fetched with apt-get on first use).
 The segmenter is SAM2.1 hiera-t (random weights: timing and memory only, not quality).
@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--image")
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU")
+    parser.add_argument("--slices", type=int, help="keep only this many central slices (for 1024 px on a small machine)")
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -33,6 +34,9 @@ def main() -> None:
     from medvlsam2.session import Session
 
     volume = read_volume(args.image or ensure_head_ct())
+    if args.slices:
+        k0 = max(0, volume.shape[0] // 2 - args.slices // 2)
+        volume = type(volume)(volume.array[k0:k0 + args.slices], volume.spacing, volume.origin, volume.direction)
     config = tiny()
     config.segmenter = SegmenterConfig(image_size=args.image_size, window="brain" if not args.image else "abdomen")
     torch.manual_seed(0)
