@@ -275,6 +275,9 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, monkeypatch, capsys
     fake.STRUCTURE_LABELS = {"liver": [1], "cyst": [2]}
     fake.generate_case = lambda seed, **kw: seen.append((seed, kw)) or small_case()
     monkeypatch.setitem(sys.modules, "medvlsam2.data.synthetic", fake)
+    import medvlsam2.data
+
+    monkeypatch.setattr(medvlsam2.data, "synthetic", fake, raising=False)  # once imported, the package holds it too
     monkeypatch.setenv("TQDM_DISABLE", "1")
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     rc = main(["evaluate", "--model", "tiny", "--synthetic-seeds", "100000-100001", "--shape", "8,40,48",
