@@ -47,9 +47,8 @@ def nsd(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float],
     within ``tolerance_mm`` (physical distance) of the other mask's boundary.
 
     ``spacing_ijk`` is the voxel size in mm in (i, j, k) order (``Volume.spacing``). Computed by MONAI's
-    ``compute_surface_dice`` when scipy (its CPU backend) is installed, else by :func:`nsd_sitk`, which
-    follows MONAI's definition exactly (boundary = mask minus its 6-connected erosion, Euclidean
-    distance between boundary voxel centres, voxel-count weighting).
+    ``compute_surface_dice`` (boundary = mask minus its 6-connected erosion, Euclidean distance between
+    boundary voxel centres, voxel-count weighting).
     """
     p, r = _check_pair(pred, ref)
     if len(spacing_ijk) != 3 or not all(float(s) > 0 for s in spacing_ijk):
@@ -61,19 +60,11 @@ def nsd(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float],
         return 1.0
     if has_p != has_r:
         return 0.0
-    if _has_scipy():
-        return nsd_monai(p, r, spacing_ijk, tolerance_mm)
-    return nsd_sitk(p, r, spacing_ijk, tolerance_mm)
-
-
-def _has_scipy() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("scipy") is not None
+    return nsd_monai(p, r, spacing_ijk, tolerance_mm)
 
 
 def nsd_monai(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float], tolerance_mm: float) -> float:
-    """NSD by MONAI ``compute_surface_dice`` (needs scipy); both masks non-empty."""
+    """NSD by MONAI ``compute_surface_dice``; both masks non-empty."""
     import torch
     from monai.metrics import compute_surface_dice
 
@@ -87,36 +78,6 @@ def nsd_monai(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float], t
         value = compute_surface_dice(one_hot(pred), one_hot(ref), class_thresholds=[float(tolerance_mm)],
                                      include_background=False, spacing=spacing_kji)
     return float(value.reshape(-1)[0])
-
-
-def boundary(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with at least one 6-neighbour outside it (outside the array counts as outside)."""
-    m = np.pad(np.asarray(mask, dtype=bool), 1)
-    interior = m.copy()
-    for axis in range(3):
-        for shift in (1, -1):
-            interior &= np.roll(m, shift, axis=axis)  # padding makes the wrap-around read background
-    return (m & ~interior)[1:-1, 1:-1, 1:-1]
-
-
-def _distance_to(edges: np.ndarray, spacing_ijk: Sequence[float]) -> np.ndarray:
-    """Euclidean distance in mm from every voxel centre to the nearest voxel of ``edges`` (SimpleITK, exact)."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(edges.astype(np.uint8))
-    image.SetSpacing([float(s) for s in spacing_ijk])
-    dist = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
-                                        useImageSpacing=True, backgroundValue=0)
-    return np.maximum(sitk.GetArrayFromImage(dist), 0.0)  # voxels of the set itself are at distance 0
-
-
-def nsd_sitk(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float], tolerance_mm: float) -> float:
-    """NSD with SimpleITK distance maps (no scipy needed); both masks non-empty."""
-    edges_p, edges_r = boundary(pred), boundary(ref)
-    d_pr = _distance_to(edges_r, spacing_ijk)[edges_p]
-    d_rp = _distance_to(edges_p, spacing_ijk)[edges_r]
-    within = int((d_pr <= tolerance_mm).sum()) + int((d_rp <= tolerance_mm).sum())
-    return within / (len(d_pr) + len(d_rp))
 
 
 def seg_scores(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float],
