@@ -26,11 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def dice(pred, ref) -> float:
-    total = int(pred.sum()) + int(ref.sum())
-    return 1.0 if total == 0 else 2.0 * float((pred & ref).sum()) / total
-
-
 def overlay_png(volume, masks: dict[str, "np.ndarray"], path: Path, window: str = "abdomen") -> Path:
     """Three axial slices through the segmented organs, windowed, with filled coloured masks and a legend."""
     import numpy as np
@@ -71,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.synthetic import STRUCTURE_LABELS, generate_case
+    from ..evaluation.seg_metrics import dice
     from ..errors import InputError
     from ..io.volume import write_mask
     from ..session import Session
