@@ -54,6 +54,18 @@ def test_propagation_covers_both_sides_and_refinement_reuses_features(session):
     assert session.predictor.encoder_calls == calls  # no image-encoder call for slices already seen
 
 
+def test_a_correction_on_a_propagated_slice_survives_the_next_propagation(session):
+    obj = session.add_object()
+    session.add_points(obj, [[24, 20, 5]], [1])
+    session.propagate(obj)
+    session.add_points(obj, [[20, 18, 7]], [1])  # slice 7 was filled by propagation
+    clicked = session.mask(obj)[7]
+    session.propagate(obj)
+    state = session._objects[obj].state
+    assert 7 in state["output_dict_per_obj"][0]["cond_frame_outputs"]  # conditions propagation, not overwritten by it
+    assert np.array_equal(session.mask(obj)[7], clicked)
+
+
 def test_cancel_keeps_previous_mask_and_undo_restores_exactly(session):
     obj = session.add_object()
     session.add_points(obj, [[24, 20, 5]], [1])

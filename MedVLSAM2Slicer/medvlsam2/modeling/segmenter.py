@@ -163,6 +163,9 @@ def build_segmenter(cfg: SegmenterConfig, device: str | torch.device = "cpu") ->
     predictor = build_sam2_video_predictor(cfg.sam2_config, ckpt_path=None, device=str(device), mode="eval",
                                            hydra_overrides_extra=overrides)
     predictor.fill_hole_area = 0  # needs the sam2._C CUDA extension, which CPU installs lack
+    # A click on an already propagated slice must survive the next propagation: make it a conditioning
+    # slice (upstream's default keeps it as a non-conditioning output that re-propagation overwrites).
+    predictor.add_all_frames_to_correct_as_cond = True
     if cfg.checkpoint:
         load_sam2_checkpoint(predictor, cfg.checkpoint)
     return predictor
