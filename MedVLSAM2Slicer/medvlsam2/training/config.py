@@ -38,7 +38,7 @@ class TrainConfig:
     train_seeds: tuple[int, int] = (0, 1000)
     pool_size: int = 64  # phantoms generated once and sampled from (data order: seed + step)
     case_shape: tuple[int, int, int] = (32, 128, 128)
-    trainable: tuple[str, ...] = MODULES
+    trainable: tuple[str, ...] = MODULES  # modules, or parts such as "segmenter.sam_mask_decoder"
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     cpu: bool = False  # force CPU even when a GPU is present
     # per step
@@ -66,9 +66,10 @@ class TrainConfig:
                              f"for evaluation), got {list(self.train_seeds)}")
         if self.pool_size < 1 or self.pool_size > hi - lo:
             raise InputError(f"pool_size must be between 1 and the number of train seeds ({hi - lo})")
-        bad = set(self.trainable) - set(MODULES)
+        bad = sorted(t for t in self.trainable if t.split(".")[0] not in MODULES)
         if bad:
-            raise InputError(f"unknown trainable module(s) {sorted(bad)}; choose from {list(MODULES)}")
+            raise InputError(f"unknown trainable module(s) {bad}; choose from {list(MODULES)} or a part of one "
+                             "(e.g. segmenter.sam_mask_decoder)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InputError("mixed_precision must be 'no', 'bf16' or 'fp16'")
         if self.stage == 2 and self.clip_len < 1:

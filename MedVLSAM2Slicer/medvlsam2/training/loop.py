@@ -29,7 +29,7 @@ from ..modeling.prompting import segment_question
 from .batches import CaseTensors, case_texts, case_targets, generate_pool, plan_step, prepare_case
 from .config import MODULES, TrainConfig
 from .stage1 import stage1_losses
-from .stage2 import stage2_losses
+from .stage2 import precompute_features, stage2_losses
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -83,13 +83,15 @@ def build_model(cfg: TrainConfig, corpus: Iterable[str]):
 
 
 def set_trainable(model, trainable: Sequence[str]) -> list[nn.Parameter]:
-    """Freeze every module not listed; returns the parameters left trainable (in a fixed order)."""
+    """Freeze every module (or dotted part of one) not listed; returns the trainable parameters in a fixed order."""
     params = []
     lora = model.config.llm.lora_r > 0
     for name in MODULES:
         for pname, p in getattr(model, name).named_parameters():
+            full = f"{name}.{pname}"
+            listed = any(full.startswith(t + ".") for t in trainable)
             # with LoRA only the adapters of the LLM train; its released weights stay frozen
-            p.requires_grad_(name in trainable and not (lora and name == "llm" and "lora_" not in pname))
+            p.requires_grad_(listed and not (lora and name == "llm" and "lora_" not in pname))
     for p in model.parameters():
         if p.requires_grad:
             params.append(p)
@@ -177,6 +179,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
     device = accelerator.device
     pool = [CaseTensors(p.encoder.to(device), p.frames.to(device), p.labels, p.texts, p.present, p.absent, p.z_extent)
             for p in pool]
+    if cfg.stage == 2 and not any(p.requires_grad for p in model.segmenter.image_encoder.parameters()):
+        # A frozen SAM2 image encoder gives the same features every step: compute them once. The
+        # decoder's conv_s0/conv_s1 (applied by forward_image) then get no gradient and stay as they are.
+        for case in tqdm(pool, desc="SAM2 features", disable=not (progress and accelerator.is_main_process)):
+            case.features = precompute_features(model.segmenter, case.frames)
     _set_modes(model)
 
     stop = min(cfg.max_steps, max_steps if max_steps is not None else cfg.max_steps)

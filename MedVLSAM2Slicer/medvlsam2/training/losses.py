@@ -1,6 +1,10 @@
 """Segmentation losses as in SAM2's own training: Dice + BCE on the best of the candidate masks,
 an IoU-prediction regression so the decoder picks the right candidate at inference, and a BCE on
-the object-score logit (present vs absent slice)."""
+the object-score logit (present vs absent slice).
+
+Best-of-candidates suits ambiguous prompts (one click: part or whole?). A text prompt is not
+ambiguous, and best-of lets a shared "kidney" token put the right kidney in one candidate and the
+left in another, so "left" and "right" never separate: text prompts train every candidate."""
 
 from __future__ import annotations
 
@@ -31,21 +35,23 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def multimask_loss(multimasks: torch.Tensor, ious: torch.Tensor, object_logits: torch.Tensor,
                    target: torch.Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0,
-                   iou_weight: float = 1.0, object_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                   iou_weight: float = 1.0, object_weight: float = 1.0, every_candidate: bool = False
+                   ) -> dict[str, torch.Tensor]:
     """Losses of one decode.
 
     multimasks [B, M, H, W] logits, ious [B, M], object_logits [B, 1], target [B, H, W] in {0, 1}.
     Mask losses count only where the object is present (SAM2 blanks masks it scores as absent) and
-    only for the candidate with the lowest loss; IoU regression covers all candidates.
+    only for the candidate with the lowest loss, or for all of them with ``every_candidate`` (text
+    prompts); IoU regression covers all candidates.
     """
     tgt = target[:, None].expand_as(multimasks).float()
     per = dice_weight * dice_loss(multimasks, tgt) + bce_weight * bce_loss(multimasks, tgt)  # [B, M]
-    best = per.argmin(dim=1)
-    rows = torch.arange(len(best), device=best.device)
+    rows = torch.arange(len(per), device=per.device)
+    chosen = per.mean(dim=1) if every_candidate else per[rows, per.argmin(dim=1)]
     present = (target.flatten(1).sum(1) > 0).float()
     # A slice scored absent has its masks replaced by a constant (no gradient): leave it to the object term.
     decoded = present * (object_logits.detach().flatten() > 0).float()
-    mask_term = (per[rows, best] * decoded).sum() / decoded.sum().clamp(min=1)
+    mask_term = (chosen * decoded).sum() / decoded.sum().clamp(min=1)
     iou_err = F.mse_loss(ious.float(), mask_iou(multimasks.detach(), tgt), reduction="none").mean(1)
     iou_term = (iou_err * decoded).sum() / decoded.sum().clamp(min=1)
     obj_term = F.binary_cross_entropy_with_logits(object_logits.float().flatten(), present)

@@ -23,9 +23,25 @@ from .losses import multimask_loss
 from .stage1 import chat_forward
 
 
-def encode_frames(seg, frames: torch.Tensor):
-    """SAM2 image features for frames [N, 3, S, S]: (feats, pos, sizes) with feats[i] [HW, N, C]."""
-    _, feats, pos, sizes = seg._prepare_backbone_features(seg.forward_image(frames))
+@torch.no_grad()
+def precompute_features(seg, frames: torch.Tensor, chunk: int = 16) -> list[torch.Tensor]:
+    """``forward_image`` levels [K, C, h, w] in bf16 for a frozen image encoder (conv_s0/s1 applied)."""
+    levels = [seg.forward_image(frames[i:i + chunk].float())["backbone_fpn"] for i in range(0, len(frames), chunk)]
+    return [torch.cat([lv[n] for lv in levels]).to(torch.bfloat16) for n in range(len(levels[0]))]
+
+
+def encode_frames(seg, pool: Sequence[CaseTensors], picks: Sequence[tuple[int, Sequence[int]]], device):
+    """SAM2 image features for the (case, slices) ``picks``: (feats, pos, sizes) with feats[i] [HW, N, C].
+
+    Cases with precomputed ``features`` skip the image encoder (it is frozen then)."""
+    if pool[picks[0][0]].features is None:
+        backbone = seg.forward_image(torch.cat([pool[c].frames[s] for c, s in picks]).to(device).float())
+    else:
+        fpn = [torch.cat([pool[c].features[n][s] for c, s in picks]).to(device).float()
+               for n in range(len(pool[picks[0][0]].features))]
+        position = seg.image_encoder.neck.position_encoding  # sine encoding: depends on the map size only
+        backbone = {"backbone_fpn": fpn, "vision_pos_enc": [position(x).to(x.dtype) for x in fpn]}
+    _, feats, pos, sizes = seg._prepare_backbone_features(backbone)
     return feats, pos, sizes
 
 
@@ -86,9 +102,8 @@ def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor 
                  correct: bool) -> list[dict[str, torch.Tensor]]:
     """Track ``clips`` (same length) together as one batch; losses per decode."""
     length = len(clips[0].slices)
-    frames = torch.cat([pool[c.case].frames[c.slices] for c in clips]).to(device).float()
     gts = torch.stack([pool[c.case].mask(c.target, c.slices) for c in clips])  # [B, T, S, S] cpu
-    feats, pos, sizes = encode_frames(seg, frames)
+    feats, pos, sizes = encode_frames(seg, pool, [(c.case, c.slices) for c in clips], device)
     num_frames = int(pool[clips[0].case].labels.shape[0])
     out_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     losses = []
@@ -102,7 +117,7 @@ def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor 
                 points = first_prompts if first_prompts is not None else _pad_points(len(clips), device)
                 points = {k: v.to(device) for k, v in points.items()}
             current, multi, ious, obj = decode(seg, t, t == 0, f, p, sizes, points, out_dict, num_frames)
-            losses.append(multimask_loss(multi, ious, obj, gt))
+            losses.append(multimask_loss(multi, ious, obj, gt, every_candidate=tokens is not None))
             if t == 0 and correct:
                 xy, lab = corrective_clicks(current["pred_masks_high_res"][:, 0], gts[:, 0])
                 points = {"point_coords": torch.cat([points["point_coords"], xy.to(device)], 1),
@@ -117,15 +132,14 @@ def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor 
 
 
 def _probe_losses(seg, pool, probes, tokens: torch.Tensor, device) -> dict[str, torch.Tensor]:
-    frames = torch.cat([pool[c].frames[s] for c, _, s in probes]).to(device).float()
     gts = torch.cat([pool[c].mask(t, s) for c, t, s in probes]).to(device)
     counts = torch.tensor([len(s) for _, _, s in probes], device=device)
-    feats, pos, sizes = encode_frames(seg, frames)
+    feats, pos, sizes = encode_frames(seg, pool, [(c, s) for c, _, s in probes], device)
     num_frames = int(pool[probes[0][0]].labels.shape[0])
     with seg.extra_prompt_tokens(tokens.repeat_interleave(counts, dim=0)):
         _, multi, ious, obj = decode(seg, 0, True, feats, pos, sizes, None,
                                      {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames)
-    return multimask_loss(multi, ious, obj, gts)
+    return multimask_loss(multi, ious, obj, gts, every_candidate=True)
 
 
 def _mean(parts: list[dict[str, torch.Tensor]], prefix: str, into: dict[str, torch.Tensor]) -> torch.Tensor:
