@@ -31,3 +31,15 @@ def changed_region(before: np.ndarray, after: np.ndarray) -> BBox | None:
         return None
     lo, hi = diff.min(0), diff.max(0) + 1
     return (int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2]))
+
+
+def label_map(masks: list[np.ndarray]) -> np.ndarray:
+    """One uint8 label map from binary masks: mask n gets value n + 1; where masks overlap the earlier one wins."""
+    if not masks:
+        raise ValueError("label_map needs at least one mask")
+    if len(masks) > 255:
+        raise ValueError(f"a uint8 label map holds at most 255 labels, got {len(masks)}")
+    labels = np.zeros(masks[0].shape, np.uint8)
+    for value, mask in enumerate(masks, start=1):
+        labels[(mask > 0) & (labels == 0)] = value
+    return labels

@@ -120,3 +120,15 @@ def test_write_mask_keeps_geometry(tmp_path, name):
         assert sitk.ReadImage(str(path)).GetMetaData("Segment0_Name") == "liver"
     with pytest.raises(InputError, match="differs"):
         write_mask(mask[:-1], vol, tmp_path / "bad.nii.gz")
+
+
+def test_label_map_numbers_masks_in_order_and_the_first_wins_overlaps():
+    from medvlsam2.results import label_map
+
+    a = np.zeros((2, 3, 3), np.uint8)
+    b = np.zeros_like(a)
+    a[0, :2] = 1
+    b[0, 1:] = 1
+    labels = label_map([a, b])
+    assert labels.dtype == np.uint8
+    assert labels[0].tolist() == [[1, 1, 1], [1, 1, 1], [2, 2, 2]] and not labels[1].any()

@@ -60,14 +60,15 @@ def process_case(model, image: Path, out: Path, prompts: list[str], report: bool
     import numpy as np
 
     from ..io.volume import read_volume, write_mask
+    from ..results import label_map
     from ..session import Session
 
     volume = read_volume(image)
     session = Session(model, volume, cache_mb=cache_mb)
-    labels = np.zeros(volume.shape, np.uint8)
-    for value, prompt in enumerate(prompts, start=1):
-        for result in session.segment_text(prompt):
-            labels[(session.mask(result.object_id) > 0) & (labels == 0)] = value
+    per_prompt = []
+    for prompt in prompts:  # one value per prompt: the union of the objects its [SEG] tokens produced
+        per_prompt.append(np.any([session.mask(r.object_id) > 0 for r in session.segment_text(prompt)], axis=0))
+    labels = label_map(per_prompt) if prompts else np.zeros(volume.shape, np.uint8)
     out.mkdir(parents=True, exist_ok=True)
     if prompts:
         write_mask(labels, volume, out / "mask.nii.gz")

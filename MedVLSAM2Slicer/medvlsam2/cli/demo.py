@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.seg_metrics import dice
     from ..errors import InputError
     from ..io.volume import write_mask
+    from ..results import label_map
     from ..session import Session
 
     organs = [o.strip() for o in args.organs.split(",") if o.strip()]
@@ -87,11 +88,9 @@ def run(args: argparse.Namespace) -> int:
         result = session.segment_text(organ)[0]
         masks[organ] = session.mask(result.object_id)
         scores[organ] = dice(masks[organ] > 0, np.isin(case.labels, STRUCTURE_LABELS[organ]))
-    label_map = np.zeros(case.volume.shape, np.uint8)
-    for value, organ in enumerate(organs, start=1):
-        label_map[(masks[organ] > 0) & (label_map == 0)] = value
-    write_mask(label_map, case.volume, out / "masks.nii.gz")
-    write_mask(label_map, case.volume, out / "masks.seg.nrrd", {v: o for v, o in enumerate(organs, start=1)})
+    labels = label_map([masks[organ] for organ in organs])
+    write_mask(labels, case.volume, out / "masks.nii.gz")
+    write_mask(labels, case.volume, out / "masks.seg.nrrd", {v: o for v, o in enumerate(organs, start=1)})
     import SimpleITK as sitk
 
     sitk.WriteImage(case.volume.to_sitk(), str(out / "phantom.nii.gz"), useCompression=True)

@@ -32,10 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm import tqdm
 
     from ..io.volume import read_volume, write_mask
+    from ..results import label_map
     from ..session import Session
 
     if sum(bool(x) for x in (args.prompt, args.point, args.box)) != 1:
@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if args.prompt:
             results = session.segment_text(args.prompt, progress=progress)
             labels = {i + 1: r.name for i, r in enumerate(results)}
-            mask = np.zeros(volume.shape, np.uint8)
-            for value, r in enumerate(results, start=1):
-                mask[session.mask(r.object_id) > 0] = value
+            mask = label_map([session.mask(r.object_id) for r in results])
         else:
             obj = session.add_object("Segment_1")
             if args.point:
