@@ -53,8 +53,13 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, WeightEntr
     return {name: WeightEntry(name=name, **{k: v for k, v in e.items() if k in keys}) for name, e in data.items()}
 
 
+def home_dir() -> Path:
+    """``$MEDVLSAM2_HOME`` (default ~/.cache/medvlsam2): downloaded weights and prepared data live here."""
+    return Path(os.environ.get("MEDVLSAM2_HOME", Path.home() / ".cache" / "medvlsam2"))
+
+
 def cache_dir() -> Path:
-    root = Path(os.environ.get("MEDVLSAM2_HOME", Path.home() / ".cache" / "medvlsam2")) / "weights"
+    root = home_dir() / "weights"
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -202,6 +202,34 @@ def test_bleu_and_rouge_by_hand():
         bleu(["a"], ["a", "b"])
 
 
+def test_system_wordnet_is_prepared_for_nltk(tmp_path):
+    from medvlsam2.evaluation.wordnet_data import LEXNAMES, REQUIRED, prepare_nltk_wordnet
+
+    source = tmp_path / "wn"
+    source.mkdir()
+    for name in REQUIRED:
+        (source / name).write_text(name)
+    root = prepare_nltk_wordnet(source, tmp_path / "nltk_data")
+    target = root / "corpora" / "wordnet"
+    assert all((target / name).read_text() == name for name in REQUIRED)
+    lex = (target / "lexnames").read_text().splitlines()
+    assert len(lex) == len(LEXNAMES) == 45
+    assert lex[0] == "00\tadj.all\t3" and lex[8] == "08\tnoun.body\t1" and lex[44] == "44\tadj.ppl\t3"
+
+
+def test_meteor_matches_hand_computed_values_and_uses_wordnet_synonyms():
+    from medvlsam2.evaluation.text_metrics import meteor, meteor_unavailable_reason
+
+    reason = meteor_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    # 3 of 4 unigrams match in 2 chunks: Fmean 0.75, penalty 0.5 * (2/3)^3
+    assert meteor(["the liver appears normal"], ["the liver is normal"]) == pytest.approx(0.75 * (1 - 0.5 * (2 / 3) ** 3))
+    # "sick" ~ "ill" only through WordNet synsets: 4 of 4 in one chunk, penalty 0.5 * (1/4)^3
+    assert meteor(["the patient is sick"], ["the patient is ill"]) == pytest.approx(1 - 0.5 * (1 / 4) ** 3)
+    assert meteor(["the patient is green"], ["the patient is ill"]) == pytest.approx(0.75 * (1 - 0.5 * (1 / 3) ** 3))
+
+
 def test_conventions_select_metrics_and_explain_missing_ones(monkeypatch):
     import medvlsam2.evaluation.text_metrics as tm
 

@@ -6,7 +6,7 @@ Two conventions, both selectable:
 - ``ct_rate`` (CT-RATE / CT-CHAT, pycocoevalcap style): corpus BLEU-1..4, METEOR, ROUGE-L.
 
 All values are fractions in [0, 1] (papers print them x100). Nothing is ever downloaded: METEOR
-needs nltk's WordNet data already installed (``NLTK_DATA``); BERTScore needs the ``bert_score``
+needs WordNet already installed, nltk's data (``NLTK_DATA``) or the system's (``wordnet_data``); BERTScore needs the ``bert_score``
 package and a local model folder. When either is missing the metric is left out and the reason is
 returned under ``"unavailable"``.
 """
@@ -67,14 +67,22 @@ def rouge(predictions: Sequence[str], references: Sequence[str], kind: str = "ro
 
 
 def meteor_unavailable_reason() -> str | None:
-    """None if nltk's METEOR can run offline, else why not."""
+    """None if nltk's METEOR can run offline (nltk's own WordNet data, else the system's), else why not."""
+    from .wordnet_data import use_system_wordnet
+
     try:
         from nltk.corpus import wordnet
 
-        wordnet.ensure_loaded()
+        try:
+            wordnet.ensure_loaded()
+        except LookupError:
+            if not use_system_wordnet():
+                raise
+            wordnet.ensure_loaded()
     except LookupError:
-        return ("nltk's WordNet data is not installed (METEOR needs it); install it offline into a folder "
-                "on NLTK_DATA, e.g. python -m nltk.downloader -d DIR wordnet omw-1.4 on a connected machine")
+        return ("no WordNet data (METEOR needs it): install the system packages wordnet-base and "
+                "wordnet-sense-index (Debian/Ubuntu), or nltk's data into a folder on NLTK_DATA, e.g. "
+                "python -m nltk.downloader -d DIR wordnet on a connected machine")
     except Exception as exc:  # noqa: BLE001 - a broken corpus file is reported, not raised
         return f"nltk's WordNet data could not be loaded: {exc}"
     return None
