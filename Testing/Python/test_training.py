@@ -128,6 +128,26 @@ def test_plan_is_a_function_of_seed_and_step():
     assert any(t.phrase == "largest organ" for t in pool[0].present)
 
 
+def test_target_weights_oversample_and_lr_multipliers_scale_groups(tmp_path):
+    from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+    from medvlsam2.training.loop import param_groups, set_trainable
+
+    pool = [prepare_case(make_case(s), tiny(), STRUCTURES) for s in range(3)]
+    plans = [plan_step(0, s, pool, 2, 1, 4, 0, 2, 2, target_weights={"spleen": 1000.0}) for s in range(10)]
+    phrases = [clip.target.phrase for plan in plans for clip in plan.seg]
+    assert phrases.count("spleen") >= 0.85 * len(phrases)  # uniform: about one in three
+    model = MedVLSAM2.from_config(tiny())
+    set_trainable(model, ["llm", "bridge"])
+    cfg = small_config(tmp_path, lr_multipliers={"llm": 10.0})
+    groups = param_groups(model, cfg)
+    llm_ids = {id(p) for p in model.llm.parameters()}
+    assert {g["lr_scale"] for g in groups if id(g["params"][0]) in llm_ids} == {10.0}
+    assert {g["lr_scale"] for g in groups if id(g["params"][0]) not in llm_ids} == {1.0}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.llm.parameters()) + list(model.bridge.parameters()))
+    with pytest.raises(InputError, match="lr_multipliers"):
+        small_config(tmp_path, lr_multipliers={"decoder": 2.0})
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_steps_lower_the_loss_on_a_fixed_batch(stage):
     from medvlsam2.modeling.medvlsam2 import MedVLSAM2
@@ -208,7 +228,7 @@ def test_export_half_bundle_loads_close_to_the_checkpoint(tmp_path):
         assert b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-2, rtol=1e-2), name
 
 
-@pytest.mark.parametrize("name", ["demo_stage1", "demo_stage2", "demo_stage2_cpu_finetune", "paper_stage1", "paper_stage2"])
+@pytest.mark.parametrize("name", ["demo_stage1", "demo_stage2", "demo_stage2_cpu_finetune", "demo_stage2_cpu_kidneys", "paper_stage1", "paper_stage2"])
 def test_shipped_configs_are_valid(name):
     from pathlib import Path
 
@@ -228,3 +248,23 @@ def test_cli_train_runs_a_step(tmp_path, monkeypatch, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 1 and summary["final"].endswith("step_0000001")
     assert main(["train", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_two_processes_train_together_through_accelerate_on_cpu(tmp_path):
+    """DDP through ``accelerate launch`` (gloo on CPU): the entry point the multi-GPU configs use."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"stage": 2, "model": "tiny", "train_seeds": [0, 2], "pool_size": 2, "text_cases": 1,
+                                  "seg_clips": 1, "interactive_clips": 1, "clip_len": 2, "probes": 2, "max_steps": 2,
+                                  "cpu": True, "output_dir": str(tmp_path / "run")}))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medvlsam2", "train", str(config)]
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "step_0000002" / "metadata.json").read_text())
+    assert meta["machine"].endswith("x2")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # logged once, by the main process

@@ -147,9 +147,19 @@ def _clip(rng: np.random.Generator, case: CaseTensors, index: int, target: Targe
     return Clip(index, target, [start + step * t for t in range(length)])
 
 
+def _pick(rng: np.random.Generator, targets: list[Target], weights: dict[str, float] | None) -> Target:
+    if not weights:
+        return targets[int(rng.integers(len(targets)))]
+    w = np.array([weights.get(t.phrase, 1.0) for t in targets], dtype=np.float64)
+    return targets[int(rng.choice(len(targets), p=w / w.sum()))]
+
+
 def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, text_cases: int, seg_clips: int,
-              interactive_clips: int, clip_len: int, probes: int, absent_rate: float = 0.1) -> StepPlan:
-    """Everything random about one step, drawn from a generator seeded by (seed, step)."""
+              interactive_clips: int, clip_len: int, probes: int, absent_rate: float = 0.1,
+              target_weights: dict[str, float] | None = None) -> StepPlan:
+    """Everything random about one step, drawn from a generator seeded by (seed, step).
+
+    ``target_weights`` oversamples text-prompted targets by phrase (e.g. the harder kidneys)."""
     rng = np.random.default_rng([seed, step])
     text = []
     for c in rng.choice(len(pool), size=min(text_cases, len(pool)), replace=False):
@@ -168,7 +178,7 @@ def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, tex
         choices = case.absent if use_absent else case.present
         if not choices:
             continue
-        target = choices[int(rng.integers(len(choices)))]
+        target = _pick(rng, choices, target_weights)
         seg.append(_clip(rng, case, c, target, clip_len))
         k = case.labels.shape[0]
         # probes: half on slices holding the target, half anywhere (mostly absent), same [SEG] tokens

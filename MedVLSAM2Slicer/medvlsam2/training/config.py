@@ -37,7 +37,6 @@ class TrainConfig:
     seed: int = 0
     train_seeds: tuple[int, int] = (0, 1000)
     pool_size: int = 64  # phantoms generated once and sampled from (data order: seed + step)
-    case_shape: tuple[int, int, int] = (32, 128, 128)
     trainable: tuple[str, ...] = MODULES  # modules, or parts such as "segmenter.sam_mask_decoder"
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     cpu: bool = False  # force CPU even when a GPU is present
@@ -47,9 +46,11 @@ class TrainConfig:
     interactive_clips: int = 2  # clips prompted by GT-sampled clicks or boxes (+ one corrective click)
     clip_len: int = 6
     probes: int = 4  # single-slice decodes without memory per text-prompted clip (present and absent)
-    # loss weights
+    target_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per target phrase (default 1)
+    # loss weights and per-module learning-rate multipliers (e.g. {"llm": 10} to move the LLM faster)
     lm_weight: float = 1.0
     seg_weight: float = 1.0
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
     # bookkeeping
     log_every: int = 10
     checkpoint_every: int = 200  # steps
@@ -72,6 +73,11 @@ class TrainConfig:
                              "(e.g. segmenter.sam_mask_decoder)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InputError("mixed_precision must be 'no', 'bf16' or 'fp16'")
+        bad = sorted(set(self.lr_multipliers) - set(MODULES))
+        if bad:
+            raise InputError(f"lr_multipliers: unknown module(s) {bad}; choose from {list(MODULES)}")
+        if any(v <= 0 for v in [*self.lr_multipliers.values(), *self.target_weights.values()]):
+            raise InputError("lr_multipliers and target_weights must be positive numbers")
         if self.stage == 2 and self.clip_len < 1:
             raise InputError("clip_len must be at least 1")
         return self

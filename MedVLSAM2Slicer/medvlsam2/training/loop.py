@@ -100,6 +100,20 @@ def set_trainable(model, trainable: Sequence[str]) -> list[nn.Parameter]:
     return params
 
 
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups of the trainable parameters: per module (its ``lr_multipliers`` entry) and with or
+    without weight decay (none on biases and norms); empty groups are left out."""
+    groups = []
+    for name in MODULES:
+        trainable = [p for p in getattr(model, name).parameters() if p.requires_grad]
+        scale = float(cfg.lr_multipliers.get(name, 1.0))
+        for decay, members in ((cfg.weight_decay, [p for p in trainable if p.dim() > 1]),
+                               (0.0, [p for p in trainable if p.dim() <= 1])):
+            if members:
+                groups.append({"params": members, "weight_decay": decay, "lr_scale": scale})
+    return groups
+
+
 def _set_modes(model) -> None:
     model.train()
     model.segmenter.eval()  # inference code paths (see stage2.py); SAM2 has no batch norm to update
@@ -167,10 +181,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
     data_s = time.time() - t0
 
     params = set_trainable(model, cfg.trainable)
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
     if checkpoint:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
         start = json.loads((checkpoint / "state.json").read_text())["step"]
@@ -198,10 +209,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
         tic = time.time()
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         torch.manual_seed(cfg.seed * 1_000_003 + step * world + rank)  # clicks, box jitter, dropout
         plan = plan_step(cfg.seed, step * world + rank, pool, cfg.stage, cfg.text_cases, cfg.seg_clips,
-                         cfg.interactive_clips, cfg.clip_len, cfg.probes)
+                         cfg.interactive_clips, cfg.clip_len, cfg.probes, target_weights=cfg.target_weights)
         with accelerator.autocast():
             logs = step_module(pool, plan)
         accelerator.backward(logs["loss"])
