@@ -228,7 +228,8 @@ def test_export_half_bundle_loads_close_to_the_checkpoint(tmp_path):
         assert b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-2, rtol=1e-2), name
 
 
-@pytest.mark.parametrize("name", ["demo_stage1", "demo_stage2", "demo_stage2_cpu_finetune", "demo_stage2_cpu_kidneys", "paper_stage1", "paper_stage2"])
+@pytest.mark.parametrize("name", ["demo_stage1", "demo_stage2", "demo_stage2_cpu_finetune", "demo_stage2_cpu_kidneys",
+                                  "paper_stage1", "paper_stage2"])
 def test_shipped_configs_are_valid(name):
     from pathlib import Path
 
@@ -250,17 +251,18 @@ def test_cli_train_runs_a_step(tmp_path, monkeypatch, capsys):
     assert main(["train", str(tmp_path / "missing.yaml")]) == 1
 
 
-def test_two_processes_train_together_through_accelerate_on_cpu(tmp_path):
-    """DDP through ``accelerate launch`` (gloo on CPU): the entry point the multi-GPU configs use."""
+def test_two_processes_train_together_on_cpu(tmp_path):
+    """Two ranks through PyTorch's own launcher (torchrun; gloo on CPU): accelerate sees the world and
+    wraps the model in DDP, as ``accelerate launch`` does on GPUs (its --cpu mode starts one process)."""
     import subprocess
     import sys
 
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"stage": 2, "model": "tiny", "train_seeds": [0, 2], "pool_size": 2, "text_cases": 1,
                                   "seg_clips": 1, "interactive_clips": 1, "clip_len": 2, "probes": 2, "max_steps": 2,
-                                  "cpu": True, "output_dir": str(tmp_path / "run")}))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medvlsam2", "train", str(config)]
+                                  "log_every": 1, "cpu": True, "output_dir": str(tmp_path / "run")}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "medvlsam2", "train", str(config)]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

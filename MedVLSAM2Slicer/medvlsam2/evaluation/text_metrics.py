@@ -6,9 +6,9 @@ Two conventions, both selectable:
 - ``ct_rate`` (CT-RATE / CT-CHAT, pycocoevalcap style): corpus BLEU-1..4, METEOR, ROUGE-L.
 
 All values are fractions in [0, 1] (papers print them x100). Nothing is ever downloaded: METEOR
-needs WordNet already installed, nltk's data (``NLTK_DATA``) or the system's (``wordnet_data``); BERTScore needs the ``bert_score``
-package and a local model folder. When either is missing the metric is left out and the reason is
-returned under ``"unavailable"``.
+needs WordNet already installed, nltk's data (``NLTK_DATA``) or the system's (``wordnet_data``);
+BERTScore needs the ``bert_score`` package and a local model folder. When either is missing the
+metric is left out and the reason is returned under ``"unavailable"``.
 """
 
 from __future__ import annotations
