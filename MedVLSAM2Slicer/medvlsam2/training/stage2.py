@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from .batches import CaseTensors, Clip, StepPlan, seg_pairs
-from .losses import multimask_loss
+from .losses import multimask_loss, prompt_separation_loss
 from .stage1 import chat_forward
 
 
@@ -150,7 +150,8 @@ def _mean(parts: list[dict[str, torch.Tensor]], prefix: str, into: dict[str, tor
 
 
 def stage2_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: torch.device,
-                  lm_weight: float = 1.0, seg_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                  lm_weight: float = 1.0, seg_weight: float = 1.0, separation_weight: float = 0.0
+                  ) -> dict[str, torch.Tensor]:
     """Joint loss of one planned step; the dict holds "loss" (with graph) and detached parts for logging."""
     seg = model.segmenter
     rows = seg_pairs(plan) + plan.text
@@ -162,6 +163,10 @@ def stage2_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: to
         if out.seg_hidden.shape[0] != len(plan.seg):
             raise RuntimeError(f"expected {len(plan.seg)} [SEG] states, got {out.seg_hidden.shape[0]}")
         tokens = model.seg_prompt_tokens(out.seg_hidden)  # [n, k, 256]
+        if separation_weight > 0:
+            separation = prompt_separation_loss(tokens, [clip.target.phrase for clip in plan.seg])
+            logs["separation"] = separation.detach()
+            total = total + separation_weight * separation
         seg_terms.append(_mean(_clip_losses(seg, pool, plan.seg, device, tokens, None, False), "text", logs))
         probe = _probe_losses(seg, pool, plan.probes, tokens, device)
         logs.update({f"probe_{k}": v for k, v in probe.items() if k != "loss"})
