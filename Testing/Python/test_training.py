@@ -273,7 +273,8 @@ def test_two_processes_train_together_on_cpu(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "medvlsam2", "train", str(config)]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    # CI may run with an ASCII locale while tqdm draws UTF-8 bars: decode explicitly.
+    done = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((tmp_path / "run" / "checkpoints" / "step_0000002" / "metadata.json").read_text())
     assert meta["machine"].endswith("x2")
