@@ -10,7 +10,7 @@ from medvlsam2.checkpoint import load_bundle, load_model, save_bundle
 from medvlsam2.config import LLMConfig, VisionConfig, tiny
 from medvlsam2.errors import Cancelled, CheckpointError, InputError
 from medvlsam2.modeling.medvlsam2 import MedVLSAM2
-from medvlsam2.modeling.prompting import SEG_ANSWER, build_inputs, segment_question
+from medvlsam2.modeling.prompting import build_inputs, seg_answer, segment_question
 from medvlsam2.modeling.vision_encoder import build_vision_encoder
 from medvlsam2.utils.cancel import CancelToken
 
@@ -22,7 +22,7 @@ def model():
 
 
 def batch(model, n=2):
-    ids, labels = build_inputs(model.tokenizer, model.num_image_tokens, segment_question("liver"), SEG_ANSWER)
+    ids, labels = build_inputs(model.tokenizer, model.num_image_tokens, segment_question("liver"), seg_answer("liver"))
     torch.manual_seed(1)
     return torch.rand(n, 1, 16, 64, 64), ids.repeat(n, 1), labels.repeat(n, 1)
 
@@ -69,6 +69,45 @@ def test_seg_hidden_state_drives_the_sam2_mask_decoder(model):
     assert torch.equal(mask, mask_again) and score == score_again
     _, score_disconnected = decode(torch.zeros_like(tokens))
     assert abs(score - score_disconnected) > 1e-4
+
+
+def _seg_state_similarity_after_training(answer) -> float:
+    """Cosine of the [SEG] states for "left kidney" and "right kidney" after 20 language-loss steps with
+    the chat answer ``answer(target)`` (the same visual tokens for both, as for the two kidneys of one CT)."""
+    from medvlsam2.training.batches import text_rows
+
+    torch.manual_seed(0)
+    model = MedVLSAM2.from_config(tiny())
+    rows = [(segment_question(t), answer(t)) for t in ("left kidney", "right kidney")]
+    ids, labels, attn = text_rows(model.tokenizer, model.num_image_tokens, rows)
+    visual = torch.randn(1, model.num_image_tokens, model.llm.config.hidden_size).expand(2, -1, -1)
+    optimizer = torch.optim.Adam(model.llm.parameters(), lr=2e-3)
+    for _ in range(20):
+        loss = model(None, ids, attn, labels, visual_tokens=visual).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        left, right = model(None, ids, attn, visual_tokens=visual).seg_hidden
+    return float(torch.nn.functional.cosine_similarity(left, right, dim=0))
+
+
+def test_the_answer_after_seg_makes_its_state_name_the_target():
+    """With "It is [SEG] <target>." the next-token loss at [SEG] must tell left from right; with the old
+    "It is [SEG]." nothing asks the [SEG] state to differ (the demo model's two kidney states had cosine 0.99999)."""
+    named = _seg_state_similarity_after_training(seg_answer)
+    unnamed = _seg_state_similarity_after_training(lambda target: "It is [SEG].")
+    assert named < 0.95 and unnamed > 0.99, (named, unnamed)
+
+
+def test_objects_are_named_by_the_words_after_each_seg(model, monkeypatch):
+    volume_tokens = model.encode_volume(torch.rand(1, 1, 16, 64, 64))
+    answer = model.tokenizer.encode("It is [SEG] liver, and [SEG] spleen.", add_special_tokens=False)
+    monkeypatch.setattr(model, "_greedy", lambda *args: iter(answer))
+    assert [name for name, _ in model.text_to_seg_prompts(volume_tokens, "liver and spleen")] == ["liver", "spleen"]
+    monkeypatch.setattr(model, "_greedy", lambda *args: iter([]))  # no [SEG]: the prompt's own answer is used
+    (name, tokens), = model.text_to_seg_prompts(volume_tokens, "left kidney")
+    assert name == "left kidney" and tokens.shape == (1, 1, 256)
 
 
 def test_streaming_is_incremental_and_cancellable(model):

@@ -262,9 +262,9 @@ def write_case(case: CTCase, folder, layout: str = "m3d"):
 
 def corpus() -> list[str]:
     """Text covering every word the generator and the chat format can emit (for a word-level tokenizer)."""
-    from ..modeling.prompting import REPORT_QUESTION, SEG_ANSWER, segment_question  # torch: only here
+    from ..modeling.prompting import REPORT_QUESTION, SEG_TOKEN, segment_question  # torch: only here
 
-    texts = [REPORT_QUESTION, SEG_ANSWER, "Choices: A. B. C. D. About the region : , ( )", "slices - to"]
+    texts = [REPORT_QUESTION, f"It is {SEG_TOKEN}.", "Choices: A. B. C. D. About the region : , ( )", "slices - to"]
     texts += [segment_question(t) for t in STRUCTURE_LABELS]
     texts.append(" ".join(str(n) for n in range(0, 1001)))
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ from ..utils.cancel import CancelToken, check
 from .bridge import SegBridge
 from .language import build_language_model, load_llm_tokenizer
 from .projector import Projector
-from .prompting import IMAGE_TOKEN, SEG_ANSWER, SEG_TOKEN, build_inputs, segment_question
+from .prompting import IMAGE_TOKEN, SEG_TOKEN, build_inputs, seg_answer, segment_question
 from .segmenter import build_segmenter
 from .tokenizer import build_tokenizer
 from .vision_encoder import build_vision_encoder
@@ -114,20 +114,21 @@ class MedVLSAM2(nn.Module):
                             cancel: CancelToken | None = None) -> list[tuple[str, torch.Tensor]]:
         """One (name, prompt tokens [1, n, 256]) per [SEG] in the answer to "Segment the <prompt>.".
 
-        If the model answers without a [SEG], the fixed answer ``SEG_ANSWER`` is used instead, so a text
-        prompt always yields an object; its [SEG] state is then read by one teacher-forced pass.
+        If the model answers without a [SEG], ``seg_answer(prompt)`` is used instead, so a text prompt
+        always yields an object; its [SEG] state is then read by one teacher-forced pass. Each object is
+        named by the words after its [SEG] ("It is [SEG] liver, [SEG] spleen."), else by the prompt.
         """
         if not prompt.strip():
             raise InputError("the text prompt is empty; type what to segment, e.g. 'liver'")
         question = segment_question(prompt)
         answer_ids = list(self._greedy(visual_tokens, question, cancel, None))
         if self.seg_token_id not in answer_ids:
-            answer_ids = self.tokenizer.encode(SEG_ANSWER, add_special_tokens=False)
+            answer_ids = self.tokenizer.encode(seg_answer(prompt), add_special_tokens=False)
         ids, _ = build_inputs(self.tokenizer, visual_tokens.shape[1], question)
         full = torch.cat([ids, torch.tensor(answer_ids)])[None].to(visual_tokens.device)
         out = self.forward(None, full, visual_tokens=visual_tokens)
         tokens = self.seg_prompt_tokens(out.seg_hidden)
         answer = self.tokenizer.decode(answer_ids, skip_special_tokens=False)
-        phrases = [re.sub(r"^(it is|and|,)\s*", "", p.strip(" ,.").lower()) for p in answer.split(SEG_TOKEN)[:-1]]
+        phrases = [re.sub(r"\b(and|it is)$", "", p.strip(" ,.").lower()).strip(" ,.") for p in answer.split(SEG_TOKEN)[1:]]
         names = [p if p and len(tokens) > 1 else prompt.strip() for p in phrases]
         return [(name, tokens[i:i + 1]) for i, name in enumerate(names)]

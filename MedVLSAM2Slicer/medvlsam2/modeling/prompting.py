@@ -6,13 +6,19 @@ import torch
 
 IMAGE_TOKEN = "<im_patch>"
 SEG_TOKEN = "[SEG]"
-SEG_ANSWER = f"It is {SEG_TOKEN}."  # also the fallback answer when a model emits no [SEG] (see MedVLSAM2)
 REPORT_QUESTION = "Generate a findings report for this CT."
 IGNORE = -100
 
 
 def segment_question(target: str) -> str:
     return f"Segment the {target.strip().rstrip('.')}."
+
+
+def seg_answer(target: str) -> str:
+    """The answer to ``segment_question(target)``: "It is [SEG] <target>." (also the fallback when a model
+    emits no [SEG]). The target follows [SEG] so that the next-token loss at [SEG] makes its hidden state
+    name the target: after "It is [SEG]." "left kidney" and "right kidney" gave one and the same state."""
+    return f"It is {SEG_TOKEN} {target.strip().rstrip('.')}."
 
 
 def build_inputs(tokenizer, num_image_tokens: int, question: str, answer: str | None = None

@@ -19,7 +19,7 @@ from ..data.case import CTCase
 from ..errors import InputError
 from ..io.encoder_input import to_encoder_tensor
 from ..io.slices import volume_to_frames
-from ..modeling.prompting import IGNORE, REPORT_QUESTION, SEG_ANSWER, build_inputs, segment_question
+from ..modeling.prompting import IGNORE, REPORT_QUESTION, build_inputs, seg_answer, segment_question
 
 
 @dataclass
@@ -35,7 +35,7 @@ class CaseTensors:
     encoder: torch.Tensor  # [1, D, H, W] in [0, 1]
     frames: torch.Tensor  # [K, 3, S, S] float16, SAM2-normalised
     labels: torch.Tensor  # [K, S, S] uint8 label map at the SAM2 frame size (nearest)
-    texts: list[tuple[str, str]]  # (question, answer): report, closed and open VQA
+    texts: list[tuple[str, str]]  # (question, answer): report, closed and open VQA, segmentation requests
     present: list[Target] = field(default_factory=list)
     absent: list[Target] = field(default_factory=list)
     z_extent: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # label values -> slices holding them
@@ -87,7 +87,10 @@ def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, 
     labels = F.interpolate(torch.from_numpy(case.labels.astype(np.uint8))[:, None].float(), size=(size, size),
                            mode="nearest")[:, 0].to(torch.uint8)
     present, absent = case_targets(case, structure_labels)
-    tensors = CaseTensors(encoder[0], frames.half(), labels, case_texts(case), present, absent)
+    # "Segment the X." -> "It is [SEG] X." as language rows too: stage 1 then teaches the [SEG] state to
+    # name its target (a quick language-only loss; stage 2's mask losses alone did not separate left/right)
+    requests = [(segment_question(t.phrase), seg_answer(t.phrase)) for t in present]
+    tensors = CaseTensors(encoder[0], frames.half(), labels, case_texts(case) + requests, present, absent)
     for t in present + absent:
         tensors.slices_with(t)
     return tensors
@@ -197,5 +200,5 @@ def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, tex
 
 
 def seg_pairs(plan: StepPlan) -> list[tuple[int, str, str]]:
-    """Chat rows for the text-prompted clips: "Segment the X." -> "It is [SEG]."."""
-    return [(clip.case, segment_question(clip.target.phrase), SEG_ANSWER) for clip in plan.seg]
+    """Chat rows for the text-prompted clips: "Segment the X." -> "It is [SEG] X."."""
+    return [(clip.case, segment_question(clip.target.phrase), seg_answer(clip.target.phrase)) for clip in plan.seg]

@@ -50,7 +50,6 @@ class TrainConfig:
     # loss weights and per-module learning-rate multipliers (e.g. {"llm": 10} to move the LLM faster)
     lm_weight: float = 1.0
     seg_weight: float = 1.0
-    separation_weight: float = 0.0  # hinge keeping [SEG] prompts of different phrases apart (losses.py)
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     # bookkeeping
     log_every: int = 10

@@ -46,8 +46,7 @@ class TrainStep(nn.Module):
         device = next(self.model.parameters()).device
         if self.cfg.stage == 1:
             return stage1_losses(self.model, pool, plan, device)
-        return stage2_losses(self.model, pool, plan, device, self.cfg.lm_weight, self.cfg.seg_weight,
-                             self.cfg.separation_weight)
+        return stage2_losses(self.model, pool, plan, device, self.cfg.lm_weight, self.cfg.seg_weight)
 
 
 def synthetic_source() -> tuple[Callable[[int], CTCase], dict[str, list[int]], list[str]]:

@@ -66,14 +66,3 @@ def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     denom = pred.sum(-1) + tgt.sum(-1)
     return torch.where(denom > 0, 2 * (pred * tgt).sum(-1) / denom.clamp(min=1), torch.ones_like(denom))
 
-
-def prompt_separation_loss(tokens: torch.Tensor, phrases: list[str], margin: float = 0.5) -> torch.Tensor:
-    """Mean hinge on the cosine similarity of [SEG] prompt tokens [n, k, C] asked for different phrases.
-
-    Mask losses alone separate prompts slowly when two phrases differ by one word ("left" / "right
-    kidney"): while the tokens coincide the decoder's best answer covers both organs. This term pushes
-    such tokens apart directly (similarity above ``margin`` costs), so the mask loss can then use the gap.
-    """
-    flat = F.normalize(tokens.flatten(1).float(), dim=1)
-    different = torch.tensor([[a != b for b in phrases] for a in phrases], device=flat.device, dtype=flat.dtype)
-    return (F.relu(flat @ flat.T - margin) * different).sum() / different.sum().clamp(min=1)

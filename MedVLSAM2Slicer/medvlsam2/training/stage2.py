@@ -6,7 +6,9 @@ The SAM2 forward mirrors inference (``Session.segment_text`` / ``add_points`` / 
 - text clips: the first slice is conditioned on the tokens alone (one padding point, as
   ``add_prompt_tokens``), later slices are tracked with memory and the tokens appended on every slice;
 - interactive clips: the first slice gets a GT box or click, then one simulated corrective click
-  (fed with the previous low-res mask, as ``add_new_points_or_box`` does), later slices use memory.
+  (fed with the previous low-res mask, as ``add_new_points_or_box`` does), later slices use memory;
+  the last tracked slice gets a corrective click of its own (alone, with the tracked mask), as a user's
+  click on a propagated slice arrives.
 
 The predictor stays in eval mode so that every code path (multimask choice, memory binarisation of
 prompted slices) is the one inference runs; we call its SAM2Base methods with gradients enabled.
@@ -19,7 +21,7 @@ from typing import Sequence
 import torch
 
 from .batches import CaseTensors, Clip, StepPlan, seg_pairs
-from .losses import multimask_loss, prompt_separation_loss
+from .losses import multimask_loss
 from .stage1 import chat_forward
 
 
@@ -89,8 +91,9 @@ def corrective_clicks(pred_logits: torch.Tensor, masks: torch.Tensor) -> tuple[t
         missed, extra = m & ~p, p & ~m
         positive = missed.sum() >= extra.sum()
         region = missed if positive else extra
-        if not region.any():
-            region, positive = m, True
+        if not region.any():  # no error: a confirming click (positive on the object, negative off an absent one)
+            positive = bool(m.any())
+            region = m if positive else ~m
         ys, xs = torch.nonzero(region, as_tuple=True)
         i = int(torch.randint(len(xs), (1,)))
         coords.append(torch.stack([xs[i], ys[i]]).float().view(1, 2))
@@ -125,9 +128,18 @@ def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor 
                 current, multi, ious, obj = decode(seg, t, True, f, p, sizes, points, out_dict, num_frames,
                                                    prev_low_res=current["pred_masks"].detach())
                 losses.append(multimask_loss(multi, ious, obj, gt))
+            # a click on a tracked slice, as users correct one: the click alone plus the tracked mask, with
+            # memory (SAM2's add_new_points_or_box); it then conditions the slice
+            corrected = correct and t == length - 1 > 0
+            if corrected:
+                xy, lab = corrective_clicks(current["pred_masks_high_res"][:, 0], gts[:, t])
+                points = {"point_coords": xy.to(device), "point_labels": lab.to(device)}
+                current, multi, ious, obj = decode(seg, t, False, f, p, sizes, points, out_dict, num_frames,
+                                                   prev_low_res=current["pred_masks"].detach())
+                losses.append(multimask_loss(multi, ious, obj, gt))
             seg._encode_memory_in_output(f, sizes, points, True, current["pred_masks_high_res"],
                                          current["object_score_logits"], current)
-            out_dict["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = current
+            out_dict["cond_frame_outputs" if t == 0 or corrected else "non_cond_frame_outputs"][t] = current
     return losses
 
 
@@ -150,8 +162,7 @@ def _mean(parts: list[dict[str, torch.Tensor]], prefix: str, into: dict[str, tor
 
 
 def stage2_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: torch.device,
-                  lm_weight: float = 1.0, seg_weight: float = 1.0, separation_weight: float = 0.0
-                  ) -> dict[str, torch.Tensor]:
+                  lm_weight: float = 1.0, seg_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Joint loss of one planned step; the dict holds "loss" (with graph) and detached parts for logging."""
     seg = model.segmenter
     rows = seg_pairs(plan) + plan.text
@@ -160,13 +171,10 @@ def stage2_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: to
     total = lm_weight * out.loss
     seg_terms = []
     if plan.seg:
-        if out.seg_hidden.shape[0] != len(plan.seg):
-            raise RuntimeError(f"expected {len(plan.seg)} [SEG] states, got {out.seg_hidden.shape[0]}")
-        tokens = model.seg_prompt_tokens(out.seg_hidden)  # [n, k, 256]
-        if separation_weight > 0:
-            separation = prompt_separation_loss(tokens, [clip.target.phrase for clip in plan.seg])
-            logs["separation"] = separation.detach()
-            total = total + separation_weight * separation
+        clip_rows = out.seg_batch_index < len(plan.seg)  # text rows may hold segmentation requests (LM loss only)
+        if int(clip_rows.sum()) != len(plan.seg):
+            raise RuntimeError(f"expected {len(plan.seg)} [SEG] states, got {int(clip_rows.sum())}")
+        tokens = model.seg_prompt_tokens(out.seg_hidden[clip_rows])  # [n, k, 256]
         seg_terms.append(_mean(_clip_losses(seg, pool, plan.seg, device, tokens, None, False), "text", logs))
         probe = _probe_losses(seg, pool, plan.probes, tokens, device)
         logs.update({f"probe_{k}": v for k, v in probe.items() if k != "loss"})
