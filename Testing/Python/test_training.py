@@ -182,6 +182,26 @@ def test_steps_lower_the_loss_on_a_fixed_batch(stage):
         assert model.bridge.mlp[0].weight.grad.abs().sum() > 0
 
 
+def test_segmentation_requests_are_language_rows_and_stage2_reads_only_the_clips_seg_states():
+    """Every case's chat rows hold "Segment the X." -> "It is [SEG] X." for its present targets; in stage 2 such a
+    row among the text rows is trained by the LM loss only, and the clips still get their own [SEG] states."""
+    from dataclasses import replace
+
+    from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+    from medvlsam2.modeling.prompting import seg_answer, segment_question
+    from medvlsam2.training.stage2 import stage2_losses
+
+    cfg = tiny()
+    pool = [prepare_case(make_case(s), cfg, STRUCTURES) for s in range(2)]
+    assert (segment_question("liver"), seg_answer("liver")) in pool[0].texts
+    assert (segment_question("stomach"), seg_answer("stomach")) not in pool[0].texts  # absent from the case
+    plan = plan_step(0, 0, pool, 2, 2, 2, 1, 3, 2)
+    plan = replace(plan, text=[(1, segment_question("spleen"), seg_answer("spleen"))])
+    torch.manual_seed(0)
+    logs = stage2_losses(MedVLSAM2.from_config(cfg), pool, plan, torch.device("cpu"))
+    assert torch.isfinite(logs["loss"]) and "text_mask" in logs
+
+
 def _params(folder):
     from safetensors.torch import load_file
 
