@@ -236,7 +236,8 @@ def text_scores(predictions: Sequence[str], references: Sequence[str], conventio
         if reason:
             unavailable["bertscore"] = reason
         else:
-            out["bertscore"] = bertscore(predictions, references, folder)
-            out["bertscore_model"] = bertscore_model_name(folder)
+            layers = bertscore_layer(folder)
+            out["bertscore"] = bertscore(predictions, references, folder, layers)
+            out["bertscore_model"] = bertscore_model_name(folder, layers)
     out["unavailable"] = unavailable
     return out

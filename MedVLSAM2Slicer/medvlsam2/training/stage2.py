@@ -101,6 +101,19 @@ def corrective_clicks(pred_logits: torch.Tensor, masks: torch.Tensor) -> tuple[t
     return torch.stack(coords), torch.stack(labels).to(torch.int32)
 
 
+def _corrected(seg, t: int, is_init: bool, f, p, sizes, points: dict | None, current: dict, gt_cpu: torch.Tensor,
+               out_dict: dict, num_frames: int, device):
+    """Add one simulated corrective click to ``points`` (None on a tracked slice: the click alone) and decode
+    again with the previous low-res mask, as ``add_new_points_or_box`` does; returns (points, decode outputs)."""
+    xy, lab = corrective_clicks(current["pred_masks_high_res"][:, 0], gt_cpu)
+    xy, lab = xy.to(device), lab.to(device)
+    if points is not None:
+        xy, lab = torch.cat([points["point_coords"], xy], 1), torch.cat([points["point_labels"], lab], 1)
+    points = {"point_coords": xy, "point_labels": lab}
+    return points, decode(seg, t, is_init, f, p, sizes, points, out_dict, num_frames,
+                          prev_low_res=current["pred_masks"].detach())
+
+
 def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor | None, first_prompts: dict | None,
                  correct: bool) -> list[dict[str, torch.Tensor]]:
     """Track ``clips`` (same length) together as one batch; losses per decode."""
@@ -121,21 +134,12 @@ def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor 
                 points = {k: v.to(device) for k, v in points.items()}
             current, multi, ious, obj = decode(seg, t, t == 0, f, p, sizes, points, out_dict, num_frames)
             losses.append(multimask_loss(multi, ious, obj, gt, every_candidate=tokens is not None))
-            if t == 0 and correct:
-                xy, lab = corrective_clicks(current["pred_masks_high_res"][:, 0], gts[:, 0])
-                points = {"point_coords": torch.cat([points["point_coords"], xy.to(device)], 1),
-                          "point_labels": torch.cat([points["point_labels"], lab.to(device)], 1)}
-                current, multi, ious, obj = decode(seg, t, True, f, p, sizes, points, out_dict, num_frames,
-                                                   prev_low_res=current["pred_masks"].detach())
-                losses.append(multimask_loss(multi, ious, obj, gt))
-            # a click on a tracked slice, as users correct one: the click alone plus the tracked mask, with
-            # memory (SAM2's add_new_points_or_box); it then conditions the slice
-            corrected = correct and t == length - 1 > 0
-            if corrected:
-                xy, lab = corrective_clicks(current["pred_masks_high_res"][:, 0], gts[:, t])
-                points = {"point_coords": xy.to(device), "point_labels": lab.to(device)}
-                current, multi, ious, obj = decode(seg, t, False, f, p, sizes, points, out_dict, num_frames,
-                                                   prev_low_res=current["pred_masks"].detach())
+            # a click on the first slice adds to its prompt; a click on the last (tracked) slice comes alone with
+            # the tracked mask and memory, as users correct a propagated slice, which then conditions the slice
+            corrected = correct and t == length - 1 and t > 0
+            if correct and t == 0 or corrected:
+                points, (current, multi, ious, obj) = _corrected(seg, t, t == 0, f, p, sizes, points, current,
+                                                                 gts[:, t], out_dict, num_frames, device)
                 losses.append(multimask_loss(multi, ious, obj, gt))
             seg._encode_memory_in_output(f, sizes, points, True, current["pred_masks_high_res"],
                                          current["object_score_logits"], current)
