@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from .config import ModelConfig, get_config
+from .config import ModelConfig
 from .errors import CheckpointError, InputError
 
 WEIGHTS = "model.safetensors"
@@ -29,8 +29,12 @@ def save_bundle(model, folder: str | os.PathLike, metadata: dict | None = None) 
     return out
 
 
-def load_bundle(folder: str | os.PathLike, device: str = "cpu"):
-    """Load a bundle strictly; an architecture mismatch raises ``CheckpointError`` naming the keys."""
+def load_bundle(folder: str | os.PathLike, device: str = "cpu", image_size: int | None = None):
+    """Load a bundle strictly; an architecture mismatch raises ``CheckpointError`` naming the keys.
+
+    ``image_size`` overrides the SAM2 input size (SAM2 weights do not depend on it). Most callers want
+    ``medvlsam2.factory.load_model``, which also sets capabilities and provenance.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_model
     from transformers import PreTrainedTokenizerFast
@@ -44,6 +48,8 @@ def load_bundle(folder: str | os.PathLike, device: str = "cpu"):
         config = ModelConfig.from_dict(json.loads((root / "config.json").read_text()))
     except (json.JSONDecodeError, TypeError, InputError) as exc:
         raise CheckpointError(f"{root / 'config.json'} is invalid: {exc}") from None
+    if image_size:
+        config.segmenter.image_size = int(image_size)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root))
     model = MedVLSAM2.from_config(config, tokenizer)
     try:
@@ -51,15 +57,6 @@ def load_bundle(folder: str | os.PathLike, device: str = "cpu"):
     except (RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{root.name}/{WEIGHTS} does not match its config.json: {str(exc)[:600]}") from None
     return model.to(device).eval()
-
-
-def load_model(spec: str, device: str = "cpu"):
-    """A named config (random weights: tiny, base, paper) or a bundle folder."""
-    from .modeling.medvlsam2 import MedVLSAM2
-
-    if Path(spec).is_dir():
-        return load_bundle(spec, device)
-    return MedVLSAM2.from_config(get_config(spec)).to(device).eval()
 
 
 def init_from_parts(config: ModelConfig, sam2_checkpoint: str | None = None, llm_folder: str | None = None):

@@ -46,6 +46,7 @@ class Client:
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
                                   timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
         self._version_checked = False
+        self._capabilities: frozenset[str] = frozenset()
         self.uploads = 0  # volumes actually sent (a reconnect with the same content sends none)
 
     # ----- plumbing -------------------------------------------------------------------------------
@@ -140,9 +141,17 @@ class Client:
         info = self.request("GET", "/v1/version")
         check_api_version(int(info.get("api_version", -1)), str(info.get("server_version", "?")))
         self._version_checked = True
+        self._capabilities = frozenset(info.get("capabilities", ()))
         return info
 
     info = version  # what the Slicer module's connection reads (device, memory_gb)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What the served model can do (``medvlsam2.capabilities`` names), as /v1/version reported it."""
+        if not self._version_checked:
+            self.version()
+        return self._capabilities
 
     def ensure_volume(self, volume) -> str:
         """Upload ``volume`` unless the server already holds the same content; returns its id."""
@@ -173,6 +182,7 @@ class RemoteSession:
 
     def __init__(self, client: Client, volume) -> None:
         self._c, self.volume = client, volume
+        self.capabilities = client.capabilities  # same attribute as a local model's
         self.shape = tuple(int(s) for s in np.shape(volume.array))
         self._masks: dict[int, np.ndarray] = {}
         self._names: dict[int, str] = {}

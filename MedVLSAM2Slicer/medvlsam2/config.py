@@ -61,6 +61,10 @@ class SegmenterConfig:
     key_slice_stride: int = 0  # 0 = automatic (about 16 probes per volume); see modeling/key_slices.py
     num_key_slices: int = 1
     prompt_dim: int = 256  # SAM2 prompt embedding width
+    # True (engine default): a click on an already propagated slice makes it a conditioning slice, so it
+    # survives the next propagation. False: upstream SAM2's default (the corrected slice stays a
+    # non-conditioning output that re-propagation may overwrite); masks then equal SAM2VideoPredictor's.
+    corrections_as_conditioning: bool = True
 
 
 @dataclass

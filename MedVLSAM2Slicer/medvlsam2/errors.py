@@ -31,3 +31,9 @@ class Cancelled(MedVLSAM2Error):
 
     code = "cancelled"
 
+
+
+class CapabilityError(InputError):
+    """The loaded model cannot do what was asked; the message names what to load instead."""
+
+    code = "not_capable"

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import API_VERSION, __version__
-from .errors import Cancelled, InputError, MedVLSAM2Error, UnknownObjectError
+from .errors import Cancelled, CapabilityError, InputError, MedVLSAM2Error, UnknownObjectError
 from .results import SegmentationResult
 
 PREFIX = "/v1"
@@ -95,6 +95,8 @@ def raise_for_error(body: dict[str, Any], status: int) -> None:
         raise UnknownObjectError(message)
     if code == "unknown_session":
         raise SessionExpired(message, code, status)
+    if code == CapabilityError.code:
+        raise CapabilityError(message)
     if code in ("bad_input", "too_large", "bad_request"):
         raise InputError(message)
     raise RemoteError(f"server error ({code}): {message}", code, status)

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .capabilities import INTERACTIVE, LANGUAGE, TEXT_SEGMENTATION, capabilities_of, require
 from .errors import InputError, UnknownObjectError
 from .io.slices import volume_to_frames
 from .io.volume import Volume
@@ -44,21 +45,30 @@ class _Object:
 
 class Session:
     def __init__(self, model, volume: Volume, cache_mb: float | None = None) -> None:
-        """One volume and one model; ``cache_mb`` bounds the per-slice feature cache (default: the segmenter's)."""
+        """One volume and one model; ``cache_mb`` bounds the per-slice feature cache (default: the segmenter's).
+
+        A model without a segmenter (e.g. Med3DVLM) serves only ``ask``/``report``; calls it cannot serve raise
+        ``CapabilityError`` naming what to load instead (see ``self.capabilities``).
+        """
         self.model, self.volume = model, volume
-        self.predictor = model.segmenter
-        if cache_mb is not None:
-            if cache_mb <= 0:
-                raise InputError(f"cache_mb must be positive, got {cache_mb}")
-            self.predictor.cache_mb = cache_mb
-        self.predictor.clear_feature_cache()
-        self.frames, self.hw = volume_to_frames(volume, self.predictor.image_size, model.config.segmenter.window)
+        self.capabilities = capabilities_of(model)
+        if cache_mb is not None and cache_mb <= 0:
+            raise InputError(f"cache_mb must be positive, got {cache_mb}")
+        self.predictor = getattr(model, "segmenter", None)
+        self.frames = self.hw = None
+        if self.predictor is not None:
+            if cache_mb is not None:
+                self.predictor.cache_mb = cache_mb
+            self.predictor.clear_feature_cache()
+            self.frames, self.hw = volume_to_frames(volume, self.predictor.image_size, model.segmenter_window)
         self._objects: dict[int, _Object] = {}
         self._next_id = 1
         self._visual: torch.Tensor | None = None
 
     # ----- objects ----------------------------------------------------------------------------
     def add_object(self, name: str | None = None) -> int:
+        if self.predictor is None:
+            require(self.model, INTERACTIVE)
         obj_id = self._next_id
         self._next_id += 1
         state = self.predictor.init_volume_state(self.frames, self.hw)
@@ -84,6 +94,7 @@ class Session:
     @translate_oom
     def add_points(self, obj: int, points_ijk, labels) -> SegmentationResult:
         """Clicks at voxel (i, j, k) with labels +1 (object) or -1 (background); grouped per slice."""
+        require(self.model, INTERACTIVE)
         pts = np.asarray(points_ijk, dtype=np.float64).reshape(-1, 3) if np.size(points_ijk) else np.zeros((0, 3))
         lab = np.asarray(labels).reshape(-1)
         if len(pts) == 0 or len(pts) != len(lab):
@@ -107,6 +118,7 @@ class Session:
 
         As in SAM2, a box replaces earlier clicks on its slice; later clicks refine it.
         """
+        require(self.model, INTERACTIVE)
         b = [float(v) for v in box]
         if len(b) == 6:
             i0, j0, k0, i1, j1, k1 = b
@@ -202,8 +214,7 @@ class Session:
         if self._visual is None:
             from .io.encoder_input import to_encoder_tensor
 
-            vision = self.model.config.vision
-            images, _ = to_encoder_tensor(self.volume, vision.input_size, vision.window)
+            images, _ = to_encoder_tensor(self.volume, self.model.vision_input_size, self.model.vision_window)
             with torch.inference_mode():
                 self._visual = self.model.encode_volume(images.to(next(self.model.parameters()).device))
         return self._visual
@@ -212,6 +223,7 @@ class Session:
     def segment_text(self, prompt: str, cancel: CancelToken | None = None,
                      progress: Progress | None = None) -> list[SegmentationResult]:
         """Semantic or referring segmentation: one new object per [SEG] the model emits."""
+        require(self.model, TEXT_SEGMENTATION)
         results = []
         for name, tokens in self.model.text_to_seg_prompts(self.visual_tokens(), prompt, cancel=cancel):
             obj = self.add_object(name)
@@ -233,6 +245,7 @@ class Session:
 
     def ask(self, question: str, context: dict | None = None, cancel: CancelToken | None = None) -> Iterator[str]:
         """Stream an answer; ``context`` {"object": id} or {"box": (i0, j0, k0, i1, j1, k1)} says what "this" is."""
+        require(self.model, LANGUAGE)
         if context and "object" in context:
             o = self._get(int(context["object"]))
             where = np.argwhere(o.mask)
@@ -247,4 +260,5 @@ class Session:
         return self.model.stream_text(self.visual_tokens(), question, cancel=cancel)
 
     def report(self, cancel: CancelToken | None = None) -> Iterator[str]:
+        require(self.model, LANGUAGE)
         return self.model.stream_text(self.visual_tokens(), REPORT_QUESTION, cancel=cancel)

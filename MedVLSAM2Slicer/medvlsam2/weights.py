@@ -32,8 +32,12 @@ class WeightEntry:
     size: int | None
     sha256: str | None
     license: str
-    config: str | None = None
+    config: str | None = None  # sam2 config of a segmenter entry (its architecture)
     version: str | None = None
+    kind: str = "sam2"  # "sam2": one checkpoint file; "med3dvlm": a Hugging Face model folder
+    image_size: int | None = None  # native SAM2 input size (None: SAM2.1's 1024)
+    repo: str | None = None  # Hugging Face repository id the file or folder is downloaded from
+    revision: str | None = None  # pinned commit or tag (None: the repository's main branch)
 
 
 def manifest_path() -> Path:
@@ -49,7 +53,7 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, WeightEntr
         data = json.loads(p.read_text())["weights"]
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot read the weights manifest {p}: {exc}") from None
-    keys = {"url", "file", "size", "sha256", "license", "config", "version"}
+    keys = {f for f in WeightEntry.__dataclass_fields__ if f != "name"}
     return {name: WeightEntry(name=name, **{k: v for k, v in e.items() if k in keys}) for name, e in data.items()}
 
 

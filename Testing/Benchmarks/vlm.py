@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    from medvlsam2.checkpoint import load_model
+    from medvlsam2.factory import load_model
     from medvlsam2.data.synthetic import generate_case
     from medvlsam2.session import Session
 

@@ -74,7 +74,7 @@ def main() -> None:
     import os
 
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from medvlsam2.checkpoint import load_model
+    from medvlsam2.factory import load_model
     from medvlsam2.config import get_config
     from medvlsam2.io.volume import read_volume
 

@@ -399,10 +399,10 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, monkeypatch, capsys
     import sys
     import types
 
-    import medvlsam2.checkpoint
+    import medvlsam2.factory
     from medvlsam2.cli import main
 
-    monkeypatch.setattr(medvlsam2.checkpoint, "load_model", lambda spec, device="cpu": tiny_model)
+    monkeypatch.setattr(medvlsam2.factory, "load_model", lambda spec, device="cpu": tiny_model)
 
     # The command's own wiring, with a stand-in generator: seeds -> cases, structures, tasks, outputs.
     seen = []

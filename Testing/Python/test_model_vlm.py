@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from medvlsam2.checkpoint import load_bundle, load_model, save_bundle
+from medvlsam2.checkpoint import load_bundle, save_bundle
+from medvlsam2.factory import load_model
 from medvlsam2.config import LLMConfig, VisionConfig, tiny
 from medvlsam2.errors import Cancelled, CheckpointError, InputError
 from medvlsam2.modeling.medvlsam2 import MedVLSAM2

@@ -55,7 +55,7 @@ def server():
 def model():
     import torch
 
-    from medvlsam2.checkpoint import load_model
+    from medvlsam2.factory import load_model
 
     torch.manual_seed(0)  # the same random weights as the server's --seed 0
     return load_model("tiny")

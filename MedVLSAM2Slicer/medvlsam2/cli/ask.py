@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from .common import add_model_arguments, load_model_for
+from .common import add_model_arguments, load_model_for, warn_if_unfamiliar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.question.strip():
         raise InputError("the question is empty")
-    session = Session(load_model_for(args)[0], read_volume(args.image), cache_mb=args.cache_mb)
+    model, volume = load_model_for(args)[0], read_volume(args.image)
+    warn_if_unfamiliar(model, volume)
+    session = Session(model, volume, cache_mb=args.cache_mb)
     context = None
     if args.about:
         context = {"object": session.segment_text(args.about)[0].object_id}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from .common import add_model_arguments, load_model_for
+from .common import add_model_arguments, load_model_for, warn_if_unfamiliar
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 MARKER = ".complete"
@@ -55,8 +55,12 @@ def list_cases(source: str | Path) -> list[tuple[str, Path]]:
     return cases
 
 
-def process_case(model, image: Path, out: Path, prompts: list[str], report: bool, cache_mb: float | None = None) -> int:
-    """Write one case's outputs into ``out`` and return the number of segmented voxels."""
+def process_case(model, image: Path, out: Path, prompts: list[str], report: bool, cache_mb: float | None = None,
+                 warn: bool = False) -> int:
+    """Write one case's outputs into ``out`` and return the number of segmented voxels.
+
+    ``warn``: print the domain warning if this CT is unlike the model's training data (the caller warns once).
+    """
     import numpy as np
 
     from ..io.volume import read_volume, write_mask
@@ -64,6 +68,8 @@ def process_case(model, image: Path, out: Path, prompts: list[str], report: bool
     from ..session import Session
 
     volume = read_volume(image)
+    if warn:
+        warn_if_unfamiliar(model, volume)
     session = Session(model, volume, cache_mb=cache_mb)
     per_prompt = []
     for prompt in prompts:  # one value per prompt: the union of the objects its [SEG] tokens produced
@@ -89,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
     model = load_model_for(args)[0]
+    from ..capabilities import LANGUAGE, TEXT_SEGMENTATION, require
+
+    if args.prompt:  # refuse before the first case, not once per case
+        require(model, TEXT_SEGMENTATION)
+    if args.report:
+        require(model, LANGUAGE)
     rows, failed = [], 0
     for case_id, image in tqdm(cases, desc="cases", unit="case"):
         out = root / case_id
@@ -97,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         start = time.perf_counter()
         try:
-            voxels = process_case(model, image, out, args.prompt, args.report, args.cache_mb)
+            voxels = process_case(model, image, out, args.prompt, args.report, args.cache_mb, warn=not rows)
             rows.append({"case": case_id, "status": "ok", "seconds": f"{time.perf_counter() - start:.1f}",
                          "voxels": voxels, "error": ""})
         except Exception as exc:  # one bad case must not stop the batch; the summary names it

@@ -18,22 +18,42 @@ def demo_weights_folder() -> Path:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="bundle folder or named config tiny|base|paper (default: the project's demo weights)")
+    p.add_argument("--model", help="bundle or Med3DVLM folder, SAM2.1/MedSAM2 .pt/.safetensors file, recipe .yaml, "
+                                   "installed weights name (medsam2-latest...) or named config tiny|base|paper|demo "
+                                   "(random weights); default: the project's demo weights")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="SAM2 input size in px (default: the model's native size, MedSAM2 512, SAM2.1 1024)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
     p.add_argument("--cache-mb", type=float, default=None, help="feature-cache budget in MB (lower it on small GPUs)")
 
 
 def load_model_for(args: argparse.Namespace):
-    """Load ``args.model`` (default: the demo bundle, else the random tiny config), say what it is, and
-    return (model, trained) where ``trained`` is False for randomly initialised named configs."""
-    from ..checkpoint import load_model
+    """Load ``args.model`` (default: the demo bundle) through the factory, say what it is on stderr, and
+    return (model, trained) where ``trained`` is False for random weights."""
+    from ..factory import load_model
     from ..utils.device import resolve_device
 
     spec = args.model or str(demo_weights_folder())
-    trained = Path(spec).is_dir()
-    if not trained:
-        spec = args.model or "tiny"
-        print(f"WARNING: {RANDOM_WARNING} (model '{spec}')", file=sys.stderr)
-    elif Path(spec).resolve() == demo_weights_folder().resolve():
-        print(f"model: demo weights ({TRAINED_NOTE})", file=sys.stderr)
-    return load_model(spec, str(resolve_device(args.device))), trained
+    model = load_model(spec, str(resolve_device(args.device)), image_size=getattr(args, "image_size", None))
+    print(model_line(model, spec), file=sys.stderr)
+    return model, model.provenance != "random"
+
+
+def model_line(model, spec: str) -> str:
+    """One line saying what is loaded, how trustworthy its weights are and what it can do."""
+    caps = ", ".join(sorted(model.capabilities))
+    if model.provenance == "random":
+        return f"WARNING: {RANDOM_WARNING} (model '{spec}'; can do: {caps})"
+    if model.provenance == "phantom-trained":
+        return f"model: {model.description} ({TRAINED_NOTE}; can do: {caps})"
+    return f"model: {model.description} ({model.provenance} weights; can do: {caps})"
+
+
+def warn_if_unfamiliar(model, volume) -> bool:
+    """Print the domain warning (``medvlsam2.domain``) once on stderr; True when one was printed."""
+    from ..domain import domain_warning
+
+    text = domain_warning(model, volume)
+    if text:
+        print(f"WARNING: {text}", file=sys.stderr)
+    return text is not None

@@ -101,7 +101,7 @@ _WORKER: dict = {}
 def _init_worker(model_spec: str, device: str, options, threads: int) -> None:
     import torch
 
-    from ..checkpoint import load_model
+    from ..factory import load_model
 
     torch.set_num_threads(threads)
     _WORKER["model"], _WORKER["options"] = load_model(model_spec, device), options
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..checkpoint import load_model
+    from ..factory import load_model
     from ..evaluation.runner import EvalOptions, evaluate_case
 
     tasks = _names(args.tasks) or []

@@ -39,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
               f"  segmenter: {c.segmenter.sam2_config} at {c.segmenter.image_size} px"
               f"{' (shrunk Hiera for tests)' if c.segmenter.hydra_overrides else ''}")
     if args.model:
-        from ..checkpoint import load_model
+        from ..factory import load_model
 
         model = load_model(args.model)
-        print(f"\nparameters of {args.model}:")
+        print(f"\n{model.description}: {model.provenance} weights, can do {', '.join(sorted(model.capabilities))}")
+        print(f"parameters of {args.model}:")
         for part in ("vision_encoder", "projector", "llm", "bridge", "segmenter"):
-            print(f"  {part:15} {sum(p.numel() for p in getattr(model, part).parameters()) / 1e6:8.2f} M")
+            if hasattr(model, part):
+                print(f"  {part:15} {sum(p.numel() for p in getattr(model, part).parameters()) / 1e6:8.2f} M")
     return 0

@@ -1,11 +1,18 @@
-"""``medvlsam2 segment IMAGE (--prompt TEXT | --point i,j,k[,+|-] ... | --box ...) -o MASK``."""
+"""``medvlsam2 segment IMAGE (--prompt TEXT | --point i,j,k[,+|-] ... | --box ...) -o MASK``.
+
+Exit codes: 0 a non-empty mask was written; 1 an error (message on stderr); 3 the mask was written but is
+empty ("no voxels found"), so scripts never mistake an empty result for a segmentation.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import InputError
-from .common import add_model_arguments, load_model_for
+from .common import add_model_arguments, load_model_for, warn_if_unfamiliar
+
+EMPTY_RESULT = 3  # exit code of a run that found no voxels
 
 
 def parse_point(text: str) -> tuple[list[float], int]:
@@ -41,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if sum(bool(x) for x in (args.prompt, args.point, args.box)) != 1:
         raise InputError("give exactly one kind of prompt: --prompt, --point (repeatable) or --box")
     volume = read_volume(args.image)
-    session = Session(load_model_for(args)[0], volume, cache_mb=args.cache_mb)
+    model = load_model_for(args)[0]
+    warn_if_unfamiliar(model, volume)
+    session = Session(model, volume, cache_mb=args.cache_mb)
     with tqdm(total=volume.shape[0], desc="propagating", unit="slice") as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
@@ -61,5 +70,10 @@ def run(args: argparse.Namespace) -> int:
                 session.propagate(obj, progress=progress)
             mask, labels = session.mask(obj), {1: "Segment_1"}
     path = write_mask(mask, volume, args.output, labels)
-    print(f"wrote {path} ({int((mask > 0).sum())} voxels)")
+    voxels = int((mask > 0).sum())
+    if not voxels:
+        print(f"no voxels found: the model segmented nothing for this prompt; {path} is an empty mask. Try another "
+              "click or box, or a model suited to this CT", file=sys.stderr)
+        return EMPTY_RESULT
+    print(f"wrote {path} ({voxels} voxels)")
     return 0

@@ -1,4 +1,4 @@
-"""``medvlsam2 serve --model tiny|BUNDLE --host 127.0.0.1 --port 0 --device auto``: the inference server.
+"""``medvlsam2 serve [--model SPEC] --host 127.0.0.1 --port 0 --device auto``: the inference server.
 
 The token comes from ``--token-file`` (read, or written with a fresh token when absent), the
 ``MEDVLSAM2_SERVER_TOKEN`` environment variable, or ``--token``; a fresh one is printed once to
@@ -22,7 +22,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the inference server (FastAPI) that the Slicer module talks to")
-    p.add_argument("--model", default="tiny", help="named config (random weights) or bundle folder")
+    p.add_argument("--model", default=None, help="any model spec (see `medvlsam2 segment --help`); default: the "
+                                                 "project's demo weights")
+    p.add_argument("--image-size", type=int, default=None, help="SAM2 input size in px (default: the model's native size)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=0, help="port (0: a free one, printed at start)")
     p.add_argument("--token", help="bearer token (visible in process lists: prefer --token-file or $%s)" % TOKEN_ENV)
@@ -65,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..checkpoint import load_model
+    from ..factory import load_model
     from ..server.app import Limits, create_app
+    from .common import demo_weights_folder, model_line
 
     if args.lease_s <= 0 or args.max_upload_mb <= 0 or args.max_voxels <= 0 or args.max_sessions <= 0:
         raise InputError("--lease-s, --max-upload-mb, --max-voxels and --max-sessions must be positive")
@@ -81,9 +84,13 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.manual_seed(args.seed)
-    model = load_model(args.model, device)
-    info = {"model": Path(args.model).name if Path(args.model).is_dir() else args.model,
-            "config": getattr(model.config, "name", args.model), "device": device}
+    spec = args.model or str(demo_weights_folder())
+    model = load_model(spec, device, image_size=args.image_size)
+    print(model_line(model, spec), file=sys.stderr, flush=True)
+    info = {"model": Path(spec).name if Path(spec).exists() else spec,
+            "config": getattr(getattr(model, "config", None), "name", None), "device": device,
+            "capabilities": sorted(model.capabilities), "provenance": model.provenance,
+            "description": model.description}
     limits = Limits(int(args.max_upload_mb * 2**20), args.max_voxels, args.call_timeout_s)
     app = create_app(model, token, info, limits, args.lease_s, args.max_sessions)
 
@@ -97,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     url = f"http://{shown}:{port}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30,
                                            timeout_graceful_shutdown=3))
-    print(f"medvlsam2 server on {url} (model {info['model']}, device {device})", flush=True)
+    print(f"medvlsam2 server on {url} (model {info['model']}: {model.description}, {model.provenance} weights, "
+          f"can do {', '.join(info['capabilities'])}; device {device})", flush=True)
     if generated:
         print(f"token: {token}", flush=True)  # shown once so a user can connect; never logged
     if args.ready_file:

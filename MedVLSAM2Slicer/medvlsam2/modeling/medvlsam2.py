@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..capabilities import ALL
 from ..config import ModelConfig
 from ..errors import InputError
 from ..utils.cancel import CancelToken, check
@@ -30,6 +31,11 @@ class VLMOutput:
 
 
 class MedVLSAM2(nn.Module):
+    # Set per instance by ``medvlsam2.factory.load_model`` (bundle metadata, or "random" for a named config).
+    capabilities: frozenset[str] = ALL
+    provenance: str = "random"
+    description: str = "MedVL-SAM2"
+
     def __init__(self, config: ModelConfig, tokenizer) -> None:
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
@@ -52,6 +58,19 @@ class MedVLSAM2(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         return self.config.projector.num_tokens
+
+    # ----- the language-model and segmenter protocols (see docs/ARCHITECTURE.md) ---------------
+    @property
+    def vision_input_size(self) -> tuple[int, int, int]:
+        return tuple(self.config.vision.input_size)
+
+    @property
+    def vision_window(self) -> str:
+        return self.config.vision.window
+
+    @property
+    def segmenter_window(self) -> str:
+        return self.config.segmenter.window
 
     def encode_volume(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 1, D, H, W] in [0, 1] -> visual tokens [B, T, C]."""

@@ -163,9 +163,8 @@ def build_segmenter(cfg: SegmenterConfig, device: str | torch.device = "cpu") ->
     predictor = build_sam2_video_predictor(cfg.sam2_config, ckpt_path=None, device=str(device), mode="eval",
                                            hydra_overrides_extra=overrides)
     predictor.fill_hole_area = 0  # needs the sam2._C CUDA extension, which CPU installs lack
-    # A click on an already propagated slice must survive the next propagation: make it a conditioning
-    # slice (upstream's default keeps it as a non-conditioning output that re-propagation overwrites).
-    predictor.add_all_frames_to_correct_as_cond = True
+    # See SegmenterConfig.corrections_as_conditioning (upstream's default is False).
+    predictor.add_all_frames_to_correct_as_cond = cfg.corrections_as_conditioning
     if cfg.checkpoint:
         load_sam2_checkpoint(predictor, cfg.checkpoint)
     return predictor
@@ -195,9 +194,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_sam2_checkpoint(predictor: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Strictly load SAM2 weights; missing/unexpected keys or shape mismatches raise ``CheckpointError`` naming them."""
-    sd = read_state_dict(path)
-    own = predictor.state_dict()
+    """Strictly load SAM2 weights from a file; see ``load_sam2_state_dict``."""
+    load_sam2_state_dict(predictor, read_state_dict(path), Path(path).name)
+
+
+def state_dict_mismatch(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> list[str]:
+    """What differs between a file's state dict and a model's (keys, shapes); empty when they match."""
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
@@ -209,7 +211,31 @@ def load_sam2_checkpoint(predictor: torch.nn.Module, path: str | os.PathLike) ->
         problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
     if shapes:
         problems.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}")
+    return problems
+
+
+def load_sam2_state_dict(predictor: torch.nn.Module, sd: dict[str, torch.Tensor], name: str) -> None:
+    """Strictly load SAM2 weights; missing/unexpected keys or shape mismatches raise ``CheckpointError`` naming them."""
+    problems = state_dict_mismatch(sd, predictor.state_dict())
     if problems:
-        raise CheckpointError(f"{Path(path).name} does not match this SAM2 architecture: " + "; ".join(problems)
+        raise CheckpointError(f"{name} does not match this SAM2 architecture: " + "; ".join(problems)
                               + ". Pick the config (hiera t/s/b+/l) the checkpoint was trained with")
     predictor.load_state_dict(sd, strict=True)
+
+
+# Hiera trunk width and block count of each SAM2.1 size (the sam2 package's configs).
+HIERA_SIZES = {(96, 12): "configs/sam2.1/sam2.1_hiera_t.yaml", (96, 16): "configs/sam2.1/sam2.1_hiera_s.yaml",
+               (112, 24): "configs/sam2.1/sam2.1_hiera_b+.yaml", (144, 48): "configs/sam2.1/sam2.1_hiera_l.yaml"}
+
+
+def infer_sam2_config(sd: dict[str, torch.Tensor], name: str = "checkpoint") -> str:
+    """The sam2 config (hiera t/s/b+/l) of an official state dict, from its trunk width and block count."""
+    width_key = "image_encoder.trunk.patch_embed.proj.weight"
+    if width_key not in sd:
+        raise CheckpointError(f"{name} is not a SAM2 checkpoint: it has no {width_key} (SAM2's Hiera image encoder)")
+    blocks = {k.split(".")[3] for k in sd if k.startswith("image_encoder.trunk.blocks.")}
+    key = (int(sd[width_key].shape[0]), len(blocks))
+    if key not in HIERA_SIZES:
+        raise CheckpointError(f"{name} has a Hiera trunk of width {key[0]} with {key[1]} blocks, which is none of "
+                              "SAM2.1 tiny (96, 12), small (96, 16), base-plus (112, 24) or large (144, 48)")
+    return HIERA_SIZES[key]

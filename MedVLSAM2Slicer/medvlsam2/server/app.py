@@ -32,7 +32,7 @@ from .worker import ModelWorker, ServerSession, SessionStore, check_object
 log = logging.getLogger("medvlsam2.server")
 
 STATUS = {"bad_input": 400, "bad_request": 400, "unknown_object": 404, "unknown_session": 404, "unknown_volume": 404,
-          "not_found": 404, "too_large": 413, "cancelled": 409, "too_many_sessions": 503, "unauthorized": 401}
+          "not_found": 404, "too_large": 413, "cancelled": 409, "not_capable": 422, "too_many_sessions": 503, "unauthorized": 401}
 
 
 @dataclass

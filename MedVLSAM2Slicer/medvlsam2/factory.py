@@ -1,0 +1,255 @@
+"""The one model factory: a model spec -> a loaded model that says what it can do.
+
+A spec is, tried in this order:
+- a folder: a Med3DVLM folder (``config.json`` with ``model_type`` "vlm_qwen") or our MedVL-SAM2 bundle;
+- a ``.yaml``/``.yml`` recipe combining parts: ``segmenter: SPEC`` and/or ``language: SPEC``
+  (optional ``image_size``, ``window``);
+- a released segmenter file: an official SAM2.1/MedSAM2 ``{"model": state_dict}`` ``.pt`` or a
+  ``.safetensors`` file (architecture inferred from its shapes);
+- a named config (``tiny``, ``base``, ``paper``, ``demo``: random weights);
+- an installed weights-manifest name (``medsam2-latest``, ``sam2.1-hiera-tiny``, ``med3dvlm-qwen2.5-7b``...).
+
+``describe(spec)`` says what a spec is and can do without torch and without loading it (the Slicer panel
+uses it); ``load_model(spec, device, image_size)`` builds it. Nothing is downloaded here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .capabilities import ALL, INTERACTIVE, LANGUAGE, PROVENANCES
+from .errors import CapabilityError, CheckpointError, InputError
+
+SEGMENTER_SUFFIXES = (".pt", ".pth", ".safetensors")
+RECIPE_SUFFIXES = (".yaml", ".yml")
+RECIPE_KEYS = {"segmenter", "language", "image_size", "window"}
+NATIVE_SIZE_SAM2 = 1024  # SAM2.1 was trained at 1024 px; MedSAM2 at 512 (its manifest entry says so)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a spec is, torch-free. ``kind``: bundle | named | segmenter | med3dvlm | recipe."""
+
+    spec: str
+    kind: str
+    description: str
+    capabilities: frozenset[str]
+    provenance: str
+    path: str | None = None  # the file or folder loaded (None for a named config)
+    sam2_config: str | None = None  # segmenters: the sam2 config from the manifest (None: inferred at load)
+    image_size: int | None = None  # segmenters: native image size
+
+
+# ----- what a spec is (no torch) ---------------------------------------------------------------
+def describe(spec: str) -> ModelInfo:
+    """Classify ``spec`` without loading weights; raises ``InputError`` saying what is accepted."""
+    from .config import NAMED_CONFIGS
+
+    spec = str(spec).strip()
+    if not spec:
+        raise InputError("the model spec is empty; give a bundle folder, a .pt/.safetensors file, a recipe .yaml, "
+                         "a named config or an installed weights name")
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return _describe_folder(spec, p)
+    if p.is_file():
+        if p.suffix.lower() in RECIPE_SUFFIXES:
+            return _describe_recipe(spec, p)
+        if p.suffix.lower() in SEGMENTER_SUFFIXES:
+            entry = _entry_for_file(p.name)
+            size = entry.image_size if entry else (512 if "medsam2" in p.name.lower() else NATIVE_SIZE_SAM2)
+            return ModelInfo(spec, "segmenter", f"released SAM2 segmenter {p.name}", frozenset({INTERACTIVE}),
+                             "released", str(p), entry.config if entry else None, size)
+        raise InputError(f"{p.name} is not a model file: use a SAM2.1/MedSAM2 .pt or .safetensors checkpoint, a recipe "
+                         ".yaml, or a folder (MedVL-SAM2 bundle or Med3DVLM)")
+    if spec in NAMED_CONFIGS:
+        return ModelInfo(spec, "named", f"config '{spec}' with random weights", ALL, "random")
+    return _describe_manifest_name(spec)
+
+
+def _describe_folder(spec: str, p: Path) -> ModelInfo:
+    config = _read_json(p / "config.json")
+    if config.get("model_type") == "vlm_qwen":
+        return ModelInfo(spec, "med3dvlm", f"Med3DVLM {p.name}", frozenset({LANGUAGE}), "released", str(p))
+    if not (p / "config.json").is_file():
+        raise InputError(f"{p} is neither a MedVL-SAM2 bundle nor a Med3DVLM folder: it has no config.json")
+    meta = _read_json(p / "metadata.json")
+    caps = frozenset(meta.get("capabilities", ALL)) & ALL
+    return ModelInfo(spec, "bundle", str(meta.get("name") or f"MedVL-SAM2 bundle {p.name}"), caps,
+                     _bundle_provenance(meta), str(p))
+
+
+def _bundle_provenance(meta: dict) -> str:
+    """metadata.json's ``provenance``, else "phantom-trained" / "trained" from ``trained_on``, else "random"."""
+    if meta.get("provenance") in PROVENANCES:
+        return meta["provenance"]
+    trained_on = str(meta.get("trained_on", "")).lower()
+    if "synthetic phantom" in trained_on:
+        return "phantom-trained"
+    return "trained" if trained_on else "random"
+
+
+def _describe_recipe(spec: str, p: Path) -> ModelInfo:
+    recipe = read_recipe(p)
+    parts = {role: describe(recipe[role]) for role in ("segmenter", "language") if role in recipe}
+    caps = frozenset()
+    if "segmenter" in parts:
+        caps |= parts["segmenter"].capabilities & {INTERACTIVE}
+    if "language" in parts:
+        caps |= parts["language"].capabilities & {LANGUAGE}
+    provenance = min((i.provenance for i in parts.values()), key=PROVENANCES.index)
+    text = " + ".join(f"{role}: {i.description}" for role, i in parts.items())
+    return ModelInfo(spec, "recipe", f"recipe {p.name} ({text})", caps, provenance, str(p))
+
+
+def read_recipe(path: Path) -> dict:
+    """A recipe's keys, with relative part paths resolved against the recipe's folder."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read the recipe {path.name}: {exc}") from None
+    if not isinstance(data, dict) or not ({"segmenter", "language"} & set(data)):
+        raise InputError(f"the recipe {path.name} needs `segmenter: SPEC` and/or `language: SPEC`")
+    unknown = set(data) - RECIPE_KEYS
+    if unknown:
+        raise InputError(f"the recipe {path.name} has unknown key(s) {sorted(unknown)}; allowed: {sorted(RECIPE_KEYS)}")
+    for role in ("segmenter", "language"):
+        if role in data:
+            value = str(data[role])
+            candidate = (path.parent / value).expanduser()
+            data[role] = str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+            if Path(data[role]).suffix.lower() in RECIPE_SUFFIXES:
+                raise InputError(f"the recipe {path.name}: a part cannot itself be a recipe")
+    return data
+
+
+def _entry_for_file(filename: str):
+    from .weights import load_manifest
+
+    try:
+        return next((e for e in load_manifest().values() if e.file == filename), None)
+    except InputError:
+        return None
+
+
+def _describe_manifest_name(spec: str) -> ModelInfo:
+    from .config import NAMED_CONFIGS
+    from .weights import load_manifest, weight_path
+
+    manifest = load_manifest()
+    if spec not in manifest:
+        raise InputError(f"unknown model {spec!r}: give a bundle folder, a Med3DVLM folder, a SAM2.1/MedSAM2 .pt or "
+                         f".safetensors file, a recipe .yaml, a named config ({', '.join(sorted(NAMED_CONFIGS))}) or a "
+                         f"weights name ({', '.join(sorted(manifest))})")
+    entry, path = manifest[spec], weight_path(spec, manifest)
+    if not path.exists():
+        raise InputError(f"{spec} is not installed: run `medvlsam2 weights download {spec}`, or on an offline machine "
+                         f"`medvlsam2 weights import {spec} FILE` with the file obtained elsewhere")
+    if entry.kind == "med3dvlm":
+        return ModelInfo(spec, "med3dvlm", f"Med3DVLM {spec}", frozenset({LANGUAGE}), "released", str(path))
+    return ModelInfo(spec, "segmenter", f"released SAM2 segmenter {spec}", frozenset({INTERACTIVE}), "released",
+                     str(path), entry.config, entry.image_size or NATIVE_SIZE_SAM2)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+# ----- loading ---------------------------------------------------------------------------------
+def load_model(spec: str, device: str = "cpu", image_size: int | None = None, window: str | None = None):
+    """Load ``spec`` (see the module docstring) on ``device`` in eval mode.
+
+    ``image_size`` overrides the segmenter's SAM2 input size (default: native, e.g. MedSAM2 512,
+    SAM2.1 1024, a bundle's own); ``window`` overrides a released segmenter's CT window (default abdomen).
+    The model has ``.capabilities``, ``.provenance`` and ``.description``.
+    """
+    if image_size is not None and (int(image_size) != image_size or not 64 <= image_size <= 2048 or image_size % 16):
+        raise InputError(f"--image-size must be a multiple of 16 between 64 and 2048, got {image_size}")
+    info = describe(spec)
+    if info.kind == "recipe":
+        return _load_recipe(info, device, image_size, window)
+    if info.kind == "segmenter":
+        return load_segmenter(info, device, image_size, window)
+    if info.kind == "med3dvlm":
+        return _load_med3dvlm(info, device)
+    return _load_medvlsam2(info, device, image_size)
+
+
+def _load_medvlsam2(info: ModelInfo, device: str, image_size: int | None):
+    from .checkpoint import load_bundle
+    from .config import get_config
+    from .modeling.medvlsam2 import MedVLSAM2
+
+    if info.kind == "bundle":
+        model = load_bundle(info.path, device, image_size=image_size)
+    else:
+        config = get_config(info.spec)
+        if image_size:
+            config.segmenter.image_size = image_size
+        model = MedVLSAM2.from_config(config).to(device).eval()
+    model.capabilities, model.provenance, model.description = info.capabilities, info.provenance, info.description
+    return model
+
+
+def load_segmenter(info: ModelInfo, device: str = "cpu", image_size: int | None = None, window: str | None = None):
+    """A segmenter-only model from an official checkpoint: architecture from the manifest or the file's shapes."""
+    from .config import SegmenterConfig
+    from .modeling.parts import SegmenterModel
+    from .modeling.segmenter import build_segmenter, infer_sam2_config, load_sam2_state_dict, read_state_dict
+
+    name = Path(info.path).name
+    sd = read_state_dict(info.path)
+    inferred = infer_sam2_config(sd, name)
+    if info.sam2_config and info.sam2_config != inferred:
+        raise CheckpointError(f"{name} holds a {_size_name(inferred)} model but {info.spec} is a "
+                              f"{_size_name(info.sam2_config)}: import the right file for this entry")
+    size = image_size or info.image_size or NATIVE_SIZE_SAM2
+    cfg = SegmenterConfig(sam2_config=inferred, image_size=size, window=window or SegmenterConfig.window)
+    predictor = build_segmenter(cfg, device)
+    load_sam2_state_dict(predictor, {k: v.to(device) for k, v in sd.items()}, name)
+    text = f"{info.description} ({_size_name(inferred)}, {size} px)"
+    return SegmenterModel(predictor, cfg.window, text).eval()
+
+
+def _size_name(sam2_config: str) -> str:
+    return "hiera-" + Path(sam2_config).stem.rsplit("_", 1)[-1]
+
+
+def _load_med3dvlm(info: ModelInfo, device: str):
+    try:
+        from .modeling.med3dvlm import load_med3dvlm
+    except ImportError:
+        raise CapabilityError(f"{info.spec} is a Med3DVLM folder, but this installation has no Med3DVLM loader "
+                              "(medvlsam2.modeling.med3dvlm); update medvlsam2") from None
+    model = load_med3dvlm(info.path, device)
+    model.description = getattr(model, "description", None) or info.description
+    return model
+
+
+def _load_recipe(info: ModelInfo, device: str, image_size: int | None, window: str | None):
+    from .modeling.parts import RecipeModel
+
+    recipe = read_recipe(Path(info.path))
+    image_size = image_size or recipe.get("image_size")
+    window = window or recipe.get("window")
+    seg = load_model(recipe["segmenter"], device, image_size, window) if "segmenter" in recipe else None
+    lang = load_model(recipe["language"], device) if "language" in recipe else None
+    if seg is not None and INTERACTIVE not in seg.capabilities:
+        raise CapabilityError(f"the recipe's segmenter {recipe['segmenter']!r} cannot segment from clicks or boxes")
+    if lang is not None and LANGUAGE not in lang.capabilities:
+        raise CapabilityError(f"the recipe's language part {recipe['language']!r} cannot answer questions")
+    if seg is None or lang is None:
+        model = seg if seg is not None else lang
+        model.description = info.description
+        return model
+    return RecipeModel(seg, lang, info.description).eval()
