@@ -73,6 +73,9 @@ def _describe_folder(spec: str, p: Path) -> ModelInfo:
     config = _read_json(p / "config.json")
     if config.get("model_type") == "vlm_qwen":
         return ModelInfo(spec, "med3dvlm", f"Med3DVLM {p.name}", frozenset({LANGUAGE}), "released", str(p))
+    if config.get("model_type") == "dec_clip":
+        raise CapabilityError(f"{p.name} is Med3DVLM's DCFormer_SigLIP image encoder alone (for training): it cannot "
+                              "segment or answer. Load the Med3DVLM-Qwen-2.5-7B folder for questions and reports")
     if not (p / "config.json").is_file():
         raise InputError(f"{p} is neither a MedVL-SAM2 bundle nor a Med3DVLM folder: it has no config.json")
     meta = _read_json(p / "metadata.json")
@@ -138,19 +141,16 @@ def _entry_for_file(filename: str):
 
 def _describe_manifest_name(spec: str) -> ModelInfo:
     from .config import NAMED_CONFIGS
-    from .weights import load_manifest, weight_path
+    from .weights import installed_path, load_manifest
 
     manifest = load_manifest()
     if spec not in manifest:
         raise InputError(f"unknown model {spec!r}: give a bundle folder, a Med3DVLM folder, a SAM2.1/MedSAM2 .pt or "
                          f".safetensors file, a recipe .yaml, a named config ({', '.join(sorted(NAMED_CONFIGS))}) or a "
                          f"weights name ({', '.join(sorted(manifest))})")
-    entry, path = manifest[spec], weight_path(spec, manifest)
-    if not path.exists():
-        raise InputError(f"{spec} is not installed: run `medvlsam2 weights download {spec}`, or on an offline machine "
-                         f"`medvlsam2 weights import {spec} FILE` with the file obtained elsewhere")
+    entry, path = manifest[spec], installed_path(spec, manifest)
     if entry.kind == "med3dvlm":
-        return ModelInfo(spec, "med3dvlm", f"Med3DVLM {spec}", frozenset({LANGUAGE}), "released", str(path))
+        return _describe_folder(spec, path)
     return ModelInfo(spec, "segmenter", f"released SAM2 segmenter {spec}", frozenset({INTERACTIVE}), "released",
                      str(path), entry.config, entry.image_size or NATIVE_SIZE_SAM2)
 

@@ -1,8 +1,11 @@
-"""Weights manifest, local cache, resumable verified downloads and offline import.
+"""Weights manifest, local cache, verified downloads (huggingface_hub) and offline import.
 
-Nothing is downloaded unless a user asks (``medvlsam2 weights download``). Entries whose SHA-256 is not
-published yet (``null``) are checked against their size when known, and the digest of the installed
-file is printed so a site can pin it in its own manifest.
+Nothing is downloaded unless a user asks (``medvlsam2 weights download``). Downloads go through
+``huggingface_hub`` (resumable, proxy-aware; ``HF_ENDPOINT`` / ``HF_TOKEN`` are honoured). Every file or
+folder is checked before it is installed, by ``import`` and ``verify`` too: size and SHA-256 when the
+manifest has them, then its content is checked against the entry's architecture (a SAM2 checkpoint loads
+strictly into the entry's Hiera size; a Med3DVLM folder has the right ``model_type`` and weight keys).
+This module is torch-free until a check needs torch.
 """
 
 from __future__ import annotations
@@ -11,17 +14,16 @@ import hashlib
 import json
 import os
 import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import CheckpointError, InputError
+from .errors import Cancelled, CheckpointError, InputError
 from .resources import resource_path
 from .utils.cancel import CancelToken, check
 
 MANIFEST_NAME = "weights_manifest.json"
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes hashed per read
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class WeightEntry:
     config: str | None = None  # sam2 config of a segmenter entry (its architecture)
     version: str | None = None
     kind: str = "sam2"  # "sam2": one checkpoint file; "med3dvlm": a Hugging Face model folder
+    model_type: str | None = None  # folders: config.json's model_type (vlm_qwen, dec_clip)
     image_size: int | None = None  # native SAM2 input size (None: SAM2.1's 1024)
     repo: str | None = None  # Hugging Face repository id the file or folder is downloaded from
     revision: str | None = None  # pinned commit or tag (None: the repository's main branch)
@@ -76,7 +79,17 @@ def _entry(name: str, manifest: dict[str, WeightEntry] | None) -> WeightEntry:
 
 
 def weight_path(name: str, manifest: dict[str, WeightEntry] | None = None) -> Path:
+    """Where ``name`` is (or would be) installed: a file, or a folder for a Hugging Face model entry."""
     return cache_dir() / _entry(name, manifest).file
+
+
+def installed_path(name: str, manifest: dict[str, WeightEntry] | None = None) -> Path:
+    """The installed file or folder; ``InputError`` saying how to install it when it is not there."""
+    path = weight_path(name, manifest)
+    if not path.exists():
+        raise InputError(f"{name} is not installed: run `medvlsam2 weights download {name}`, or on an offline machine "
+                         f"`medvlsam2 weights import {name} PATH` with the file or folder obtained elsewhere")
+    return path
 
 
 def sha256_of(path: Path) -> str:
@@ -88,7 +101,13 @@ def sha256_of(path: Path) -> str:
 
 
 def verify_file(entry: WeightEntry, path: Path) -> str:
-    """Raise ``CheckpointError`` if ``path`` is not the manifest's file; return its SHA-256."""
+    """Raise ``CheckpointError`` unless ``path`` is this entry's weights; return its SHA-256 ("folder" for one)."""
+    path = Path(path)
+    if entry.kind == "med3dvlm":
+        check_hf_folder(entry, path)
+        return "folder"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file; {entry.name} is one checkpoint file ({entry.file})")
     if entry.size is not None and path.stat().st_size != entry.size:
         raise CheckpointError(f"{path.name} has {path.stat().st_size} bytes, the manifest says {entry.size}: "
                               "the file is truncated or a different release")
@@ -96,70 +115,164 @@ def verify_file(entry: WeightEntry, path: Path) -> str:
     if entry.sha256 and digest != entry.sha256.lower():
         raise CheckpointError(f"{path.name} is corrupted or not the released file: SHA-256 {digest} "
                               f"does not match the manifest's {entry.sha256}")
+    if entry.kind == "sam2" and entry.config:
+        check_sam2_file(entry, path)
     return digest
+
+
+def check_sam2_file(entry: WeightEntry, path: Path) -> None:
+    """Load ``path`` strictly into the entry's SAM2 architecture (keys and shapes); the mismatch is named."""
+    from .config import SegmenterConfig
+    from .modeling.segmenter import build_segmenter, infer_sam2_config, read_state_dict, state_dict_mismatch
+
+    sd = read_state_dict(path)
+    size = lambda config: "hiera-" + Path(config).stem.rsplit("_", 1)[-1]  # noqa: E731
+    try:
+        found = infer_sam2_config(sd, path.name)
+    except CheckpointError:
+        found = None
+    if found and found != entry.config:
+        raise CheckpointError(f"{path.name} is a SAM2.1 {size(found)} checkpoint, but {entry.name} is {size(entry.config)}: "
+                              f"this file belongs to another entry")
+    predictor = build_segmenter(SegmenterConfig(sam2_config=entry.config, image_size=entry.image_size or 1024))
+    problems = state_dict_mismatch(sd, predictor.state_dict())
+    if problems:
+        raise CheckpointError(f"{path.name} does not load into {entry.name} ({size(entry.config)}): " + "; ".join(problems))
+
+
+# Weight-key prefixes a folder of each model_type must hold (Med3DVLM's published layout).
+HF_FOLDER_KEYS = {"vlm_qwen": ("model.vision_tower.vision_tower.", "model.mm_projector.", "model.layers."),
+                  "dec_clip": ("vision_encoder.",)}
+
+
+def check_hf_folder(entry: WeightEntry, path: Path) -> None:
+    """A Hugging Face model folder: config.json with the entry's ``model_type`` and safetensors weights
+    holding the expected modules (read from the safetensors headers: no 7B load)."""
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a folder; {entry.name} is a Hugging Face model folder "
+                              f"(config.json, *.safetensors, tokenizer files)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} has no readable config.json ({exc}); is it the {entry.name} folder?") from None
+    if entry.model_type and config.get("model_type") != entry.model_type:
+        raise CheckpointError(f"{path.name}/config.json has model_type {config.get('model_type')!r}; {entry.name} "
+                              f"needs {entry.model_type!r}")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path} has no .safetensors weights (only safetensors are loaded: nothing is unpickled)")
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    try:
+        for f in files:
+            with safe_open(str(f), framework="numpy") as fh:
+                keys.update(fh.keys())
+    except Exception as exc:  # safetensors raises its own types for a corrupt header
+        raise CheckpointError(f"{f.name} in {path.name} is not a valid safetensors file ({exc})") from None
+    absent = [p for p in HF_FOLDER_KEYS.get(entry.model_type or "", ()) if not any(k.startswith(p) for k in keys)]
+    if absent:
+        raise CheckpointError(f"{path.name} lacks the weights of {', '.join(absent)}*: not a complete {entry.name} folder")
 
 
 def list_weights(manifest: dict[str, WeightEntry] | None = None) -> list[dict]:
     manifest = manifest if manifest is not None else load_manifest()
-    return [{"name": e.name, "installed": (cache_dir() / e.file).is_file(), "license": e.license,
-             "size": e.size, "sha256": e.sha256 or "unknown", "url": e.url} for e in manifest.values()]
+    return [{"name": e.name, "installed": (cache_dir() / e.file).exists(), "license": e.license, "kind": e.kind,
+             "size": e.size, "sha256": e.sha256 or "unknown", "url": e.url, "repo": e.repo} for e in manifest.values()]
+
+
+def _progress_class(progress: Callable[[int, int | None], None] | None, cancel: CancelToken | None):
+    """A tqdm class for huggingface_hub: shows a bar, reports bytes to ``progress`` and honours ``cancel``."""
+    from tqdm.auto import tqdm
+
+    class Progress(tqdm):
+        # Counts on its own: a disabled tqdm (TQDM_DISABLE, no terminal) keeps no n/total/unit.
+        def __init__(self, *args, **kwargs):
+            self._bytes = kwargs.get("unit") == "B"
+            self._total, self._done = kwargs.get("total"), 0
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            check(cancel)  # raising here stops the download; huggingface_hub resumes it next time
+            self._done += n or 0
+            if progress and self._bytes:
+                progress(int(self._done), int(self._total) if self._total else None)
+            return super().update(n)
+
+    return Progress
 
 
 def download(name: str, progress: Callable[[int, int | None], None] | None = None,
-             cancel: CancelToken | None = None, manifest: dict[str, WeightEntry] | None = None,
-             timeout: float = 60.0) -> Path:
-    """Download into the cache, resuming a ``.part`` file with an HTTP Range request; verify, then install."""
+             cancel: CancelToken | None = None, manifest: dict[str, WeightEntry] | None = None) -> Path:
+    """Download from the entry's Hugging Face repository (resumable, cached), verify, then install."""
+    import huggingface_hub
+
     entry = _entry(name, manifest)
-    if not entry.url:
-        raise InputError(f"{name} has no download URL; import the file with `medvlsam2 weights import {name} FILE`")
+    if not entry.repo:
+        raise InputError(f"{name} has no download repository; import the file with `medvlsam2 weights import {name} FILE`")
+    staging = cache_dir() / ".download" / name  # huggingface_hub keeps partial files here for resuming
+    tqdm_class = _progress_class(progress, cancel)
+    try:
+        if entry.kind == "med3dvlm":
+            got = huggingface_hub.snapshot_download(entry.repo, revision=entry.revision, local_dir=staging,
+                                                    tqdm_class=tqdm_class)
+        else:
+            got = huggingface_hub.hf_hub_download(entry.repo, entry.file, revision=entry.revision, local_dir=staging,
+                                                  tqdm_class=tqdm_class)
+    except Cancelled:
+        raise
+    except Exception as exc:  # network, proxy, auth, missing file: huggingface_hub's own error types
+        raise CheckpointError(f"download of {name} from huggingface.co/{entry.repo} failed ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); run the command again to resume, or obtain it by other means"
+                              f"{f' ({entry.url})' if entry.url else ''} and run `medvlsam2 weights import {name} PATH`") from None
+    got = Path(got)
+    try:
+        verify_file(entry, got)
+    except CheckpointError:
+        _remove(got)
+        raise
+    return _install(entry, got, move=True)
+
+
+def import_file(name: str, source: str | os.PathLike, manifest: dict[str, WeightEntry] | None = None) -> Path:
+    """Offline sites: copy a file (or model folder) obtained by other means into the cache after verifying it."""
+    entry = _entry(name, manifest)
+    src = Path(source)
+    if not src.exists():
+        raise InputError(f"no such file or folder: {src}")
+    verify_file(entry, src)
+    return _install(entry, src, move=False)
+
+
+def _install(entry: WeightEntry, src: Path, move: bool) -> Path:
+    """Put ``src`` at the entry's place atomically (a ``.part`` copy renamed), replacing an older install."""
     final = cache_dir() / entry.file
     part = final.with_name(final.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(entry.url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            if have and response.status != 206:  # server ignored the range: start over
-                have = 0
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else entry.size
-            with open(part, "ab" if have else "wb") as out:
-                done = have
-                for block in iter(lambda: response.read(CHUNK), b""):
-                    check(cancel)  # the .part stays for a later resume
-                    out.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-    except OSError as exc:
-        raise CheckpointError(f"download of {name} failed ({exc}); run the command again to resume, or download "
-                              f"{entry.url} by other means and use `medvlsam2 weights import {name} FILE`") from None
-    try:
-        verify_file(entry, part)
-    except CheckpointError:
-        part.unlink()
-        raise
+    _remove(part)
+    if move:
+        shutil.move(str(src), part)
+    elif src.is_dir():
+        shutil.copytree(src, part, ignore=shutil.ignore_patterns(".cache"))
+    else:
+        shutil.copyfile(src, part)
+    _remove(final)
     part.replace(final)
     return final
 
 
-def import_file(name: str, source: str | os.PathLike, manifest: dict[str, WeightEntry] | None = None) -> Path:
-    """Offline sites: copy a file obtained by other means into the cache after verifying it."""
-    entry = _entry(name, manifest)
-    src = Path(source)
-    if not src.is_file():
-        raise InputError(f"no such file: {src}")
-    verify_file(entry, src)
-    final = cache_dir() / entry.file
-    shutil.copyfile(src, final.with_name(final.name + ".part"))
-    final.with_name(final.name + ".part").replace(final)
-    return final
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def delete(name: str, manifest: dict[str, WeightEntry] | None = None) -> bool:
-    removed = False
+    """Remove the installed file or folder and any partial download; False when there was nothing."""
     final = weight_path(name, manifest)
-    for p in (final, final.with_name(final.name + ".part")):
+    removed = False
+    for p in (final, final.with_name(final.name + ".part"), cache_dir() / ".download" / name):
         if p.exists():
-            p.unlink()
+            _remove(p)
             removed = True
     return removed

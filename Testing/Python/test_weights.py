@@ -1,9 +1,8 @@
-"""Weights cache: resumable verified downloads from a loopback server, cancel, offline import, CLI."""
+"""Weights cache: verified downloads through huggingface_hub (mocked at its boundary: no network), cancel,
+offline import of files and model folders, architecture checks, CLI."""
 
 import hashlib
-import http.server
-import re
-import threading
+from pathlib import Path
 
 import pytest
 
@@ -12,73 +11,116 @@ from medvlsam2.cli import main
 from medvlsam2.errors import Cancelled, CheckpointError, InputError
 from medvlsam2.utils.cancel import CancelToken
 
-PAYLOAD = bytes(range(256)) * 12_000  # ~3 MB: several chunks
+PAYLOAD = bytes(range(256)) * 12_000  # ~3 MB: several progress updates
+CHUNK = 1 << 20
 
 
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves PAYLOAD at any path and honours 'Range: bytes=N-' like real CDNs."""
+class FakeHub:
+    """Stands in for huggingface_hub's download functions: writes into ``local_dir`` and drives ``tqdm_class``
+    like the real ones (a byte bar updated per chunk). Records the calls."""
 
-    def do_GET(self):
-        start = 0
-        match = re.match(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if match:
-            start = int(match.group(1))
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        body = PAYLOAD[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def __init__(self, payload=PAYLOAD):
+        self.payload, self.calls = payload, []
 
-    def log_message(self, *args):
-        pass
+    def hf_hub_download(self, repo_id, filename, *, revision=None, local_dir=None, tqdm_class=None, **_):
+        self.calls.append((repo_id, filename, revision))
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        bar = tqdm_class(total=len(self.payload), unit="B", disable=True)
+        with open(target.with_suffix(".incomplete"), "wb") as out:
+            for start in range(0, len(self.payload), CHUNK):
+                block = self.payload[start:start + CHUNK]
+                out.write(block)
+                bar.update(len(block))
+        bar.close()
+        target.with_suffix(".incomplete").replace(target)
+        return str(target)
+
+    def snapshot_download(self, repo_id, *, revision=None, local_dir=None, tqdm_class=None, **_):
+        self.calls.append((repo_id, None, revision))
+        write_med3dvlm_folder(Path(local_dir))
+        return str(local_dir)
 
 
-@pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+def write_med3dvlm_folder(root: Path, prefixes=("model.vision_tower.vision_tower.", "model.mm_projector.", "model.layers.")):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text('{"model_type": "vlm_qwen"}')
+    save_file({p + "0.weight": np.zeros(2, np.float32) for p in prefixes}, str(root / "model.safetensors"))
+    return root
 
 
 @pytest.fixture
-def manifest(server, tmp_path, monkeypatch):
+def hub(monkeypatch):
+    import huggingface_hub
+
+    fake = FakeHub()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    return fake
+
+
+@pytest.fixture
+def manifest(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path / "home"))
     good = hashlib.sha256(PAYLOAD).hexdigest()
     return {
-        "good": weights.WeightEntry("good", f"{server}/w.pt", "w.pt", len(PAYLOAD), good, "Apache-2.0"),
-        "bad": weights.WeightEntry("bad", f"{server}/w.pt", "bad.pt", None, "0" * 64, "Apache-2.0"),
+        "good": weights.WeightEntry("good", None, "w.pt", len(PAYLOAD), good, "Apache-2.0", repo="org/good",
+                                    revision="abc123"),
+        "bad": weights.WeightEntry("bad", None, "bad.pt", None, "0" * 64, "Apache-2.0", repo="org/bad"),
+        "vlm": weights.WeightEntry("vlm", None, "VLM", None, None, "MIT", kind="med3dvlm", model_type="vlm_qwen",
+                                   repo="org/vlm"),
     }
 
 
-def test_download_verifies_and_installs(manifest):
+def test_download_goes_through_huggingface_hub_verifies_and_installs(manifest, hub):
     seen = []
     path = weights.download("good", progress=lambda done, total: seen.append((done, total)), manifest=manifest)
-    assert path.read_bytes() == PAYLOAD
+    assert path == weights.weight_path("good", manifest) and path.read_bytes() == PAYLOAD
+    assert hub.calls == [("org/good", "w.pt", "abc123")]  # the pinned revision is passed on
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD)) and len(seen) > 1
 
 
-def test_cancel_keeps_a_part_file_that_resumes(manifest):
+def test_cancel_stops_the_download_and_installs_nothing(manifest, hub):
     token = CancelToken()
-
-    def cancel_after_first_chunk(done, total):
-        token.cancel()
-
     with pytest.raises(Cancelled):
-        weights.download("good", progress=cancel_after_first_chunk, cancel=token, manifest=manifest)
-    part = weights.weight_path("good", manifest).with_name("w.pt.part")
-    assert 0 < part.stat().st_size < len(PAYLOAD)
-    assert weights.download("good", manifest=manifest).read_bytes() == PAYLOAD
-    assert not part.exists()
+        weights.download("good", progress=lambda done, total: token.cancel(), cancel=token, manifest=manifest)
+    assert not weights.weight_path("good", manifest).exists()
+    assert weights.download("good", manifest=manifest).read_bytes() == PAYLOAD  # a later call completes
 
 
-def test_checksum_mismatch_is_rejected_and_nothing_installed(manifest):
+def test_checksum_mismatch_is_rejected_and_nothing_installed(manifest, hub):
     with pytest.raises(CheckpointError, match="SHA-256"):
         weights.download("bad", manifest=manifest)
     final = weights.weight_path("bad", manifest)
-    assert not final.exists() and not final.with_name("bad.pt.part").exists()
+    assert not final.exists() and not (weights.cache_dir() / ".download" / "bad" / "bad.pt").exists()
+
+
+def test_a_hub_error_says_how_to_import_instead(manifest, monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("could not connect to huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(CheckpointError, match="weights import good"):
+        weights.download("good", manifest=manifest)
+
+
+def test_med3dvlm_folders_download_import_and_are_checked(manifest, hub, tmp_path):
+    path = weights.download("vlm", manifest=manifest)
+    assert path.is_dir() and (path / "config.json").is_file() and hub.calls == [("org/vlm", None, None)]
+    assert weights.verify_file(manifest["vlm"], path) == "folder"
+    partial = write_med3dvlm_folder(tmp_path / "partial", prefixes=("model.layers.",))
+    with pytest.raises(CheckpointError, match="lacks the weights of model.vision_tower.vision_tower."):
+        weights.import_file("vlm", partial, manifest=manifest)
+    (partial / "config.json").write_text('{"model_type": "qwen2"}')
+    with pytest.raises(CheckpointError, match="model_type 'qwen2'"):
+        weights.import_file("vlm", partial, manifest=manifest)
+    assert weights.import_file("vlm", write_med3dvlm_folder(tmp_path / "usb"), manifest=manifest) == path
+    assert weights.delete("vlm", manifest=manifest) and not path.exists()
 
 
 def test_offline_import_and_corrupted_file(manifest, tmp_path):
@@ -96,8 +138,9 @@ def test_offline_import_and_corrupted_file(manifest, tmp_path):
 def test_shipped_manifest_and_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path))
     entries = weights.load_manifest()
-    assert {"sam2.1-hiera-tiny", "medsam2-latest"} <= set(entries)
-    assert all(e.url.startswith("https://") and e.license for e in entries.values())
+    assert {"sam2.1-hiera-tiny", "medsam2-latest", "med3dvlm-qwen2.5-7b", "dcformer-siglip"} <= set(entries)
+    assert all(e.repo and e.license for e in entries.values())  # every entry downloads from huggingface.co
+    assert entries["medsam2-latest"].image_size == 512 and entries["sam2.1-hiera-large"].image_size == 1024
     assert main(["weights", "list"]) == 0
     assert "sam2.1-hiera-tiny" in capsys.readouterr().out
     assert main(["weights", "cache"]) == 0 and str(tmp_path) in capsys.readouterr().out

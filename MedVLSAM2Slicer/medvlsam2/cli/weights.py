@@ -1,4 +1,8 @@
-"""``medvlsam2 weights``: list, download (resumable, verified), import, verify, path, cache, delete."""
+"""``medvlsam2 weights``: list, download (resumable, verified), import, verify, path, cache, delete.
+
+``path`` and ``verify`` exit 1 when the entry is not installed; ``import`` and ``verify`` refuse a file
+that does not load into the entry's architecture, naming the mismatch.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          ("path", "print the installed file's path"), ("verify", "check the installed file"),
                          ("delete", "remove the installed file and any partial download")]:
         actions.add_parser(action, help=text).add_argument("name")
-    imp = actions.add_parser("import", help="install a file obtained by other means (offline sites)")
+    imp = actions.add_parser("import", help="install a file (or model folder) obtained by other means (offline sites)")
     imp.add_argument("name")
-    imp.add_argument("file")
+    imp.add_argument("file", help="the checkpoint file, or the Hugging Face model folder of a Med3DVLM entry")
     p.set_defaults(func=run)
 
 
@@ -26,31 +30,23 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         for row in weights.list_weights():
             mark = "installed" if row["installed"] else "-"
-            print(f"{row['name']:24} {mark:10} {row['license']:12} sha256={row['sha256'][:16]}")
+            print(f"{row['name']:24} {mark:10} {row['kind']:9} {row['license']:12} hf={row['repo'] or '-'}")
     elif args.action == "cache":
         print(weights.cache_dir())
-    elif args.action == "path":
-        print(weights.weight_path(args.name))
-    elif args.action == "verify":
-        path = weights.weight_path(args.name)
-        if not path.is_file():
-            print(f"{args.name} is not installed")
-            return 1
-        print(f"ok sha256={weights.verify_file(weights.load_manifest()[args.name], path)}")
+    elif args.action in ("path", "verify"):
+        path = weights.installed_path(args.name)  # not installed: InputError, exit 1 with how to install
+        if args.action == "path":
+            print(path)
+        else:
+            print(f"ok {args.name} sha256={weights.verify_file(weights.load_manifest()[args.name], path)}")
     elif args.action == "delete":
         print("deleted" if weights.delete(args.name) else "nothing to delete")
     elif args.action == "import":
         print(weights.import_file(args.name, args.file))
     elif args.action == "download":
-        from tqdm import tqdm
-
-        with tqdm(unit="B", unit_scale=True, desc=args.name) as bar:
-            def progress(done: int, total: int | None) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-            try:
-                print(weights.download(args.name, progress=progress))
-            except KeyboardInterrupt:  # the .part file is kept
-                print("cancelled; run the same command again to resume")
-                return 130
+        try:
+            print(weights.download(args.name))  # huggingface_hub draws the progress bar
+        except KeyboardInterrupt:  # partial files are kept
+            print("cancelled; run the same command again to resume")
+            return 130
     return 0
