@@ -1,7 +1,9 @@
 """Runs the panel's actions: model calls on the worker thread, MRML writes on the main thread.
 
 Works with any object that has the Session's method names (local ``medvlsam2.session.Session`` or
-``medvlsam2.client.RemoteSession``). A failed or cancelled call changes no segment.
+``medvlsam2.client.RemoteSession``). A failed or cancelled call changes no segment. Each write that changes
+a segment is one step of Slicer's segmentation undo history (``undo.SegmentationUndo``); undoing it also
+undoes the session's matching step, so the next prompt starts from what the user sees.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from medvlsam2.errors import Cancelled, InputError
 from . import report_node, segments
 from .panel_state import PanelState
 from .signals import Signal
+from .undo import SegmentationUndo
 from .worker import Job, ModelWorker
 
-MAX_HISTORY = 50
+
+class _Step:
+    """One Slicer undo step and how many session steps (of ``obj``) it covers."""
+
+    def __init__(self, segment_id: str, obj: int) -> None:
+        self.segment_id, self.obj, self.engine_steps = segment_id, obj, 1
 
 
 class Controller:
@@ -30,8 +38,8 @@ class Controller:
         self.volume_node = None
         self.segmentation_node = None
         self.objects: dict[str, int] = {}  # segment id -> session object id
-        self.before_write: Callable[[], None] | None = None  # e.g. the Segment Editor's saveStateForUndo
-        self.history: list[segments.UndoRecord] = []
+        self.undo_history: SegmentationUndo | None = None
+        self._steps: list[_Step] = []  # parallel to undo_history.steps
         self.answer_chunk = Signal()   # (text) streamed answer / report pieces
         self.answer_done = Signal()    # (job name, full text)
         self.segments_written = Signal()  # (list of segment ids)
@@ -40,11 +48,19 @@ class Controller:
         self.current_segment: str | None = None  # the segment selected in the panel
 
     # ----- setup (main thread)
-    def attach(self, session, volume_node, segmentation_node) -> None:
-        """Use ``session`` (opened on ``volume_node``'s voxels) and write into ``segmentation_node``."""
+    def attach(self, session, volume_node, segmentation_node, undo_history: SegmentationUndo | None = None) -> None:
+        """Use ``session`` (opened on ``volume_node``'s voxels) and write into ``segmentation_node``.
+
+        The previous session is closed (on the worker thread, after any running call), so switching volumes
+        leaves one live session on the server. ``undo_history`` records one undo step per write.
+        """
+        previous = self.session
+        if previous is not None and previous is not session:
+            self.close_session(previous)
         self.session, self.volume_node, self.segmentation_node = session, volume_node, segmentation_node
+        self.undo_history = undo_history
         self.objects.clear()
-        self.history.clear()
+        self._steps.clear()
         self._text_queue.clear()
         if segmentation_node is not None and volume_node is not None:
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
@@ -52,13 +68,31 @@ class Controller:
                           segmentation_selected=segmentation_node is not None)
         self._update_selection()  # a new session knows none of the segments yet
 
+    def close_session(self, session, wait: bool = False) -> None:
+        """Close ``session`` on the worker thread (a server call); errors are ignored (the server may be gone)."""
+        close = getattr(session, "close", None)
+        if close is None:
+            return
+
+        def run(job: Job) -> None:
+            close()
+        if self.worker.alive:
+            self.worker.submit(Job("close", run, on_error=lambda exc: None))
+            if wait:
+                self.worker.wait_all(timeout=30)
+        else:
+            try:
+                close()
+            except Exception:
+                pass
+
     def select_segment(self, segment_id: str | None) -> None:
         self.current_segment = segment_id or None
         self._update_selection()
 
     def _update_selection(self) -> None:
         self.state.update(segment_selected=self.current_segment is not None,
-                          segment_has_object=self.current_segment in self.objects)
+                          segment_has_object=self.current_segment in self.objects, can_undo=self.can_undo)
 
     # ----- helpers
     def _start(self, name: str, run: Callable[[Job], Any], on_done: Callable[[Any], None],
@@ -90,9 +124,20 @@ class Controller:
         return self.segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
 
     def _write(self, segment_id: str, result) -> None:
-        record = segments.write_result(self.segmentation_node, segment_id, self.volume_node, result, self.before_write)
-        if record is not None:
-            self.history = (self.history + [record])[-MAX_HISTORY:]
+        """Write ``result`` into the segment as one undo step (none when nothing changed)."""
+        obj = result.object_id
+        history = self.undo_history
+
+        def save() -> None:
+            if history is not None:
+                history.save(segment_id)
+                self._steps = (self._steps + [_Step(segment_id, obj)])[-len(history.steps):]
+        if not segments.write_result(self.segmentation_node, segment_id, self.volume_node, result, save):
+            # the session took a step that changed no voxel: the visible step before it covers it too
+            for step in reversed(self._steps):
+                if step.obj == obj:
+                    step.engine_steps += 1
+                    break
 
     def _written(self, segment_id: str) -> Callable[[Any], None]:
         def done(result) -> None:
@@ -123,15 +168,49 @@ class Controller:
         return self._start("box", lambda job: self.session.add_box(self._object_for(segment_id, name), box),
                            self._written(segment_id))
 
+    def add_mask(self, segment_id: str, k: int, mask2d) -> Job | None:
+        """A lasso: a filled 2D mask [j, i] on axial slice ``k``, given to SAM2 as a mask prompt."""
+        segments._check_segment(self.segmentation_node, segment_id)
+        if not hasattr(self.session, "add_mask"):
+            raise InputError("this model server does not take lasso (mask) prompts; update MedVLSAM2 on the server")
+        mask2d = np.asarray(mask2d, dtype=np.uint8)
+        if not mask2d.any():
+            raise InputError("the lasso encloses no voxel; draw a larger closed curve")
+        name = self._segment_name(segment_id)
+        return self._start("lasso", lambda job: self.session.add_mask(self._object_for(segment_id, name), int(k), mask2d),
+                           self._written(segment_id))
+
     def propagate(self, segment_id: str, k_range: tuple[int, int] | None = None, direction: str = "both") -> Job | None:
         obj = self._known(segment_id)
         return self._start("propagate", lambda job: self.session.propagate(obj, k_range, direction, cancel=job.cancel,
                                                                            progress=job.progress),
                            self._written(segment_id))
 
-    def undo(self, segment_id: str) -> Job | None:
-        obj = self._known(segment_id)
-        return self._start("undo", lambda job: self.session.undo(obj), self._written(segment_id))
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._steps) and self.undo_history is not None and self.undo_history.can_undo
+
+    def undo(self) -> Job | None:
+        """Undo the last write (Slicer's history restores the segmentation) and the session's matching step."""
+        if self.session is None:
+            raise InputError("no model session: start the server (or connect) and select a CT volume first")
+        if not self.can_undo:
+            raise InputError("nothing to undo")
+        if self.state.busy:
+            self.message.emit(f"busy with {self.state.busy_job}; wait or press Cancel")
+            return None
+        step = self._steps.pop()
+        self.undo_history.undo()  # main thread: MRML
+
+        def run(job: Job) -> None:
+            for _ in range(step.engine_steps):
+                self.session.undo(step.obj)
+
+        def done(_) -> None:
+            self.state.finish()
+            self._update_selection()
+            self.segments_written.emit([step.segment_id])
+        return self._start("undo", run, done)
 
     def reset(self, segment_id: str) -> Job | None:
         obj = self._known(segment_id)

@@ -1,8 +1,14 @@
-"""Markups control points and ROI boxes -> voxel indices of the session's volume."""
+"""Markups -> prompts in voxels of the session's volume: points, ROI boxes, lassos (closed curves), scribbles (curves).
+
+``RoiBoxTracker`` turns the event sequence of an ROI placed by two corner clicks (Slicer >= 5.8: a
+``PointPositionDefinedEvent`` after the first corner with a zero size, another after the second) and of
+later handle drags into exactly one box per completed or adjusted ROI.
+"""
 
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 import numpy as np
 
@@ -36,11 +42,22 @@ def labelled_points(positive_node, negative_node, volume_node) -> tuple[np.ndarr
     return np.r_[pos, neg].astype(np.int64), labels
 
 
+MAX_SCRIBBLE_POINTS = 64  # one stroke; the server caps points per call as well
+
+
+def roi_complete(roi_node) -> bool:
+    """True once the ROI has a size in at least two axes (its second corner is placed)."""
+    if roi_node.GetNumberOfControlPoints() == 0:
+        return False
+    return int(np.sum(np.array(roi_node.GetSize(), dtype=np.float64) > 0)) >= 2
+
+
 def roi_corners_world(roi_node) -> np.ndarray:
     """The 8 corners [8, 3] of an ROI box in world RAS (orientation and parent transforms applied)."""
     size = np.array(roi_node.GetSize(), dtype=np.float64)
-    if np.any(size <= 0):
-        raise InputError(f"ROI '{roi_node.GetName()}' has zero size; drag its handles to enclose the structure")
+    if not roi_complete(roi_node):
+        raise InputError(f"ROI '{roi_node.GetName()}' is not complete; click its second corner or drag its handles "
+                         "to enclose the structure")
     object_to_world = _vtk_to_numpy(roi_node.GetObjectToWorldMatrix())
     corners = np.array(list(itertools.product(*[(-s / 2, s / 2) for s in size])))
     return (object_to_world @ np.c_[corners, np.ones(8)].T).T[:, :3]
@@ -51,7 +68,123 @@ def roi_to_box(roi_node, volume_node) -> tuple[int, int, int, int, int, int]:
     ijk = world_to_ijk(volume_node, roi_corners_world(roi_node))
     dims = np.array(volume_node.GetImageData().GetDimensions())
     lo, hi = np.ceil(ijk.min(0) - 1e-6), np.floor(ijk.max(0) + 1e-6)  # voxel centres inside the box
+    flat = (lo > hi) & (ijk.max(0) - ijk.min(0) < 1)  # a box drawn flat on a slice: that slice
+    lo[flat] = hi[flat] = np.rint(ijk.mean(0))[flat]
     lo, hi = np.maximum(lo, 0).astype(int), np.minimum(hi, dims - 1).astype(int)
     if np.any(lo > hi):
         raise InputError(f"ROI '{roi_node.GetName()}' does not overlap the volume '{volume_node.GetName()}'")
+    if hi[0] == lo[0] or hi[1] == lo[1]:
+        raise InputError(f"ROI '{roi_node.GetName()}' has no width or height on the axial slices; draw the box in "
+                         "the axial (red) view, or drag its handles to give it depth")
     return (int(lo[0]), int(lo[1]), int(lo[2]), int(hi[0]), int(hi[1]), int(hi[2]))
+
+
+class RoiBoxTracker:
+    """Calls ``on_box(box)`` once when the ROI is completed and once per adjustment that changes its voxel box."""
+
+    def __init__(self, roi_node, volume_node, on_box: Callable[[tuple[int, ...]], None],
+                 on_error: Callable[[str], None]) -> None:
+        self.roi, self.volume, self.on_box, self.on_error = roi_node, volume_node, on_box, on_error
+        self.last: tuple[int, ...] | None = None
+        self._tags = [roi_node.AddObserver(event, self._changed)
+                      for event in (roi_node.PointPositionDefinedEvent, roi_node.PointEndInteractionEvent)]
+
+    def _changed(self, caller=None, event=None) -> None:
+        if not roi_complete(self.roi):
+            return  # first corner only: wait for the second
+        try:
+            box = roi_to_box(self.roi, self.volume)
+        except InputError as exc:
+            self.on_error(str(exc))
+            return
+        if box != self.last:
+            self.last = box
+            self.on_box(box)
+
+    def restart(self) -> None:
+        """A new box will be drawn: forget the last one."""
+        self.last = None
+
+    def stop(self) -> None:
+        for tag in self._tags:
+            self.roi.RemoveObserver(tag)
+        self._tags = []
+
+
+def curve_points_world(curve_node) -> np.ndarray:
+    """The curve as drawn [N, 3] world RAS: its interpolated points, or its control points."""
+    points = curve_node.GetCurvePointsWorld()
+    if points is not None and points.GetNumberOfPoints() >= 2:
+        return np.array([points.GetPoint(n) for n in range(points.GetNumberOfPoints())], dtype=np.float64)
+    return control_points_world(curve_node)
+
+
+def _densify(ijk: np.ndarray, closed: bool) -> np.ndarray:
+    """Points every <= 0.5 voxel along the polyline ``ijk`` [N, 3] (closing it when ``closed``)."""
+    if closed:
+        ijk = np.r_[ijk, ijk[:1]]
+    out = [ijk[:1]]
+    for a, b in zip(ijk[:-1], ijk[1:]):
+        n = max(1, int(np.ceil(np.abs(b - a).max() * 2)))
+        out.append(a + (b - a) * (np.arange(1, n + 1)[:, None] / n))
+    return np.concatenate(out)
+
+
+def scribble_to_points(curve_node, volume_node, max_points: int = MAX_SCRIBBLE_POINTS) -> np.ndarray:
+    """Voxels (i, j, k) [N, 3] the stroke passes through, in drawing order, at most ``max_points`` (evenly kept).
+
+    Works in any view: a coronal stroke gives points on several axial slices, each prompted on its slice.
+    """
+    world = curve_points_world(curve_node)
+    if len(world) == 0:
+        raise InputError("the scribble has no points; draw a stroke on a slice view")
+    ijk = np.rint(_densify(world_to_ijk(volume_node, world), closed=False)).astype(np.int64)
+    dims = np.array(volume_node.GetImageData().GetDimensions())
+    ijk = ijk[np.all((ijk >= 0) & (ijk < dims), axis=1)]
+    if len(ijk) == 0:
+        raise InputError("the scribble lies outside the volume; draw it on the CT itself")
+    _, first = np.unique(ijk, axis=0, return_index=True)
+    ijk = ijk[np.sort(first)]
+    if len(ijk) > max_points:
+        ijk = ijk[np.linspace(0, len(ijk) - 1, max_points).round().astype(int)]
+    return ijk
+
+
+def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 mask [rows, cols] of the pixel centres inside ``polygon`` [N, 2] of (col, row) points (even-odd rule)."""
+    rows, cols = shape
+    x, y = polygon[:, 0], polygon[:, 1]
+    x0, x1 = max(int(np.floor(x.min())), 0), min(int(np.ceil(x.max())), cols - 1)
+    y0, y1 = max(int(np.floor(y.min())), 0), min(int(np.ceil(y.max())), rows - 1)
+    mask = np.zeros(shape, np.uint8)
+    if x0 > x1 or y0 > y1:
+        return mask
+    py, px = np.mgrid[y0:y1 + 1, x0:x1 + 1]
+    inside = np.zeros(px.shape, bool)
+    xa, ya, xb, yb = x, y, np.roll(x, -1), np.roll(y, -1)
+    for ax, ay, bx, by in zip(xa, ya, xb, yb):  # one crossing test per edge, vectorised over pixels
+        crosses = (ay > py) != (by > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xcross = ax + (py - ay) * (bx - ax) / (by - ay)
+        inside ^= crosses & (px < xcross)
+    mask[y0:y1 + 1, x0:x1 + 1] = inside
+    return mask
+
+
+def lasso_to_mask(curve_node, volume_node) -> tuple[int, np.ndarray]:
+    """(axial slice k, filled mask [j, i]) of a closed curve drawn on an axial slice view."""
+    world = curve_points_world(curve_node)
+    if len(world) < 3:
+        raise InputError("a lasso needs at least 3 points; draw a closed curve around the structure")
+    ijk = world_to_ijk(volume_node, world)
+    k = float(np.median(ijk[:, 2]))
+    if np.abs(ijk[:, 2] - k).max() > 0.5:
+        raise InputError("draw the lasso on the axial (red) view: SAM2 takes mask prompts on axial slices only")
+    dims = volume_node.GetImageData().GetDimensions()
+    k = int(round(k))
+    if not 0 <= k < dims[2]:
+        raise InputError("the lasso lies outside the volume; draw it on the CT itself")
+    mask = polygon_mask(ijk[:, :2], (dims[1], dims[0]))
+    if not mask.any():
+        raise InputError("the lasso encloses no voxel of the volume; draw a larger closed curve on the CT")
+    return k, mask

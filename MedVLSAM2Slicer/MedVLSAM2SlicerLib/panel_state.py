@@ -11,13 +11,31 @@ from .signals import Signal
 
 CONNECTION_STATES = ("disconnected", "starting", "connected", "error")
 STREAMING_JOBS = ("ask", "report")
+# capability names of medvlsam2.capabilities (kept as strings: this module imports nothing of the engine)
+INTERACTIVE, TEXT_SEGMENTATION, LANGUAGE = "interactive", "text_segmentation", "language"
+CAPABILITY_HINTS = {
+    INTERACTIVE: "The loaded model cannot segment from points, boxes, lassos or scribbles; load the demo bundle, "
+                 "a MedSAM2/SAM2.1 checkpoint or a recipe with a segmenter.",
+    TEXT_SEGMENTATION: "The loaded model cannot segment from text; load a trained MedVL-SAM2 bundle (the demo "
+                       "bundle) for text prompts.",
+    LANGUAGE: "The loaded model cannot answer questions or write reports; load the demo bundle, a Med3DVLM folder "
+              "or a recipe with a language part.",
+}
 
 # Every control whose enabled state the panel computes (objectNames in the .ui file).
 CONTROLS = (
-    "startServerButton", "stopServerButton", "positivePointButton", "negativePointButton", "boxButton",
-    "runTextButton", "propagateButton", "undoButton", "resetButton", "nextSegmentButton", "cancelButton",
+    "startServerButton", "stopServerButton", "pointButton", "boxButton", "lassoButton", "scribbleButton",
+    "negativeButton", "runTextButton", "propagateButton", "undoButton", "resetButton", "nextSegmentButton",
+    "cancelButton",
     "askButton", "stopAnswerButton", "reportButton", "copyReportButton", "saveReportButton",
 )
+
+NEEDS_CAPABILITY = {
+    **{c: INTERACTIVE for c in ("pointButton", "boxButton", "lassoButton", "scribbleButton", "negativeButton",
+                                "propagateButton", "resetButton")},
+    "runTextButton": TEXT_SEGMENTATION,
+    **{c: LANGUAGE for c in ("askButton", "reportButton")},
+}
 
 
 @dataclass
@@ -39,6 +57,7 @@ class PanelState:
         self.segmentation_selected = False
         self.segment_selected = False
         self.segment_has_object = False  # the selected segment is known to the session
+        self.can_undo = False  # the segmentation history holds a step this panel wrote
         self.text_prompt = ""
         self.question = ""
         self.report_text = ""
@@ -48,6 +67,8 @@ class PanelState:
         self.cancellable = False
         self.error = ""
         self.device = DeviceStatus()
+        self.capabilities: frozenset[str] | None = None  # what the served model can do; None: not reported
+        self.warning = ""  # shown once per volume (e.g. a CT unlike the model's training data)
         self.progress: tuple[int, int] | None = None
 
     # ----- inputs
@@ -61,10 +82,12 @@ class PanelState:
             raise ValueError(f"connection must be one of {CONNECTION_STATES}, got {self.connection!r}")
         if self.connection != "connected":
             self.session_open = False
+            self.capabilities = None
         self.changed.emit()
 
-    def set_device(self, name: str, memory_gb: float | None = None) -> None:
+    def set_device(self, name: str, memory_gb: float | None = None, capabilities=None) -> None:
         self.device = DeviceStatus(name, memory_gb)
+        self.capabilities = frozenset(capabilities) if capabilities is not None else None
         self.changed.emit()
 
     def set_error(self, message: str) -> None:
@@ -108,12 +131,14 @@ class PanelState:
         rules = {
             "startServerButton": idle and self.connection in ("disconnected", "error"),
             "stopServerButton": self.connection in ("starting", "connected") and idle,
-            "positivePointButton": prompt_ready,
-            "negativePointButton": prompt_ready and self.segment_has_object,
+            "pointButton": prompt_ready,
             "boxButton": prompt_ready,
+            "lassoButton": prompt_ready,
+            "scribbleButton": prompt_ready,
+            "negativeButton": prompt_ready,
             "runTextButton": self.ready and idle and self.segmentation_selected and bool(self.text_prompt.strip()),
             "propagateButton": prompt_ready and self.segment_has_object,
-            "undoButton": prompt_ready and self.segment_has_object,
+            "undoButton": self.ready and idle and self.can_undo,
             "resetButton": prompt_ready and self.segment_has_object,
             "nextSegmentButton": idle and self.segmentation_selected,
             "cancelButton": self.busy and self.cancellable and self.busy_job not in STREAMING_JOBS,
@@ -125,7 +150,14 @@ class PanelState:
         }
         if control not in rules:
             raise KeyError(f"unknown control {control!r}; known: {', '.join(CONTROLS)}")
-        return rules[control]
+        return rules[control] and not self.missing_capability(control)
+
+    def missing_capability(self, control: str) -> str:
+        """Why the loaded model cannot serve ``control`` (its tooltip), or "" when it can."""
+        needed = NEEDS_CAPABILITY.get(control)
+        if needed is None or self.capabilities is None or needed in self.capabilities:
+            return ""
+        return CAPABILITY_HINTS[needed]
 
     def enabled_map(self) -> dict[str, bool]:
         return {c: self.enabled(c) for c in CONTROLS}

@@ -6,7 +6,6 @@ voxels (segments may overlap; Slicer moves the written segment to its own layer 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -14,15 +13,6 @@ import numpy as np
 from medvlsam2.errors import InputError
 
 from . import terminology
-
-
-@dataclass
-class UndoRecord:
-    """What one interaction replaced, so it can be put back exactly."""
-
-    segment_id: str
-    bbox: tuple[int, int, int, int, int, int]
-    previous: np.ndarray  # the segment's voxels inside bbox before the write
 
 
 def _check_segment(segmentation_node, segment_id: str) -> None:
@@ -42,43 +32,135 @@ def segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray
     return (np.asarray(array) > 0).astype(np.uint8)
 
 
-def write_patch(segmentation_node, segment_id: str, volume_node, bbox, patch: np.ndarray,
-                before_write: Callable[[], None] | None = None) -> UndoRecord | None:
-    """Replace the segment's voxels inside ``bbox`` (k0, k1, j0, j1, i0, i1, half-open) with ``patch``.
+def _matrix(getter) -> np.ndarray:
+    import vtk
 
-    ``before_write`` is called once, only when something changes (e.g. the Segment Editor's
-    ``saveStateForUndo``), so one interaction is one undo step. Returns what was replaced, or None.
-    """
+    m = vtk.vtkMatrix4x4()
+    getter(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _same_grid(labelmap, segmentation_node, volume_node) -> bool:
+    """True when the labelmap's voxels are the volume's voxels (same matrix and parent transform)."""
+    same_parent = segmentation_node.GetTransformNodeID() == volume_node.GetTransformNodeID()
+    return same_parent and np.allclose(_matrix(labelmap.GetImageToWorldMatrix), _matrix(volume_node.GetIJKToRASMatrix),
+                                       atol=1e-6)
+
+
+def _voxels(image) -> np.ndarray:
+    """Writable [k, j, i] view of a VTK image's scalars (no copy)."""
+    from vtk.util import numpy_support
+
+    i0, i1, j0, j1, k0, k1 = image.GetExtent()
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
+
+
+def _empty(extent) -> bool:
+    return extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]
+
+
+def _grow(labelmap, box_extent: tuple[int, ...]) -> None:
+    """Enlarge ``labelmap`` (in place, zeros added) so its extent holds ``box_extent`` (i0, i1, j0, j1, k0, k1)."""
     import slicer
 
-    if bbox is None:
-        return None
+    old = labelmap.GetExtent()
+    empty = _empty(old)
+    new = box_extent if empty else tuple(min(o, b) if n % 2 == 0 else max(o, b)
+                                         for n, (o, b) in enumerate(zip(old, box_extent)))
+    grown = slicer.vtkOrientedImageData()
+    grown.CopyDirections(labelmap)
+    grown.SetSpacing(labelmap.GetSpacing())
+    grown.SetOrigin(labelmap.GetOrigin())
+    grown.SetExtent(*new)
+    grown.AllocateScalars(labelmap.GetScalarType() if not empty else 3, 1)  # 3 = VTK_UNSIGNED_CHAR
+    target = _voxels(grown)
+    target[...] = 0
+    if not empty:
+        target[old[4] - new[4]:old[5] - new[4] + 1, old[2] - new[2]:old[3] - new[2] + 1,
+               old[0] - new[0]:old[1] - new[0] + 1] = _voxels(labelmap)
+    labelmap.DeepCopy(grown)  # the same object: a layer shared with other segments stays shared
+
+
+def _write_full(segmentation_node, segment_id: str, volume_node, bbox, patch) -> bool:
+    """Slow path for a labelmap not on the volume's grid: read, change and rewrite the whole segment."""
+    import slicer
+
     current = segment_array(segmentation_node, segment_id, volume_node)
-    k0, k1, j0, j1, i0, i1 = (int(v) for v in bbox)
-    if not (0 <= k0 < k1 <= current.shape[0] and 0 <= j0 < j1 <= current.shape[1] and 0 <= i0 < i1 <= current.shape[2]):
-        raise InputError(f"result box {tuple(bbox)} lies outside the volume {current.shape}; the session is on another volume")
-    patch = (np.asarray(patch) > 0).astype(np.uint8)
-    if patch.shape != (k1 - k0, j1 - j0, i1 - i0):
-        raise InputError(f"result patch shape {patch.shape} does not match its box {tuple(bbox)}")
-    previous = current[k0:k1, j0:j1, i0:i1].copy()
-    if np.array_equal(previous, patch):
-        return None
-    if before_write is not None:
-        before_write()
+    k0, k1, j0, j1, i0, i1 = bbox
+    if np.array_equal(current[k0:k1, j0:j1, i0:i1], patch):
+        return False
     current[k0:k1, j0:j1, i0:i1] = patch
     slicer.util.updateSegmentBinaryLabelmapFromArray(current, segmentation_node, segment_id, volume_node)
-    return UndoRecord(segment_id, (k0, k1, j0, j1, i0, i1), previous)
+    return True
+
+
+def write_patch(segmentation_node, segment_id: str, volume_node, bbox, patch: np.ndarray,
+                before_write: Callable[[], None] | None = None) -> bool:
+    """Replace the segment's voxels inside ``bbox`` (k0, k1, j0, j1, i0, i1, half-open) with ``patch``.
+
+    Writes into the segment's internal labelmap in place, touching only the box (the extent grows only
+    when the patch reaches past it; a layer shared with another segment is split only where the patch
+    would cover that segment). ``before_write`` is called once, only when something changes (the
+    Segment Editor's save-state-for-undo), so one interaction is one undo step. Returns whether anything changed.
+    """
+    if bbox is None:
+        return False
+    _check_segment(segmentation_node, segment_id)
+    dims = volume_node.GetImageData().GetDimensions()[::-1]  # (k, j, i)
+    k0, k1, j0, j1, i0, i1 = (int(v) for v in bbox)
+    if not (0 <= k0 < k1 <= dims[0] and 0 <= j0 < j1 <= dims[1] and 0 <= i0 < i1 <= dims[2]):
+        raise InputError(f"result box {tuple(bbox)} lies outside the volume {tuple(dims)}; the session is on another volume")
+    patch = np.asarray(patch) > 0
+    if patch.shape != (k1 - k0, j1 - j0, i1 - i0):
+        raise InputError(f"result patch shape {patch.shape} does not match its box {tuple(bbox)}")
+    segmentation = segmentation_node.GetSegmentation()
+    labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if labelmap is not None and _empty(labelmap.GetExtent()) and \
+            segmentation_node.GetTransformNodeID() == volume_node.GetTransformNodeID():
+        import vtk
+
+        m = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(m)
+        labelmap.SetImageToWorldMatrix(m)  # an empty labelmap has no grid yet: take the volume's
+    if labelmap is None or not _same_grid(labelmap, segmentation_node, volume_node):
+        box = (k0, k1, j0, j1, i0, i1)
+        if before_write is not None and not np.array_equal(
+                segment_array(segmentation_node, segment_id, volume_node)[k0:k1, j0:j1, i0:i1], patch):
+            before_write()
+        return _write_full(segmentation_node, segment_id, volume_node, box, patch.astype(np.uint8))
+    ones = np.argwhere(patch)
+    if len(ones):
+        lo, hi = ones.min(0) + (k0, j0, i0), ones.max(0) + (k0, j0, i0)  # (k, j, i) inclusive
+        e = labelmap.GetExtent()
+        if lo[2] < e[0] or hi[2] > e[1] or lo[1] < e[2] or hi[1] > e[3] or lo[0] < e[4] or hi[0] > e[5]:
+            _grow(labelmap, (int(lo[2]), int(hi[2]), int(lo[1]), int(hi[1]), int(lo[0]), int(hi[0])))
+    # every voxel the patch sets now lies inside the extent; outside it the segment is empty and stays so
+    e = labelmap.GetExtent()
+    c = (max(k0, e[4]), min(k1, e[5] + 1), max(j0, e[2]), min(j1, e[3] + 1), max(i0, e[0]), min(i1, e[1] + 1))
+    if c[0] >= c[1] or c[2] >= c[3] or c[4] >= c[5]:
+        return False
+    region = _voxels(labelmap)[c[0] - e[4]:c[1] - e[4], c[2] - e[2]:c[3] - e[2], c[4] - e[0]:c[5] - e[0]]
+    sub = patch[c[0] - k0:c[1] - k0, c[2] - j0:c[3] - j0, c[4] - i0:c[5] - i0]
+    label = segmentation.GetSegment(segment_id).GetLabelValue()
+    if np.array_equal(region == label, sub):
+        return False
+    if before_write is not None:
+        before_write()
+    if np.any(sub & (region != 0) & (region != label)):
+        # the patch covers another segment of this shared layer: this segment gets its own layer (Slicer's call)
+        segmentation.SeparateSegmentLabelmap(segment_id)
+        return write_patch(segmentation_node, segment_id, volume_node, bbox, patch)
+    region[~sub & (region == label)] = 0
+    region[sub] = label
+    labelmap.Modified()
+    segmentation.GetSegment(segment_id).Modified()
+    return True
 
 
 def write_result(segmentation_node, segment_id: str, volume_node, result,
-                 before_write: Callable[[], None] | None = None) -> UndoRecord | None:
+                 before_write: Callable[[], None] | None = None) -> bool:
     """Write a ``SegmentationResult`` (bbox + patch) into one segment; see ``write_patch``."""
     return write_patch(segmentation_node, segment_id, volume_node, result.bbox, result.patch, before_write)
-
-
-def restore(segmentation_node, volume_node, record: UndoRecord) -> None:
-    """Put back what ``record`` replaced."""
-    write_patch(segmentation_node, record.segment_id, volume_node, record.bbox, record.previous)
 
 
 def add_prompt_segment(segmentation_node, name: str, phrase: str | None = None) -> str:

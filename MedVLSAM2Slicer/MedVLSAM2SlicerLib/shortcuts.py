@@ -1,26 +1,30 @@
-"""Keyboard shortcuts of the panel: one map, shown on the buttons, installed on module enter and
-removed on exit (the widget owns the QShortcut objects; this module stays Qt-free)."""
+"""Keyboard shortcuts of the panel, the same letters as SlicerNNInteractive's prompt tools.
+
+They are module-scoped: while the module is shown, the widget creates one QShortcut per key on the module
+panel and on each slice view (context ``WidgetWithChildrenShortcut``, never on the main window) and deletes
+them when the module is left, so Edit > Undo (Ctrl+Z) and Escape keep their meaning in Slicer. This
+module stays Qt-free.
+"""
 
 from __future__ import annotations
 
-# action -> (Qt key sequence, objectName of the button it triggers). Plain letters are avoided: slice
-# views already use them (b/f step slices); Ctrl+Z matches the Segment Editor's undo.
+# action -> (Qt key sequence, objectName of the button it triggers)
 SHORTCUTS: dict[str, tuple[str, str]] = {
-    "positive_point": ("Alt+1", "positivePointButton"),
-    "negative_point": ("Alt+2", "negativePointButton"),
-    "box": ("Alt+3", "boxButton"),
+    "point": ("P", "pointButton"),
+    "box": ("B", "boxButton"),
+    "lasso": ("L", "lassoButton"),
+    "scribble": ("S", "scribbleButton"),
+    "toggle_sign": ("T", "negativeButton"),
     "run_text": ("Ctrl+Return", "runTextButton"),
     "propagate": ("Ctrl+Shift+P", "propagateButton"),
-    "undo": ("Ctrl+Z", "undoButton"),
-    "reset": ("Ctrl+Shift+R", "resetButton"),
-    "next_segment": ("Alt+4", "nextSegmentButton"),
-    "cancel": ("Escape", "cancelButton"),
-    "ask": ("Ctrl+Shift+Return", "askButton"),
+    "next_segment": ("Ctrl+Shift+N", "nextSegmentButton"),
 }
+# keys Slicer itself binds application-wide; a module must not take them over
+RESERVED = ("Ctrl+Z", "Ctrl+Y", "Ctrl+Shift+Z", "Escape", "Ctrl+S", "Ctrl+O")
 
 
 def button_label(text: str, action: str) -> str:
-    """Button text with its shortcut, e.g. ``"Undo (Ctrl+Z)"``."""
+    """Button text with its shortcut, e.g. ``"Box (B)"``."""
     return f"{text} ({SHORTCUTS[action][0]})"
 
 

@@ -52,12 +52,13 @@ class ModelWorker:
         self._queued: list[Job] = []  # submitted, not started yet (so Cancel reaches them too)
         self._outstanding = 0  # submitted jobs whose "finished" marker was not delivered yet (main thread only)
         self._lock = threading.Lock()
+        self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="MedVLSAM2-model", daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> Job:
         """Queue ``job``; its callbacks run later on the thread that calls ``deliver``."""
-        if not self._thread.is_alive():
+        if not self.alive:
             raise RuntimeError("the model worker was stopped; reload the module")
         job._outbox = self._outbox
         self._outstanding += 1
@@ -128,6 +129,10 @@ class ModelWorker:
             self.deliver(timeout=0.05)
 
     @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    @property
     def idle(self) -> bool:
         """No submitted job is waiting for delivery."""
         return self._outstanding == 0
@@ -135,4 +140,5 @@ class ModelWorker:
     def stop(self) -> None:
         """Cancel the running job and end the thread after it (pending callbacks are dropped)."""
         self.cancel_current()
+        self._stopping = True
         self._jobs.put(None)

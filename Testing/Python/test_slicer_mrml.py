@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - depends on the test environment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer"))
 
-from MedVLSAM2SlicerLib import geometry, markups, report_node, segments, terminology  # noqa: E402
+from MedVLSAM2SlicerLib import geometry, markups, report_node, segments, terminology, undo  # noqa: E402
 from MedVLSAM2SlicerLib.controller import Controller  # noqa: E402
 from MedVLSAM2SlicerLib.worker import ModelWorker  # noqa: E402
 from medvlsam2.errors import Cancelled, InputError  # noqa: E402
@@ -151,6 +151,151 @@ def test_roi_in_a_transformed_node_gives_the_voxel_box(scene):
         markups.roi_to_box(roi, ct)
 
 
+def axial_ct(shape=SHAPE):
+    """An axis-aligned volume, spacing (1, 1, 2), origin 0: voxel (i, j, k) is at RAS (i, j, 2k)."""
+    return slicer.util.addVolumeFromArray(np.zeros(shape, np.int16), np.diag([1.0, 1.0, 2.0, 1.0]), "axial")
+
+
+def test_an_roi_placed_by_two_corner_clicks_gives_one_box_and_each_adjustment_one_more(scene):
+    ct = axial_ct()
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    boxes, errors = [], []
+    tracker = markups.RoiBoxTracker(roi, ct, boxes.append, errors.append)
+    # what the ROI widget does on two clicks: the first corner (PointPositionDefinedEvent with a zero size) ...
+    roi.AddControlPoint(vtk.vtkVector3d(3.5, 2.5, 3.0))
+    assert roi.GetNumberOfControlPoints() == 1 and tuple(roi.GetSize()) == (0, 0, 0)
+    assert boxes == [] and errors == []
+    # ... then the second corner, which gives the ROI its size
+    roi.AddControlPoint(vtk.vtkVector3d(10.5, 12.5, 11.0))
+    assert boxes == [(4, 3, 2, 10, 12, 5)] and errors == []  # voxel centres inside: i 4..10, j 3..12, z 3..11 -> k 2..5
+    roi.InvokeEvent(roi.PointEndInteractionEvent)  # a click on a handle that moved nothing: no second run
+    assert len(boxes) == 1
+    roi.SetSize(7.0, 10.0, 20.0)  # drag a handle: one more box when the interaction ends
+    roi.InvokeEvent(roi.PointEndInteractionEvent)
+    assert boxes[-1] == (4, 3, 0, 10, 12, 7) and len(boxes) == 2  # z -3..17, clipped to the volume
+    tracker.stop()
+    roi.SetSize(3.0, 3.0, 3.0)
+    roi.InvokeEvent(roi.PointEndInteractionEvent)
+    assert len(boxes) == 2  # stopped trackers stay silent
+
+
+def test_an_roi_flat_on_a_sagittal_slice_is_refused_with_advice(scene):
+    ct = axial_ct()
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    boxes, errors = [], []
+    markups.RoiBoxTracker(roi, ct, boxes.append, errors.append)
+    roi.SetCenter(5.0, 8.0, 6.0)
+    roi.SetSize(0.0, 6.0, 6.0)
+    roi.AddControlPoint(vtk.vtkVector3d(5.0, 8.0, 6.0))
+    roi.SetSize(0.0, 6.0, 6.0)
+    roi.InvokeEvent(roi.PointEndInteractionEvent)
+    assert boxes == [] and errors and "axial" in errors[-1]
+
+
+def closed_curve(scene, points_ras, closed=True):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsClosedCurveNode" if closed else "vtkMRMLMarkupsCurveNode")
+    node.SetCurveTypeToLinear()  # straight edges, so the expected voxels are exact
+    for p in points_ras:
+        node.AddControlPoint(vtk.vtkVector3d(*p))
+    return node
+
+
+def test_a_lasso_on_an_axial_slice_becomes_the_mask_prompt_of_that_slice(scene, segmentation):
+    ct = axial_ct()
+    # a triangle on slice k = 3 (z = 6): corners (i, j) (2.5, 2.5), (20.5, 2.5), (2.5, 14.5)
+    lasso = closed_curve(scene, [(2.5, 2.5, 6.0), (20.5, 2.5, 6.0), (2.5, 14.5, 6.0)])
+    k, mask = markups.lasso_to_mask(lasso, ct)
+    jj, ii = np.mgrid[:SHAPE[1], :SHAPE[2]]
+    expected = (ii >= 3) & (jj >= 3) & ((ii - 2.5) / 18 + (jj - 2.5) / 12 < 1)  # inside the triangle
+    assert k == 3 and mask.shape == (SHAPE[1], SHAPE[2]) and np.array_equal(mask.astype(bool), expected)
+    tilted = closed_curve(scene, [(2.5, 2.5, 2.0), (20.5, 2.5, 6.0), (2.5, 14.5, 10.0)])
+    with pytest.raises(InputError, match="axial"):
+        markups.lasso_to_mask(tilted, ct)
+    # the controller hands it to the session as one mask prompt on that slice
+    worker = ModelWorker()
+    try:
+        c = Controller(worker)
+        c.attach(FakeSession(), ct, segmentation)
+        c.state.update(connection="connected", session_open=True)
+        sid = segmentation.GetSegmentation().AddEmptySegment("organ")
+        c.add_mask(sid, k, mask)
+        worker.wait_all()
+        (obj, got_k, got_mask), = c.session.masks
+        assert got_k == 3 and np.array_equal(got_mask, mask) and c.state.error == ""
+        assert np.array_equal(segments.segment_array(segmentation, sid, ct)[3], mask)
+    finally:
+        worker.stop()
+
+
+def test_a_scribble_in_a_coronal_view_becomes_points_on_the_voxels_it_crosses(scene):
+    ct = axial_ct()
+    # a stroke on the coronal plane j = 5 (y = 5) from voxel (2, 5, 1) to (12, 5, 6), bent at (12, 5, 1)
+    stroke = closed_curve(scene, [(2.0, 5.0, 2.0), (12.0, 5.0, 2.0), (12.0, 5.0, 12.0)], closed=False)
+    points = markups.scribble_to_points(stroke, ct)
+    expected = [(i, 5, 1) for i in range(2, 13)] + [(12, 5, k) for k in range(2, 7)]
+    assert points.tolist() == [list(p) for p in expected]  # in drawing order, each voxel once, no gap
+    assert len(markups.scribble_to_points(stroke, ct, max_points=4)) == 4
+    outside = closed_curve(scene, [(-50.0, 5.0, 2.0), (-40.0, 5.0, 2.0)], closed=False)
+    with pytest.raises(InputError, match="outside"):
+        markups.scribble_to_points(outside, ct)
+
+
+def test_one_write_is_one_undo_step_and_undo_restores_the_segment_and_the_session(scene, segmentation, ct):
+    seg = segmentation.GetSegmentation()
+    target, other = seg.AddEmptySegment("target"), seg.AddEmptySegment("other")
+    other_mask = np.zeros(SHAPE, np.uint8)
+    other_mask[2:6, 5:15, 5:15] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(other_mask, segmentation, other, ct)
+    worker = ModelWorker()
+    try:
+        c = Controller(worker)
+        history = undo.SegmentationUndo(undo.new_editor_logic(scene, segmentation))
+        c.attach(FakeSession(), ct, segmentation, history)
+        c.state.update(connection="connected", session_open=True)
+        c.select_segment(target)
+        assert not c.state.enabled("undoButton")
+        c.add_points(target, [[3, 4, 2]], [1])
+        worker.wait_all()
+        first = _segment_masks(segmentation, ct)
+        c.add_points(target, [[6, 7, 3]], [1])
+        worker.wait_all()
+        c.add_points(target, [[6, 7, 3]], [1])  # same voxel again: no change, no new Slicer step
+        worker.wait_all()
+        assert history.steps == [target, target] and c.state.enabled("undoButton")
+        assert segments.segment_array(segmentation, target, ct).sum() == 2
+        c.undo()
+        worker.wait_all()
+        after = _segment_masks(segmentation, ct)
+        assert all(np.array_equal(after[s], first[s]) and after[s].dtype == first[s].dtype for s in first)
+        assert np.array_equal(after[other], other_mask)
+        # the session undid both of its steps after the visible one, so it shows what the segment shows
+        assert c.session.undone == [c.objects[target]] * 2
+        assert np.array_equal(c.session.masks_by_obj[c.objects[target]], after[target])
+        c.undo()
+        worker.wait_all()
+        assert segments.segment_array(segmentation, target, ct).sum() == 0 and not c.state.enabled("undoButton")
+        with pytest.raises(InputError, match="nothing to undo"):
+            c.undo()
+    finally:
+        worker.stop()
+
+
+def test_switching_volumes_twenty_times_leaves_one_open_session(segmentation, ct):
+    worker = ModelWorker()
+    try:
+        c = Controller(worker)
+        sessions = [FakeSession() for _ in range(20)]
+        for s in sessions:
+            c.attach(s, ct, segmentation)
+        worker.wait_all()
+        assert [s.closed for s in sessions] == [True] * 19 + [False]
+        c.attach(None, ct, segmentation)  # panel cleanup / stop
+        worker.wait_all()
+        assert sessions[-1].closed
+    finally:
+        worker.stop()
+
+
 def _segment_masks(node, volume_node) -> dict[str, np.ndarray]:
     seg = node.GetSegmentation()
     return {seg.GetNthSegmentID(n): segments.segment_array(node, seg.GetNthSegmentID(n), volume_node)
@@ -172,7 +317,8 @@ def test_a_result_written_into_one_segment_leaves_every_other_segment_bit_identi
     patch = np.ones((4, 10, 12), np.uint8)  # overlaps "neighbour"
     patch[:, 0, :] = 0
     result = SegmentationResult(1, "target", (2, 6, 6, 16, 5, 17), patch)
-    record = segments.write_result(segmentation, ids[0], ct, result)
+    history = undo.SegmentationUndo(undo.new_editor_logic(slicer.mrmlScene, segmentation))
+    assert segments.write_result(segmentation, ids[0], ct, result, lambda: history.save(ids[0]))
     after = _segment_masks(segmentation, ct)
     for sid in ids[1:]:
         assert after[sid].dtype == before[sid].dtype and np.array_equal(after[sid], before[sid])
@@ -180,8 +326,9 @@ def test_a_result_written_into_one_segment_leaves_every_other_segment_bit_identi
     result.apply_to(expected)
     assert np.array_equal(after[ids[0]], expected)
     assert changed_region(before[ids[0]], after[ids[0]]) is not None
-    # exactly what was replaced comes back
-    segments.restore(segmentation, ct, record)
+    # one write was one undo step, and undoing it brings back exactly what was there
+    assert history.steps == [ids[0]]
+    history.undo()
     assert all(np.array_equal(m, before[s]) for s, m in _segment_masks(segmentation, ct).items())
 
 
@@ -190,8 +337,34 @@ def test_write_is_refused_when_the_result_does_not_fit_the_volume(segmentation, 
     with pytest.raises(InputError, match="outside the volume"):
         segments.write_patch(segmentation, sid, ct, (0, 9, 0, 4, 0, 4), np.ones((9, 4, 4), np.uint8))
     calls = []
-    assert segments.write_patch(segmentation, sid, ct, (0, 1, 0, 2, 0, 2), np.zeros((1, 2, 2)), calls.append) is None
+    assert not segments.write_patch(segmentation, sid, ct, (0, 1, 0, 2, 0, 2), np.zeros((1, 2, 2)),
+                                    lambda: calls.append(1))
     assert calls == []  # nothing changed: no undo state saved
+
+
+def test_writes_change_only_the_box_and_grow_the_labelmap_only_when_needed(segmentation, ct):
+    sid = segmentation.GetSegmentation().AddEmptySegment("a")
+    first = np.zeros((2, 3, 4), np.uint8)
+    first[1, 1, 1:3] = 1
+    assert segments.write_patch(segmentation, sid, ct, (3, 5, 10, 13, 20, 24), first)
+    labelmap = segmentation.GetBinaryLabelmapInternalRepresentation(sid)
+    extent = labelmap.GetExtent()
+    assert segments._same_grid(labelmap, segmentation, ct)  # later writes take the in-place path
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[3:5, 10:13, 20:24] = first
+    assert np.array_equal(segments.segment_array(segmentation, sid, ct), expected)
+    # a write inside the current extent leaves the extent alone and keeps the same labelmap object
+    assert segments.write_patch(segmentation, sid, ct, (4, 5, 11, 12, 21, 22), np.zeros((1, 1, 1), np.uint8))
+    expected[4, 11, 21] = 0
+    assert segmentation.GetBinaryLabelmapInternalRepresentation(sid) is labelmap and labelmap.GetExtent() == extent
+    assert np.array_equal(segments.segment_array(segmentation, sid, ct), expected)
+    # a patch whose ones reach past the extent grows it, keeping what was there
+    far = np.ones((1, 2, 2), np.uint8)
+    assert segments.write_patch(segmentation, sid, ct, (0, 1, 0, 2, 0, 2), far)
+    expected[0, 0:2, 0:2] = 1
+    grown = segmentation.GetBinaryLabelmapInternalRepresentation(sid).GetExtent()
+    assert grown[0] <= 0 and grown[2] <= 0 and grown[4] <= 0 and grown[1] >= 22 and grown[5] >= 4
+    assert np.array_equal(segments.segment_array(segmentation, sid, ct), expected)
 
 
 class FakeSession:
@@ -201,6 +374,33 @@ class FakeSession:
         self.next_id = 0
         self.names: dict[int, str] = {}
         self.gate = threading.Event()
+        self.closed = False
+        self.masks: list[tuple[int, int, np.ndarray]] = []  # mask prompts received
+        self.masks_by_obj: dict[int, np.ndarray] = {}
+        self.history: dict[int, list[np.ndarray]] = {}
+        self.undone: list[int] = []
+
+    def close(self):
+        self.closed = True
+
+    def _commit(self, obj, bbox, patch):
+        mask = self.masks_by_obj.setdefault(obj, np.zeros(SHAPE, np.uint8))
+        self.history.setdefault(obj, []).append(mask.copy())
+        k0, k1, j0, j1, i0, i1 = bbox
+        mask[k0:k1, j0:j1, i0:i1] = patch
+        return SegmentationResult(obj, self.names[obj], bbox, patch)
+
+    def undo(self, obj):
+        self.undone.append(obj)
+        previous = self.history[obj].pop()
+        bbox = changed_region(self.masks_by_obj[obj], previous) or (0, 1, 0, 1, 0, 1)
+        self.masks_by_obj[obj] = previous
+        k0, k1, j0, j1, i0, i1 = bbox
+        return SegmentationResult(obj, self.names[obj], bbox, previous[k0:k1, j0:j1, i0:i1].copy())
+
+    def add_mask(self, obj, k, mask2d):
+        self.masks.append((obj, k, mask2d))
+        return self._commit(obj, (k, k + 1, 0, SHAPE[1], 0, SHAPE[2]), mask2d[None].astype(np.uint8))
 
     def add_object(self, name=None):
         self.next_id += 1
@@ -224,7 +424,7 @@ class FakeSession:
 
     def add_points(self, obj, points, labels):
         i, j, k = points[0]
-        return SegmentationResult(obj, self.names[obj], (k, k + 1, j, j + 1, i, i + 1), np.ones((1, 1, 1), np.uint8))
+        return self._commit(obj, (k, k + 1, j, j + 1, i, i + 1), np.ones((1, 1, 1), np.uint8))
 
     def report(self, cancel=None):
         yield from ["Liver: ", "normal. ", "Spleen: normal."]
@@ -274,7 +474,7 @@ def test_cancel_leaves_the_segmentation_unchanged(controller, segmentation, ct):
     assert before[sid].sum() == 1
     controller.propagate(sid)
     assert controller.state.busy and controller.state.enabled("cancelButton")
-    assert not controller.state.enabled("positivePointButton")  # one model call at a time
+    assert not controller.state.enabled("pointButton")  # one model call at a time
     controller.cancel()
     controller.session.gate.set()
     controller.worker.wait_all()

@@ -20,8 +20,8 @@ from MedVLSAM2SlicerLib.signals import Signal  # noqa: E402
 from MedVLSAM2SlicerLib.worker import Job, ModelWorker  # noqa: E402
 from medvlsam2.errors import Cancelled  # noqa: E402
 
-PROMPTS = ("positivePointButton", "boxButton")
-NEEDS_OBJECT = ("negativePointButton", "propagateButton", "undoButton", "resetButton")
+PROMPTS = ("pointButton", "boxButton", "lassoButton", "scribbleButton", "negativeButton")
+NEEDS_OBJECT = ("propagateButton", "resetButton")
 
 
 def ready_state(**extra) -> PanelState:
@@ -112,14 +112,33 @@ def test_disconnecting_closes_the_session():
     assert not state.session_open and not state.ready
 
 
-def test_shortcut_map_is_unique_and_points_at_panel_buttons():
+def test_shortcut_map_is_unique_points_at_panel_buttons_and_leaves_slicers_keys_alone():
+    from MedVLSAM2SlicerLib.shortcuts import RESERVED
+
     keys = [k for k, _ in SHORTCUTS.values()]
     buttons = [b for _, b in SHORTCUTS.values()]
     assert len(set(keys)) == len(keys) and len(set(buttons)) == len(buttons)
     assert set(buttons) <= set(CONTROLS)
-    assert SHORTCUTS["undo"][0] == "Ctrl+Z" and SHORTCUTS["run_text"][0] == "Ctrl+Return"
-    label = button_label("Undo", "undo")
-    assert label == "Undo (Ctrl+Z)" and strip_shortcut(label) == "Undo" and strip_shortcut("Undo") == "Undo"
+    assert {a: SHORTCUTS[a][0] for a in ("point", "box", "lasso", "scribble", "toggle_sign")} == \
+        {"point": "P", "box": "B", "lasso": "L", "scribble": "S", "toggle_sign": "T"}
+    assert not set(keys) & set(RESERVED)  # Edit > Undo and Escape keep their meaning
+    label = button_label("Box", "box")
+    assert label == "Box (B)" and strip_shortcut(label) == "Box" and strip_shortcut("Box") == "Box"
+
+
+def test_controls_a_model_cannot_serve_are_disabled_with_the_reason():
+    state = ready_state(segment_has_object=True, text_prompt="liver", question="why?")
+    assert state.enabled("runTextButton") and state.missing_capability("runTextButton") == ""  # not reported: all on
+    state.set_device("cpu", None, ["interactive"])  # a MedSAM2 checkpoint
+    assert all(state.enabled(c) for c in PROMPTS + NEEDS_OBJECT)
+    assert not state.enabled("runTextButton") and "trained MedVL-SAM2 bundle" in state.missing_capability("runTextButton")
+    assert not state.enabled("askButton") and "Med3DVLM" in state.missing_capability("reportButton")
+    state.set_device("cuda:0", 80.0, ["language"])  # a Med3DVLM folder
+    assert state.enabled("askButton") and not state.enabled("boxButton")
+    assert "MedSAM2" in state.missing_capability("boxButton")
+    assert state.enabled("nextSegmentButton")  # no model needed
+    state.update(connection="disconnected")
+    assert state.capabilities is None
 
 
 def test_signal_calls_slots_in_order_and_disconnects():
