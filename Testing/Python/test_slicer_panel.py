@@ -221,18 +221,43 @@ def test_settings_round_trip_and_never_store_secrets():
     assert not any("token" in k.lower() for k in store)
 
 
-def test_dependency_install_prefers_pip_ensure_and_falls_back_to_pip_install():
+def test_dependency_install_uses_the_pytorch_extension_sam2_without_deps_and_pip_ensure(monkeypatch):
+    import os
+    import types
+
     calls = []
     new = SimpleNamespace(packaging=SimpleNamespace(pip_ensure=lambda reqs, requester: calls.append(("ensure", reqs))),
-                          util=SimpleNamespace(pip_install=lambda reqs: calls.append(("install", reqs))))
-    old = SimpleNamespace(util=SimpleNamespace(pip_install=lambda reqs: calls.append(("install", reqs))))
-    assert dependencies.install(["httpx>=0.27"], new) == "pip_ensure"
-    assert dependencies.install(["httpx>=0.27", "zstandard>=0.22"], old) == "pip_install"
-    assert dependencies.install([], old) == "none"
-    assert calls == [("ensure", ["httpx>=0.27"]), ("install", ["httpx>=0.27", "zstandard>=0.22"])]
+                          util=SimpleNamespace(pip_install=lambda args: calls.append(
+                              ("install", args, os.environ.get("SAM2_BUILD_CUDA")))))
+    old = SimpleNamespace(util=new.util)
+    torch_utils = types.ModuleType("PyTorchUtils")
+    torch_utils.PyTorchUtilsLogic = lambda: SimpleNamespace(
+        installTorch=lambda askConfirmation: calls.append(("pytorch", askConfirmation)) or "torch")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
+    monkeypatch.setattr(dependencies, "has_pytorch_extension", lambda: True)
+    monkeypatch.delenv("SAM2_BUILD_CUDA", raising=False)
+    assert dependencies.install(["torch", "sam2", "monai"], new) == ["PyTorchUtils", "pip_ensure", "pip_ensure",
+                                                                     "pip_install"]
+    assert calls == [("pytorch", True), ("ensure", ["monai>=1.4"]), ("ensure", ["setuptools", "wheel"]),
+                     ("install", "--no-build-isolation --no-deps sam2>=1.1", "0")]
+    assert "SAM2_BUILD_CUDA" not in os.environ  # set only for sam2's build
+    calls.clear()
+    assert dependencies.install(["httpx"], old) == ["pip_install"] and calls == [("install", "httpx>=0.27", None)]
+    assert dependencies.install([], old) == []
+    steps = dependencies.plan(["torch", "einops"], pytorch_extension=False)  # no PyTorch extension: pip
+    assert [(s.via, s.requirements) for s in steps] == [("pip", ["torch>=2.5.1"]), ("pip", ["einops>=0.7"])]
     assert dependencies.has_pip_ensure(new) and not dependencies.has_pip_ensure(old)
-    assert dependencies.missing({"json": "json", "no_such_module_xyz": "no-such-module-xyz>=1"}) == ["no-such-module-xyz>=1"]
-    assert "no-such-module-xyz" in dependencies.consent_message(["no-such-module-xyz>=1"])
+
+
+def test_the_dependency_check_reports_monai_missing_when_it_is(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai" else real(name, *a))
+    assert "monai" in dependencies.missing(dependencies.SERVER_REQUIREMENTS)
+    assert "monai>=1.4" in dependencies.consent_message(dependencies.missing(dependencies.SERVER_REQUIREMENTS))
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert dependencies.missing(dependencies.SERVER_REQUIREMENTS) == []  # this venv has the whole server
 
 
 def test_prompt_lines_and_terminology_matching():

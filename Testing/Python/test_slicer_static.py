@@ -177,3 +177,42 @@ def test_shared_resources_are_installed_where_resource_path_looks():
 
     installed_dir = resources.SEARCH_DIRS[1]
     assert installed_dir.parent == (MODULE_DIR / "medvlsam2").resolve().parent  # next to the medvlsam2 package
+
+
+def test_the_dependency_list_covers_every_package_the_local_server_imports():
+    """Import what ``medvlsam2 serve`` imports (the tiny model included) and read each loaded engine file's imports."""
+    code = f"""
+import ast, sys
+sys.path.insert(0, {str(MODULE_DIR)!r})
+import medvlsam2.cli.serve, medvlsam2.server.app
+from medvlsam2.checkpoint import load_model
+load_model("tiny")
+found = set()
+for name, mod in list(sys.modules.items()):
+    if name.startswith("medvlsam2") and getattr(mod, "__file__", None):
+        for node in ast.walk(ast.parse(open(mod.__file__).read())):
+            if isinstance(node, ast.Import):
+                found |= {{a.name.split(".")[0] for a in node.names}}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
+print(",".join(sorted(n for n in found if n not in sys.stdlib_module_names and n != "medvlsam2")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = set(out.stdout.strip().split(","))
+    assert {"torch", "sam2", "monai", "fastapi"} <= imported  # the scan saw the server and the model
+    from MedVLSAM2SlicerLib import dependencies
+
+    listed = set(dependencies.CLIENT_REQUIREMENTS) | set(dependencies.SERVER_REQUIREMENTS)
+    assert imported - listed == set(), f"the server imports {sorted(imported - listed)}, which the panel never checks"
+    # sam2 is installed --no-deps: its own runtime requirements must be listed (torchvision deliberately not)
+    from importlib.metadata import requires
+
+    sam2_needs = {re.split(r"[<>=!; ]", r)[0].lower() for r in requires("sam2") if "extra ==" not in r}
+    pip_names = {re.split(r"[<>=!; ]", r)[0].lower() for r in listed_requirements(dependencies)}
+    assert sam2_needs - pip_names == {"torchvision"}
+
+
+def listed_requirements(dependencies) -> list[str]:
+    return list(dependencies.CLIENT_REQUIREMENTS.values()) + list(dependencies.SERVER_REQUIREMENTS.values())
