@@ -1,4 +1,4 @@
-"""MedVLSAM2Slicer: text, point and box prompted CT segmentation, questions and draft reports.
+"""MedVLSAM2Slicer: text, point, box, lasso and scribble prompted CT segmentation, questions and draft reports.
 
 Thin module file (Slicer's template): Module, parameter node, Widget, Logic, Test. The panel lives in
 MedVLSAM2SlicerLib.widget, the logic in MedVLSAM2SlicerLib.logic (Qt-free, tested with pytest); model calls
@@ -7,11 +7,12 @@ run on one worker thread and go to a model server through a torch-free client. N
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import ctk  # noqa: F401  (registers the ctk widgets the .ui uses)
 import slicer
-from slicer import (vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode,
-                    vtkMRMLSegmentationNode, vtkMRMLTextNode)
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, Minimum, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
@@ -26,27 +27,27 @@ class MedVLSAM2Slicer(ScriptedLoadableModule):
         self.parent.dependencies = ["Markups", "Segmentations"]
         self.parent.contributors = ["MedVLSAM2Slicer contributors"]
         self.parent.helpText = (
-            "Segment CT structures from points, boxes or text (one structure per line), propagate through the "
-            "volume, ask questions and draft a report. Research use only, not for diagnosis.")
+            "Segment CT structures from points, boxes, lassos, scribbles or text (one structure per line), propagate "
+            "through the volume, ask questions and draft a report. Shortcuts while the module is shown: P point, "
+            "B box, L lasso, S scribble, T toggle negative. Undo: the Undo button or the Segment Editor's undo. "
+            "Research use only, not for diagnosis.")
         self.parent.acknowledgementText = (
             "Builds on SAM2 (Meta, Apache-2.0) and the MedVL-SAM2 method (arXiv 2601.09879).")
 
 
 @parameterNodeWrapper
 class MedVLSAM2SlicerParameterNode:
-    """Per-scene state of the panel (saved with the scene)."""
+    """Per-scene state of the panel (saved with the scene); each field is bound to the widget whose
+    SlicerParameterName names it in Resources/UI/MedVLSAM2Slicer.ui (``connectGui``)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
-    positivePoints: vtkMRMLMarkupsFiducialNode
-    negativePoints: vtkMRMLMarkupsFiducialNode
-    roi: vtkMRMLMarkupsROINode
-    reportText: vtkMRMLTextNode
+    negative: bool = False  # points, scribbles and lassos mark background
     textPrompts: str = ""
-    direction: str = "both"
+    direction: Annotated[str, Choice(["both", "forward", "backward"])] = "both"
     useSliceRange: bool = False
-    firstSlice: int = 0
-    lastSlice: int = 0
+    firstSlice: Annotated[int, Minimum(0)] = 0
+    lastSlice: Annotated[int, Minimum(0)] = 0
 
 
 class MedVLSAM2SlicerWidget(ScriptedLoadableModuleWidget):
@@ -90,16 +91,16 @@ class MedVLSAM2SlicerLogic(ScriptedLoadableModuleLogic, MedVLSAM2Logic):
 
 
 class MedVLSAM2SlicerTest(ScriptedLoadableModuleTest):
-    """Loads a sample CT, runs a point prompt and a text prompt on the tiny model, checks the segment."""
+    """Loads the panel, runs point, box, scribble, undo and text prompts on the tiny model with a synthetic CT."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
         self.setUp()
-        self.test_point_and_text_prompts()
+        self.test_prompts_and_undo()
 
-    def test_point_and_text_prompts(self) -> None:
-        from MedVLSAM2SlicerLib.selftest import point_and_text_prompts
+    def test_prompts_and_undo(self) -> None:
+        from MedVLSAM2SlicerLib.selftest import prompts_and_undo
 
-        point_and_text_prompts(self, MedVLSAM2SlicerLogic)
+        prompts_and_undo(self, MedVLSAM2SlicerLogic)

@@ -16,18 +16,28 @@ from medvlsam2.errors import InputError
 
 
 NAMED_CONFIGS = ("tiny", "base")  # random weights, for trying the module; "paper" is too large for a panel default
+MODEL_FILE_SUFFIXES = (".pt", ".safetensors", ".yaml", ".yml")  # released checkpoints and recipe files
 READY_TIMEOUT_S = 300.0  # first start on a laptop CPU imports torch and builds the model
 
 
 @dataclass
 class ServerOptions:
-    model: str = "demo"  # "demo" (shipped bundle), a named config, or a bundle folder
+    model: str = "demo"  # see ``model_spec``
     device: str = "auto"
     python: str = ""  # empty: this Python (Slicer's)
     host: str = "127.0.0.1"
     port: int = 0
     log_path: str = ""
     ready_timeout: float = READY_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    device: str
+    memory_gb: float | None
+    capabilities: frozenset[str] | None  # None: an older server that does not say
+    provenance: str = ""  # "random", "phantom-trained", "released", "trained"
+    model: str = ""
 
 
 def demo_weights() -> Path | None:
@@ -38,18 +48,48 @@ def demo_weights() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
+def manifest_names() -> list[str]:
+    """Names of the weights manifest (released checkpoints the engine can fetch or import)."""
+    from medvlsam2 import weights
+
+    return list(weights.load_manifest())
+
+
+def installed(name: str) -> bool:
+    from medvlsam2 import weights
+
+    return weights.weight_path(name).is_file()
+
+
 def model_spec(model: str) -> str:
-    """What ``medvlsam2 serve --model`` takes for the panel's choice: a named config or a bundle folder."""
-    if model == "demo":  # not the random "demo" config: the trained bundle
+    """What ``medvlsam2 serve --model`` takes for the panel's choice (see ``medvlsam2.factory.load_model``).
+
+    "demo" is the shipped trained bundle (not the random "demo" config); a named random config; a folder
+    (our bundle or a Med3DVLM folder); a released checkpoint (.pt / .safetensors) or recipe (.yaml) file;
+    or an installed manifest name (``medsam2-latest``, ``sam2.1-hiera-tiny``...).
+    """
+    model = model.strip()
+    if model == "demo":
         folder = demo_weights()
         if folder is None:
             raise InputError("the demo weights (Resources/DemoWeights) are not installed; reinstall the extension "
                              "or choose 'tiny' (random weights)")
         return str(folder)
-    if model in NAMED_CONFIGS or Path(model).is_dir():
+    path = Path(model).expanduser()
+    if model in NAMED_CONFIGS or path.is_dir():
+        return str(path) if path.is_dir() else model
+    if path.is_file():
+        if path.suffix.lower() not in MODEL_FILE_SUFFIXES:
+            raise InputError(f"{path.name} is not a model file: choose a .pt or .safetensors checkpoint, a recipe "
+                             ".yaml or a model folder")
+        return str(path)
+    if model in manifest_names():
+        if not installed(model):
+            raise InputError(f"the weights {model!r} are not on this computer; download them or use "
+                             "'Import weights...' with a file obtained elsewhere")
         return model
-    raise InputError(f"the local server cannot load {model!r}: choose 'demo', {', '.join(map(repr, NAMED_CONFIGS))} "
-                     "or a bundle folder (config.json + model.safetensors)")
+    raise InputError(f"the local server cannot load {model!r}: choose 'demo', {', '.join(map(repr, NAMED_CONFIGS))}, "
+                     "a weights name from the list, a .pt/.safetensors/.yaml file or a model folder")
 
 
 def _engine(module: str, what: str):
@@ -101,13 +141,16 @@ class Connection:
             raise InputError("not connected: press Start (local server) or set a remote URL first")
         return self.client.open_session(volume)
 
-    def device_info(self) -> tuple[str, float | None]:
-        """(device, memory in GB) from the server's /v1/version; also refuses a server of another API version."""
+    def device_info(self) -> ServerInfo:
+        """Device, memory, capabilities and provenance from /v1/version; refuses a server of another API version."""
         if self.client is None:
             raise InputError("not connected: press Start (local server) or set a remote URL first")
         data = self.client.version()
         memory = data.get("memory_gb")
-        return str(data.get("device", "")), float(memory) if memory is not None else None
+        capabilities = data.get("capabilities")
+        return ServerInfo(str(data.get("device", "")), float(memory) if memory is not None else None,
+                          frozenset(capabilities) if capabilities is not None else None,
+                          str(data.get("provenance", "")), str(data.get("model", "")))
 
     def last_log_lines(self, n: int = 20) -> str:
         if self.server is None:

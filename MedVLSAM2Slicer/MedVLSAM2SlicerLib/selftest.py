@@ -1,6 +1,8 @@
-"""The module's self-test body (Slicer-only): a point and a text prompt on the tiny model with a sample CT.
+"""The module's self-test body (Slicer-only): the panel loads, then point, box, scribble, text and undo run on
+the tiny random-weight model with a small synthetic phantom (no download).
 
-Called from ``MedVLSAM2SlicerTest`` in the module file (Developer Tools > Reload and Test).
+Called from ``MedVLSAM2SlicerTest`` in the module file (Developer Tools > Reload and Test) and by
+``Testing/Slicer/smoke.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import slicer
 import vtk
 
 
-def point_and_text_prompts(test, make_logic: Callable[[], object]) -> None:
+def prompts_and_undo(test, make_logic: Callable[[], object]) -> None:
     """Run on ``test`` (a ScriptedLoadableModuleTest); ``make_logic`` builds the module's logic."""
     import importlib.util
 
@@ -21,47 +23,76 @@ def point_and_text_prompts(test, make_logic: Callable[[], object]) -> None:
                           "to install them)")
         return
     import numpy as np
-    import SampleData
     import torch
 
-    from medvlsam2.config import tiny
-    from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+    from medvlsam2.data.synthetic import generate_case
+    from medvlsam2.factory import load_model
     from medvlsam2.session import Session
 
     from .geometry import volume_from_node
+    from .markups import RoiBoxTracker
     from .segments import segment_array
 
-    test.delayDisplay("Loading sample CT")
-    full = SampleData.downloadSample("CTChest")
-    # a small crop keeps the CPU test short
-    crop = slicer.util.arrayFromVolume(full)[::8, ::8, ::8].copy()
-    ijk = vtk.vtkMatrix4x4()
-    full.GetIJKToRASMatrix(ijk)
-    m = np.array([[ijk.GetElement(r, c) for c in range(4)] for r in range(4)])
-    m[:3, :3] *= 8
-    volume = slicer.util.addVolumeFromArray(crop, m, "MedVLSAM2 test CT")
+    test.delayDisplay("Loading the panel")
+    widget = slicer.modules.medvlsam2slicer.widgetRepresentation()  # builds the panel: .ui, parameter node binding
+    test.assertIsNotNone(widget)
+
+    test.delayDisplay("Synthetic phantom, tiny random model")
+    case = generate_case(0, shape=(8, 64, 64), spacing=(5.6, 5.6, 5.0))
+    volume = slicer.util.addVolumeFromArray(case.volume.array, case.volume.ijk_to_ras(), "MedVLSAM2 test CT")
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segmentation.CreateDefaultDisplayNodes()
-    segmentId = segmentation.GetSegmentation().AddEmptySegment("clicked")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    clicked = segmentation.GetSegmentation().AddEmptySegment("clicked")
+    boxed = segmentation.GetSegmentation().AddEmptySegment("boxed")
 
     torch.manual_seed(0)
     logic = make_logic()
+    c = logic.controller
     try:
-        session = Session(MedVLSAM2.from_config(tiny()).eval(), volume_from_node(volume))
+        session = Session(load_model("tiny"), volume_from_node(volume))
         logic.use_session(session, volume, segmentation)
-        k, j, i = (s // 2 for s in crop.shape)
-        logic.controller.add_points(segmentId, [[i, j, k]], [1])
-        logic.controller.worker.wait_all(timeout=300)
-        test.assertEqual(logic.controller.state.error, "")
-        obj = logic.controller.objects[segmentId]
-        test.assertTrue(np.array_equal(segment_array(segmentation, segmentId, volume), session.mask(obj)))
-        before = segmentation.GetSegmentation().GetNumberOfSegments()
-        logic.controller.segment_text("liver")
-        logic.controller.worker.wait_all(timeout=300)
-        test.assertEqual(logic.controller.state.error, "")
-        names = [segmentation.GetSegmentation().GetNthSegment(n).GetName()
-                 for n in range(before, segmentation.GetSegmentation().GetNumberOfSegments())]
-        test.assertTrue(all(name.startswith("liver") for name in names))
+        k, j, i = 4, 32, 32
+        c.add_points(clicked, [[i, j, k]], [1])
+        c.worker.wait_all(timeout=300)
+        test.assertEqual(c.state.error, "")
+        obj = c.objects[clicked]
+        test.assertTrue(np.array_equal(segment_array(segmentation, clicked, volume), session.mask(obj)))
+
+        # a box drawn by two corner clicks runs once, on the voxels it encloses
+        roi = logic.prompt_node(slicer.mrmlScene, "box")
+        ijk_to_ras = case.volume.ijk_to_ras()
+        boxes = []
+        tracker = RoiBoxTracker(roi, volume, lambda box: (boxes.append(box), c.add_box(boxed, box)), test.fail)
+        roi.AddControlPoint(vtk.vtkVector3d(*(ijk_to_ras @ [20, 20, 3, 1])[:3]))
+        roi.AddControlPoint(vtk.vtkVector3d(*(ijk_to_ras @ [44, 44, 5, 1])[:3]))
+        c.worker.wait_all(timeout=300)
+        tracker.stop()
+        test.assertEqual(len(boxes), 1)
+        test.assertEqual(c.state.error, "")
+
+        # undo takes back exactly the last write and the session's step with it
+        before = segment_array(segmentation, boxed, volume).copy()
+        scribble = logic.prompt_node(slicer.mrmlScene, "scribble")
+        for p in ([24, 30, 4], [40, 30, 4]):
+            scribble.AddControlPoint(vtk.vtkVector3d(*(ijk_to_ras @ [*p, 1])[:3]))
+        logic.submit_drawn_prompt("scribble", scribble, boxed, negative=True)
+        c.worker.wait_all(timeout=300)
+        test.assertEqual(c.state.error, "")
+        if c.can_undo and not np.array_equal(segment_array(segmentation, boxed, volume), before):
+            c.undo()
+            c.worker.wait_all(timeout=300)
+            test.assertTrue(np.array_equal(segment_array(segmentation, boxed, volume), before))
+            test.assertTrue(np.array_equal(session.mask(c.objects[boxed]), before))
+
+        count = segmentation.GetSegmentation().GetNumberOfSegments()
+        c.segment_text("liver")
+        c.worker.wait_all(timeout=300)
+        if "text_segmentation" in session.capabilities:
+            test.assertEqual(c.state.error, "")
+            names = [segmentation.GetSegmentation().GetNthSegment(n).GetName()
+                     for n in range(count, segmentation.GetSegmentation().GetNumberOfSegments())]
+            test.assertTrue(all(name.startswith("liver") for name in names))
     finally:
         logic.shutdown()
     test.delayDisplay("Test passed")

@@ -1,7 +1,8 @@
 """The module panel (Slicer-only: needs qt and slicer). The module file's Widget delegates to ``MedVLSAM2Panel``.
 
-The panel's rules live in the Qt-free modules next to this one (PanelState, Controller); this file only
-copies state onto widgets and turns clicks into Controller calls.
+The panel's rules live in the Qt-free modules next to this one (PanelState, Controller, the logic); this
+file only binds the parameter node to the widgets (``connectGui``), copies state onto buttons and turns
+clicks and placed markups into logic calls.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import slicer
 from slicer.util import VTKObservationMixin
 
 DELIVER_INTERVAL_MS = 50  # how often the main thread picks up worker results
-DIRECTIONS = ("both", "forward", "backward")
 ASK_CONTEXTS = ("Whole CT", "Current segment", "Box (ROI)")
+# drawing tools (one at a time): button -> prompt kind
+TOOLS = (("pointButton", "point"), ("boxButton", "box"), ("lassoButton", "lasso"), ("scribbleButton", "scribble"))
 
 
 class MedVLSAM2Panel(VTKObservationMixin):
-    """Panel: mirrors PanelState onto the buttons, turns clicks into Controller calls.
+    """Panel: mirrors PanelState onto the buttons, turns clicks into logic calls.
 
     ``host`` is the module's ScriptedLoadableModuleWidget (layout, resourcePath, parent); ``logic`` is
     injected so scripts and tests can drive the same logic without a panel.
@@ -31,8 +33,11 @@ class MedVLSAM2Panel(VTKObservationMixin):
         self.parent = host.parent
         self.logic = logic
         self._parameterNode = None
+        self._guiTag = None
         self._shortcuts = []
         self._timer = None
+        self._boxTracker = None
+        self._activeTool = ""
         self._streamTarget = "transcript"  # where streamed text goes: the Q&A transcript or the report
 
     # ----- lifecycle
@@ -53,31 +58,32 @@ class MedVLSAM2Panel(VTKObservationMixin):
         c.message.connect(lambda text: slicer.util.showStatusMessage(text, 5000))
         c.segments_written.connect(self._onSegmentsWritten)
 
-        self.ui.directionSelector.addItems(list(DIRECTIONS))
-        self.ui.askContextSelector.addItems(list(ASK_CONTEXTS))
-        self.ui.deviceSelector.addItems(["auto", "cuda", "mps", "cpu"])
-        self.ui.modelSelector.addItems(self.logic.model_names())
-        self.ui.modelSelector.currentText = self.settings.get("model")
-        self.ui.deviceSelector.currentText = self.settings.get("device")
-        self.ui.remoteUrlEdit.text = self.settings.get("remoteUrl")
-
         u = self.ui
+        from .panel_state import CONTROLS
+
+        self._tooltips = {name: getattr(u, name).toolTip for name in CONTROLS}
+        u.askContextSelector.addItems(list(ASK_CONTEXTS))
+        u.deviceSelector.addItems(["auto", "cuda", "mps", "cpu"])
+        self._fillModels(self.settings.get("model"))
+        u.deviceSelector.currentText = self.settings.get("device")
+        u.remoteUrlEdit.text = self.settings.get("remoteUrl")
+
         u.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onVolumeChanged)
-        u.segmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onSegmentationChanged)
+        u.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onSegmentationChanged)
         u.segmentSelector.connect("currentSegmentChanged(QString)", self._onSegmentChanged)
+        u.modelSelector.connect("activated(int)", self._onModelActivated)
         u.startServerButton.connect("clicked()", self.onStart)
-        u.stopServerButton.connect("clicked()", self.onStop)
+        u.stopServerButton.connect("clicked()", self.logic.stop)
         u.importWeightsButton.connect("clicked()", self.onImportWeights)
-        u.positivePointButton.connect("toggled(bool)", lambda on: self._placePoints(on, positive=True))
-        u.negativePointButton.connect("toggled(bool)", lambda on: self._placePoints(on, positive=False))
-        u.boxButton.connect("toggled(bool)", self._placeBox)
-        u.textPromptEdit.connect("textChanged()", self._onTextChanged)
-        u.runTextButton.connect("clicked()", self.onRunText)
+        for name, _ in TOOLS:
+            getattr(u, name).connect("toggled(bool)", lambda on, name=name: self._onTool(name, on))
+        u.textPromptEdit.connect("textChanged()", lambda: self.state.update(text_prompt=u.textPromptEdit.plainText))
+        u.runTextButton.connect("clicked()", lambda: self._run(c.segment_text, u.textPromptEdit.plainText))
         u.propagateButton.connect("clicked()", self.onPropagate)
-        u.cancelButton.connect("clicked()", self.logic.controller.cancel)
-        u.stopAnswerButton.connect("clicked()", self.logic.controller.cancel)
-        u.undoButton.connect("clicked()", lambda: self._run(self.logic.controller.undo, self._segmentId()))
-        u.resetButton.connect("clicked()", lambda: self._run(self.logic.controller.reset, self._segmentId()))
+        u.cancelButton.connect("clicked()", c.cancel)
+        u.stopAnswerButton.connect("clicked()", c.cancel)
+        u.undoButton.connect("clicked()", lambda: self._run(c.undo))
+        u.resetButton.connect("clicked()", lambda: self._run(c.reset, self._segmentId()))
         u.nextSegmentButton.connect("clicked()", self.onNextSegment)
         u.questionEdit.connect("textChanged(QString)", lambda text: self.state.update(question=text))
         u.askButton.connect("clicked()", self.onAsk)
@@ -88,7 +94,7 @@ class MedVLSAM2Panel(VTKObservationMixin):
 
         self._timer = qt.QTimer()
         self._timer.setInterval(DELIVER_INTERVAL_MS)
-        self._timer.connect("timeout()", self.logic.controller.worker.deliver)
+        self._timer.connect("timeout()", c.worker.deliver)
         self._timer.start()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -102,51 +108,63 @@ class MedVLSAM2Panel(VTKObservationMixin):
 
     def exit(self) -> None:
         self._removeShortcuts()
-        for button in (self.ui.positivePointButton, self.ui.negativePointButton, self.ui.boxButton):
-            button.checked = False
-        self._stopPlacing()
+        self._stopTools()
+        if self._parameterNode and self._guiTag is not None:
+            self._parameterNode.disconnectGui(self._guiTag)
+            self._guiTag = None
 
     def cleanup(self) -> None:
         self._removeShortcuts()
+        self._stopTools()
         self.removeObservers()
         if self._timer is not None:
             self._timer.stop()
         if self.logic is not None:
-            self.logic.shutdown()
+            self.logic.shutdown()  # closes the session on the server, then stops the local server
 
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.controller.cancel()
-        self._parameterNode = None
+        self._stopTools()
+        self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self._parameterNode = self.logic.getParameterNode()
-        p = self._parameterNode
-        if not p.inputVolume:
-            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        if p.inputVolume:
-            self.ui.inputVolumeSelector.setCurrentNode(p.inputVolume)
-        if p.segmentation:
-            self.ui.segmentSelector.setCurrentNode(p.segmentation)
-        if p.reportText:
-            self.ui.reportEdit.plainText = p.reportText.GetText()
-        self.ui.textPromptEdit.plainText = p.textPrompts
-        self.ui.directionSelector.currentText = p.direction
-        self.ui.rangeCheckBox.checked = p.useSliceRange
+        node = self.logic.getParameterNode()
+        if not node.inputVolume:
+            node.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        self.setParameterNode(node)
 
-    # ----- shortcuts (installed on enter, removed on exit)
+    def setParameterNode(self, node) -> None:
+        """Bind ``node``'s fields to the widgets named by their SlicerParameterName (see the .ui)."""
+        if self._parameterNode and self._guiTag is not None:
+            self._parameterNode.disconnectGui(self._guiTag)
+            self._guiTag = None
+        self._parameterNode = node
+        if node:
+            self._guiTag = node.connectGui(self.ui)
+
+    # ----- shortcuts: module-scoped (module panel and slice views), created on enter, deleted on exit
+    def _shortcutHosts(self) -> list:
+        hosts = [self.parent]
+        layout = slicer.app.layoutManager()
+        if layout is not None:
+            hosts += [layout.sliceWidget(name).sliceView() for name in layout.sliceViewNames()]
+        return hosts
+
     def _installShortcuts(self) -> None:
         from .shortcuts import SHORTCUTS, button_label, strip_shortcut
 
         self._removeShortcuts()
         for action, (keys, buttonName) in SHORTCUTS.items():
             button = getattr(self.ui, buttonName)
-            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
-            shortcut.connect("activated()", button.click)
-            self._shortcuts.append(shortcut)
+            for host in self._shortcutHosts():
+                shortcut = qt.QShortcut(qt.QKeySequence(keys), host)
+                shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)
+                shortcut.connect("activated()", button.click)
+                self._shortcuts.append(shortcut)
             button.text = button_label(strip_shortcut(button.text), action)
 
     def _removeShortcuts(self) -> None:
@@ -163,9 +181,11 @@ class MedVLSAM2Panel(VTKObservationMixin):
     # ----- state -> widgets
     def _refresh(self) -> None:
         for name, enabled in self.state.enabled_map().items():
-            getattr(self.ui, name).enabled = enabled
+            widget = getattr(self.ui, name)
+            widget.enabled = enabled
+            widget.toolTip = self.state.missing_capability(name) or self._tooltips[name]  # say why it is off
         self.ui.statusLabel.text = self.state.status_text()
-        self.ui.cpuWarningLabel.text = self.state.cpu_warning()
+        self.ui.cpuWarningLabel.text = "\n".join(t for t in (self.state.warning, self.state.cpu_warning()) if t)
         self.ui.progressBar.visible = self.state.busy
         if self.state.progress:
             done, total = self.state.progress
@@ -174,7 +194,7 @@ class MedVLSAM2Panel(VTKObservationMixin):
             self.ui.progressBar.maximum = 0  # busy indicator
 
     def _run(self, action, *args) -> None:
-        """Call a Controller action and show input errors in the status line instead of a traceback."""
+        """Call a logic action and show input errors in the status line instead of a traceback."""
         from medvlsam2.errors import MedVLSAM2Error
 
         try:
@@ -187,52 +207,76 @@ class MedVLSAM2Panel(VTKObservationMixin):
         return self.ui.segmentSelector.currentSegmentID() or ""
 
     def _onVolumeChanged(self, node) -> None:
-        if self._parameterNode:
-            self._parameterNode.inputVolume = node
-        self.state.update(volume_selected=node is not None, session_open=False)
+        self.state.update(volume_selected=node is not None, session_open=False, warning="")
         if node is not None and node.GetImageData() is not None:
             lastSlice = node.GetImageData().GetDimensions()[2] - 1
             self.ui.rangeFromSpinBox.maximum = self.ui.rangeToSpinBox.maximum = lastSlice
-            self.ui.rangeToSpinBox.value = lastSlice
+            if self._parameterNode and self._parameterNode.lastSlice == 0:
+                self._parameterNode.lastSlice = lastSlice
         if node is not None and self.logic.connection.connected:
             self._openSession()
 
     def _onSegmentationChanged(self, node) -> None:
-        if self._parameterNode:
-            self._parameterNode.segmentation = node
+        self.ui.segmentSelector.setCurrentNode(node)
         self.logic.controller.segmentation_node = node
-        if node is not None and self.ui.inputVolumeSelector.currentNode() is not None:
-            node.SetReferenceImageGeometryParameterFromVolumeNode(self.ui.inputVolumeSelector.currentNode())
+        volume = self.ui.inputVolumeSelector.currentNode()
+        if node is not None and volume is not None:
+            node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         self.state.update(segmentation_selected=node is not None)
+        if node is not None and volume is not None and self.logic.connection.connected:
+            self._openSession()  # a new target: its own undo history and segment objects
 
     def _onSegmentChanged(self, segmentId) -> None:
         self.logic.controller.select_segment(segmentId)
 
-    def _onTextChanged(self) -> None:
-        text = self.ui.textPromptEdit.plainText
-        if self._parameterNode:
-            self._parameterNode.textPrompts = text
-        self.state.update(text_prompt=text)
+    # ----- models, server, session
+    def _fillModels(self, current: str) -> None:
+        selector = self.ui.modelSelector
+        selector.clear()
+        for value, label in self.logic.model_choices():
+            selector.addItem(label, value)
+        if current and selector.findData(current) < 0:  # a file or folder chosen earlier
+            selector.insertItem(selector.count - 1, os.path.basename(current.rstrip("/")) or current, current)
+        index = selector.findData(current)
+        selector.currentIndex = index if index >= 0 else 0
 
-    # ----- server / session
+    def _model(self) -> str:
+        return self.ui.modelSelector.currentData or ""
+
+    def _onModelActivated(self, index: int) -> None:
+        from .logic import OTHER
+
+        if self.ui.modelSelector.itemData(index) != OTHER:
+            return
+        path = qt.QFileDialog.getOpenFileName(self.parent, "Model file (a folder: pick its config.json)", "",
+                                              "Models (*.pt *.safetensors *.yaml *.yml config.json)")
+        if path.endswith("config.json"):
+            path = os.path.dirname(path)
+        self._fillModels(path or self.settings.get("model"))
+
     def onStart(self) -> None:
         from . import dependencies
 
-        self.settings.set("model", self.ui.modelSelector.currentText)
+        model, remote = self._model(), self.ui.remoteUrlEdit.text.strip()
+        self.settings.set("model", model)
         self.settings.set("device", self.ui.deviceSelector.currentText)
-        self.settings.set("remoteUrl", self.ui.remoteUrlEdit.text.strip())
+        self.settings.set("remoteUrl", remote)
         needed = dependencies.missing(dependencies.CLIENT_REQUIREMENTS)
-        if not self.ui.remoteUrlEdit.text.strip() and not self.settings.get("pythonExecutable"):
+        if not remote and not self.settings.get("pythonExecutable"):
             needed += dependencies.missing(dependencies.SERVER_REQUIREMENTS)
         if needed and not self._installWithConsent(needed):
             return
-        if not self.ui.remoteUrlEdit.text.strip() and not self.logic.weights_ready(self.ui.modelSelector.currentText):
-            if not self._downloadWeightsWithConsent(self.ui.modelSelector.currentText):
-                return
+        start = lambda: self.logic.start(model, self.ui.deviceSelector.currentText, remote, self.ui.remoteTokenEdit.text,
+                                         self.settings.get("pythonExecutable"), on_ready=self._openSession)
+        if not remote and not self.logic.weights_ready(model):
+            if slicer.util.confirmOkCancelDisplay(
+                    f"The model weights '{model}' are not on this computer. Download them now (progress and Cancel "
+                    "below)? Use 'Import weights...' instead if this computer is offline.",
+                    windowTitle="MedVLSAM2: download weights"):
+                self.logic.download_weights(model, on_done=lambda: (self._fillModels(model), start()))
+            return
         self.state.update(connection="starting")
-        self.logic.start(self.ui.modelSelector.currentText, self.ui.deviceSelector.currentText,
-                         self.ui.remoteUrlEdit.text.strip(), self.ui.remoteTokenEdit.text,
-                         self.settings.get("pythonExecutable"), on_ready=self._openSession)
+        start()
 
     def _installWithConsent(self, needed) -> bool:
         from . import dependencies
@@ -248,92 +292,65 @@ class MedVLSAM2Panel(VTKObservationMixin):
         still = dependencies.missing({**dependencies.CLIENT_REQUIREMENTS, **dependencies.SERVER_REQUIREMENTS})
         return not set(still) & set(needed)
 
-    def _downloadWeightsWithConsent(self, name: str) -> bool:
-        if not slicer.util.confirmOkCancelDisplay(
-                f"The model weights '{name}' are not on this computer. Download them now? "
-                "(Use 'Import weights...' instead if this computer is offline.)",
-                windowTitle="MedVLSAM2: download weights"):
-            return False
-        dialog = slicer.util.createProgressDialog(labelText=f"Downloading {name}...", maximum=100)
-        dialog.setCancelButtonText("Cancel")
-        from medvlsam2.utils.cancel import CancelToken
-
-        token = CancelToken()
-        dialog.connect("canceled()", token.cancel)
-
-        def progress(done, total):
-            dialog.value = int(100 * done / total) if total else 0
-            slicer.app.processEvents()  # download runs here, on the main thread, with a responsive dialog
-
-        try:
-            with slicer.util.tryWithErrorDisplay("Downloading the weights failed.", waitCursor=True):
-                self.logic.download_weights(name, progress, token)
-                return True
-        except Exception:
-            return False
-        finally:
-            dialog.close()
-
     def onImportWeights(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(self.parent, "Import weights file", "", "Weights (*.pt *.safetensors *.bin)")
+        from medvlsam2 import weights
+
+        names = list(weights.load_manifest())
+        current = self._model()
+        entry = qt.QInputDialog.getItem(self.parent, "Import weights", "Which weights is the file?", names,
+                                        names.index(current) if current in names else 0, False)
+        if not entry:
+            return
+        path = qt.QFileDialog.getOpenFileName(self.parent, f"Weights file for {entry}", "",
+                                              "Weights (*.pt *.safetensors)")
         if not path:
             return
         try:
-            with slicer.util.tryWithErrorDisplay("Importing the weights failed.", waitCursor=True):
-                final = self.logic.import_weights(self.ui.modelSelector.currentText, path)
+            with slicer.util.tryWithErrorDisplay(f"The file was not installed as {entry}.", waitCursor=True):
+                final = self.logic.import_weights(entry, path)
         except Exception:
             return  # already shown to the user
+        self._fillModels(entry)
         slicer.util.showStatusMessage(f"Weights installed: {os.path.basename(final)}", 5000)
-
-    def onStop(self) -> None:
-        self.logic.stop()
 
     def _openSession(self) -> None:
         volume = self.ui.inputVolumeSelector.currentNode()
-        segmentation = self.ui.segmentSelector.currentNode()
         if volume is None:
             return
-        if segmentation is None:
-            segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} MedVLSAM2")
-            segmentation.CreateDefaultDisplayNodes()
-            self.ui.segmentSelector.setCurrentNode(segmentation)
-        if segmentation.GetSegmentation().GetNumberOfSegments() == 0:
-            self.ui.segmentSelector.setCurrentSegmentID(segmentation.GetSegmentation().AddEmptySegment("", "Segment 1"))
+        segmentation, segmentId = self.logic.ensure_segmentation(slicer.mrmlScene, volume,
+                                                                 self.ui.segmentationSelector.currentNode())
+        if self.ui.segmentationSelector.currentNode() is not segmentation:
+            self.ui.segmentationSelector.setCurrentNode(segmentation)
+        if not self._segmentId():
+            self.ui.segmentSelector.setCurrentSegmentID(segmentId)
         self._run(self.logic.open_session, volume, segmentation)
 
-    # ----- prompts
-    def _markupsNode(self, attribute: str, className: str, name: str, color):
-        node = getattr(self._parameterNode, attribute)
-        if node is None:
-            node = slicer.mrmlScene.AddNewNodeByClass(className, name)
-            node.CreateDefaultDisplayNodes()
-            node.GetDisplayNode().SetSelectedColor(*color)
-            setattr(self._parameterNode, attribute, node)
-        if not self.hasObserver(node, node.PointPositionDefinedEvent, self._onPlaced):
-            self.addObserver(node, node.PointPositionDefinedEvent, self._onPlaced)
-        return node
-
-    def _placePoints(self, on: bool, positive: bool) -> None:
+    # ----- prompts: one drawing tool at a time; points, lassos and scribbles are sent when placed/closed
+    def _onTool(self, name: str, on: bool) -> None:
         if not on:
-            self._stopPlacing()
+            if self._activeTool == name:
+                self._stopTools()
             return
-        other = self.ui.negativePointButton if positive else self.ui.positivePointButton
-        other.checked = False
-        self.ui.boxButton.checked = False
-        node = (self._markupsNode("positivePoints", "vtkMRMLMarkupsFiducialNode", "MedVLSAM2 +", (0.1, 0.8, 0.1)) if positive
-                else self._markupsNode("negativePoints", "vtkMRMLMarkupsFiducialNode", "MedVLSAM2 -", (0.9, 0.1, 0.1)))
-        self._startPlacing(node, persistent=True)
+        for other, _ in TOOLS:
+            if other != name:
+                getattr(self.ui, other).checked = False
+        self._stopTools()
+        kind = dict(TOOLS)[name]
+        node = self.logic.prompt_node(slicer.mrmlScene, kind)
+        node.RemoveAllControlPoints()
+        self._activeTool = name
+        if kind == "box":
+            from .markups import RoiBoxTracker
 
-    def _placeBox(self, on: bool) -> None:
-        if not on:
-            self._stopPlacing()
-            return
-        self.ui.positivePointButton.checked = self.ui.negativePointButton.checked = False
-        roi = self._markupsNode("roi", "vtkMRMLMarkupsROINode", "MedVLSAM2 box", (1.0, 0.8, 0.0))
-        roi.RemoveAllControlPoints()
-        self._startPlacing(roi, persistent=False)
+            self._boxTracker = RoiBoxTracker(node, self.ui.inputVolumeSelector.currentNode(), self._onBox,
+                                             self.state.set_error)
+        elif kind == "point":
+            self.addObserver(node, node.PointPositionDefinedEvent, self._onPointPlaced)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interaction, interaction.InteractionModeChangedEvent, self._onInteractionModeChanged)
+        self._place(node, persistent=kind == "point")
 
-    def _startPlacing(self, node, persistent: bool) -> None:
+    def _place(self, node, persistent: bool) -> None:
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName(node.GetClassName())
         selection.SetActivePlaceNodeID(node.GetID())
@@ -341,57 +358,49 @@ class MedVLSAM2Panel(VTKObservationMixin):
         interaction.SetPlaceModePersistence(1 if persistent else 0)
         interaction.SetCurrentInteractionMode(interaction.Place)
 
-    def _stopPlacing(self) -> None:
+    def _stopTools(self) -> None:
+        """Leave place mode and stop listening to the prompt nodes (the ROI stays on screen until the next box)."""
         interaction = slicer.app.applicationLogic().GetInteractionNode()
-        interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+        self.removeObserver(interaction, interaction.InteractionModeChangedEvent, self._onInteractionModeChanged)
+        points = self.logic.prompt_node(slicer.mrmlScene, "point")
+        self.removeObserver(points, points.PointPositionDefinedEvent, self._onPointPlaced)
+        if self._boxTracker is not None:
+            self._boxTracker.stop()
+            self._boxTracker = None
+        tool, self._activeTool = self._activeTool, ""
+        if tool:
+            getattr(self.ui, tool).checked = False
+        if interaction.GetCurrentInteractionMode() == interaction.Place:
+            interaction.SetCurrentInteractionMode(interaction.ViewTransform)
 
-    def _onPlaced(self, caller, event) -> None:
-        """A point or the ROI was placed: send it at once (applied on placement)."""
-        from . import markups
+    def _onBox(self, box) -> None:
+        self._run(self.logic.controller.add_box, self._segmentId(), box)
 
-        volume, segmentId = self.ui.inputVolumeSelector.currentNode(), self._segmentId()
-        if not segmentId:
-            self.state.set_error("select or add a segment first")
+    def _onPointPlaced(self, caller, event) -> None:
+        node, negative = caller, self.ui.negativeButton.checked
+        # after this event has been handled: the point list is cleared by the logic
+        qt.QTimer.singleShot(0, lambda: self._run(self.logic.submit_drawn_prompt, "point", node, self._segmentId(),
+                                                  negative))
+
+    def _onInteractionModeChanged(self, caller, event) -> None:
+        """Place mode ended: a lasso is closed / a scribble is finished, so send it."""
+        if caller.GetCurrentInteractionMode() == caller.Place or self._activeTool not in ("lassoButton", "scribbleButton"):
             return
-        if caller.IsA("vtkMRMLMarkupsROINode"):
-            self.ui.boxButton.checked = False
-            self._run(lambda: self.logic.controller.add_box(segmentId, markups.roi_to_box(caller, volume)))
-            return
-        label = 1 if caller is self._parameterNode.positivePoints else -1
-        try:
-            point = markups.points_to_voxels(caller, volume)[-1:]
-        except Exception as exc:
-            self.state.set_error(str(exc))
-        else:
-            self._run(self.logic.controller.add_points, segmentId, point, [label])
-        # the session keeps the prompt; clear the view after this event has been handled
-        qt.QTimer.singleShot(0, caller.RemoveAllControlPoints)
-
-    def onRunText(self) -> None:
-        self._run(self.logic.controller.segment_text, self.ui.textPromptEdit.plainText)
+        kind = dict(TOOLS)[self._activeTool]
+        node = self.logic.prompt_node(slicer.mrmlScene, kind)
+        if node.GetNumberOfDefinedControlPoints() >= (3 if kind == "lasso" else 1):
+            self._run(self.logic.submit_drawn_prompt, kind, node, self._segmentId(), self.ui.negativeButton.checked)
+        self._stopTools()
 
     def onPropagate(self) -> None:
-        kRange = None
-        if self.ui.rangeCheckBox.checked:
-            kRange = (int(self.ui.rangeFromSpinBox.value), int(self.ui.rangeToSpinBox.value))
-        direction = self.ui.directionSelector.currentText
-        if self._parameterNode:
-            self._parameterNode.direction = direction
-            self._parameterNode.useSliceRange = self.ui.rangeCheckBox.checked
-        self._run(self.logic.controller.propagate, self._segmentId(), kRange, direction)
+        p = self._parameterNode
+        kRange = (p.firstSlice, p.lastSlice) if p.useSliceRange else None
+        self._run(self.logic.controller.propagate, self._segmentId(), kRange, p.direction)
 
     def onNextSegment(self) -> None:
-        segmentation = self.ui.segmentSelector.currentNode()
-        if segmentation is None:
-            return
-        seg = segmentation.GetSegmentation()
-        ids = [seg.GetNthSegmentID(n) for n in range(seg.GetNumberOfSegments())]
-        current = self._segmentId()
-        if current in ids and ids.index(current) + 1 < len(ids):
-            nextId = ids[ids.index(current) + 1]
-        else:
-            nextId = seg.AddEmptySegment("", f"Segment {len(ids) + 1}")
-        self.ui.segmentSelector.setCurrentSegmentID(nextId)
+        segmentation = self.ui.segmentationSelector.currentNode()
+        if segmentation is not None:
+            self.ui.segmentSelector.setCurrentSegmentID(self.logic.next_segment(segmentation, self._segmentId()))
 
     def _onSegmentsWritten(self, segmentIds) -> None:
         if segmentIds:
@@ -404,11 +413,12 @@ class MedVLSAM2Panel(VTKObservationMixin):
         choice = self.ui.askContextSelector.currentText
         if choice == ASK_CONTEXTS[1] and self._segmentId() in self.logic.controller.objects:
             context = {"object": self.logic.controller.objects[self._segmentId()]}
-        elif choice == ASK_CONTEXTS[2] and self._parameterNode.roi is not None:
+        elif choice == ASK_CONTEXTS[2]:
             from . import markups
 
             try:
-                context = {"box": markups.roi_to_box(self._parameterNode.roi, self.ui.inputVolumeSelector.currentNode())}
+                context = {"box": markups.roi_to_box(self.logic.prompt_node(slicer.mrmlScene, "box"),
+                                                     self.ui.inputVolumeSelector.currentNode())}
             except Exception as exc:
                 self.state.set_error(str(exc))
                 return
@@ -432,16 +442,16 @@ class MedVLSAM2Panel(VTKObservationMixin):
 
     def _onAnswerDone(self, job: str, text: str) -> None:
         if job == "report":
-            from . import report_node
-
-            self._parameterNode.reportText = report_node.report_text_node(slicer.mrmlScene)
             self.ui.reportEdit.plainText = text
 
     def _onReportEdited(self) -> None:
+        from . import report_node
+
         text = self.ui.reportEdit.plainText
         self.state.update(report_text=text)
-        if self._parameterNode and self._parameterNode.reportText and not self.state.busy:
-            self._parameterNode.reportText.SetText(text)
+        node = report_node.report_text_node(slicer.mrmlScene, create=False)
+        if node is not None and not self.state.busy:
+            node.SetText(text)
 
     def onSaveReport(self) -> None:
         from . import report_node

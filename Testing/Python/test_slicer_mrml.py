@@ -569,6 +569,7 @@ def module_file(monkeypatch):
         setattr(base, name, type(name, (), {}))
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = wrapper.Minimum = lambda value: value
     for name, module in {"qt": types.ModuleType("qt"), "ctk": types.ModuleType("ctk"),
                          "slicer.ScriptedLoadableModule": base, "slicer.parameterNodeWrapper": wrapper}.items():
         monkeypatch.setitem(sys.modules, name, module)
@@ -582,7 +583,7 @@ def module_file(monkeypatch):
 def test_module_logic_drives_a_session_and_reports_connection_errors(module_file, segmentation, ct):
     logic = module_file.MedVLSAM2SlicerLogic()
     try:
-        assert {"base", "tiny"} <= set(logic.model_names()) and logic.weights_ready("tiny")
+        assert {"base", "tiny"} <= {v for v, _ in logic.model_choices()} and logic.weights_ready("tiny")
         sid = segmentation.GetSegmentation().AddEmptySegment("organ")
         logic.use_session(FakeSession(), ct, segmentation)
         logic.controller.add_points(sid, [[5, 6, 3]], [1])
@@ -643,5 +644,47 @@ def test_start_launches_a_real_local_server_and_a_click_lands_in_the_segment(mod
         server = logic.connection.server
         logic.stop()
         assert not server.is_alive() and state.connection == "disconnected"
+    finally:
+        logic.shutdown()
+
+
+def test_the_logic_creates_the_panels_nodes_and_turns_drawn_prompts_into_calls(module_file, scene):
+    ct = axial_ct()
+    logic = module_file.MedVLSAM2SlicerLogic()
+    try:
+        segmentation, first = logic.ensure_segmentation(scene, ct)  # none selected: one is made for the CT
+        assert segmentation.GetName() == "axial MedVLSAM2" and segmentation.GetSegmentation().GetNumberOfSegments() == 1
+        assert logic.ensure_segmentation(scene, ct, segmentation) == (segmentation, first)  # reused, not duplicated
+        assert logic.next_segment(segmentation, first) != first and segmentation.GetSegmentation().GetNumberOfSegments() == 2
+        nodes = {kind: logic.prompt_node(scene, kind) for kind in ("point", "box", "lasso", "scribble")}
+        assert nodes["box"].IsA("vtkMRMLMarkupsROINode") and nodes["lasso"].IsA("vtkMRMLMarkupsClosedCurveNode")
+        assert all(logic.prompt_node(scene, k) is n for k, n in nodes.items())  # found again, not duplicated
+        assert not nodes["point"].GetSaveWithScene()
+        logic.use_session(FakeSession(), ct, segmentation)
+        session = logic.controller.session
+        seen = []
+        session.add_points = lambda obj, points, labels: seen.append((points.tolist(), list(labels))) or \
+            SegmentationResult(obj, "x", None, np.zeros((0, 0, 0), np.uint8))
+        nodes["point"].AddControlPoint(vtk.vtkVector3d(3.0, 4.0, 4.0))
+        logic.submit_drawn_prompt("point", nodes["point"], first, negative=True)
+        logic.controller.worker.wait_all()
+        assert seen == [([[3, 4, 2]], [-1])] and nodes["point"].GetNumberOfControlPoints() == 0  # sent, then cleared
+        for p in ((2.0, 5.0, 2.0), (5.0, 5.0, 2.0)):
+            nodes["scribble"].AddControlPoint(vtk.vtkVector3d(*p))
+        logic.submit_drawn_prompt("scribble", nodes["scribble"], first, negative=False)
+        logic.controller.worker.wait_all()
+        assert seen[-1] == ([[2, 5, 1], [3, 5, 1], [4, 5, 1], [5, 5, 1]], [1, 1, 1, 1])
+        # a negative lasso removes what it encloses from the segment's slice
+        mask = np.zeros(SHAPE, np.uint8)
+        mask[3, 2:10, 2:12] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, first, ct)
+        for p in ((1.5, 1.5, 6.0), (6.5, 1.5, 6.0), (6.5, 12.5, 6.0), (1.5, 12.5, 6.0)):
+            nodes["lasso"].AddControlPoint(vtk.vtkVector3d(*p))
+        logic.submit_drawn_prompt("lasso", nodes["lasso"], first, negative=True)
+        logic.controller.worker.wait_all()
+        (_, k, sent), = session.masks
+        expected = mask[3].copy()
+        expected[2:10, 2:7] = 0
+        assert k == 3 and np.array_equal(sent, expected) and logic.controller.state.error == ""
     finally:
         logic.shutdown()

@@ -18,7 +18,7 @@ from MedVLSAM2SlicerLib.settings import Settings  # noqa: E402
 from MedVLSAM2SlicerLib.shortcuts import SHORTCUTS, button_label, strip_shortcut  # noqa: E402
 from MedVLSAM2SlicerLib.signals import Signal  # noqa: E402
 from MedVLSAM2SlicerLib.worker import Job, ModelWorker  # noqa: E402
-from medvlsam2.errors import Cancelled  # noqa: E402
+from medvlsam2.errors import Cancelled, InputError  # noqa: E402
 
 PROMPTS = ("pointButton", "boxButton", "lassoButton", "scribbleButton", "negativeButton")
 NEEDS_OBJECT = ("propagateButton", "resetButton")
@@ -314,14 +314,19 @@ def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, t
     conn = Connection()
     with pytest.raises(InputError, match="not connected"):
         conn.open_session("volume")
-    with pytest.raises(InputError, match="cannot load 'sam2.1-hiera-tiny'"):
-        conn.start_local(ServerOptions(model="sam2.1-hiera-tiny"))  # a SAM2 checkpoint is not a bundle
+    monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path))
+    with pytest.raises(InputError, match="'sam2.1-hiera-tiny' are not on this computer"):
+        conn.start_local(ServerOptions(model="sam2.1-hiera-tiny"))  # a manifest entry that is not installed
+    with pytest.raises(InputError, match="cannot load 'nonsense'"):
+        conn.start_local(ServerOptions(model="nonsense"))
     conn.start_local(ServerOptions(model="tiny", device="cpu", log_path=str(tmp_path / "server.log")))
     assert calls[0] == ("launch", {"python": sys.executable, "model": "tiny", "device": "cpu", "host": "127.0.0.1",
                                    "port": 0, "log_path": str(tmp_path / "server.log"), "ready_timeout": 300.0})
     assert calls[1] == ("client", "http://127.0.0.1:5123", "tok") and conn.connected
     assert conn.open_session("volume") == ("session", "volume")
-    assert conn.device_info() == ("cuda:0", 24.0) and conn.last_log_lines(2) == "line\nline"
+    info = conn.device_info()
+    assert (info.device, info.memory_gb, info.capabilities) == ("cuda:0", 24.0, None)  # an older server: not said
+    assert conn.last_log_lines(2) == "line\nline"
     conn.stop()
     assert calls[-2:] == ["closed", "stopped"] and not conn.connected
     with pytest.raises(InputError, match="not connected"):
@@ -338,16 +343,42 @@ def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, t
         conn.connect_remote("https://gpu-host:8000", "secret")
 
 
-def test_logic_offers_the_shipped_demo_weights_first_and_only_loadable_models(monkeypatch, tmp_path):
-    from medvlsam2 import resources
+def test_model_list_shows_the_demo_bundle_released_weights_random_configs_and_other(monkeypatch, tmp_path):
+    from medvlsam2 import resources, weights
+    from MedVLSAM2SlicerLib import connection
+    from MedVLSAM2SlicerLib.logic import OTHER, MedVLSAM2Logic
+
+    monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path))
+    names = list(weights.load_manifest())
+    assert "medsam2-latest" in names
+    choices = MedVLSAM2Logic.model_choices()
+    values = [v for v, _ in choices]
+    assert values[0] == "demo" and values[-1] == OTHER and choices[-1][1] == "Other file or folder..."
+    assert set(names) <= set(values) and values.index("tiny") > max(values.index(n) for n in names)
+    assert dict(choices)["medsam2-latest"] == "medsam2-latest (download)"  # nothing installed yet
+    assert MedVLSAM2Logic.weights_ready("demo") and MedVLSAM2Logic.weights_ready("tiny")
+    assert not MedVLSAM2Logic.weights_ready("medsam2-latest")
+    # once installed, an entry moves up, loses "(download)" and is served by its name
+    weights.weight_path("medsam2-latest").parent.mkdir(parents=True, exist_ok=True)
+    weights.weight_path("medsam2-latest").write_bytes(b"x")
+    choices = MedVLSAM2Logic.model_choices()
+    assert choices[1] == ("medsam2-latest", "medsam2-latest") and MedVLSAM2Logic.weights_ready("medsam2-latest")
+    assert connection.model_spec("medsam2-latest") == "medsam2-latest"
+    # files and folders the factory takes
+    ckpt, recipe, text = tmp_path / "MedSAM2_latest.pt", tmp_path / "recipe.yaml", tmp_path / "notes.txt"
+    for p in (ckpt, recipe, text):
+        p.write_text("x")
+    assert connection.model_spec(str(ckpt)) == str(ckpt) and connection.model_spec(str(recipe)) == str(recipe)
+    assert connection.model_spec(str(tmp_path)) == str(tmp_path) and MedVLSAM2Logic.weights_ready(str(ckpt))
+    with pytest.raises(InputError, match="not a model file"):
+        connection.model_spec(str(text))
+    monkeypatch.setattr(resources, "SEARCH_DIRS", (tmp_path / "a", tmp_path / "b"))  # extension without demo weights
+    assert MedVLSAM2Logic.model_choices()[0][0] != "demo" and not MedVLSAM2Logic.weights_ready("demo")
+
+
+def test_logic_runs_one_worker_even_when_slicer_calls_init_twice():
     from MedVLSAM2SlicerLib.logic import MedVLSAM2Logic
 
-    assert MedVLSAM2Logic.model_names() == ["demo", "tiny", "base"]
-    assert MedVLSAM2Logic.weights_ready("demo") and MedVLSAM2Logic.weights_ready("tiny")
-    monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path))
-    assert not MedVLSAM2Logic.weights_ready("sam2.1-hiera-tiny")  # manifest entry, not downloaded
-    monkeypatch.setattr(resources, "SEARCH_DIRS", (tmp_path / "a", tmp_path / "b"))  # extension without demo weights
-    assert MedVLSAM2Logic.model_names() == ["tiny", "base"] and not MedVLSAM2Logic.weights_ready("demo")
     logic = MedVLSAM2Logic()
     try:
         worker = logic.controller.worker

@@ -185,7 +185,7 @@ def test_the_dependency_list_covers_every_package_the_local_server_imports():
 import ast, sys
 sys.path.insert(0, {str(MODULE_DIR)!r})
 import medvlsam2.cli.serve, medvlsam2.server.app
-from medvlsam2.checkpoint import load_model
+from medvlsam2.factory import load_model
 load_model("tiny")
 found = set()
 for name, mod in list(sys.modules.items()):
@@ -216,3 +216,58 @@ print(",".join(sorted(n for n in found if n not in sys.stdlib_module_names and n
 
 def listed_requirements(dependencies) -> list[str]:
     return list(dependencies.CLIENT_REQUIREMENTS.values()) + list(dependencies.SERVER_REQUIREMENTS.values())
+
+
+# what Slicer's parameterNodeWrapper can bind (slicer/parameterNodeWrapper/guiConnectors.py): field type -> widget classes
+CONNECTABLE = {"vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"}, "vtkMRMLSegmentationNode": {"qMRMLNodeComboBox"},
+               "bool": {"QCheckBox", "QPushButton"}, "int": {"QSpinBox", "QSlider"},
+               "str": {"QLineEdit", "QTextEdit"}, "Annotated[str, Choice": {"QComboBox"},
+               "Annotated[int, Minimum": {"QSpinBox", "QSlider"}}
+
+
+def ui_bindings() -> dict[str, tuple[str, str]]:
+    """SlicerParameterName -> (widget class, widget name) from the .ui file."""
+    out = {}
+    for w in ET.parse(UI_FILE).getroot().iter("widget"):
+        for p in w.findall("property"):
+            if p.get("name") == "SlicerParameterName":
+                out[p.find("string").text] = (w.get("class"), w.get("name"))
+    return out
+
+
+def test_every_parameter_node_field_is_bound_to_a_widget_that_can_show_it():
+    node = next(n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name == "MedVLSAM2SlicerParameterNode")
+    fields = {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+    assert {"inputVolume", "segmentation", "textPrompts", "direction", "firstSlice", "lastSlice"} <= set(fields)
+    bound = ui_bindings()
+    assert set(fields) == set(bound), f"fields without a widget: {set(fields) - set(bound)}; " \
+                                      f"bindings without a field: {set(bound) - set(fields)}"
+    for name, annotation in fields.items():
+        kind = next(k for k in sorted(CONNECTABLE, key=len, reverse=True) if annotation.startswith(k))
+        assert bound[name][0] in CONNECTABLE[kind], f"{name}: {annotation} cannot be shown by a {bound[name][0]}"
+    widget = ast.unparse(module_tree(LIB_DIR / "widget.py"))
+    assert "connectGui(self.ui)" in widget and "disconnectGui(" in widget
+
+
+def test_no_shortcut_is_installed_on_the_main_window():
+    tree = module_tree(LIB_DIR / "widget.py")
+    shortcuts = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func).endswith("QShortcut")]
+    assert shortcuts, "the panel installs no shortcut at all"
+    for call in shortcuts:
+        assert "mainWindow" not in ast.unparse(call), f"line {call.lineno}: shortcut on the main window"
+    text = ast.unparse(tree)
+    assert "mainWindow" not in text
+    assert "setContext(qt.Qt.WidgetWithChildrenShortcut)" in text  # only while focus is in the panel or a slice view
+
+
+def test_the_slicer_smoke_script_exists_is_listed_in_the_cmake_tests_and_run_by_ci():
+    smoke = ROOT / "Testing" / "Slicer" / "smoke.py"
+    assert smoke.is_file()
+    source = smoke.read_text()
+    compile(source, str(smoke), "exec")
+    assert "MedVLSAM2SlicerTest" in source and "exit" in source
+    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text())
+    test_block = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", text, re.S).group(1)
+    assert "Testing/Slicer/smoke.py" in test_block and "--no-main-window" in test_block and "add_test(" in test_block
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "command -v Slicer" in ci and "Testing/Slicer/smoke.py" in ci and "skipped" in ci
