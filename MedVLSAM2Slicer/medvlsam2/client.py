@@ -1,10 +1,13 @@
 """Torch-free client of ``medvlsam2 serve`` with the local ``Session``'s method names.
 
 ``Client(url, token).open_session(volume)`` uploads the volume once (skipped when the server already
-holds the same content hash) and returns a ``RemoteSession``. The session keeps a local copy of every
-object's mask and replaces it only after a call succeeded, so a failed, cancelled or interrupted call
-leaves the caller's previous mask unchanged. When the server forgot the session (lease expired or
-restart), the session re-uploads if needed, replays the calls that built its objects, and retries.
+holds the same content hash) and returns a ``RemoteSession``; use it as a context manager (or call
+``close()``) so the server frees it at once. The session keeps one local mask per object and writes
+each result's changed box into it in place, only after the call succeeded, so a failed, cancelled or
+interrupted call leaves the caller's previous mask unchanged. When the server forgot the session
+(lease expired or restart), the session re-uploads if needed, replays the calls that built its
+objects, and retries. A stream that sends nothing (not even its ``alive`` pings) for
+``stream_silence_s`` is treated like a dead server.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import numpy as np
 
 from . import API_VERSION
 from .errors import Cancelled, InputError
-from .protocol import (JSONL, VOLUME_MEDIA_TYPE, RemoteError, ServerUnavailable, SessionExpired, check_api_version,
-                       decode_mask, decode_result, pack_volume, raise_for_error, volume_id)
+from .protocol import (JSONL, PING_S, VOLUME_MEDIA_TYPE, RemoteError, ServerBusy, ServerUnavailable, SessionExpired,
+                       check_api_version, decode_mask, decode_result, pack_volume, raise_for_error, volume_id)
 from .results import SegmentationResult
 from .utils.cancel import CancelToken
 
@@ -36,13 +39,15 @@ def _httpx():
 
 
 class Client:
-    """Connection to one server. ``retries`` applies to calls that are safe to repeat."""
+    """Connection to one server. ``retries`` applies to calls that are safe to repeat; ``stream_silence_s``
+    is how long a stream may send nothing before the server counts as gone (the server pings every
+    ``PING_S`` seconds)."""
 
     def __init__(self, url: str, token: str, timeout: float = 60.0, retries: int = 3, backoff_s: float = 0.25,
-                 heartbeat: bool = True) -> None:
+                 heartbeat: bool = True, stream_silence_s: float = 6 * PING_S) -> None:
         httpx = _httpx()
         self.url, self.timeout, self.retries, self.backoff_s = url.rstrip("/"), timeout, retries, backoff_s
-        self.heartbeat = heartbeat
+        self.heartbeat, self.stream_silence_s = heartbeat, stream_silence_s
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
                                   timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
         self._version_checked = False
@@ -85,7 +90,8 @@ class Client:
         if r.status_code >= 400:
             if not isinstance(body, dict) or "error" not in body:
                 body = {"error": {"code": f"http_{r.status_code}", "message": str(body)[:200]}}
-            raise_for_error(body, r.status_code)
+            retry = r.headers.get("retry-after", "")
+            raise_for_error(body, r.status_code, float(retry) if retry.isdigit() else None)
         return body
 
     def stream(self, path: str, body: Any, on_item: Callable[[dict], None], cancel: CancelToken | None = None,
@@ -96,7 +102,8 @@ class Client:
         if cancel is not None and sid is not None:  # forward a cancel to the server as soon as it is set
             threading.Thread(target=self._forward_cancel, args=(cancel, sid, stop), daemon=True).start()
         try:
-            with self._http.stream("POST", path, json=body, timeout=httpx.Timeout(self.timeout, read=None)) as r:
+            with self._http.stream("POST", path, json=body,
+                                   timeout=httpx.Timeout(self.timeout, read=self.stream_silence_s)) as r:
                 if r.status_code >= 400:
                     r.read()
                     self._decode(r)
@@ -106,6 +113,8 @@ class Client:
                     item = json.loads(line)
                     if "error" in item:
                         raise_for_error(item, 200)
+                    if "alive" in item:  # the server is waiting for the model: it is not gone
+                        continue
                     if "progress" in item or "token" in item:
                         on_item(item)
                         continue
@@ -113,6 +122,12 @@ class Client:
         except (httpx.ConnectError, httpx.ConnectTimeout):
             raise ServerUnavailable(f"cannot reach the model server at {self.url}; is it running? (check its log)",
                                     "unreachable") from None
+        except httpx.ReadTimeout:
+            if sid is not None:  # a frozen (not dead) server should still stop the work nobody waits for
+                threading.Thread(target=self._cancel_quietly, args=(sid,), daemon=True).start()
+            raise ServerUnavailable(f"the model server at {self.url} sent nothing for {self.stream_silence_s:g} s during "
+                                    f"{path.rsplit('/', 1)[-1]}, so it counts as stopped; your previous result is kept. "
+                                    "Check the server log", "unreachable") from None
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"the model server at {self.url} stopped answering during {path.rsplit('/', 1)[-1]} "
                                     f"({type(exc).__name__}); your previous result is kept. Check the server log",
@@ -125,11 +140,14 @@ class Client:
     def _forward_cancel(self, cancel: CancelToken, sid: str, stop: threading.Event) -> None:
         while not stop.wait(0.05):
             if cancel.cancelled:
-                try:
-                    self.request("POST", f"/v1/sessions/{sid}/cancel")
-                except Exception:  # the stream reports what happened
-                    pass
+                self._cancel_quietly(sid)
                 return
+
+    def _cancel_quietly(self, sid: str) -> None:
+        try:
+            self._http.post(f"/v1/sessions/{sid}/cancel", timeout=5.0)
+        except Exception:  # best effort: the stream (or its timeout) reports what happened
+            pass
 
     # ----- service --------------------------------------------------------------------------------
     def health(self) -> dict:
@@ -178,7 +196,11 @@ class Client:
 
 
 class RemoteSession:
-    """A server-side ``Session`` with the same method names and return types."""
+    """A server-side ``Session`` with the same method names and return types.
+
+    A context manager: ``with client.open_session(volume) as s: ...`` closes the server session at the
+    end. Heartbeats (every ``liveness_s / 4``) only tell the server the client is alive; a session
+    without real calls for the server's ``lease_s`` is closed there all the same."""
 
     def __init__(self, client: Client, volume) -> None:
         self._c, self.volume = client, volume
@@ -190,10 +212,22 @@ class RemoteSession:
         self._lock = threading.RLock()
         self.reopened = 0
         self.sid = ""
-        self._open()
         self._closed = threading.Event()
+        self._open()
+        self._beater: threading.Thread | None = None
         if client.heartbeat:
-            threading.Thread(target=self._heartbeat_loop, daemon=True).start()
+            self._beater = threading.Thread(target=self._heartbeat_loop, name="medvlsam2-heartbeat", daemon=True)
+            self._beater.start()
+
+    def __enter__(self) -> "RemoteSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     # ----- plumbing -------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -206,9 +240,10 @@ class RemoteSession:
             got = self._c.request("POST", "/v1/sessions", json_body={"volume_id": self._c.ensure_volume(self.volume)},
                                   idempotent=False)
         self.sid, self.lease_s = got["session_id"], float(got.get("lease_s", 600))
+        self.liveness_s = float(got.get("liveness_s", self.lease_s))
 
     def _heartbeat_loop(self) -> None:
-        while not self._closed.wait(max(0.2, self.lease_s / 4)):
+        while not self._closed.wait(max(0.2, self.liveness_s / 4)):
             try:
                 self._c.request("POST", f"/v1/sessions/{self.sid}/heartbeat")
             except Exception:  # the next real call recovers
@@ -250,6 +285,7 @@ class RemoteSession:
     def _call(self, op: str, args: tuple, cancel=None, progress=None) -> Any:
         """Run ``op``; after SessionExpired re-open, re-seed from the journal and retry once."""
         with self._lock:
+            self._check_open()
             try:
                 out = self._raw(op, args, cancel, progress)
             except SessionExpired:
@@ -258,6 +294,10 @@ class RemoteSession:
             self._journal.append((op, args))
             return out
 
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise InputError("this session was closed; open a new one with Client.open_session(volume)")
+
     def _reseed(self) -> None:
         self._open()
         self.reopened += 1
@@ -265,10 +305,17 @@ class RemoteSession:
             self._raw(op, args)
 
     def _apply(self, r: SegmentationResult) -> SegmentationResult:
+        """Write the (already decoded, so successful) result's patch into the object's mask in place."""
+        if r.bbox is not None:
+            k0, k1, j0, j1, i0, i1 = r.bbox
+            if not (0 <= k0 <= k1 <= self.shape[0] and 0 <= j0 <= j1 <= self.shape[1] and 0 <= i0 <= i1 <= self.shape[2]):
+                raise RemoteError(f"the server sent a box {r.bbox} outside the volume {self.shape}; your previous "
+                                  "result is kept", "bad_response")
         mask = self._masks.get(r.object_id)
-        mask = np.zeros(self.shape, np.uint8) if mask is None else mask.copy()
+        if mask is None:
+            mask = self._masks[r.object_id] = np.zeros(self.shape, np.uint8)
         r.apply_to(mask)
-        self._masks[r.object_id], self._names[r.object_id] = mask, r.name  # replaced only on success
+        self._names[r.object_id] = r.name
         return r
 
     def _known(self, obj: int) -> int:
@@ -295,6 +342,7 @@ class RemoteSession:
     def fetch_mask(self, obj: int) -> np.ndarray:
         """The server's mask of ``obj`` (to check the local copy)."""
         with self._lock:
+            self._check_open()
             try:
                 got = self._c.request("GET", self._path(f"/objects/{int(obj)}/mask"))
             except SessionExpired:
@@ -347,6 +395,7 @@ class RemoteSession:
         def reader() -> None:
             try:
                 with self._lock:
+                    self._check_open()
                     try:
                         self._c.stream(self._path(tail), body, lambda it: q.put(it["token"]), cancel, self.sid)
                     except SessionExpired:
@@ -370,13 +419,19 @@ class RemoteSession:
         return tokens()
 
     def close(self) -> None:
-        """Close the server-side session (its memory is freed at once)."""
+        """Close the server-side session (its memory is freed at once); a second close does nothing.
+
+        Stops the heartbeats first; a server that is gone or already forgot the session is fine."""
+        if self._closed.is_set():
+            return
         self._closed.set()
+        if self._beater is not None and self._beater is not threading.current_thread():
+            self._beater.join(5)
         try:
-            self._c.request("DELETE", self._path(""), idempotent=False)
+            self._c.request("DELETE", self._path(""))  # repeatable: a second DELETE only finds it gone
         except (SessionExpired, ServerUnavailable):
             pass
 
 
-__all__ = ["Client", "RemoteSession", "RemoteError", "SessionExpired", "ServerUnavailable", "Cancelled", "API_VERSION",
-           "JSONL"]
+__all__ = ["Client", "RemoteSession", "RemoteError", "SessionExpired", "ServerUnavailable", "ServerBusy", "Cancelled",
+           "API_VERSION", "JSONL"]

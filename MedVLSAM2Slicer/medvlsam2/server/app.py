@@ -1,4 +1,8 @@
-"""FastAPI app: bearer-token auth, upload limits, sessions with leases, JSON-lines streams.
+"""FastAPI app: bearer-token auth, request limits, sessions with leases, JSON-lines streams.
+
+Every handler is ``async``: health, version, heartbeat and cancel answer from the event loop at once,
+and model calls wait for their session's ``asyncio.Lock`` and for the model worker without holding a
+thread. A call that runs past ``call_timeout_s`` is cancelled, changes nothing, and answers 504.
 
 Logs hold counts and error codes only: never voxels, file names, prompts or patient identifiers.
 """
@@ -6,10 +10,8 @@ Logs hold counts and error codes only: never voxels, file names, prompts or pati
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,17 +24,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import API_VERSION, __version__
-from ..errors import MedVLSAM2Error
-from ..protocol import (JSONL, PayloadTooLarge, RemoteError, dumps, encode_mask, encode_result, error_body, parse_json,
-                        unpack_volume, validate_box, validate_context, validate_points, validate_propagate,
-                        validate_text)
+from ..errors import Cancelled, MedVLSAM2Error
+from ..protocol import (JSONL, MAX_JSON_BYTES, MAX_POINTS, MAX_PROMPT_CHARS, PING_S, CallTimeout, RemoteError, dumps,
+                        encode_mask, encode_result, error_body, excerpt, parse_json, unpack_volume, validate_box,
+                        validate_context, validate_name, validate_points, validate_propagate, validate_text,
+                        validate_volume_id)
 from ..utils.cancel import CancelToken
+from .guards import Guard
 from .worker import ModelWorker, ServerSession, SessionStore, check_object
 
 log = logging.getLogger("medvlsam2.server")
 
 STATUS = {"bad_input": 400, "bad_request": 400, "unknown_object": 404, "unknown_session": 404, "unknown_volume": 404,
-          "not_found": 404, "too_large": 413, "cancelled": 409, "not_capable": 422, "too_many_sessions": 503, "unauthorized": 401}
+          "not_found": 404, "too_large": 413, "cancelled": 409, "not_capable": 422, "too_many_sessions": 503,
+          "busy": 429, "unauthorized": 401, "timeout": 504, "request_timeout": 408}
+MAX_MESSAGE_CHARS = 400
 
 
 @dataclass
@@ -40,250 +46,303 @@ class Limits:
     max_upload_bytes: int = 1 << 30
     max_voxels: int = 1024 * 1024 * 1024
     call_timeout_s: float = 600.0
+    max_json_bytes: int = MAX_JSON_BYTES
+    max_points: int = MAX_POINTS
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    max_queued_calls: int = 256  # model calls waiting or running, all sessions together (429 beyond)
+    request_timeout_s: float = 30.0  # a request body may pause at most this long (408)
 
 
-def _error(code: str, message: str, status: int | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status or STATUS.get(code, 500))
+def _error(code: str, message: str, status: int | None = None, retry_after_s: float | None = None) -> JSONResponse:
+    status = status or STATUS.get(code, 500)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 3] + "..."
+    resp = JSONResponse(error_body(code, message), status_code=status)
+    if retry_after_s is not None:
+        resp.headers["retry-after"] = str(max(1, int(round(retry_after_s))))
+    if status in (408, 413):
+        resp.headers["connection"] = "close"  # the rest of the body is not read
+    if status >= 500:
+        log.warning("answered %d (%s)", status, code)
+    return resp
 
 
 def _exc_body(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, MedVLSAM2Error):
         return getattr(exc, "code", "error"), str(exc)
     log.error("internal error: %s", type(exc).__name__)  # the type only: messages may quote data
-    return "internal", f"internal server error ({type(exc).__name__}: {exc}); see the server log"
+    return "internal", f"internal server error ({type(exc).__name__}); see the server log"
 
 
 def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | None = None,
-               lease_s: float = 600.0, max_sessions: int = 16) -> FastAPI:
+               lease_s: float = 600.0, max_sessions: int = 16, liveness_s: float | None = None) -> FastAPI:
     """The HTTP app around one loaded model. ``info`` is reported by /v1/version (model, device...)."""
     limits = limits or Limits()
     worker = ModelWorker()
-    store = SessionStore(model, worker, lease_s, max_sessions)
+    store = SessionStore(model, worker, lease_s, max_sessions, liveness_s)
     app = FastAPI(title="MedVL-SAM2 server", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store, app.state.worker = store, worker
-    expected = f"Bearer {token}".encode()
-
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return _error("unauthorized", "missing or wrong bearer token; send 'Authorization: Bearer <token>' with "
-                                          "the token the server was started with", 401)
-        return await call_next(request)
+    app.add_middleware(Guard, token=token, max_upload_bytes=limits.max_upload_bytes,
+                       max_json_bytes=limits.max_json_bytes, request_timeout_s=limits.request_timeout_s)
+    queued = {"calls": 0}
+    tasks: set[asyncio.Task] = set()  # streams still running after their client left
 
     @app.exception_handler(MedVLSAM2Error)
     async def engine_error(request: Request, exc: MedVLSAM2Error):
         code, message = _exc_body(exc)
-        return _error(code, message, getattr(exc, "status", 0) or None)
+        return _error(code, message, getattr(exc, "status", 0) or None, getattr(exc, "retry_after_s", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(request: Request, exc: ClientDisconnect):
+        log.info("client disconnected before its request was complete")
+        return Response(status_code=400)  # nobody reads it
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error("bad_request", f"invalid {where}: {first.get('msg', 'bad value')}", 422)
+        return _error("bad_request", f"invalid {excerpt(where)}: {excerpt(str(first.get('msg', 'bad value')))}", 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = "not_found" if exc.status_code == 404 else "bad_request"
-        return _error(code, f"{exc.detail}: {request.method} {request.url.path} is not a route of API v{API_VERSION}",
-                      exc.status_code)
+        return _error(code, f"{excerpt(str(exc.detail))}: {request.method} {excerpt(request.url.path)} is not a route "
+                            f"of API v{API_VERSION}", exc.status_code)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         code, message = _exc_body(exc)
         return _error(code, message, 500)
 
-    # ----- helpers --------------------------------------------------------------------------------
+    # ----- model calls ----------------------------------------------------------------------------
     async def body_json(request: Request) -> Any:
-        raw = await request.body()
-        if len(raw) > 1 << 20:
-            raise PayloadTooLarge("JSON requests are limited to 1 MiB; prompts should be small")
-        return parse_json(raw)
+        return parse_json(await request.body())  # Guard has bounded the body already
 
-    def call(sid: str, fn: Callable[[Any], Any]) -> Any:
-        """Run ``fn(engine)`` on the model worker, one request of this session at a time."""
+    def admit() -> None:
+        if queued["calls"] >= limits.max_queued_calls:
+            raise RemoteError(f"the server has {queued['calls']} model calls waiting; retry in a few seconds",
+                              "busy", 429, retry_after_s=2)
+
+    async def on_worker(s: ServerSession, fn: Callable[[Any, CancelToken], Any],
+                        rollback: Callable[[Any], Any] | None = None, cancel: CancelToken | None = None) -> Any:
+        """Run ``fn(engine, token)`` on the model worker; the caller holds ``s.lock``.
+
+        Past ``call_timeout_s`` (or on a user cancel) the token is set: a queued job never starts, the
+        engine stops at its next slice or token, and a job that cannot stop is taken back with
+        ``rollback(engine)`` when it ends. Either way nothing is committed and the answer says so."""
+        token, timed_out = cancel or CancelToken(), []
+
+        def expire() -> None:
+            timed_out.append(True)
+            token.cancel()
+
+        def job() -> Any:
+            out = fn(s.engine, token)
+            if token.cancelled and rollback is not None:
+                rollback(s.engine)
+                token.raise_if_cancelled()
+            return out
+
+        timer = asyncio.get_running_loop().call_later(limits.call_timeout_s, expire)
+        s.busy += 1
+        if cancel is None:  # a stream sets its own token for its whole length
+            s.cancel = token
+        try:
+            return await asyncio.wrap_future(worker.submit(job, token))
+        except Cancelled:
+            if timed_out:
+                raise CallTimeout(f"the call ran longer than this server's --call-timeout-s of "
+                                  f"{limits.call_timeout_s:g} s and was cancelled; nothing was changed. Use a smaller "
+                                  "slice range, or raise --call-timeout-s") from None
+            raise
+        finally:
+            timer.cancel()
+            s.busy -= 1
+            if cancel is None:
+                s.cancel = None
+            s.touch()
+
+    async def call(sid: str, fn: Callable[[Any, CancelToken], Any], rollback: Callable[[Any], Any] | None = None) -> Any:
+        """One model call of session ``sid``, after the calls of this session before it."""
         s = store.get(sid)
-        with s.lock:
-            s.busy += 1
-            try:
-                return worker.run(lambda: fn(s.engine), limits.call_timeout_s)
-            finally:
-                s.busy -= 1
-                s.last_seen = time.monotonic()
+        admit()
+        queued["calls"] += 1
+        try:
+            async with s.lock:
+                return await on_worker(s, fn, rollback)
+        finally:
+            queued["calls"] -= 1
 
-    def on_worker(fn: Callable[[], Any]) -> Any:
-        return worker.run(fn, limits.call_timeout_s)
-
-    def stream(sid: str, work: Callable[[Any, CancelToken, Callable[[dict], None]], dict],
+    def stream(sid: str, work: Callable[[Any, CancelToken, Callable[[dict], None]], dict] | None,
                tokens: Callable[[Any, CancelToken], Any] | None = None) -> StreamingResponse:
-        """JSON lines: what ``work`` emits (progress), then its final dict or an error line.
+        """JSON lines: what ``work`` emits (progress), then its final dict or an error line, with
+        ``{"alive": true}`` after every ``PING_S`` silent seconds (while queued, too).
 
         ``work(engine, cancel, emit)`` is one model call. For text, ``tokens(engine, cancel)`` makes a
         token iterator and each token is its own model call, so other sessions' calls run in between.
         """
         s = store.get(sid)  # unknown session -> 404 before the stream starts
+        admit()
         return StreamingResponse(_lines(s, work, tokens), media_type=JSONL)
 
-    async def _lines(s: ServerSession, work, tokens):
-        """The job runs in its own pump thread (holding the session lock only while it runs), so a client
-        that disconnects can never leave the session locked; lines reach this generator by an asyncio queue."""
+    async def _run_stream(s: ServerSession, work, tokens, cancel: CancelToken, put: Callable[[Any], None]) -> None:
+        """The model side of a stream, a task of its own: it holds the session lock until the worker is done
+        even when the client has gone (then ``cancel`` is set and the engine stops at the next slice)."""
         loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        cancel, done = CancelToken(), object()
 
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, item)
-            except RuntimeError:  # the event loop is gone (server shutting down)
-                pass
+        def emit(item: dict) -> None:  # called on the worker thread
+            loop.call_soon_threadsafe(put, item)
 
-        def pump() -> None:
-            with s.lock:
-                s.busy += 1
+        queued["calls"] += 1
+        try:
+            async with s.lock:
                 s.cancel = cancel
-                try:
-                    if tokens is None:
-                        put(on_worker(lambda: work(s.engine, cancel, put)))
-                    else:
-                        end = object()
-                        it = on_worker(lambda: iter(tokens(s.engine, cancel)))
-                        while (token := on_worker(lambda: next(it, end))) is not end:
-                            put({"token": token})
-                            cancel.raise_if_cancelled()
-                        put({"done": True})
-                except BaseException as exc:  # sent to the client as the last line
-                    put(error_body(*_exc_body(exc)))
-                finally:
-                    s.busy -= 1
-                    s.cancel = None
-                    s.last_seen = time.monotonic()
-                    put(done)
+                if tokens is None:
+                    put(await on_worker(s, lambda e, t: work(e, t, emit), cancel=cancel))
+                else:
+                    end = object()
+                    it = await on_worker(s, lambda e, t: iter(tokens(e, t)), cancel=cancel)
+                    while (token := await on_worker(s, lambda e, t: next(it, end), cancel=cancel)) is not end:
+                        put({"token": token})
+                    put({"done": True})
+        except BaseException as exc:  # sent to the client as the last line
+            put(error_body(*_exc_body(exc)))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            queued["calls"] -= 1
+            if s.cancel is cancel:
+                s.cancel = None
 
-        threading.Thread(target=pump, name="medvlsam2-stream", daemon=True).start()
+    async def _lines(s: ServerSession, work, tokens):
+        q: asyncio.Queue = asyncio.Queue()
+        cancel = CancelToken()
+        task = asyncio.create_task(_run_stream(s, work, tokens, cancel, q.put_nowait))
+        tasks.add(task)
+        task.add_done_callback(lambda t: (tasks.discard(t), q.put_nowait(None)))
         finished = False
         try:
-            while (item := await q.get()) is not done:
+            while True:
+                try:
+                    item = await asyncio.wait_for(q.get(), PING_S)
+                except asyncio.TimeoutError:
+                    yield b'{"alive":true}\n'
+                    continue
+                if item is None:
+                    break
                 yield dumps(item) + b"\n"
-            finished = True
+                if "error" in item or "result" in item or "results" in item or "done" in item:
+                    finished = True
+                    break
         finally:
             if not finished:  # the client went away: stop the model at the next slice / token
                 cancel.cancel()
 
-    # ----- service --------------------------------------------------------------------------------
+    # ----- service: answered from the event loop, never behind model work ---------------------------
     @app.get("/v1/health")
-    def health() -> dict:
-        return {"status": "ok", "queue": worker.pending(), "rss_bytes": _rss_bytes(), **store.stats()}
+    async def health() -> dict:
+        return {"status": "ok", "queue": worker.pending(), "waiting_calls": queued["calls"], "rss_bytes": _rss_bytes(),
+                **store.stats()}
 
     @app.get("/v1/version")
-    def version() -> dict:
-        return {"server_version": __version__, "api_version": API_VERSION, **info, **_free_memory(info.get("device"))}
+    async def version() -> dict:
+        return {"server_version": __version__, "api_version": API_VERSION, **info, **_free_memory(info.get("device")),
+                "limits": {"max_points": limits.max_points, "max_prompt_chars": limits.max_prompt_chars,
+                           "max_json_bytes": limits.max_json_bytes, "max_upload_bytes": limits.max_upload_bytes,
+                           "max_voxels": limits.max_voxels, "call_timeout_s": limits.call_timeout_s}}
 
     # ----- volumes --------------------------------------------------------------------------------
     @app.get("/v1/volumes/{volume_id}")
-    def has_volume(volume_id: str) -> dict:
+    async def has_volume(volume_id: str) -> dict:
         if not store.has_volume(volume_id):
             raise RemoteError("this volume is not on the server; upload it", "unknown_volume", 404)
         return {"volume_id": volume_id}
 
     @app.post("/v1/volumes")
     async def upload(request: Request):
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return _error("bad_request", "Content-Length must be a non-negative integer")
-            if int(length) > limits.max_upload_bytes:  # refuse before reading a byte of the body
-                return _too_large(int(length))
-        parts, size = [], 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limits.max_upload_bytes:
-                    return _too_large(size)
-                parts.append(chunk)
-        except ClientDisconnect:
-            log.info("upload aborted by the client")
-            return Response(status_code=400)
-        body = b"".join(parts)
-        del parts
+        body = await request.body()  # Guard bounds it by --max-upload-mb, from Content-Length or as it arrives
         vid, array, geometry = await run_in_threadpool(unpack_volume, body, limits.max_voxels)
+        del body
         await run_in_threadpool(store.put_volume, vid, array, geometry)
         log.info("volume stored (%d voxels, %s)", array.size, array.dtype)
         return {"volume_id": vid}
 
-    def _too_large(size: int) -> JSONResponse:
-        resp = _error("too_large", f"the upload has {size} bytes, more than this server's limit of "
-                                   f"{limits.max_upload_bytes}; crop the volume or raise --max-upload-mb", 413)
-        resp.headers["connection"] = "close"
-        return resp
-
     # ----- sessions -------------------------------------------------------------------------------
     @app.post("/v1/sessions")
     async def open_session(request: Request) -> dict:
-        body = await body_json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("volume_id"), str):
-            raise RemoteError('send {"volume_id": "<id from POST /v1/volumes>"}', "bad_request", 400)
-        s = await run_in_threadpool(store.create, body["volume_id"])
-        return {"session_id": s.sid, "lease_s": store.lease_s, "shape": list(s.engine.volume.shape)}
+        from ..session import Session
+
+        vid = validate_volume_id(await body_json(request))
+        stored = store.reserve(vid)  # 404 unknown volume, 503 + Retry-After at capacity
+        try:
+            engine = await asyncio.wrap_future(worker.submit(lambda: Session(model, stored.volume)))
+        except BaseException:
+            store.release()
+            raise
+        s = store.add(vid, engine)
+        return {"session_id": s.sid, "lease_s": store.lease_s, "liveness_s": store.liveness_s,
+                "shape": list(engine.volume.shape)}
 
     @app.delete("/v1/sessions/{sid}")
-    def close_session(sid: str) -> dict:
-        store.delete(sid)
+    async def close_session(sid: str) -> dict:
+        await run_in_threadpool(store.delete, sid)
         return {"closed": True}
 
     @app.post("/v1/sessions/{sid}/heartbeat")
-    def heartbeat(sid: str) -> dict:
-        store.get(sid)
-        return {"lease_s": store.lease_s}
+    async def heartbeat(sid: str) -> dict:
+        store.get(sid, call=False)  # liveness only: a session that only beats still expires after lease_s
+        return {"lease_s": store.lease_s, "liveness_s": store.liveness_s}
 
     @app.post("/v1/sessions/{sid}/cancel")
-    def cancel(sid: str) -> dict:
-        s = store.get(sid)
-        token = s.cancel
+    async def cancel(sid: str) -> dict:
+        token = store.get(sid, call=False).cancel
         if token is not None:
             token.cancel()
         return {"cancelled": token is not None}
 
     @app.get("/v1/sessions/{sid}/objects")
-    def objects(sid: str) -> dict:
-        return {"objects": {str(k): v for k, v in call(sid, lambda e: e.objects()).items()}}
+    async def objects(sid: str) -> dict:
+        return {"objects": {str(k): v for k, v in (await call(sid, lambda e, t: e.objects())).items()}}
 
     @app.post("/v1/sessions/{sid}/objects")
     async def add_object(sid: str, request: Request) -> dict:
-        body = await body_json(request) or {}
-        name = body.get("name") if isinstance(body, dict) else None
-        if name is not None and (not isinstance(name, str) or len(name) > 200):
-            raise RemoteError("name must be text of at most 200 characters", "bad_input", 400)
-        return {"object_id": await run_in_threadpool(call, sid, lambda e: e.add_object(name))}
+        name = validate_name(await body_json(request))
+        return {"object_id": await call(sid, lambda e, t: e.add_object(name), rollback=None)}
 
     @app.delete("/v1/sessions/{sid}/objects/{obj}")
-    def remove(sid: str, obj: int) -> dict:
-        call(sid, lambda e: e.remove(check_object(obj)))
+    async def remove(sid: str, obj: int) -> dict:
+        check_object(obj)
+        await call(sid, lambda e, t: e.remove(obj))
         return {"removed": obj}
 
     @app.get("/v1/sessions/{sid}/objects/{obj}/mask")
-    def mask(sid: str, obj: int) -> dict:
-        m = call(sid, lambda e: e.mask(check_object(obj)))
-        return {"shape": list(m.shape), "mask": encode_mask(m)}
+    async def mask(sid: str, obj: int) -> dict:
+        check_object(obj)
+        return await call(sid, lambda e, t: (lambda m: {"shape": list(m.shape), "mask": encode_mask(m)})(e.mask(obj)))
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/points")
     async def points(sid: str, obj: int, request: Request) -> dict:
-        pts, labels = validate_points(await body_json(request))
-        r = await run_in_threadpool(call, sid, lambda e: e.add_points(check_object(obj), pts, labels))
-        return {"result": encode_result(r)}
+        pts, labels = validate_points(await body_json(request), limits.max_points)
+        check_object(obj)
+        return {"result": await call(sid, lambda e, t: encode_result(e.add_points(obj, pts, labels)),
+                                     rollback=lambda e: e.undo(obj))}
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/box")
     async def box(sid: str, obj: int, request: Request) -> dict:
         b, k = validate_box(await body_json(request))
-        r = await run_in_threadpool(call, sid, lambda e: e.add_box(check_object(obj), b, k=k))
-        return {"result": encode_result(r)}
+        check_object(obj)
+        return {"result": await call(sid, lambda e, t: encode_result(e.add_box(obj, b, k=k)),
+                                     rollback=lambda e: e.undo(obj))}
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/undo")
-    def undo(sid: str, obj: int) -> dict:
-        return {"result": encode_result(call(sid, lambda e: e.undo(check_object(obj))))}
+    async def undo(sid: str, obj: int) -> dict:
+        check_object(obj)
+        return {"result": await call(sid, lambda e, t: encode_result(e.undo(obj)))}
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/reset")
-    def reset(sid: str, obj: int) -> dict:
-        return {"result": encode_result(call(sid, lambda e: e.reset(check_object(obj))))}
+    async def reset(sid: str, obj: int) -> dict:
+        check_object(obj)
+        return {"result": await call(sid, lambda e, t: encode_result(e.reset(obj)))}
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/propagate")
     async def propagate(sid: str, obj: int, request: Request):
@@ -297,7 +356,7 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
 
     @app.post("/v1/sessions/{sid}/text")
     async def segment_text(sid: str, request: Request):
-        prompt = validate_text(await body_json(request), "prompt")
+        prompt = validate_text(await body_json(request), "prompt", limits.max_prompt_chars)
 
         def work(engine, cancel, emit):
             rs = engine.segment_text(prompt, cancel=cancel, progress=lambda d, n: emit({"progress": [d, n]}))
@@ -307,13 +366,12 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
     @app.post("/v1/sessions/{sid}/ask")
     async def ask(sid: str, request: Request):
         body = await body_json(request)
-        question = validate_text(body, "question")
+        question = validate_text(body, "question", limits.max_prompt_chars)
         context = validate_context(body.get("context"))
-
         return stream(sid, None, lambda engine, cancel: engine.ask(question, context, cancel=cancel))
 
     @app.post("/v1/sessions/{sid}/report")
-    def report(sid: str):
+    async def report(sid: str):
         return stream(sid, None, lambda engine, cancel: engine.report(cancel=cancel))
 
     return app

@@ -3,14 +3,20 @@
 All model work runs on a single thread, one call at a time, in arrival order: the model's SAM2 predictor
 (and its prompt-token hook) is shared by every session, so calls must not interleave. A second client
 therefore waits at most for the call in progress (plus calls queued before it), never for a whole
-session. Requests of one session are additionally serialised by a per-session lock, so a session's
-state is never touched by two requests at once.
+session. Requests of one session are additionally serialised by a per-session ``asyncio.Lock`` (waiting
+for it holds no thread), so a session's state is never touched by two requests at once.
+
+A session has two clocks: ``last_call`` (refreshed by real calls only; ``idle_s``) and ``last_beat``
+(refreshed by heartbeats and calls; ``liveness_s``). A client that crashed stops beating and is closed
+after ``liveness_s``; a client that only beats (a forgotten session) is closed after ``idle_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import math
 import queue
 import secrets
 import threading
@@ -37,9 +43,10 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._loop, name="medvlsam2-model-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[], Any]) -> Future:
+    def submit(self, fn: Callable[[], Any], cancel: CancelToken | None = None) -> Future:
+        """Queue ``fn``; a job whose ``cancel`` is set before it starts is never run (it raises Cancelled)."""
         fut: Future = Future()
-        self._jobs.put((fn, fut))
+        self._jobs.put((fn, fut, cancel))
         return fut
 
     def run(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
@@ -51,14 +58,16 @@ class ModelWorker:
 
     def _loop(self) -> None:
         while True:
-            fn, fut = self._jobs.get()
+            fn, fut, cancel = self._jobs.get()
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
+                if cancel is not None:
+                    cancel.raise_if_cancelled()  # cancelled or timed out while queued: nothing starts
                 fut.set_result(fn())
             except BaseException as exc:  # the caller re-raises it
                 fut.set_exception(exc)
-            del fn, fut  # keep no closed session alive while waiting for the next job
+            del fn, fut, cancel  # keep no closed session alive while waiting for the next job
 
 
 @dataclass
@@ -73,29 +82,46 @@ class ServerSession:
     sid: str
     volume_id: str
     engine: Any  # medvlsam2.session.Session
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    last_seen: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_call: float = field(default_factory=time.monotonic)
+    last_beat: float = field(default_factory=time.monotonic)
     busy: int = 0
     cancel: CancelToken | None = None
 
     def nbytes(self) -> int:
-        """Bytes this session holds beyond the shared volume: masks, history and SAM2 frames."""
+        """Bytes this session holds beyond the shared volume: masks, history and SAM2 frames (a best
+        effort read from another thread: the worker may be changing them)."""
+        held = getattr(self.engine, "held_bytes", None)
+        if callable(held):
+            return int(held())
         total = 0
-        for o in getattr(self.engine, "_objects", {}).values():
-            total += o.mask.nbytes + sum(m.nbytes for m, _ in o.history)
+        try:
+            for o in list(getattr(self.engine, "_objects", {}).values()):
+                total += o.mask.nbytes + sum(getattr(h, "nbytes", 0) or getattr(h[0], "nbytes", 0) for h in list(o.history))
+        except (RuntimeError, TypeError, IndexError, AttributeError):
+            pass
         frames = getattr(self.engine, "frames", None)
         return total + (int(frames.numel() * frames.element_size()) if frames is not None else 0)
+
+    def touch(self, call: bool = True) -> None:
+        now = time.monotonic()
+        self.last_beat = now
+        if call:
+            self.last_call = now
 
 
 class SessionStore:
     """Volumes by content hash, sessions by random id, idle leases enforced by a reaper thread."""
 
-    def __init__(self, model: Any, worker: ModelWorker, lease_s: float, max_sessions: int) -> None:
+    def __init__(self, model: Any, worker: ModelWorker, lease_s: float, max_sessions: int,
+                 liveness_s: float | None = None) -> None:
         self.model, self.worker = model, worker
-        self.lease_s, self.max_sessions = lease_s, max_sessions
+        self.lease_s, self.max_sessions = lease_s, max_sessions  # lease_s: the idle timeout
+        self.liveness_s = min(lease_s, 60.0) if liveness_s is None else liveness_s
         self.volumes: dict[str, StoredVolume] = {}
         self.sessions: dict[str, ServerSession] = {}
         self.expired = 0
+        self._opening = 0  # sessions reserved while their engine is being built
         self._engines: weakref.WeakSet = weakref.WeakSet()  # to measure that expiry really frees sessions
         self._lock = threading.Lock()
         threading.Thread(target=self._reap_loop, name="medvlsam2-lease-reaper", daemon=True).start()
@@ -116,32 +142,50 @@ class SessionStore:
             return v is not None
 
     # ----- sessions -----------------------------------------------------------------------------
-    def create(self, vid: str) -> ServerSession:
-        from ..session import Session
-
+    def reserve(self, vid: str) -> StoredVolume:
+        """Claim a session slot for ``vid`` (``release`` or ``add`` it); 503 + retry hint at capacity."""
         with self._lock:
             stored = self.volumes.get(vid)
             if stored is None:
                 raise RemoteError(f"volume {vid[:12]}... is not on this server; upload it first", "unknown_volume", 404)
-            if len(self.sessions) >= self.max_sessions:
-                raise RemoteError(f"this server already holds {self.max_sessions} sessions; close one or raise "
-                                  "--max-sessions", "too_many_sessions", 503)
+            if len(self.sessions) + self._opening >= self.max_sessions:
+                raise RemoteError(f"this server already holds its limit of {self.max_sessions} sessions; close one "
+                                  "(a session is closed when its volume is switched or the panel closes) or raise "
+                                  f"--max-sessions; retry in {self._retry_after():.0f} s", "too_many_sessions", 503,
+                                  retry_after_s=self._retry_after())
+            self._opening += 1
             stored.last_used = time.monotonic()
-        engine = self.worker.run(lambda: Session(self.model, stored.volume))
+            return stored
+
+    def release(self) -> None:
+        with self._lock:
+            self._opening -= 1
+
+    def add(self, vid: str, engine: Any) -> ServerSession:
         s = ServerSession(secrets.token_urlsafe(16), vid, engine)
         with self._lock:
+            self._opening -= 1
             self.sessions[s.sid] = s
             self._engines.add(engine)
         log.info("session opened (%d open)", len(self.sessions))
         return s
 
-    def get(self, sid: str) -> ServerSession:
+    def _retry_after(self) -> float:
+        """Seconds until the first idle session would expire (at least 1); called with the lock held."""
+        now = time.monotonic()
+        left = [min(self.lease_s - (now - s.last_call), self.liveness_s - (now - s.last_beat))
+                for s in self.sessions.values() if not s.busy]
+        return float(max(1, math.ceil(min(left)))) if left else float(max(1, math.ceil(min(self.liveness_s, 30))))
+
+    def get(self, sid: str, call: bool = True) -> ServerSession:
+        """The session; ``call`` refreshes its idle clock too (a heartbeat refreshes liveness only)."""
         with self._lock:
             s = self.sessions.get(sid)
             if s is None:
-                raise RemoteError("unknown session: it expired (idle longer than the lease) or the server restarted; "
-                                  "open a new session (the client does this by itself)", "unknown_session", 404)
-            s.last_seen = time.monotonic()
+                raise RemoteError("unknown session: it expired (idle longer than the lease, or its client stopped "
+                                  "sending heartbeats) or the server restarted; open a new session (the client "
+                                  "does this by itself)", "unknown_session", 404)
+            s.touch(call)
             return s
 
     def delete(self, sid: str) -> None:
@@ -163,10 +207,12 @@ class SessionStore:
                 del self.volumes[vid]
 
     def reap(self) -> int:
-        """Close sessions idle longer than the lease (never one with a call in progress)."""
+        """Close sessions without a call for ``lease_s`` or without a heartbeat for ``liveness_s`` (never one
+        with a call in progress or waiting)."""
         now = time.monotonic()
         with self._lock:
-            stale = [sid for sid, s in self.sessions.items() if not s.busy and not s.lock.locked() and now - s.last_seen > self.lease_s]
+            stale = [sid for sid, s in self.sessions.items() if not s.busy and not s.lock.locked()
+                     and (now - s.last_call > self.lease_s or now - s.last_beat > self.liveness_s)]
             for sid in stale:
                 del self.sessions[sid]
             self.expired += len(stale)
@@ -182,7 +228,7 @@ class SessionStore:
 
     def _reap_loop(self) -> None:
         while True:
-            time.sleep(min(1.0, max(0.05, self.lease_s / 4)))
+            time.sleep(min(1.0, max(0.05, min(self.lease_s, self.liveness_s) / 4)))
             try:
                 self.reap()
             except Exception:  # never let the reaper die
@@ -192,7 +238,8 @@ class SessionStore:
         """Counts and bytes held (no gc here: a full collection costs ~0.4 s in a torch process)."""
         with self._lock:
             held = sum(v.nbytes for v in self.volumes.values()) + sum(s.nbytes() for s in self.sessions.values())
-            return {"sessions": len(self.sessions), "volumes": len(self.volumes), "held_bytes": int(held),
+            return {"sessions": len(self.sessions), "opening": self._opening, "volumes": len(self.volumes),
+                    "held_bytes": int(held),
                     "live_engine_sessions": len(self._engines), "expired_sessions": self.expired}
 
 
