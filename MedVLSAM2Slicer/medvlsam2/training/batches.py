@@ -121,11 +121,28 @@ def text_rows(tokenizer, num_image_tokens: int, pairs: Sequence[tuple[str, str]]
 
 
 # ----- the per-step plan ----------------------------------------------------------------------
+START_MODES = ("inside", "middle", "edge")
+
+
 @dataclass
 class Clip:
     case: int
     target: Target
     slices: list[int]  # consecutive slices, first = prompted slice (either direction)
+    start: str = "inside"  # START_MODES: a random slice holding the target, its middle slice, or its first/last
+
+
+@dataclass(frozen=True)
+class ClickSchedule:
+    """How box/click clips are drawn, after SAM2's own training: clip length, where the prompt goes and how many
+    corrective clicks follow, on the prompted slice and on tracked slices (each click then lands on an error
+    region of the mask it corrects, sampled in ``stage2``)."""
+
+    clip_len: tuple[int, int] = (6, 6)  # [min, max] slices; one length per step so the clips batch together
+    max_corrections: int = 1  # corrective clicks per corrected slice: 0..N on the prompted slice, 1..N elsewhere
+    corrected_slices: int = 1  # tracked slices per clip that get corrective clicks (then condition like prompts)
+    middle_start_rate: float = 0.0  # share of clips prompted on the target's middle slice (as a 3D box is)
+    edge_start_rate: float = 0.0  # share prompted on its first or last slice, tracking into the organ
 
 
 @dataclass
@@ -135,19 +152,28 @@ class StepPlan:
     probes: list[tuple[int, Target, list[int]]]  # (case, target, slices) decoded without memory
     interactive: list[Clip]
     interactive_kind: str  # "box" or "points" (one kind per step so the prompts batch together)
+    corrections: dict[int, int] = field(default_factory=dict)  # clip slice index -> corrective clicks there
 
 
-def _clip(rng: np.random.Generator, case: CaseTensors, index: int, target: Target, length: int) -> Clip:
+def _clip(rng: np.random.Generator, case: CaseTensors, index: int, target: Target, length: int,
+          start_mode: str = "inside") -> Clip:
     k = case.labels.shape[0]
     present = case.slices_with(target) or list(range(k))  # absent target: start anywhere
     length = min(length, k)
-    start = int(rng.choice(present))
     step = 1 if rng.random() < 0.5 else -1
+    if start_mode == "middle":  # the slice a 3D box prompts (``evaluation.interactive.initial_box``)
+        mid = round((present[0] + present[-1]) / 2)
+        start = min(present, key=lambda s: abs(s - mid))
+    elif start_mode == "edge":  # the organ's thin end, tracked inwards
+        first = rng.random() < 0.5
+        start, step = (present[0], 1) if first else (present[-1], -1)
+    else:
+        start = int(rng.choice(present))
     if not 0 <= start + step * (length - 1) < k:
         step = -step
     if not 0 <= start + step * (length - 1) < k:  # neither direction fits: keep the start inside the volume
         start = min(max(start, length - 1), k - 1) if step < 0 else min(start, k - length)
-    return Clip(index, target, [start + step * t for t in range(length)])
+    return Clip(index, target, [int(start + step * t) for t in range(length)], start_mode)
 
 
 def _pick(rng: np.random.Generator, targets: list[Target], weights: dict[str, float] | None) -> Target:
@@ -159,10 +185,12 @@ def _pick(rng: np.random.Generator, targets: list[Target], weights: dict[str, fl
 
 def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, text_cases: int, seg_clips: int,
               interactive_clips: int, clip_len: int, probes: int, absent_rate: float = 0.1,
-              target_weights: dict[str, float] | None = None) -> StepPlan:
+              target_weights: dict[str, float] | None = None, clicks: ClickSchedule | None = None) -> StepPlan:
     """Everything random about one step, drawn from a generator seeded by (seed, step).
 
-    ``target_weights`` oversamples text-prompted targets by phrase (e.g. the harder kidneys)."""
+    ``target_weights`` oversamples text-prompted targets by phrase (e.g. the harder kidneys); ``clicks`` shapes
+    the box/click clips (default: ``clip_len`` slices, one correction on the prompted and one tracked slice)."""
+    clicks = clicks or ClickSchedule((clip_len, clip_len))
     rng = np.random.default_rng([seed, step])
     text = []
     for c in rng.choice(len(pool), size=min(text_cases, len(pool)), replace=False):
@@ -189,14 +217,31 @@ def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, tex
         picks = [int(rng.choice(inside)) for _ in range(probes // 2)]
         picks += [int(v) for v in rng.integers(0, k, size=probes - len(picks))]
         probe_list.append((c, target, picks))
+    inter_len = int(rng.integers(clicks.clip_len[0], clicks.clip_len[1] + 1))
     for _ in range(interactive_clips):
         c = int(rng.integers(len(pool)))
         case = pool[c]
         if case.present:
             target = case.present[int(rng.integers(len(case.present)))]
-            inter.append(_clip(rng, case, c, target, clip_len))
+            u = rng.random()
+            mode = "middle" if u < clicks.middle_start_rate else \
+                "edge" if u < clicks.middle_start_rate + clicks.edge_start_rate else "inside"
+            inter.append(_clip(rng, case, c, target, inter_len, mode))
     kind = "box" if rng.random() < 0.5 else "points"
-    return StepPlan(text, seg, probe_list, inter, kind)
+    return StepPlan(text, seg, probe_list, inter, kind, _corrections(rng, inter, clicks))
+
+
+def _corrections(rng: np.random.Generator, clips: list[Clip], clicks: ClickSchedule) -> dict[int, int]:
+    """Clip slice index -> corrective clicks: 0..max on the prompted slice (0 trains the box or click alone, the
+    first step users see), 1..max on ``corrected_slices`` tracked slices drawn at random."""
+    if not clips or clicks.max_corrections < 1:
+        return {}
+    length = len(clips[0].slices)
+    plan = {0: int(rng.integers(0, clicks.max_corrections + 1))}
+    tracked = rng.choice(np.arange(1, length), size=min(clicks.corrected_slices, length - 1), replace=False)
+    for t in sorted(int(v) for v in tracked):
+        plan[t] = int(rng.integers(1, clicks.max_corrections + 1))
+    return {t: n for t, n in plan.items() if n > 0}
 
 
 def seg_pairs(plan: StepPlan) -> list[tuple[int, str, str]]:

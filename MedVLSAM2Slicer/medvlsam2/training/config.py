@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .batches import ClickSchedule
 
 STAGES = (1, 2)
 MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter")
@@ -43,8 +44,15 @@ class TrainConfig:
     # per step
     text_cases: int = 4  # cases whose report / VQA pairs are trained on
     seg_clips: int = 4  # text-prompted clips ("Segment the X." -> [SEG] -> SAM2 with memory)
-    interactive_clips: int = 2  # clips prompted by GT-sampled clicks or boxes (+ one corrective click)
+    interactive_clips: int = 2  # clips prompted by GT-sampled clicks or boxes, then corrective clicks
     clip_len: int = 6
+    # box/click clips as SAM2 trains them (``batches.ClickSchedule``); interactive_clip_len [0, 0] = clip_len
+    interactive_clip_len: tuple[int, int] = (0, 0)  # [min, max] slices per box/click clip (memory over 8-16)
+    max_corrections: int = 1  # corrective clicks per corrected slice (SAM2 samples up to 7)
+    corrected_slices: int = 1  # tracked slices per box/click clip that get corrective clicks
+    middle_start_rate: float = 0.0  # share of box/click clips prompted on the target's middle slice
+    edge_start_rate: float = 0.0  # share prompted on the target's first or last slice (its thin end)
+    thin_end_weight: float = 1.0  # object-score loss weight of slices holding < 25% of the organ's largest area
     probes: int = 4  # single-slice decodes without memory per text-prompted clip (present and absent)
     target_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per target phrase (default 1)
     # loss weights and per-module learning-rate multipliers (e.g. {"llm": 10} to move the LLM faster)
@@ -80,10 +88,27 @@ class TrainConfig:
             raise InputError("lr_multipliers and target_weights must be positive numbers")
         if self.stage == 2 and self.clip_len < 1:
             raise InputError("clip_len must be at least 1")
+        lo_len, hi_len = self.interactive_clip_len
+        if (lo_len, hi_len) != (0, 0) and not 1 <= lo_len <= hi_len:
+            raise InputError(f"interactive_clip_len must be [min, max] with 1 <= min <= max (or [0, 0] for clip_len), "
+                             f"got {list(self.interactive_clip_len)}")
+        if self.max_corrections < 0 or self.corrected_slices < 0:
+            raise InputError("max_corrections and corrected_slices must be 0 or more")
+        rates = (self.middle_start_rate, self.edge_start_rate)
+        if min(rates) < 0 or sum(rates) > 1:
+            raise InputError("middle_start_rate and edge_start_rate must be >= 0 and add up to at most 1")
+        if self.thin_end_weight <= 0:
+            raise InputError("thin_end_weight must be a positive number")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def click_schedule(self) -> ClickSchedule:
+        """The box/click clip recipe for ``batches.plan_step``."""
+        length = self.interactive_clip_len if self.interactive_clip_len != (0, 0) else (self.clip_len, self.clip_len)
+        return ClickSchedule(tuple(length), self.max_corrections, self.corrected_slices, self.middle_start_rate,
+                             self.edge_start_rate)
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:

@@ -46,7 +46,8 @@ class TrainStep(nn.Module):
         device = next(self.model.parameters()).device
         if self.cfg.stage == 1:
             return stage1_losses(self.model, pool, plan, device)
-        return stage2_losses(self.model, pool, plan, device, self.cfg.lm_weight, self.cfg.seg_weight)
+        return stage2_losses(self.model, pool, plan, device, self.cfg.lm_weight, self.cfg.seg_weight,
+                             self.cfg.thin_end_weight)
 
 
 def synthetic_source() -> tuple[Callable[[int], CTCase], dict[str, list[int]], list[str]]:
@@ -212,7 +213,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
             group["lr"] = lr * group["lr_scale"]
         torch.manual_seed(cfg.seed * 1_000_003 + step * world + rank)  # clicks, box jitter, dropout
         plan = plan_step(cfg.seed, step * world + rank, pool, cfg.stage, cfg.text_cases, cfg.seg_clips,
-                         cfg.interactive_clips, cfg.clip_len, cfg.probes, target_weights=cfg.target_weights)
+                         cfg.interactive_clips, cfg.clip_len, cfg.probes, target_weights=cfg.target_weights,
+                         clicks=cfg.click_schedule())
         with accelerator.autocast():
             logs = step_module(pool, plan)
         accelerator.backward(logs["loss"])

@@ -35,14 +35,15 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def multimask_loss(multimasks: torch.Tensor, ious: torch.Tensor, object_logits: torch.Tensor,
                    target: torch.Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0,
-                   iou_weight: float = 1.0, object_weight: float = 1.0, every_candidate: bool = False
-                   ) -> dict[str, torch.Tensor]:
+                   iou_weight: float = 1.0, object_weight: float = 1.0, every_candidate: bool = False,
+                   object_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Losses of one decode.
 
     multimasks [B, M, H, W] logits, ious [B, M], object_logits [B, 1], target [B, H, W] in {0, 1}.
     Mask losses count only where the object is present (SAM2 blanks masks it scores as absent) and
     only for the candidate with the lowest loss, or for all of them with ``every_candidate`` (text
-    prompts); IoU regression covers all candidates.
+    prompts); IoU regression covers all candidates. ``object_weights`` [B] weighs rows in the object-score
+    term (the thin ends of an organ): a weight of 3 counts that slice three times.
     """
     tgt = target[:, None].expand_as(multimasks).float()
     per = dice_weight * dice_loss(multimasks, tgt) + bce_weight * bce_loss(multimasks, tgt)  # [B, M]
@@ -54,7 +55,9 @@ def multimask_loss(multimasks: torch.Tensor, ious: torch.Tensor, object_logits: 
     mask_term = (chosen * decoded).sum() / decoded.sum().clamp(min=1)
     iou_err = F.mse_loss(ious.float(), mask_iou(multimasks.detach(), tgt), reduction="none").mean(1)
     iou_term = (iou_err * decoded).sum() / decoded.sum().clamp(min=1)
-    obj_term = F.binary_cross_entropy_with_logits(object_logits.float().flatten(), present)
+    rows_w = torch.ones_like(present) if object_weights is None else object_weights.float().flatten()
+    obj_term = (F.binary_cross_entropy_with_logits(object_logits.float().flatten(), present, reduction="none")
+                * rows_w).mean()
     total = mask_term + iou_weight * iou_term + object_weight * obj_term
     return {"loss": total, "mask": mask_term.detach(), "iou": iou_term.detach(), "object": obj_term.detach()}
 

@@ -5,10 +5,16 @@ The SAM2 forward mirrors inference (``Session.segment_text`` / ``add_points`` / 
   (``object_score_without_memory``): the object score must separate present from absent slices;
 - text clips: the first slice is conditioned on the tokens alone (one padding point, as
   ``add_prompt_tokens``), later slices are tracked with memory and the tokens appended on every slice;
-- interactive clips: the first slice gets a GT box or click, then one simulated corrective click
-  (fed with the previous low-res mask, as ``add_new_points_or_box`` does), later slices use memory;
-  the last tracked slice gets a corrective click of its own (alone, with the tracked mask), as a user's
-  click on a propagated slice arrives.
+- interactive clips (SAM2's own recipe, ``batches.ClickSchedule``): the first slice gets a noised GT box or
+  a click inside the object (``sam2_utils.sample_box_points`` / ``get_next_point``), then 0..N corrective
+  clicks, each at a random pixel of the current error (``get_next_point(..., "uniform")``: a negative click
+  on a false positive, a positive one on a miss) and decoded with the previous low-res mask logits as mask
+  input, as ``add_new_points_or_box`` does; later slices use memory, and some tracked slices get 1..N
+  corrective clicks of their own (with the tracked mask and memory, as a user's click on a propagated slice
+  arrives), which then condition later slices like the prompt. Every decode is a loss term.
+- object scores: every slice holding any target pixel is positive; the thin ends of an organ (slices whose
+  area is under ``THIN_END_FRACTION`` of its largest) weigh ``thin_end_weight`` times in the object loss,
+  since memory tracking blanked exactly those slices.
 
 The predictor stays in eval mode so that every code path (multimask choice, memory binarisation of
 prompted slices) is the one inference runs; we call its SAM2Base methods with gradients enabled.
@@ -19,6 +25,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from sam2.modeling.sam2_utils import get_next_point, sample_box_points
 
 from .batches import CaseTensors, Clip, StepPlan, seg_pairs
 from .losses import multimask_loss
@@ -51,14 +58,17 @@ def _take(levels: list[torch.Tensor], rows: torch.Tensor) -> list[torch.Tensor]:
     return [x[:, rows] for x in levels]
 
 
-def decode(seg, frame_idx: int, is_cond: bool, feats, pos, sizes, point_inputs, output_dict, num_frames: int,
-           prev_low_res: torch.Tensor | None = None):
-    """One SAM2 decode (``_track_step``) keeping the candidate masks, IoU predictions and object score."""
-    current, sam_out, _, _ = seg._track_step(frame_idx, is_cond, feats, pos, sizes, point_inputs, None, output_dict,
-                                             num_frames, False, prev_low_res)
+THIN_END_FRACTION = 0.25  # a slice whose target area is below this share of the organ's largest slice
+
+
+def decode(seg, frame_idx: int, is_cond: bool, feats, pos, sizes, point_inputs, output_dict, num_frames: int):
+    """One SAM2 decode (``_track_step``) keeping the candidate masks, IoU predictions and object score;
+    also returns (memory-conditioned features, high-res features) for corrective decodes of the same slice."""
+    current, sam_out, high_res, pix_feat = seg._track_step(frame_idx, is_cond, feats, pos, sizes, point_inputs, None,
+                                                           output_dict, num_frames, False, None)
     _, high_multi, ious, low, high, obj_ptr, obj_logits = sam_out
     current.update(pred_masks=low, pred_masks_high_res=high, obj_ptr=obj_ptr, object_score_logits=obj_logits)
-    return current, high_multi, ious, obj_logits
+    return current, high_multi, ious, obj_logits, (pix_feat, high_res)
 
 
 def _pad_points(n: int, device) -> dict:
@@ -67,58 +77,65 @@ def _pad_points(n: int, device) -> dict:
 
 
 def gt_prompts(masks: torch.Tensor, kind: str) -> dict:
-    """GT-sampled first-slice prompts in SAM2 input pixels: a jittered box (labels 2, 3) or one click."""
-    coords, labels = [], []
-    for m in masks:
-        ys, xs = torch.nonzero(m > 0, as_tuple=True)
-        if kind == "box":
-            x0, x1, y0, y1 = xs.min().float(), xs.max().float(), ys.min().float(), ys.max().float()
-            jitter = torch.randn(4) * 0.05 * torch.stack([x1 - x0 + 1, x1 - x0 + 1, y1 - y0 + 1, y1 - y0 + 1])
-            box = torch.stack([x0, y0, x1, y1]) + jitter[[0, 2, 1, 3]]
-            coords.append(box.clamp(0, m.shape[-1] - 1).view(2, 2))
-            labels.append(torch.tensor([2, 3]))
-        else:
-            i = int(torch.randint(len(xs), (1,)))
-            coords.append(torch.stack([xs[i], ys[i]]).float().view(1, 2))
-            labels.append(torch.tensor([1]))
-    return {"point_coords": torch.stack(coords), "point_labels": torch.stack(labels).to(torch.int32)}
+    """First-slice prompts from GT masks [B, S, S] in SAM2 input pixels, as SAM2 trains: a box with SAM's noise
+    (10% of its size, at most 20 px; labels 2, 3) or one positive click at a random object pixel."""
+    gt = masks[:, None] > 0
+    if kind == "box":
+        coords, labels = sample_box_points(gt)
+    else:
+        coords, labels = get_next_point(gt, None, "uniform")
+    return {"point_coords": coords.float(), "point_labels": labels.to(torch.int32)}
 
 
 def corrective_clicks(pred_logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One click per row in the larger error set (missed object -> positive, false alarm -> negative)."""
-    coords, labels = [], []
-    for p, m in zip((pred_logits.detach().float().cpu() > 0), masks > 0):
-        missed, extra = m & ~p, p & ~m
-        positive = missed.sum() >= extra.sum()
-        region = missed if positive else extra
-        if not region.any():  # no error: a confirming click (positive on the object, negative off an absent one)
-            positive = bool(m.any())
-            region = m if positive else ~m
-        ys, xs = torch.nonzero(region, as_tuple=True)
-        i = int(torch.randint(len(xs), (1,)))
-        coords.append(torch.stack([xs[i], ys[i]]).float().view(1, 2))
-        labels.append(torch.tensor([1 if positive else 0]))
-    return torch.stack(coords), torch.stack(labels).to(torch.int32)
+    """One click per row at a uniformly drawn error pixel: positive on a missed pixel, negative on a false alarm,
+    a negative background click where the mask is right. pred_logits, masks [B, S, S] -> ([B, 1, 2], [B, 1])."""
+    gt = masks[:, None].to(pred_logits.device) > 0
+    coords, labels = get_next_point(gt, pred_logits.detach()[:, None] > 0, "uniform")
+    return coords.float(), labels.to(torch.int32)
 
 
-def _corrected(seg, t: int, is_init: bool, f, p, sizes, points: dict | None, current: dict, gt_cpu: torch.Tensor,
-               out_dict: dict, num_frames: int, device):
-    """Add one simulated corrective click to ``points`` (None on a tracked slice: the click alone) and decode
-    again with the previous low-res mask, as ``add_new_points_or_box`` does; returns (points, decode outputs)."""
+def object_weights(pool: Sequence[CaseTensors], clips: Sequence[Clip], thin_end_weight: float) -> torch.Tensor:
+    """[B, T] object-loss weights: ``thin_end_weight`` on slices holding under ``THIN_END_FRACTION`` of the
+    target's largest slice area (its thin ends; absent slices excluded), 1 elsewhere."""
+    rows = []
+    for c in clips:
+        case = pool[c.case]
+        area = case.mask(c.target, c.slices).sum((1, 2))
+        held = case.slices_with(c.target)
+        largest = case.mask(c.target, held).sum((1, 2)).max() if held else torch.tensor(0.0)
+        thin = (area > 0) & (area < THIN_END_FRACTION * largest)
+        rows.append(torch.where(thin, torch.tensor(float(thin_end_weight)), torch.tensor(1.0)))
+    return torch.stack(rows)
+
+
+def _corrected(seg, conditioned, points: dict | None, current: dict, gt_cpu: torch.Tensor, device):
+    """Add one simulated corrective click to ``points`` (None on a tracked slice: the click alone) and decode the
+    slice again with its previous low-res mask logits as mask input, as ``add_new_points_or_box`` does (the
+    memory-conditioned features of the slice do not change with clicks); returns (points, decode outputs)."""
+    pix_feat, high_res = conditioned
     xy, lab = corrective_clicks(current["pred_masks_high_res"][:, 0], gt_cpu)
     xy, lab = xy.to(device), lab.to(device)
     if points is not None:
         xy, lab = torch.cat([points["point_coords"], xy], 1), torch.cat([points["point_labels"], lab], 1)
     points = {"point_coords": xy, "point_labels": lab}
-    return points, decode(seg, t, is_init, f, p, sizes, points, out_dict, num_frames,
-                          prev_low_res=current["pred_masks"].detach())
+    sam_out = seg._forward_sam_heads(backbone_features=pix_feat, point_inputs=points,
+                                     mask_inputs=current["pred_masks"].detach(), high_res_features=high_res,
+                                     multimask_output=seg._use_multimask(False, points))
+    _, high_multi, ious, low, high, obj_ptr, obj_logits = sam_out
+    current = {**current, "point_inputs": points, "pred_masks": low, "pred_masks_high_res": high, "obj_ptr": obj_ptr,
+               "object_score_logits": obj_logits}
+    return points, current, high_multi, ious, obj_logits
 
 
 def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor | None, first_prompts: dict | None,
-                 correct: bool) -> list[dict[str, torch.Tensor]]:
-    """Track ``clips`` (same length) together as one batch; losses per decode."""
+                 corrections: dict[int, int], thin_end_weight: float = 1.0) -> list[dict[str, torch.Tensor]]:
+    """Track ``clips`` (same length) together as one batch; losses per decode. ``corrections`` maps a clip slice
+    index to its number of corrective clicks (the prompted slice adds them to its prompt; a tracked slice gets
+    them alone and then conditions later slices, as a user's click on a propagated slice does)."""
     length = len(clips[0].slices)
     gts = torch.stack([pool[c.case].mask(c.target, c.slices) for c in clips])  # [B, T, S, S] cpu
+    weights = object_weights(pool, clips, thin_end_weight).to(device)  # [B, T]
     feats, pos, sizes = encode_frames(seg, pool, [(c.case, c.slices) for c in clips], device)
     num_frames = int(pool[clips[0].case].labels.shape[0])
     out_dict: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
@@ -132,18 +149,16 @@ def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor 
             if t == 0:
                 points = first_prompts if first_prompts is not None else _pad_points(len(clips), device)
                 points = {k: v.to(device) for k, v in points.items()}
-            current, multi, ious, obj = decode(seg, t, t == 0, f, p, sizes, points, out_dict, num_frames)
-            losses.append(multimask_loss(multi, ious, obj, gt, every_candidate=tokens is not None))
-            # a click on the first slice adds to its prompt; a click on the last (tracked) slice comes alone with
-            # the tracked mask and memory, as users correct a propagated slice, which then conditions the slice
-            corrected = correct and t == length - 1 and t > 0
-            if correct and t == 0 or corrected:
-                points, (current, multi, ious, obj) = _corrected(seg, t, t == 0, f, p, sizes, points, current,
-                                                                 gts[:, t], out_dict, num_frames, device)
-                losses.append(multimask_loss(multi, ious, obj, gt))
+            current, multi, ious, obj, conditioned = decode(seg, t, t == 0, f, p, sizes, points, out_dict, num_frames)
+            every = tokens is not None
+            losses.append(multimask_loss(multi, ious, obj, gt, every_candidate=every, object_weights=weights[:, t]))
+            clicks = corrections.get(t, 0)
+            for _ in range(clicks):
+                points, current, multi, ious, obj = _corrected(seg, conditioned, points, current, gts[:, t], device)
+                losses.append(multimask_loss(multi, ious, obj, gt, object_weights=weights[:, t]))
             seg._encode_memory_in_output(f, sizes, points, True, current["pred_masks_high_res"],
                                          current["object_score_logits"], current)
-            out_dict["cond_frame_outputs" if t == 0 or corrected else "non_cond_frame_outputs"][t] = current
+            out_dict["cond_frame_outputs" if t == 0 or clicks else "non_cond_frame_outputs"][t] = current
     return losses
 
 
@@ -153,8 +168,8 @@ def _probe_losses(seg, pool, probes, tokens: torch.Tensor, device) -> dict[str, 
     feats, pos, sizes = encode_frames(seg, pool, [(c, s) for c, _, s in probes], device)
     num_frames = int(pool[probes[0][0]].labels.shape[0])
     with seg.extra_prompt_tokens(tokens.repeat_interleave(counts, dim=0)):
-        _, multi, ious, obj = decode(seg, 0, True, feats, pos, sizes, None,
-                                     {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames)
+        _, multi, ious, obj, _ = decode(seg, 0, True, feats, pos, sizes, None,
+                                        {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames)
     return multimask_loss(multi, ious, obj, gts, every_candidate=True)
 
 
@@ -166,27 +181,31 @@ def _mean(parts: list[dict[str, torch.Tensor]], prefix: str, into: dict[str, tor
 
 
 def stage2_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: torch.device,
-                  lm_weight: float = 1.0, seg_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                  lm_weight: float = 1.0, seg_weight: float = 1.0, thin_end_weight: float = 1.0
+                  ) -> dict[str, torch.Tensor]:
     """Joint loss of one planned step; the dict holds "loss" (with graph) and detached parts for logging."""
     seg = model.segmenter
     rows = seg_pairs(plan) + plan.text
-    out = chat_forward(model, pool, rows, device)
-    logs: dict[str, torch.Tensor] = {"lm": out.loss.detach()}
-    total = lm_weight * out.loss
+    out = chat_forward(model, pool, rows, device) if rows else None  # none: a box/click-only step
+    lm = out.loss if out is not None else torch.zeros((), device=device)
+    logs: dict[str, torch.Tensor] = {"lm": lm.detach()}
+    total = lm_weight * lm
     seg_terms = []
-    if plan.seg:
+    if plan.seg:  # rows hold the clips' requests, so out is set
         clip_rows = out.seg_batch_index < len(plan.seg)  # text rows may hold segmentation requests (LM loss only)
         if int(clip_rows.sum()) != len(plan.seg):
             raise RuntimeError(f"expected {len(plan.seg)} [SEG] states, got {int(clip_rows.sum())}")
         tokens = model.seg_prompt_tokens(out.seg_hidden[clip_rows])  # [n, k, 256]
-        seg_terms.append(_mean(_clip_losses(seg, pool, plan.seg, device, tokens, None, False), "text", logs))
+        text_parts = _clip_losses(seg, pool, plan.seg, device, tokens, None, {}, thin_end_weight)
+        seg_terms.append(_mean(text_parts, "text", logs))
         probe = _probe_losses(seg, pool, plan.probes, tokens, device)
         logs.update({f"probe_{k}": v for k, v in probe.items() if k != "loss"})
         seg_terms.append(probe["loss"])
     if plan.interactive:
         prompts = gt_prompts(torch.stack([pool[c.case].mask(c.target, c.slices[:1])[0] for c in plan.interactive]),
                              plan.interactive_kind)
-        seg_terms.append(_mean(_clip_losses(seg, pool, plan.interactive, device, None, prompts, True), "click", logs))
+        seg_terms.append(_mean(_clip_losses(seg, pool, plan.interactive, device, None, prompts, plan.corrections,
+                                                    thin_end_weight), "click", logs))
     if seg_terms:
         seg_loss = torch.stack(seg_terms).sum()
         logs["seg"] = seg_loss.detach()
