@@ -16,7 +16,11 @@ from .errors import InputError
 
 @dataclass
 class VisionConfig:
-    """3D vision encoder. ``kind``: "vit" (MONAI ViT, M3D-LaMed style) or "dcformer" (Med3DVLM style)."""
+    """3D vision encoder. ``kind``: "vit" (MONAI ViT, M3D-LaMed style) or "dcformer" (Med3DVLM's DCFormer).
+
+    The ViT uses ``patch_size``/``hidden_size``/``mlp_dim``/``num_layers``/``num_heads``; the DCFormer uses
+    ``channels``/``blocks``/``kernels`` (five stages; the defaults are Med3DVLM's released ``decomp_small``).
+    """
 
     kind: str = "vit"
     input_size: tuple[int, int, int] = (32, 256, 256)  # (D, H, W) after resampling
@@ -26,14 +30,20 @@ class VisionConfig:
     num_layers: int = 12
     num_heads: int = 12
     window: str = "abdomen"  # CT window applied before the encoder
+    channels: tuple[int, ...] = (64, 96, 192, 384, 768)  # DCFormer stage widths (stem, s1..s4)
+    blocks: tuple[int, ...] = (1, 2, 3, 6, 2)  # DCFormer blocks per stage
+    kernels: tuple[int, ...] = (13, 11, 9, 7)  # DCFormer 1D kernel length in s1..s4
 
 
 @dataclass
 class ProjectorConfig:
     """Maps encoder patch features to ``num_tokens`` visual tokens of the LLM width."""
 
-    kind: str = "mlp"  # "mlp" (pool + 2-layer MLP, M3D) or "mixer" (MLP-Mixer, Med3DVLM)
-    num_tokens: int = 256
+    kind: str = "mlp"  # "mlp" (pool + 2-layer MLP, M3D) or "mixer" (Med3DVLM's dual-stream MLP-Mixer)
+    num_tokens: int = 256  # mixer: must equal low_tokens[-1] + high_tokens[-1]
+    low_tokens: tuple[int, ...] = (192, 128)  # mixer: token count after each layer of the low-level stream
+    high_tokens: tuple[int, ...] = (64, 128)  # mixer: the same for the high-level stream
+    mlp_depth: int = 2  # mixer: Linear layers in each token/channel MLP
 
 
 @dataclass
@@ -143,11 +153,11 @@ def base() -> ModelConfig:
 
 
 def paper() -> ModelConfig:
-    """Med3DVLM-scale reconstruction: 128x256x256 input, 256 tokens, 7B-class LLM with LoRA r16/a32."""
+    """Med3DVLM-scale reconstruction: its DCFormer (decomp_small) on 128x256x256 and its dual-stream mixer
+    projector to 256 tokens (both load Med3DVLM's released weights strictly), 7B-class LLM with LoRA r16/a32."""
     return ModelConfig(
         name="paper",
-        vision=VisionConfig(kind="dcformer", input_size=(128, 256, 256), patch_size=(4, 16, 16), hidden_size=768,
-                            mlp_dim=3072, num_layers=12, num_heads=12),
+        vision=VisionConfig(kind="dcformer", input_size=(128, 256, 256), hidden_size=768),
         projector=ProjectorConfig(kind="mixer", num_tokens=256),
         llm=LLMConfig(path="Qwen2.5-7B-Instruct", lora_r=16, lora_alpha=32),
         segmenter=SegmenterConfig(sam2_config="configs/sam2.1/sam2.1_hiera_b+.yaml", image_size=1024),

@@ -41,13 +41,22 @@ def test_forward_gives_logits_loss_and_seg_states(model):
     model.zero_grad()
 
 
-@pytest.mark.parametrize("kind", ["vit", "dcformer"])
-def test_encoders_give_tokens(kind):
-    cfg = dataclasses.replace(tiny().vision, kind=kind)
+def test_encoders_give_tokens():
+    cfg = tiny().vision
     tokens = build_vision_encoder(cfg)(torch.rand(1, 1, *cfg.input_size))
-    assert tokens.dim() == 3 and tokens.shape[0] == 1 and tokens.shape[2] == cfg.hidden_size
+    assert tokens.shape == (1, 64, cfg.hidden_size)  # (16/4) x (64/16) x (64/16) patches
     with pytest.raises(InputError, match="divisible"):
         build_vision_encoder(VisionConfig(input_size=(15, 64, 64), patch_size=(4, 16, 16)))
+
+
+def test_dcformer_gives_its_two_token_streams():
+    """Low (stage 3) and high (stage 4) tokens; their order is checked against Med3DVLM's own code in
+    Testing/Benchmarks/med3dvlm_upstream.py."""
+    cfg = dataclasses.replace(tiny().vision, kind="dcformer", input_size=(32, 64, 128), channels=(4, 4, 6, 8, 16))
+    encoder = build_vision_encoder(cfg).eval()
+    assert encoder.output_shapes == [(1 * 2 * 4, 8), (1 * 1 * 2, 16)]
+    low, high = encoder(torch.rand(1, 1, 32, 64, 128))
+    assert low.shape == (1, 8, 8) and high.shape == (1, 2, 16)
 
 
 def test_seg_hidden_state_drives_the_sam2_mask_decoder(model):

@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..utils.cancel import CancelToken, check
 from .bridge import SegBridge
 from .language import build_language_model, load_llm_tokenizer
-from .projector import Projector
+from .projector import build_projector
 from .prompting import IMAGE_TOKEN, SEG_TOKEN, build_inputs, seg_answer, segment_question
 from .segmenter import build_segmenter
 from .tokenizer import build_tokenizer
@@ -42,7 +42,7 @@ class MedVLSAM2(nn.Module):
         self.vision_encoder = build_vision_encoder(config.vision)
         self.llm = build_language_model(config.llm, tokenizer)
         width = self.llm.get_input_embeddings().embedding_dim
-        self.projector = Projector(config.projector, config.vision.hidden_size, width)
+        self.projector = build_projector(config.projector, self.vision_encoder.output_shapes, width)
         self.bridge = SegBridge(width, config.bridge_hidden, config.num_seg_prompt_tokens, config.segmenter.prompt_dim)
         self.segmenter = build_segmenter(config.segmenter)
         self.seg_token_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)

@@ -1,0 +1,252 @@
+"""Med3DVLM, the released 3D CT VLM: a random-weight folder in its published layout (config.json with
+model_type "vlm_qwen", safetensors shards with its key names, tokenizer files) at tiny sizes loads strictly
+and answers; our paper-size DCFormer + mixer have exactly the released 7B checkpoint's keys and shapes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from medvlsam2.config import paper
+from medvlsam2.errors import Cancelled, CheckpointError, InputError
+from medvlsam2.modeling.med3dvlm import (CAPTION_PROMPT, IMAGE_TOKEN, PUBLISHED_PREFIXES, SIZE_OVERRIDE, build_vision_parts,
+                                         is_dcformer_encoder_folder, is_med3dvlm_folder, load_dcformer_encoder,
+                                         load_med3dvlm)
+from medvlsam2.modeling.projector import build_projector
+from medvlsam2.modeling.prompting import REPORT_QUESTION
+from medvlsam2.modeling.vision_encoder import build_vision_encoder
+from medvlsam2.utils.cancel import CancelToken
+
+FIXTURE = Path(__file__).parent / "fixtures" / "med3dvlm_7b_vision_projector.json"
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+
+# Med3DVLM's config fields at tiny sizes: a 32x64x64 (D, H, W) input gives 4 low-level tokens of width 8
+# (stage 3) and 1 high-level token of width 16 (stage 4); the mixer makes 2 + 2 = 4 visual tokens.
+TINY_FIELDS = dict(
+    vision_tower="dcformer", input_size=[64, 64, 32], dim=16, depth=2, patch_size=[16, 16, 16],
+    vision_select_layer=-2, vision_select_feature="cls_patch", mm_projector_type="mixer", mm_mlp_depth=2,
+    mm_hidden_size=16, proj_out_num=4, low_input_size=[4, 8], high_input_size=[1, 16], low_output_size=[3, 2],
+    high_output_size=[2, 2], **{SIZE_OVERRIDE: dict(channels=[4, 4, 6, 8, 16], blocks=[1, 2, 1, 2, 1], kernels=[5, 3, 3, 3])})
+
+
+def _tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["Describe the findings of the medical image you see.", "The liver is normal. No focal lesion is seen.",
+              "Is there a renal cyst? Choices: A. yes B. no", "Both kidneys enhance symmetrically."] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_end|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})  # as Med3DVLM's training script does
+    fast.save_pretrained(str(folder))
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings["tokenizer_class"] = "Qwen2Tokenizer"  # what Qwen2.5's tokenizer_config.json says
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    return fast
+
+
+def _randomised(state: dict) -> dict:
+    """Every tensor random (BatchNorm statistics included, so that eval-mode BN is exercised)."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for key, value in state.items():
+        if value.dtype.is_floating_point:
+            value = torch.rand(value.shape, generator=g) + 0.5 if key.endswith("running_var") else \
+                torch.randn(value.shape, generator=g) * 0.2
+        out[key] = value.contiguous()
+    return out
+
+
+def write_med3dvlm_folder(folder: Path) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder.mkdir(parents=True)
+    tokenizer = _tokenizer(folder)
+    qwen = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.pad_token_id)
+    config = {**qwen.to_dict(), **TINY_FIELDS, "model_type": "vlm_qwen", "architectures": ["VLMQwenForCausalLM"],
+              "img_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    state = dict(Qwen2ForCausalLM(qwen).state_dict())
+    encoder, projector = build_vision_parts(config, qwen.hidden_size)
+    for part, module in (("vision_encoder", encoder), ("projector", projector)):
+        state.update({PUBLISHED_PREFIXES[part] + k: v for k, v in module.state_dict().items()})
+    state = _randomised(state)
+    keys = sorted(state)
+    halves = (keys[: len(keys) // 2], keys[len(keys) // 2:])
+    for name, part in zip(SHARDS, halves):
+        save_file({k: state[k] for k in part}, str(folder / name), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: name for name, part in zip(SHARDS, halves) for k in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_med3dvlm_folder(tmp_path_factory.mktemp("m3d") / "Med3DVLM-tiny")
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    return load_med3dvlm(folder)
+
+
+def _edit_shard(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    for name in SHARDS:
+        state = load_file(str(dst / name))
+        if edit(state):
+            save_file(state, str(dst / name), metadata={"format": "pt"})
+    return dst
+
+
+def test_loads_strictly_with_the_published_keys(folder, model):
+    assert is_med3dvlm_folder(folder) and not is_dcformer_encoder_folder(folder) and not is_med3dvlm_folder(folder.parent)
+    assert model.capabilities == frozenset({"language"}) and model.provenance == "released"
+    assert "Med3DVLM" in model.description and "cannot segment" in model.description
+    assert model.vision_input_size == (32, 64, 64) and model.num_image_tokens == 4
+    stored = {}
+    for name in SHARDS:
+        stored.update(load_file(str(folder / name)))
+    for part in ("vision_encoder", "projector"):
+        ours = getattr(model, part).state_dict()
+        prefix = PUBLISHED_PREFIXES[part]
+        assert {prefix + k for k in ours} == {k for k in stored if k.startswith(prefix)}
+        assert all(torch.equal(v, stored[prefix + k]) for k, v in ours.items())
+    assert torch.equal(model.llm.model.layers[1].mlp.down_proj.weight, stored["model.layers.1.mlp.down_proj.weight"])
+
+
+@pytest.mark.parametrize("key", ["model.vision_tower.vision_tower.encoder.s4.0.dwconv.c2.1.running_var",
+                                 "model.mm_projector.high_mixer.1.mlp2.mm_projector.1.1.weight"])
+def test_a_missing_vision_or_projector_key_is_refused_by_name(folder, tmp_path, key):
+    broken = _edit_shard(folder, tmp_path / "broken", lambda sd: sd.pop(key, None) is not None)
+    index = json.loads((broken / "model.safetensors.index.json").read_text())
+    del index["weight_map"][key]
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=f"missing {key.replace('.', '[.]')}"):
+        load_med3dvlm(broken)
+
+
+def test_a_wrong_shape_is_refused_by_name(folder, tmp_path):
+    key = "model.vision_tower.vision_tower.encoder.s3.1.mlp.mlp.0.weight"
+
+    def widen(sd):
+        if key in sd:
+            sd[key] = torch.zeros(sd[key].shape[0] + 1, sd[key].shape[1])
+            return True
+        return False
+
+    with pytest.raises(CheckpointError, match=r"s3\.1\.mlp\.mlp\.0\.weight has shape \(33, 8\), expected \(32, 8\)"):
+        load_med3dvlm(_edit_shard(folder, tmp_path / "wide", widen))
+
+
+def test_a_missing_llm_key_is_refused_by_name(folder, tmp_path):
+    key = "model.layers.0.self_attn.q_proj.weight"
+    broken = _edit_shard(folder, tmp_path / "nollm", lambda sd: sd.pop(key, None) is not None)
+    index = json.loads((broken / "model.safetensors.index.json").read_text())
+    del index["weight_map"][key]
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="missing model.layers.0.self_attn.q_proj.weight"):
+        load_med3dvlm(broken)
+
+
+def test_prompt_is_med3dvlms_own_format(model):
+    ids = model.prompt_ids("Is the liver normal?")
+    t = model.num_image_tokens
+    assert ids[:t].tolist() == [model.image_token_id] * t
+    assert model.tokenizer.decode(ids[t:]) == " Is the liver normal?"  # its VQA format: image tokens + " " + question
+    report = model.prompt_ids(REPORT_QUESTION)
+    assert model.tokenizer.decode(report[t:]) == CAPTION_PROMPT  # a report asks its own caption prompt
+    visual = torch.randn(1, t, 32)
+    embeds = model._embed(ids, visual)
+    table = model.llm.get_input_embeddings()
+    assert embeds.shape[1] == len(ids)  # Med3DVLM's splice keeps the length
+    assert torch.equal(embeds[0, 0], table(ids[:1])[0]) and torch.equal(embeds[0, 1:t + 1], visual[0])
+    assert torch.equal(embeds[0, t + 1:], table(ids[t + 1:]))
+
+
+def test_streams_the_greedy_answer_piece_by_piece(model):
+    torch.manual_seed(3)
+    visual = model.encode_volume(torch.rand(1, 1, 32, 64, 64))
+    assert visual.shape == (1, 4, 32)
+    question = "Is there a renal cyst?"
+    pieces = list(model.stream_text(visual, question, max_new_tokens=12))
+    ids = model.prompt_ids(question)
+    reference = model.llm.generate(inputs_embeds=model._embed(ids, visual), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                   max_new_tokens=12, do_sample=False, eos_token_id=sorted(model.eos_ids),
+                                   pad_token_id=model.tokenizer.pad_token_id)
+    assert "".join(pieces) == model.tokenizer.decode(reference[0], skip_special_tokens=True)
+    assert len(pieces) > 1
+
+
+def test_cancel_and_bounds(model):
+    visual = model.encode_volume(torch.rand(1, 1, 32, 64, 64))
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        list(model.stream_text(visual, "What is seen?", cancel=cancel))
+    with pytest.raises(InputError, match="max_new_tokens"):
+        model.stream_text(visual, "What is seen?", max_new_tokens=0)
+    with pytest.raises(InputError, match="empty"):
+        model.stream_text(visual, "  ")
+    with pytest.raises(InputError, match=r"\[B, 1, 32, 64, 64\]"):
+        model.encode_volume(torch.rand(1, 1, 16, 64, 64))
+
+
+def test_paper_config_has_the_released_7b_keys_and_shapes():
+    """The fixture lists the released checkpoint's vision-tower and projector tensors (names and shapes at
+    Med3DVLM-Qwen-2.5-7B's sizes, from its public code: see Testing/Benchmarks/med3dvlm_upstream.py)."""
+    published = json.loads(FIXTURE.read_text())
+    cfg = paper()
+    with torch.device("meta"):
+        encoder = build_vision_encoder(cfg.vision)
+        projector = build_projector(cfg.projector, encoder.output_shapes, published["llm_hidden_size"])
+    ours = {PUBLISHED_PREFIXES[part] + k: list(v.shape)
+            for part, module in (("vision_encoder", encoder), ("projector", projector)) for k, v in module.state_dict().items()}
+    assert len(published["tensors"]) == 474
+    assert ours == published["tensors"]
+
+
+def test_dcformer_siglip_folder_loads_into_our_encoder(folder, tmp_path):
+    """DCFormer_SigLIP is a CLIP model: vision_encoder.* beside its text encoder and projections."""
+    vision = load_file(str(folder / SHARDS[0])) | load_file(str(folder / SHARDS[1]))
+    prefix = PUBLISHED_PREFIXES["vision_encoder"]
+    encoder_state = {k[len(prefix):]: v for k, v in vision.items() if k.startswith(prefix)}
+    clip = tmp_path / "DCFormer_SigLIP"
+    clip.mkdir()
+    (clip / "config.json").write_text(json.dumps({"model_type": "dec_clip", "vision_encoder": "dcformer",
+                                                  "input_size": [64, 64, 32], SIZE_OVERRIDE: TINY_FIELDS[SIZE_OVERRIDE]}))
+    save_file({**{"vision_encoder." + k: v for k, v in encoder_state.items()}, "t_prime": torch.tensor(2.3),
+               "mm_vision_proj.weight": torch.zeros(8, 16), "language_encoder.embeddings.word_embeddings.weight": torch.zeros(5, 8)},
+              str(clip / "model.safetensors"))
+    assert is_dcformer_encoder_folder(clip)
+    encoder = load_dcformer_encoder(clip)
+    assert encoder.input_size == (32, 64, 64)
+    assert all(torch.equal(v, encoder_state[k]) for k, v in encoder.state_dict().items())
+    low, high = encoder(torch.rand(1, 1, 32, 64, 64))
+    assert low.shape == (1, 4, 8) and high.shape == (1, 1, 16)
+    with pytest.raises(InputError, match="encoder alone"):
+        load_med3dvlm(clip)
+    state_file = tmp_path / "pretrained_ViT.bin"  # Med3DVLM's CLIP training script also saves the encoder so
+    torch.save(encoder_state, state_file)
+    from_bin = load_dcformer_encoder(state_file, vision=encoder_config(encoder))
+    assert all(torch.equal(v, encoder_state[k]) for k, v in from_bin.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"\d+ missing, 0 unexpected, \d+ of the wrong shape\): missing vision_encoder\.encoder\.s2\.1\."):
+        load_dcformer_encoder(clip, vision=paper().vision)  # decomp_small weights expected, tiny ones given
+
+
+def encoder_config(encoder):
+    from medvlsam2.config import VisionConfig
+
+    sizes = TINY_FIELDS[SIZE_OVERRIDE]
+    return VisionConfig(kind="dcformer", input_size=encoder.input_size, channels=tuple(sizes["channels"]),
+                        blocks=tuple(sizes["blocks"]), kernels=tuple(sizes["kernels"]))
