@@ -129,6 +129,7 @@ def compare(repo: Path, seed: int) -> dict:
     result = {"seed": seed, "input": list(images.shape), "tokens_shape": list(our_tokens.shape),
               "max_abs_diff_low": diff(their_feats[0], our_feats[0]), "max_abs_diff_high": diff(their_feats[1], our_feats[1]),
               "max_abs_diff_tokens": diff(their_tokens, our_tokens), "max_abs_tokens": float(their_tokens.abs().max()),
+              "max_abs_low": float(their_feats[0].abs().max()), "max_abs_high": float(their_feats[1].abs().max()),
               "upstream_s": round(their_s, 2), "ours_s": round(our_s, 2), "torch": torch.__version__,
               "python": platform.python_version()}
     print(json.dumps(result, indent=1))

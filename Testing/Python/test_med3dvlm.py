@@ -11,10 +11,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medvlsam2.config import paper
+from medvlsam2.cli import main
+from medvlsam2.cli.report import NOTICE
 from medvlsam2.errors import Cancelled, CheckpointError, InputError
 from medvlsam2.modeling.med3dvlm import (CAPTION_PROMPT, IMAGE_TOKEN, PUBLISHED_PREFIXES, SIZE_OVERRIDE, build_vision_parts,
                                          is_dcformer_encoder_folder, is_med3dvlm_folder, load_dcformer_encoder,
                                          load_med3dvlm)
+from medvlsam2.factory import load_model
 from medvlsam2.modeling.projector import build_projector
 from medvlsam2.modeling.prompting import REPORT_QUESTION
 from medvlsam2.modeling.vision_encoder import build_vision_encoder
@@ -75,6 +78,8 @@ def write_med3dvlm_folder(folder: Path) -> Path:
     config = {**qwen.to_dict(), **TINY_FIELDS, "model_type": "vlm_qwen", "architectures": ["VLMQwenForCausalLM"],
               "img_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}
     (folder / "config.json").write_text(json.dumps(config))
+    # answers of a random model rarely stop by themselves: keep them short
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": tokenizer.eos_token_id, "max_new_tokens": 10}))
     torch.manual_seed(0)
     state = dict(Qwen2ForCausalLM(qwen).state_dict())
     encoder, projector = build_vision_parts(config, qwen.hidden_size)
@@ -114,6 +119,7 @@ def test_loads_strictly_with_the_published_keys(folder, model):
     assert model.capabilities == frozenset({"language"}) and model.provenance == "released"
     assert "Med3DVLM" in model.description and "cannot segment" in model.description
     assert model.vision_input_size == (32, 64, 64) and model.num_image_tokens == 4
+    assert model.max_new_tokens == 10 and model.tokenizer.eos_token_id in model.eos_ids  # generation_config.json
     stored = {}
     for name in SHARDS:
         stored.update(load_file(str(folder / name)))
@@ -188,6 +194,37 @@ def test_streams_the_greedy_answer_piece_by_piece(model):
     assert len(pieces) > 1
 
 
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory):
+    import numpy as np
+    import SimpleITK as sitk
+
+    path = tmp_path_factory.mktemp("ct") / "ct.nii.gz"
+    rng = np.random.default_rng(0)
+    sitk.WriteImage(sitk.GetImageFromArray(rng.integers(-1000, 400, (12, 48, 48)).astype(np.int16)), str(path))
+    return str(path)
+
+
+def test_ask_and_report_through_the_cli(folder, ct, tmp_path, capsys):
+    """``--model FOLDER`` goes through the factory; the CLI prints what streamed, which is the model's answer."""
+    from medvlsam2.io.volume import read_volume
+    from medvlsam2.session import Session
+
+    assert main(["ask", ct, "Is there a renal cyst?", "--model", str(folder), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "Med3DVLM" in captured.err and "released" in captured.err and "random" not in captured.err
+    model = load_model(str(folder))
+    session = Session(model, read_volume(ct))
+    expected = "".join(session.ask("Is there a renal cyst?"))
+    assert expected.strip() and captured.out.strip() == expected.strip()
+    out = tmp_path / "report.md"
+    assert main(["report", ct, "-o", str(out), "--model", str(folder), "--device", "cpu"]) == 0
+    text = out.read_text()
+    assert NOTICE in text and "".join(session.report()).strip() in text
+    assert main(["ask", ct, "x", "--about", "liver", "--model", str(folder), "--device", "cpu"]) == 1
+    assert "text_segmentation" in capsys.readouterr().err  # Med3DVLM cannot segment: the error names it
+
+
 def test_cancel_and_bounds(model):
     visual = model.encode_volume(torch.rand(1, 1, 32, 64, 64))
     cancel = CancelToken()
@@ -236,6 +273,8 @@ def test_dcformer_siglip_folder_loads_into_our_encoder(folder, tmp_path):
     assert low.shape == (1, 4, 8) and high.shape == (1, 1, 16)
     with pytest.raises(InputError, match="encoder alone"):
         load_med3dvlm(clip)
+    with pytest.raises(InputError, match="encoder alone"):
+        load_model(str(clip))
     state_file = tmp_path / "pretrained_ViT.bin"  # Med3DVLM's CLIP training script also saves the encoder so
     torch.save(encoder_state, state_file)
     from_bin = load_dcformer_encoder(state_file, vision=encoder_config(encoder))

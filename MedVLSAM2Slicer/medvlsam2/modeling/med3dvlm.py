@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..capabilities import LANGUAGE
 from ..config import ProjectorConfig, VisionConfig
 from ..errors import CheckpointError, InputError
 from ..utils.cancel import CancelToken, check
@@ -178,7 +179,7 @@ def build_vision_parts(config: dict, llm_width: int, where: str = "config.json")
 class Med3DVLM(nn.Module):
     """Language-model protocol (see docs/ARCHITECTURE.md) over Med3DVLM's released weights."""
 
-    capabilities = frozenset({"language"})
+    capabilities = frozenset({LANGUAGE})
     provenance = "released"
 
     def __init__(self, vision_encoder: DCFormerEncoder, projector: nn.Module, llm, tokenizer, description: str,
@@ -270,15 +271,17 @@ def _quiet_transformers():
         logging.enable_progress_bar()
 
 
-def _eos_ids(root: Path, config: dict, tokenizer) -> set[int]:
+def _generation_settings(root: Path, config: dict, tokenizer) -> tuple[set[int], int]:
+    """Stop tokens (config, tokenizer and generation_config.json together) and the default answer length
+    (generation_config.json's ``max_new_tokens``, else 256 as Med3DVLM's evaluation scripts use)."""
+    generation = _read_json(root / "generation_config.json") or {}
     ids: set[int] = set()
-    sources = [config.get("eos_token_id"), tokenizer.eos_token_id]
-    generation = _read_json(root / "generation_config.json")
-    if generation:
-        sources.append(generation.get("eos_token_id"))
-    for value in sources:
+    for value in (config.get("eos_token_id"), tokenizer.eos_token_id, generation.get("eos_token_id")):
         ids.update(value if isinstance(value, list) else [] if value is None else [value])
-    return {int(i) for i in ids}
+    length = generation.get("max_new_tokens", 256)
+    if not isinstance(length, int) or not 1 <= length <= MAX_NEW_TOKENS:
+        raise CheckpointError(f"{root / 'generation_config.json'}: max_new_tokens must be 1..{MAX_NEW_TOKENS}, got {length!r}")
+    return {int(i) for i in ids}, length
 
 
 def load_med3dvlm(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> Med3DVLM:
@@ -322,8 +325,9 @@ def load_med3dvlm(path: str | Path, device: str = "cpu", dtype: torch.dtype | No
     name = root.name
     description = (f"{name}: Med3DVLM (released; DCFormer + MLP-Mixer + Qwen2 {llm.config.hidden_size}-wide, "
                    f"{llm.config.num_hidden_layers} layers) for questions and draft reports; it cannot segment")
-    model = Med3DVLM(encoder.to(device, dtype), projector.to(device, dtype), llm, tokenizer, description,
-                     _eos_ids(root, config, tokenizer))
+    eos_ids, max_new_tokens = _generation_settings(root, config, tokenizer)
+    model = Med3DVLM(encoder.to(device, dtype), projector.to(device, dtype), llm, tokenizer, description, eos_ids,
+                     max_new_tokens)
     return model.eval()
 
 
