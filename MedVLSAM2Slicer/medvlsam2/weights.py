@@ -140,14 +140,9 @@ def check_sam2_file(entry: WeightEntry, path: Path) -> None:
         raise CheckpointError(f"{path.name} does not load into {entry.name} ({size(entry.config)}): " + "; ".join(problems))
 
 
-# Weight-key prefixes a folder of each model_type must hold (Med3DVLM's published layout).
-HF_FOLDER_KEYS = {"vlm_qwen": ("model.vision_tower.vision_tower.", "model.mm_projector.", "model.layers."),
-                  "dec_clip": ("vision_encoder.",)}
-
-
 def check_hf_folder(entry: WeightEntry, path: Path) -> None:
-    """A Hugging Face model folder: config.json with the entry's ``model_type`` and safetensors weights
-    holding the expected modules (read from the safetensors headers: no 7B load)."""
+    """A Hugging Face model folder: config.json with the entry's ``model_type`` and safetensors weights whose
+    keys and shapes match the architecture it describes (read from the safetensors headers: no 7B load)."""
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a folder; {entry.name} is a Hugging Face model folder "
                               f"(config.json, *.safetensors, tokenizer files)")
@@ -158,21 +153,9 @@ def check_hf_folder(entry: WeightEntry, path: Path) -> None:
     if entry.model_type and config.get("model_type") != entry.model_type:
         raise CheckpointError(f"{path.name}/config.json has model_type {config.get('model_type')!r}; {entry.name} "
                               f"needs {entry.model_type!r}")
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path} has no .safetensors weights (only safetensors are loaded: nothing is unpickled)")
-    from safetensors import safe_open
+    from .modeling.med3dvlm import check_folder
 
-    keys: set[str] = set()
-    try:
-        for f in files:
-            with safe_open(str(f), framework="numpy") as fh:
-                keys.update(fh.keys())
-    except Exception as exc:  # safetensors raises its own types for a corrupt header
-        raise CheckpointError(f"{f.name} in {path.name} is not a valid safetensors file ({exc})") from None
-    absent = [p for p in HF_FOLDER_KEYS.get(entry.model_type or "", ()) if not any(k.startswith(p) for k in keys)]
-    if absent:
-        raise CheckpointError(f"{path.name} lacks the weights of {', '.join(absent)}*: not a complete {entry.name} folder")
+    check_folder(path)  # every tensor's key and shape against the architecture its config.json describes
 
 
 def list_weights(manifest: dict[str, WeightEntry] | None = None) -> list[dict]:

@@ -2,9 +2,11 @@
 offline import of files and model folders, architecture checks, CLI."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
+from med3dvlm_folder import write_med3dvlm_folder
 
 from medvlsam2 import weights
 from medvlsam2.cli import main
@@ -40,16 +42,6 @@ class FakeHub:
         self.calls.append((repo_id, None, revision))
         write_med3dvlm_folder(Path(local_dir))
         return str(local_dir)
-
-
-def write_med3dvlm_folder(root: Path, prefixes=("model.vision_tower.vision_tower.", "model.mm_projector.", "model.layers.")):
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text('{"model_type": "vlm_qwen"}')
-    save_file({p + "0.weight": np.zeros(2, np.float32) for p in prefixes}, str(root / "model.safetensors"))
-    return root
 
 
 @pytest.fixture
@@ -113,9 +105,16 @@ def test_med3dvlm_folders_download_import_and_are_checked(manifest, hub, tmp_pat
     path = weights.download("vlm", manifest=manifest)
     assert path.is_dir() and (path / "config.json").is_file() and hub.calls == [("org/vlm", None, None)]
     assert weights.verify_file(manifest["vlm"], path) == "folder"
-    partial = write_med3dvlm_folder(tmp_path / "partial", prefixes=("model.layers.",))
-    with pytest.raises(CheckpointError, match="lacks the weights of model.vision_tower.vision_tower."):
+    partial = write_med3dvlm_folder(tmp_path / "partial")
+    index = json.loads((partial / "model.safetensors.index.json").read_text())
+    (partial / index["weight_map"]["model.mm_projector.low_mixer.0.ln1.weight"]).unlink()  # a shard not copied
+    with pytest.raises(CheckpointError, match="missing weight shard"):
         weights.import_file("vlm", partial, manifest=manifest)
+    wide = write_med3dvlm_folder(tmp_path / "wide")  # the right keys, one of the wrong shape
+    config = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj\.weight has shape \(32, 64\), expected \(32, 96\)"):
+        weights.import_file("vlm", wide, manifest=manifest)
     (partial / "config.json").write_text('{"model_type": "qwen2"}')
     with pytest.raises(CheckpointError, match="model_type 'qwen2'"):
         weights.import_file("vlm", partial, manifest=manifest)
