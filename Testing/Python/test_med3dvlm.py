@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from medvlsam2.config import paper
 from medvlsam2.cli import main
 from medvlsam2.cli.report import NOTICE
-from medvlsam2.errors import Cancelled, CheckpointError, InputError
+from medvlsam2.errors import CapabilityError, Cancelled, CheckpointError, InputError
 from medvlsam2.modeling.med3dvlm import (CAPTION_PROMPT, PUBLISHED_PREFIXES, SIZE_OVERRIDE, check_folder,
                                          is_dcformer_encoder_folder, is_med3dvlm_folder, load_dcformer_encoder,
                                          load_med3dvlm)
@@ -22,6 +22,7 @@ from medvlsam2.factory import load_model
 from medvlsam2.modeling.projector import build_projector
 from medvlsam2.modeling.prompting import REPORT_QUESTION
 from medvlsam2.modeling.vision_encoder import build_vision_encoder
+from medvlsam2.session import Session
 from medvlsam2.utils.cancel import CancelToken
 
 FIXTURE = Path(__file__).parent / "fixtures" / "med3dvlm_7b_vision_projector.json"
@@ -152,7 +153,6 @@ def ct(tmp_path_factory):
 def test_ask_and_report_through_the_cli(folder, ct, tmp_path, capsys):
     """``--model FOLDER`` goes through the factory; the CLI prints what streamed, which is the model's answer."""
     from medvlsam2.io.volume import read_volume
-    from medvlsam2.session import Session
 
     assert main(["ask", ct, "Is there a renal cyst?", "--model", str(folder), "--device", "cpu"]) == 0
     captured = capsys.readouterr()
@@ -233,3 +233,33 @@ def encoder_config(encoder):
     sizes = TINY_FIELDS[SIZE_OVERRIDE]
     return VisionConfig(kind="dcformer", input_size=encoder.input_size, channels=tuple(sizes["channels"]),
                         blocks=tuple(sizes["blocks"]), kernels=tuple(sizes["kernels"]))
+
+
+def test_a_recipe_of_medsam2_and_med3dvlm_serves_clicks_and_answers_from_one_server(folder, tmp_path):
+    """segmenter: an official-format SAM2.1 hiera-t file; language: the Med3DVLM folder; one server."""
+    from official_sam2 import write_ct, write_official_checkpoint
+
+    from medvlsam2.client import Client
+    from medvlsam2.io.volume import read_volume
+    from medvlsam2.server.launcher import launch_server
+
+    recipe = tmp_path / "recipe.yaml"
+    checkpoint = write_official_checkpoint(tmp_path / "MedSAM2_random.pt")
+    recipe.write_text(f"segmenter: {checkpoint}\nlanguage: {folder}\nimage_size: 128\n")
+    volume = read_volume(write_ct(tmp_path / "ct.nii.gz"))
+    local = Session(load_model(str(recipe)), volume)
+    expected = "".join(local.ask("Is the liver normal?"))
+    srv = launch_server(model=str(recipe), device="cpu")
+    try:
+        client = Client(srv.url, srv.token, timeout=120)
+        assert set(client.version()["capabilities"]) == {"interactive", "language"}
+        session = client.open_session(volume)
+        obj = session.add_object()
+        assert session.add_points(obj, [[32, 32, 4]], [1]).patch.sum() > 0
+        assert "".join(session.ask("Is the liver normal?")) == expected  # Med3DVLM answers, as it does locally
+        with pytest.raises(CapabilityError, match="text_segmentation"):
+            session.segment_text("liver")
+        session.close()
+        client.close()
+    finally:
+        srv.stop()

@@ -32,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
     for name, make in NAMED_CONFIGS.items():
         c = make()
         llm = c.llm.path or f"built-in Qwen2 (hidden {c.llm.builtin['hidden_size']}, {c.llm.builtin['num_hidden_layers']} layers)"
-        print(f"\n[{name}]\n  vision:    {c.vision.kind} on {'x'.join(map(str, c.vision.input_size))}, patch "
-              f"{'x'.join(map(str, c.vision.patch_size))}, width {c.vision.hidden_size}, {c.vision.num_layers} layers\n"
+        v = c.vision
+        shape = (f"stages {'/'.join(map(str, v.channels))} wide, {'/'.join(map(str, v.blocks))} blocks" if v.kind == "dcformer"
+                 else f"patch {'x'.join(map(str, v.patch_size))}, width {v.hidden_size}, {v.num_layers} layers")
+        print(f"\n[{name}]\n  vision:    {v.kind} on {'x'.join(map(str, v.input_size))}, {shape}\n"
               f"  projector: {c.projector.kind} -> {c.projector.num_tokens} visual tokens\n"
               f"  llm:       {llm}{f', LoRA r{c.llm.lora_r}/a{c.llm.lora_alpha}' if c.llm.lora_r else ''}\n"
               f"  segmenter: {c.segmenter.sam2_config} at {c.segmenter.image_size} px"
