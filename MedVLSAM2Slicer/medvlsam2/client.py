@@ -22,7 +22,8 @@ import numpy as np
 from . import API_VERSION
 from .errors import Cancelled, InputError
 from .protocol import (JSONL, PING_S, VOLUME_MEDIA_TYPE, RemoteError, ServerBusy, ServerUnavailable, SessionExpired,
-                       check_api_version, decode_mask, decode_result, pack_volume, raise_for_error, volume_id)
+                       check_api_version, decode_mask, decode_result, encode_mask, pack_volume, raise_for_error,
+                       volume_id)
 from .results import SegmentationResult
 from .utils.cancel import CancelToken
 
@@ -269,6 +270,10 @@ class RemoteSession:
         if op == "box":
             body = {"box": args[1], "k": args[2]}
             return decode_result(req("POST", self._path(f"/objects/{args[0]}/box"), json_body=body, idempotent=False)["result"])
+        if op == "mask_prompt":
+            body = {"k": args[1], "shape": list(args[2].shape), "mask": encode_mask(args[2])}
+            return decode_result(req("POST", self._path(f"/objects/{args[0]}/mask_prompt"), json_body=body,
+                                     idempotent=False)["result"])
         if op in ("undo", "reset"):
             return decode_result(req("POST", self._path(f"/objects/{args[0]}/{op}"), idempotent=False)["result"])
         if op == "remove":
@@ -359,6 +364,9 @@ class RemoteSession:
         pts = np.asarray(points_ijk, dtype=np.float64).reshape(-1, 3).tolist()
         lab = [int(v) for v in np.asarray(labels).reshape(-1)]
         return self._apply(self._call("points", (int(obj), pts, lab)))
+
+    def add_mask(self, obj: int, k: int, mask2d) -> SegmentationResult:
+        return self._apply(self._call("mask_prompt", (int(obj), int(k), np.asarray(mask2d, dtype=np.uint8))))
 
     def add_box(self, obj: int, box, k: int | None = None) -> SegmentationResult:
         return self._apply(self._call("box", (int(obj), [float(v) for v in box], None if k is None else int(k))))

@@ -44,6 +44,7 @@ ROUTES = {
     "undo": "/v1/sessions/{sid}/objects/{obj}/undo",
     "reset": "/v1/sessions/{sid}/objects/{obj}/reset",
     "mask": "/v1/sessions/{sid}/objects/{obj}/mask",
+    "mask_prompt": "/v1/sessions/{sid}/objects/{obj}/mask_prompt",
     "text": "/v1/sessions/{sid}/text",
     "ask": "/v1/sessions/{sid}/ask",
     "report": "/v1/sessions/{sid}/report",
@@ -243,6 +244,28 @@ def validate_points(body: Any, max_points: int = MAX_POINTS) -> tuple[list[list[
     if not isinstance(labels, list) or len(labels) != len(pts) or any(not _is_int(v) or v not in (1, -1) for v in labels):
         raise InputError(f"labels must hold one +1 (include) or -1 (exclude) per point ({len(pts)} points)")
     return pts, [int(v) for v in labels]
+
+
+MAX_SLICE_SIDE = 4096  # a mask prompt is one slice; bounds its decompressed size before any work
+
+
+def validate_mask_prompt(body: Any) -> tuple[int, np.ndarray]:
+    """``{"k": k, "shape": [rows, cols], "mask": encode_mask(mask)}`` -> (k, uint8 mask [rows, cols])."""
+    if not isinstance(body, dict) or not {"k", "shape", "mask"} <= set(body):
+        raise InputError('send {"k": slice, "shape": [rows, cols], "mask": zstd+base64 uint8 mask}')
+    k, shape, text = body["k"], body["shape"], body["mask"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InputError(f"k must be a non-negative slice index, got {k!r}")
+    if (not isinstance(shape, list) or len(shape) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SLICE_SIDE for v in shape)):
+        raise InputError(f"shape must be [rows, cols], each 1..{MAX_SLICE_SIDE}")
+    if not isinstance(text, str):
+        raise InputError("mask must be a zstd-compressed, base64 text")
+    try:
+        mask = decode_mask(text, (1, shape[0], shape[1]))[0]
+    except Exception:
+        raise InputError("mask is not a zstd+base64 uint8 array of the given shape") from None
+    return k, mask
 
 
 def validate_box(body: Any) -> tuple[list[float], int | None]:

@@ -31,6 +31,7 @@ class _Prompt:
     points: list[list[float]] | None = None  # (x=i, y=j) on slice k
     labels: list[int] | None = None  # SAM2 labels: 1 positive, 0 negative
     box: list[float] | None = None  # (i0, j0, i1, j1)
+    mask: np.ndarray | None = None  # bool [j, i] on slice k (a lasso), SAM2's mask input
 
 
 @dataclass
@@ -136,13 +137,32 @@ class Session:
             raise InputError(f"the box lies outside the volume (i < {ii}, j < {jj}, k < {kk})")
         return self._prompt(obj, [_Prompt(int(k), box=b)])
 
+    @translate_oom
+    def add_mask(self, obj: int, k: int, mask2d) -> SegmentationResult:
+        """A mask prompt [j, i] on slice ``k`` (e.g. a lasso), SAM2's ``add_new_mask``: it replaces earlier
+        clicks on its slice; later clicks refine it."""
+        require(self.model, INTERACTIVE)
+        m = np.asarray(mask2d)
+        kk, jj, ii = self.volume.shape
+        if m.shape != (jj, ii):
+            raise InputError(f"a mask prompt is one slice of shape (j, i) = ({jj}, {ii}), got {m.shape}")
+        if isinstance(k, bool) or int(k) != k or not 0 <= int(k) < kk:
+            raise InputError(f"the mask prompt's slice k must be an integer in [0, {kk - 1}], got {k!r}")
+        return self._prompt(obj, [_Prompt(int(k), mask=m > 0)])
+
+    def _add(self, o: _Object, p: _Prompt):
+        """Give prompt ``p`` to SAM2; returns its logits on slice ``p.k``."""
+        if p.mask is not None:
+            return self.predictor.add_new_mask(o.state, p.k, 1, torch.from_numpy(p.mask))[2]
+        return self.predictor.add_new_points_or_box(o.state, p.k, 1, points=p.points, labels=p.labels, box=p.box,
+                                                    clear_old_points=p.box is not None)[2]
+
     def _prompt(self, obj: int, prompts: list[_Prompt]) -> SegmentationResult:
         o = self._get(obj)
         new = o.mask.copy()
         for p in prompts:
             with self.predictor.extra_prompt_tokens(o.tokens):
-                _, _, logits = self.predictor.add_new_points_or_box(o.state, p.k, 1, points=p.points, labels=p.labels,
-                                                                    box=p.box, clear_old_points=p.box is not None)
+                logits = self._add(o, p)
             new[p.k] = (logits[0, 0] > 0).cpu().numpy().astype(np.uint8)
         scores = {p.k: self.predictor.object_score(o.state, p.k) for p in prompts}
         return self._commit(obj, new, o.prompts + prompts, scores)
@@ -203,11 +223,10 @@ class Session:
         self.predictor.reset_state(o.state)
         with self.predictor.extra_prompt_tokens(o.tokens):
             for p in o.prompts:
-                if p.points is None and p.box is None:
+                if p.points is None and p.box is None and p.mask is None:
                     self.predictor.add_prompt_tokens(o.state, p.k, 1, o.tokens)
                 else:
-                    self.predictor.add_new_points_or_box(o.state, p.k, 1, points=p.points, labels=p.labels, box=p.box,
-                                                         clear_old_points=p.box is not None)
+                    self._add(o, p)
 
     # ----- language ---------------------------------------------------------------------------
     def visual_tokens(self) -> torch.Tensor:

@@ -688,3 +688,41 @@ def test_the_logic_creates_the_panels_nodes_and_turns_drawn_prompts_into_calls(m
         assert k == 3 and np.array_equal(sent, expected) and logic.controller.state.error == ""
     finally:
         logic.shutdown()
+
+
+def test_a_lasso_mask_prompt_runs_on_a_real_tiny_session_undoes_and_crosses_the_wire_format(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    from medvlsam2.factory import load_model
+    from medvlsam2.io.volume import Volume
+    from medvlsam2.protocol import encode_mask, validate_mask_prompt
+    from medvlsam2.session import Session
+
+    k, j, i = np.mgrid[:8, :64, :64]
+    ball = ((k - 4) / 3.5) ** 2 + ((j - 32) / 14) ** 2 + ((i - 30) / 16) ** 2 < 1
+    torch.manual_seed(0)
+    session = Session(load_model("tiny"), Volume.from_ijk_to_ras(np.where(ball, 120, -900).astype(np.int16),
+                                                                  np.diag([0.8, 0.8, 2.5, 1])))
+    obj = session.add_object("lasso")
+    lasso = ball[4].astype(np.uint8)
+    result = session.add_mask(obj, 4, lasso)
+    mask = session.mask(obj)
+    # SAM2 uses a lone mask input as the slice's output (use_mask_input_as_output_without_sam), up to resampling
+    dice = 2 * (mask[4] & lasso).sum() / (mask[4].sum() + lasso.sum())
+    assert dice > 0.9 and not mask[np.arange(8) != 4].any() and result.bbox[0:2] == (4, 5)
+    session.propagate(obj, (2, 6))
+    assert session.mask(obj)[[3, 5]].any()  # the lasso slice conditions the propagation
+    session.undo(obj)
+    session.undo(obj)
+    assert not session.mask(obj).any()
+    with pytest.raises(InputError, match="one slice of shape"):
+        session.add_mask(obj, 4, lasso[:10])
+    with pytest.raises(InputError, match="slice k"):
+        session.add_mask(obj, 8, lasso)
+    # what the client sends is what the server hands the session
+    got_k, got = validate_mask_prompt({"k": 4, "shape": [64, 64], "mask": encode_mask(lasso[None])})
+    assert got_k == 4 and np.array_equal(got, lasso)
+    for bad in ({"k": True, "shape": [64, 64], "mask": ""}, {"k": 1, "shape": [64, 10 ** 6], "mask": ""},
+                {"k": 1, "shape": [64, 64], "mask": encode_mask(np.ones((1, 64, 65)))}):
+        with pytest.raises(InputError):
+            validate_mask_prompt(bad)

@@ -27,8 +27,8 @@ from .. import API_VERSION, __version__
 from ..errors import Cancelled, MedVLSAM2Error
 from ..protocol import (JSONL, MAX_JSON_BYTES, MAX_POINTS, MAX_PROMPT_CHARS, PING_S, CallTimeout, RemoteError, dumps,
                         encode_mask, encode_result, error_body, excerpt, parse_json, unpack_volume, validate_box,
-                        validate_context, validate_name, validate_points, validate_propagate, validate_text,
-                        validate_volume_id)
+                        validate_context, validate_mask_prompt, validate_name, validate_points, validate_propagate,
+                        validate_text, validate_volume_id)
 from ..utils.cancel import CancelToken
 from .guards import Guard
 from .worker import ModelWorker, ServerSession, SessionStore, check_object
@@ -332,6 +332,13 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         b, k = validate_box(await body_json(request))
         check_object(obj)
         return {"result": await call(sid, lambda e, t: encode_result(e.add_box(obj, b, k=k)),
+                                     rollback=lambda e: e.undo(obj))}
+
+    @app.post("/v1/sessions/{sid}/objects/{obj}/mask_prompt")
+    async def mask_prompt(sid: str, obj: int, request: Request) -> dict:
+        k, m = validate_mask_prompt(await body_json(request))
+        check_object(obj)
+        return {"result": await call(sid, lambda e, t: encode_result(e.add_mask(obj, k, m)),
                                      rollback=lambda e: e.undo(obj))}
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/undo")
