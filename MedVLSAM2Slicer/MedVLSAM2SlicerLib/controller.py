@@ -39,6 +39,7 @@ class Controller:
         self.segmentation_node = None
         self.objects: dict[str, int] = {}  # segment id -> session object id
         self.undo_history: SegmentationUndo | None = None
+        self.terminology_logic = None  # Slicer's terminology logic (names, codes, colours of text-prompt segments)
         self._steps: list[_Step] = []  # parallel to undo_history.steps
         self.answer_chunk = Signal()   # (text) streamed answer / report pieces
         self.answer_done = Signal()    # (job name, full text)
@@ -248,7 +249,8 @@ class Controller:
             for result in results:
                 phrase = result.name if len(results) > 1 and result.name else prompt
                 segment_id = segments.add_prompt_segment(
-                    self.segmentation_node, segments.segment_name_for(prompt, result.name, len(results)), phrase)
+                    self.segmentation_node, segments.segment_name_for(prompt, result.name, len(results)), phrase,
+                    self.terminology_logic)
                 self.objects[segment_id] = result.object_id
                 self._write(segment_id, result)
                 ids.append(segment_id)

@@ -38,6 +38,12 @@ class MedVLSAM2Logic:
             return  # Slicer's ScriptedLoadableModuleLogic calls super().__init__() too: one worker only
         self.controller = Controller(ModelWorker())
         self.connection = Connection()
+        try:
+            from .terminology import slicer_logic
+
+            self.controller.terminology_logic = slicer_logic()
+        except ImportError:  # no slicer at all (scripts, plain pytest)
+            pass
         self.server_info: ServerInfo | None = None
 
     # ----- models ---------------------------------------------------------------------------------

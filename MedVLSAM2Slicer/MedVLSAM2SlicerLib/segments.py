@@ -163,16 +163,18 @@ def write_result(segmentation_node, segment_id: str, volume_node, result,
     return write_patch(segmentation_node, segment_id, volume_node, result.bbox, result.patch, before_write)
 
 
-def add_prompt_segment(segmentation_node, name: str, phrase: str | None = None) -> str:
-    """A new empty segment named ``name`` with a colour and, where ``phrase`` (default: the name)
-    matches a known structure, its terminology entry."""
+def add_prompt_segment(segmentation_node, name: str, phrase: str | None = None, terminology_logic=None) -> str:
+    """A new empty segment named ``name`` with the terminology entry and colour of the structure ``phrase``
+    (default: the name) names: from Slicer's loaded terminologies (``terminology_logic``), else the project's
+    table, else a palette colour."""
     import slicer
 
     phrase = phrase or name
     segmentation = segmentation_node.GetSegmentation()
     index = segmentation.GetNumberOfSegments()
-    segment_id = segmentation.AddEmptySegment("", name, terminology.color_for(phrase, index))
-    entry = terminology.terminology_entry(phrase)
+    found = terminology.slicer_term(phrase, terminology_logic)
+    entry, color = found if found else (terminology.terminology_entry(phrase), terminology.color_for(phrase, index))
+    segment_id = segmentation.AddEmptySegment("", name, color)
     if entry:
         segmentation.GetSegment(segment_id).SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
     return segment_id

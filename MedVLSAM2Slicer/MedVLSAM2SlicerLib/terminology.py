@@ -1,7 +1,10 @@
-"""Colour and standard terminology (SNOMED CT, as in Slicer's General Anatomy list) for text-prompt segments.
+"""Colour and standard terminology (SNOMED CT) for text-prompt segments.
 
-A prompt matches an entry when one of the entry's words appears in it as a whole word; the longest
-match wins ("left kidney" before "kidney"). Unmatched prompts get a colour from a fixed palette.
+A prompt names a structure when one of an entry's words appears in it as a whole word; the longest match
+wins ("left kidney" before "kidney"). The entry's code is then looked up in the terminologies Slicer has
+loaded (its terminology logic and the General Anatomy list it ships), whose category, type and
+recommended colour are used. The table below is the fallback where Slicer lacks the entry (or runs
+without its terminology module, as under slicer-core); unmatched prompts get a palette colour.
 """
 
 from __future__ import annotations
@@ -69,3 +72,45 @@ def terminology_entry(prompt: str) -> str | None:
     code = "^".join(term.code)
     category = "^".join(term.category)
     return f"{TERMINOLOGY_CONTEXT}~{category}~{code}~^^~{ANATOMIC_CONTEXT}~^^~^^"
+
+
+def slicer_logic():
+    """Slicer's terminology logic when the application has it, else None."""
+    import slicer
+
+    module = getattr(getattr(slicer, "modules", None), "terminologies", None)
+    return module.logic() if module is not None else None
+
+
+def _loaded_names(logic) -> list[str]:
+    import vtk
+
+    names = vtk.vtkStringArray()
+    logic.GetLoadedTerminologyNames(names)
+    found = [names.GetValue(n) for n in range(names.GetNumberOfValues())]
+    return sorted(found, key=lambda name: name != TERMINOLOGY_CONTEXT)  # Slicer's General Anatomy list first
+
+
+def slicer_term(prompt: str, logic) -> tuple[str, tuple[float, float, float]] | None:
+    """(terminology entry string, colour 0..1) of the structure ``prompt`` names, from a terminology loaded in
+    Slicer's ``logic``; None when nothing matches or Slicer lacks the code."""
+    import slicer
+
+    term = match(prompt)
+    if term is None or logic is None:
+        return None
+    for name in _loaded_names(logic):
+        category = slicer.vtkSlicerTerminologyCategory()
+        for c in range(logic.GetNumberOfCategoriesInTerminology(name)):
+            logic.GetNthCategoryInTerminology(name, c, category)
+            kind = slicer.vtkSlicerTerminologyType()
+            for t in range(logic.GetNumberOfTypesInTerminologyCategory(name, category)):
+                logic.GetNthTypeInTerminologyCategory(name, category, t, kind)
+                if (kind.GetCodingSchemeDesignator(), kind.GetCodeValue()) == term.code[:2]:
+                    entry = slicer.vtkSlicerTerminologyEntry()
+                    entry.SetTerminologyContextName(name)
+                    entry.GetCategoryObject().Copy(category)
+                    entry.GetTypeObject().Copy(kind)
+                    rgb = tuple(v / 255.0 for v in kind.GetRecommendedDisplayRGBValue())
+                    return logic.SerializeTerminologyEntry(entry), rgb
+    return None

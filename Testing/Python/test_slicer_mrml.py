@@ -726,3 +726,36 @@ def test_a_lasso_mask_prompt_runs_on_a_real_tiny_session_undoes_and_crosses_the_
                 {"k": 1, "shape": [64, 64], "mask": encode_mask(np.ones((1, 64, 65)))}):
         with pytest.raises(InputError):
             validate_mask_prompt(bad)
+
+
+def test_text_prompt_segments_take_slicers_terminology_and_fall_back_to_the_table(controller, segmentation, tmp_path):
+    import json
+
+    # a terminology in Slicer's own format, with a liver colour unlike the project's table
+    (tmp_path / "anatomy.json").write_text(json.dumps({
+        "SegmentationCategoryTypeContextName": terminology.TERMINOLOGY_CONTEXT,
+        "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/segment-context-schema.json#",
+        "SegmentationCodes": {"Category": [{
+            "CodeMeaning": "Anatomical Structure", "CodingSchemeDesignator": "SCT", "CodeValue": "123037004",
+            "showAnatomy": "false",
+            "Type": [{"CodeMeaning": "Liver", "CodingSchemeDesignator": "SCT", "CodeValue": "10200004",
+                      "recommendedDisplayRGBValue": [10, 20, 30], "3dSlicerLabel": "liver"}]}]}}))
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert logic.LoadTerminologyFromFile(str(tmp_path / "anatomy.json")) == terminology.TERMINOLOGY_CONTEXT
+    controller.terminology_logic = logic
+    controller.segment_text("liver\ntumour")
+    controller.worker.wait_all()
+    seg = segmentation.GetSegmentation()
+    liver, tumour = seg.GetNthSegment(0), seg.GetNthSegment(1)
+    np.testing.assert_allclose(liver.GetColor(), np.array([10, 20, 30]) / 255)  # Slicer's, not the table's
+    assert terminology_tag(liver) == logic.SerializeTerminologyEntry(_entry(logic, liver))
+    assert "SCT^10200004^Liver" in terminology_tag(liver)
+    # Slicer's list here lacks neoplasms: the project's table gives the code and colour
+    assert "SCT^108369006^Neoplasm" in terminology_tag(tumour)
+    np.testing.assert_allclose(tumour.GetColor(), np.array(terminology.match("tumour").color) / 255)
+
+
+def _entry(logic, segment):
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert logic.DeserializeTerminologyEntry(terminology_tag(segment), entry)
+    return entry
