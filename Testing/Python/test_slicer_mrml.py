@@ -759,3 +759,38 @@ def _entry(logic, segment):
     entry = slicer.vtkSlicerTerminologyEntry()
     assert logic.DeserializeTerminologyEntry(terminology_tag(segment), entry)
     return entry
+
+
+@pytest.mark.skipif(__import__("os").environ.get("MEDVLSAM2_SERVER_TESTS") != "1",
+                    reason="starts a real tiny server (~45 s on 2 busy cores); set MEDVLSAM2_SERVER_TESTS=1")
+def test_twenty_volume_switches_leave_one_server_session_and_a_lasso_crosses_the_wire(module_file, scene, monkeypatch,
+                                                                                      tmp_path):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    logic = module_file.MedVLSAM2SlicerLogic()
+    try:
+        logic.start("tiny", "cpu", "", "", "")
+        logic.controller.worker.wait_all(timeout=300)
+        assert logic.controller.state.error == ""
+        rng = np.random.default_rng(0)
+        volumes = [slicer.util.addVolumeFromArray(rng.integers(-900, 200, SHAPE).astype(np.int16),
+                                                  np.diag([1.0, 1.0, 2.0, 1.0]), f"ct{n}") for n in range(20)]
+        segmentation, sid = logic.ensure_segmentation(scene, volumes[0])
+        for volume in volumes:  # what the panel does on each volume switch
+            logic.open_session(volume, segmentation)
+            logic.controller.worker.wait_all(timeout=120)
+            assert logic.controller.state.error == ""
+        health = logic.connection.client.health()
+        assert health["sessions"] == 1 and health["live_engine_sessions"] == 1, health
+        lasso = np.zeros(SHAPE[1:], np.uint8)
+        lasso[5:15, 8:20] = 1
+        logic.controller.add_mask(sid, 3, lasso)
+        logic.controller.worker.wait_all(timeout=120)
+        assert logic.controller.state.error == ""
+        obj = logic.controller.objects[sid]
+        assert np.array_equal(segments.segment_array(segmentation, sid, volumes[-1]), logic.controller.session.mask(obj))
+        assert logic.controller.session.mask(obj)[3].any()
+        logic.stop()  # panel cleanup: the last session is closed too
+    finally:
+        logic.shutdown()
