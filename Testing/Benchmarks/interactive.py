@@ -83,7 +83,7 @@ def main() -> None:
         timings["propagate_s"] = time.perf_counter() - t
         calls = session.predictor.encoder_calls
         t = time.perf_counter()
-        session.add_points(obj, [[cols // 4, rows // 4, k_mid + 5]], [-1])
+        session.add_points(obj, [[cols // 4, rows // 4, min(k_mid + 5, volume.shape[0] - 1)]], [-1])
         timings["refine_click_s"] = time.perf_counter() - t
         t = time.perf_counter()
         session.propagate(obj)
