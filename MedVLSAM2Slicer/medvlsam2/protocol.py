@@ -164,7 +164,7 @@ def parse_json(raw: bytes) -> Any:
     except RecursionError:
         raise InputError("the JSON body is nested too deeply; send a flat object") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"the request body is not valid JSON ({excerpt(str(exc))}); send a JSON object") from None
+        raise InputError(f"the request body is not valid JSON ({str(exc)[:80]}); send a JSON object") from None
     _check_json(doc)
     return doc
 
@@ -254,8 +254,8 @@ def validate_mask_prompt(body: Any) -> tuple[int, np.ndarray]:
     if not isinstance(body, dict) or not {"k", "shape", "mask"} <= set(body):
         raise InputError('send {"k": slice, "shape": [rows, cols], "mask": zstd+base64 uint8 mask}')
     k, shape, text = body["k"], body["shape"], body["mask"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise InputError(f"k must be a non-negative slice index, got {k!r}")
+    if not _is_int(k) or not 0 <= k <= MAX_INDEX:
+        raise InputError(f"k must be a non-negative slice index, got {excerpt(k)}")
     if (not isinstance(shape, list) or len(shape) != 2
             or any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SLICE_SIDE for v in shape)):
         raise InputError(f"shape must be [rows, cols], each 1..{MAX_SLICE_SIDE}")
@@ -316,6 +316,17 @@ def validate_name(body: Any) -> str | None:
     if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
         raise InputError(f"name must be text of at most {MAX_NAME_CHARS} characters")
     return name
+
+
+def validate_timeout(body: Any, server_timeout_s: float) -> float:
+    """The call's deadline: the server's ``--call-timeout-s``, or a shorter ``"timeout_s"`` the client sends."""
+    t = body.get("timeout_s") if isinstance(body, dict) else None
+    if t is None:
+        return server_timeout_s
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= server_timeout_s:
+        raise InputError(f"timeout_s must be a number of seconds above 0 and at most this server's "
+                         f"{server_timeout_s:g}, got {excerpt(t)}")
+    return float(t)
 
 
 def validate_volume_id(body: Any) -> str:
@@ -398,7 +409,7 @@ def decompress_exact(payload: bytes | memoryview, out: np.ndarray, what: str = "
                 done += n
             extra = reader.read(1) if done == expected else b""
     except zstandard.ZstdError as exc:
-        raise InputError(f"{what} is not valid zstd ({excerpt(str(exc))})") from None
+        raise InputError(f"{what} is not valid zstd ({str(exc)[:120]})") from None
     if done != expected or extra:
         size = f"more than {expected}" if extra else str(done)
         raise InputError(f"{what} decompresses to {size} bytes, but its header's shape and type need {expected}")

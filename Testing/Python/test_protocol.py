@@ -131,3 +131,61 @@ def test_torch_free_imports():
     code = ("import sys; import medvlsam2.protocol, medvlsam2.client, medvlsam2.server.launcher, medvlsam2.errors, "
             "medvlsam2.utils.cancel; assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ENGINE)
+
+
+def test_decompression_stops_at_the_declared_size():
+    import zstandard
+
+    arr, sp, org, d = _volume()
+    _, body = P.pack_volume(arr, sp, org, d)
+    n = int.from_bytes(body[8:12], "little")
+    head = body[:12 + n]
+    obj = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    bomb = obj.compress(bytes(256 << 20)) + obj.flush()  # 256 MiB of zeros in ~8 KB, size not declared
+    with pytest.raises(InputError, match=f"more than {arr.nbytes}"):
+        P.unpack_volume(head + bomb, 10_000)
+    declared = (0xFD2FB528).to_bytes(4, "little") + bytes([0xE0]) + (1 << 40).to_bytes(8, "little") + b"\x01\x00\x00"
+    with pytest.raises(InputError, match="declares 1099511627776 bytes"):
+        P.unpack_volume(head + declared, 10_000)
+    out = np.empty(4, np.uint8)
+    assert P.decompress_exact(zstandard.ZstdCompressor().compress(b"abcd"), out).tobytes() == b"abcd"
+
+
+@pytest.mark.parametrize("direction, words", [
+    (np.diag([2.0, 2.0, 2.0]), "unit vectors"),
+    (np.array([[1, 0.5, 0], [0, 1, 0], [0, 0, 1.0]]), "orthonormal"),
+    (np.zeros((3, 3)), "orthonormal"),
+])
+def test_direction_must_be_orthonormal(direction, words):
+    arr, sp, org, _ = _volume()
+    with pytest.raises(InputError, match=words):
+        P.unpack_volume(P.pack_volume(arr, sp, org, direction)[1], 10_000)
+    rotated = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])  # a rotation and a reflection are fine
+    assert P.unpack_volume(P.pack_volume(arr, sp, org, rotated)[1], 10_000)[2]["direction"] == list(rotated.ravel())
+    assert P.unpack_volume(P.pack_volume(arr, sp, org, np.diag([1.0, -1, 1]))[1], 10_000)
+
+
+def test_strict_json_refuses_surrogates_huge_numbers_long_lists_and_bools_as_ints():
+    for raw, words in ((b'{"prompt": "\\ud800"}', "surrogate"), (b'{"k": ' + b"9" * 300 + b"}", "2\\^53"),
+                       (b"[" + b"1," * 2000 + b"1]", "entries"), (b"[" * 20000 + b"]" * 20000, "nested")):
+        with pytest.raises(InputError, match=words):
+            P.parse_json(raw)
+    assert P.parse_json('{"prompt": "\\ud83d\\ude00 liver"}'.encode()) == {"prompt": "\U0001F600 liver"}  # a valid pair
+    with pytest.raises(InputError, match="outside the volume"):
+        P.validate_box({"box": [1, 1, 1e308, 5, 5, 2]})
+    with pytest.raises(InputError, match="context"):
+        P.validate_context({"object": True})
+    with pytest.raises(InputError, match="labels"):
+        P.validate_points({"points": [[1, 2, 3]], "labels": [True]})
+    with pytest.raises(InputError, match="limit of 2"):
+        P.validate_points({"points": [[1, 2, 3]] * 3, "labels": [1] * 3}, max_points=2)
+    assert P.validate_timeout({"timeout_s": 2}, 10.0) == 2.0 and P.validate_timeout({}, 10.0) == 10.0
+    with pytest.raises(InputError, match="timeout_s"):
+        P.validate_timeout({"timeout_s": 11}, 10.0)
+    assert len(P.excerpt("x" * 10_000)) <= 60 and len(P.excerpt(list(range(10_000)))) <= 60
+
+
+def test_capacity_errors_carry_the_retry_hint():
+    with pytest.raises(P.ServerBusy) as info:
+        P.raise_for_error(P.error_body("too_many_sessions", "full"), 503, 7.0)
+    assert info.value.retry_after_s == 7.0 and info.value.status == 503

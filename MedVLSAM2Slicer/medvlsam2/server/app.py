@@ -28,7 +28,7 @@ from ..errors import Cancelled, MedVLSAM2Error
 from ..protocol import (JSONL, MAX_JSON_BYTES, MAX_POINTS, MAX_PROMPT_CHARS, PING_S, CallTimeout, RemoteError, dumps,
                         encode_mask, encode_result, error_body, excerpt, parse_json, unpack_volume, validate_box,
                         validate_context, validate_mask_prompt, validate_name, validate_points, validate_propagate,
-                        validate_text, validate_volume_id)
+                        validate_text, validate_timeout, validate_volume_id)
 from ..utils.cancel import CancelToken
 from .guards import Guard
 from .worker import ModelWorker, ServerSession, SessionStore, check_object
@@ -123,11 +123,11 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
             raise RemoteError(f"the server has {queued['calls']} model calls waiting; retry in a few seconds",
                               "busy", 429, retry_after_s=2)
 
-    async def on_worker(s: ServerSession, fn: Callable[[Any, CancelToken], Any],
-                        rollback: Callable[[Any], Any] | None = None, cancel: CancelToken | None = None) -> Any:
+    async def on_worker(s: ServerSession, fn: Callable[[Any, CancelToken], Any], rollback: Callable[[Any], Any] | None = None,
+                        cancel: CancelToken | None = None, timeout_s: float | None = None) -> Any:
         """Run ``fn(engine, token)`` on the model worker; the caller holds ``s.lock``.
 
-        Past ``call_timeout_s`` (or on a user cancel) the token is set: a queued job never starts, the
+        Past ``timeout_s`` (default ``call_timeout_s``; or on a user cancel) the token is set: a queued job never starts, the
         engine stops at its next slice or token, and a job that cannot stop is taken back with
         ``rollback(engine)`` when it ends. Either way nothing is committed and the answer says so."""
         token, timed_out = cancel or CancelToken(), []
@@ -143,7 +143,8 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
                 token.raise_if_cancelled()
             return out
 
-        timer = asyncio.get_running_loop().call_later(limits.call_timeout_s, expire)
+        timeout_s = timeout_s or limits.call_timeout_s
+        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
         s.busy += 1
         if cancel is None:  # a stream sets its own token for its whole length
             s.cancel = token
@@ -151,9 +152,9 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
             return await asyncio.wrap_future(worker.submit(job, token))
         except Cancelled:
             if timed_out:
-                raise CallTimeout(f"the call ran longer than this server's --call-timeout-s of "
-                                  f"{limits.call_timeout_s:g} s and was cancelled; nothing was changed. Use a smaller "
-                                  "slice range, or raise --call-timeout-s") from None
+                raise CallTimeout(f"the call took longer than its time limit of {timeout_s:g} s (the server's "
+                                  "--call-timeout-s or the request's timeout_s) and was cancelled; nothing was "
+                                  "changed. Use a smaller slice range, or raise the limit") from None
             raise
         finally:
             timer.cancel()
@@ -162,19 +163,20 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
                 s.cancel = None
             s.touch()
 
-    async def call(sid: str, fn: Callable[[Any, CancelToken], Any], rollback: Callable[[Any], Any] | None = None) -> Any:
+    async def call(sid: str, fn: Callable[[Any, CancelToken], Any], rollback: Callable[[Any], Any] | None = None,
+                   timeout_s: float | None = None) -> Any:
         """One model call of session ``sid``, after the calls of this session before it."""
         s = store.get(sid)
         admit()
         queued["calls"] += 1
         try:
             async with s.lock:
-                return await on_worker(s, fn, rollback)
+                return await on_worker(s, fn, rollback, timeout_s=timeout_s)
         finally:
             queued["calls"] -= 1
 
     def stream(sid: str, work: Callable[[Any, CancelToken, Callable[[dict], None]], dict] | None,
-               tokens: Callable[[Any, CancelToken], Any] | None = None) -> StreamingResponse:
+               tokens: Callable[[Any, CancelToken], Any] | None = None, timeout_s: float | None = None) -> StreamingResponse:
         """JSON lines: what ``work`` emits (progress), then its final dict or an error line, with
         ``{"alive": true}`` after every ``PING_S`` silent seconds (while queued, too).
 
@@ -183,9 +185,10 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         """
         s = store.get(sid)  # unknown session -> 404 before the stream starts
         admit()
-        return StreamingResponse(_lines(s, work, tokens), media_type=JSONL)
+        return StreamingResponse(_lines(s, work, tokens, timeout_s), media_type=JSONL)
 
-    async def _run_stream(s: ServerSession, work, tokens, cancel: CancelToken, put: Callable[[Any], None]) -> None:
+    async def _run_stream(s: ServerSession, work, tokens, cancel: CancelToken, put: Callable[[Any], None],
+                          timeout_s: float | None) -> None:
         """The model side of a stream, a task of its own: it holds the session lock until the worker is done
         even when the client has gone (then ``cancel`` is set and the engine stops at the next slice)."""
         loop = asyncio.get_running_loop()
@@ -198,11 +201,12 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
             async with s.lock:
                 s.cancel = cancel
                 if tokens is None:
-                    put(await on_worker(s, lambda e, t: work(e, t, emit), cancel=cancel))
+                    put(await on_worker(s, lambda e, t: work(e, t, emit), cancel=cancel, timeout_s=timeout_s))
                 else:
                     end = object()
-                    it = await on_worker(s, lambda e, t: iter(tokens(e, t)), cancel=cancel)
-                    while (token := await on_worker(s, lambda e, t: next(it, end), cancel=cancel)) is not end:
+                    it = await on_worker(s, lambda e, t: iter(tokens(e, t)), cancel=cancel, timeout_s=timeout_s)
+                    while (token := await on_worker(s, lambda e, t: next(it, end), cancel=cancel,
+                                                    timeout_s=timeout_s)) is not end:
                         put({"token": token})
                     put({"done": True})
         except BaseException as exc:  # sent to the client as the last line
@@ -214,10 +218,10 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
             if s.cancel is cancel:
                 s.cancel = None
 
-    async def _lines(s: ServerSession, work, tokens):
+    async def _lines(s: ServerSession, work, tokens, timeout_s: float | None):
         q: asyncio.Queue = asyncio.Queue()
         cancel = CancelToken()
-        task = asyncio.create_task(_run_stream(s, work, tokens, cancel, q.put_nowait))
+        task = asyncio.create_task(_run_stream(s, work, tokens, cancel, q.put_nowait, timeout_s))
         tasks.add(task)
         task.add_done_callback(lambda t: (tasks.discard(t), q.put_nowait(None)))
         finished = False
@@ -322,24 +326,30 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/points")
     async def points(sid: str, obj: int, request: Request) -> dict:
-        pts, labels = validate_points(await body_json(request), limits.max_points)
+        body = await body_json(request)
+        pts, labels = validate_points(body, limits.max_points)
+        timeout_s = validate_timeout(body, limits.call_timeout_s)
         check_object(obj)
         return {"result": await call(sid, lambda e, t: encode_result(e.add_points(obj, pts, labels)),
-                                     rollback=lambda e: e.undo(obj))}
+                                     rollback=lambda e: e.undo(obj), timeout_s=timeout_s)}
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/box")
     async def box(sid: str, obj: int, request: Request) -> dict:
-        b, k = validate_box(await body_json(request))
+        body = await body_json(request)
+        b, k = validate_box(body)
+        timeout_s = validate_timeout(body, limits.call_timeout_s)
         check_object(obj)
         return {"result": await call(sid, lambda e, t: encode_result(e.add_box(obj, b, k=k)),
-                                     rollback=lambda e: e.undo(obj))}
+                                     rollback=lambda e: e.undo(obj), timeout_s=timeout_s)}
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/mask_prompt")
     async def mask_prompt(sid: str, obj: int, request: Request) -> dict:
-        k, m = validate_mask_prompt(await body_json(request))
+        body = await body_json(request)
+        k, m = validate_mask_prompt(body)
+        timeout_s = validate_timeout(body, limits.call_timeout_s)
         check_object(obj)
         return {"result": await call(sid, lambda e, t: encode_result(e.add_mask(obj, k, m)),
-                                     rollback=lambda e: e.undo(obj))}
+                                     rollback=lambda e: e.undo(obj), timeout_s=timeout_s)}
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/undo")
     async def undo(sid: str, obj: int) -> dict:
@@ -353,29 +363,34 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/propagate")
     async def propagate(sid: str, obj: int, request: Request):
-        k_range, direction = validate_propagate(await body_json(request))
+        body = await body_json(request)
+        k_range, direction = validate_propagate(body)
+        timeout_s = validate_timeout(body, limits.call_timeout_s)
         check_object(obj)
 
         def work(engine, cancel, emit):
             r = engine.propagate(obj, k_range, direction, cancel=cancel, progress=lambda d, n: emit({"progress": [d, n]}))
             return {"result": encode_result(r)}
-        return stream(sid, work)
+        return stream(sid, work, timeout_s=timeout_s)
 
     @app.post("/v1/sessions/{sid}/text")
     async def segment_text(sid: str, request: Request):
-        prompt = validate_text(await body_json(request), "prompt", limits.max_prompt_chars)
+        body = await body_json(request)
+        prompt = validate_text(body, "prompt", limits.max_prompt_chars)
+        timeout_s = validate_timeout(body, limits.call_timeout_s)
 
         def work(engine, cancel, emit):
             rs = engine.segment_text(prompt, cancel=cancel, progress=lambda d, n: emit({"progress": [d, n]}))
             return {"results": [encode_result(r) for r in rs]}
-        return stream(sid, work)
+        return stream(sid, work, timeout_s=timeout_s)
 
     @app.post("/v1/sessions/{sid}/ask")
     async def ask(sid: str, request: Request):
         body = await body_json(request)
         question = validate_text(body, "question", limits.max_prompt_chars)
         context = validate_context(body.get("context"))
-        return stream(sid, None, lambda engine, cancel: engine.ask(question, context, cancel=cancel))
+        return stream(sid, None, lambda engine, cancel: engine.ask(question, context, cancel=cancel),
+                      validate_timeout(body, limits.call_timeout_s))
 
     @app.post("/v1/sessions/{sid}/report")
     async def report(sid: str):
