@@ -358,7 +358,8 @@ def load_med3dvlm(path: str | Path, device: str = "cpu", dtype: torch.dtype | No
     check_folder(root)  # every key and shape, before anything is loaded
     files = _weight_files(root)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+        with _quiet_transformers():  # it reads config.json too and warns that "vlm_qwen" is not a tokenizer type
+            tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{root} has no usable tokenizer files: {str(exc)[:300]}") from None
     try:
