@@ -169,6 +169,20 @@ def test_ask_and_report_through_the_cli(folder, ct, tmp_path, capsys):
     assert "text_segmentation" in capsys.readouterr().err  # Med3DVLM cannot segment: the error names it
 
 
+def test_the_volume_is_cropped_to_its_foreground_as_in_training(model):
+    """Black margins (air after windowing) are cut away before the encoder, as Med3DVLM's preprocessing did."""
+    from monai.transforms import Resize
+
+    torch.manual_seed(4)
+    content = torch.rand(1, 16, 32, 32) + 0.1  # no black voxel inside
+    framed = torch.zeros(1, 1, 32, 64, 64)
+    framed[0, :, 8:24, 16:48, 20:52] = content
+    resized = Resize(spatial_size=(32, 64, 64), mode="trilinear", align_corners=False)(content)
+    assert torch.equal(model.encode_volume(framed), model.encode_volume(torch.as_tensor(resized)[None]))
+    black = torch.zeros(1, 1, 32, 64, 64)
+    assert torch.isfinite(model.encode_volume(black)).all()  # nothing to crop: left as it is
+
+
 def test_cancel_and_bounds(model):
     visual = model.encode_volume(torch.rand(1, 1, 32, 64, 64))
     cancel = CancelToken()

@@ -231,6 +231,22 @@ def check_folder(path: str | Path) -> None:
     check_layout(expected, found, str(root))
 
 
+def crop_foreground(image: torch.Tensor) -> torch.Tensor:
+    """[1, D, H, W] in [0, 1] -> the box of voxels > 0, resized back to [1, D, H, W] (MONAI, trilinear).
+
+    Med3DVLM's training volumes were cropped to their foreground (MONAI ``CropForeground``: voxels > 0, i.e.
+    not black) and then resized to 128x256x256, so the body fills its field of view. Our volumes arrive
+    already resized; cropping them here approximates that order. An all-black volume is left as it is.
+    """
+    from monai.transforms import CropForeground, Resize
+
+    if not bool((image > 0).any()):
+        return image
+    cropped = CropForeground(allow_smaller=True)(image.float())
+    resized = Resize(spatial_size=tuple(image.shape[1:]), mode="trilinear", align_corners=False)(cropped)
+    return torch.as_tensor(resized).to(image.dtype)
+
+
 # ----- the model -----------------------------------------------------------------------------------
 class Med3DVLM(nn.Module):
     """Language-model protocol (see docs/ARCHITECTURE.md) over Med3DVLM's released weights."""
@@ -259,6 +275,7 @@ class Med3DVLM(nn.Module):
         if images.dim() != 5 or tuple(images.shape[1:]) != expected:
             raise InputError(f"encoder input must be [B, {', '.join(map(str, expected))}], got {tuple(images.shape)}")
         weight = self.llm.get_input_embeddings().weight
+        images = torch.stack([crop_foreground(x) for x in images])
         return self.projector(self.vision_encoder(images.to(weight.device, self.dtype)))
 
     def prompt_ids(self, question: str) -> torch.Tensor:
