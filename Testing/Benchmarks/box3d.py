@@ -36,7 +36,8 @@ def main() -> None:
         raise SystemExit("--seeds must be held-out phantoms (>= 100000)")
     names = [s.strip() for s in args.structures.split(",")]
     model = load_model(args.model)
-    rows = []
+    rows: list[dict] = []
+    summary, mean = {}, float("nan")
     for seed in range(first, last + 1):
         case = generate_case(seed)
         session = Session(model, case.volume)
@@ -55,6 +56,15 @@ def main() -> None:
             rows.append({"seed": seed, "structure": name, "box": list(box), "dice": dice(pred, ref),
                          "voxels_outside_k_range": outside, "seconds": time.perf_counter() - t0})
             session.remove(obj)
+            summary, mean = _write(args, names, first, last, rows)  # after every structure: a stopped run keeps it
+    print("| structure | Dice (3D box alone) | voxels outside k-range | n |")
+    print("|---|---|---|---|")
+    for name, s in summary.items():
+        print(f"| {name} | {s['dice']:.3f} | {s['voxels_outside_k_range']} | {s['n']} |")
+    print(f"mean Dice {mean:.3f}")
+
+
+def _write(args, names: list[str], first: int, last: int, rows: list[dict]) -> tuple[dict, float]:
     summary = {}
     for name in names:
         mine = [r for r in rows if r["structure"] == name]
@@ -62,15 +72,11 @@ def main() -> None:
             summary[name] = {"dice": float(np.mean([r["dice"] for r in mine])),
                              "voxels_outside_k_range": int(sum(r["voxels_outside_k_range"] for r in mine)),
                              "n": len(mine)}
-    print("| structure | Dice (3D box alone) | voxels outside k-range | n |")
-    print("|---|---|---|---|")
-    for name, s in summary.items():
-        print(f"| {name} | {s['dice']:.3f} | {s['voxels_outside_k_range']} | {s['n']} |")
     mean = float(np.mean([s["dice"] for s in summary.values()])) if summary else float("nan")
-    print(f"mean Dice {mean:.3f}")
     with open(args.out, "w") as fh:
         json.dump({"model": args.model, "seeds": [first, last], "summary": summary, "mean_dice": mean, "cases": rows},
                   fh, indent=2)
+    return summary, mean
 
 
 if __name__ == "__main__":
