@@ -75,6 +75,13 @@ class SegmenterConfig:
     # survives the next propagation. False: upstream SAM2's default (the corrected slice stays a
     # non-conditioning output that re-propagation may overwrite); masks then equal SAM2VideoPredictor's.
     corrections_as_conditioning: bool = True
+    # Propagation outside a 3D box stops once the object has ended: after ``stop_after_slices``
+    # consecutive slices whose object-score logit is below ``stop_score`` (SAM2 blanks a slice below 0).
+    stop_after_slices: int = 3
+    stop_score: float = 0.0
+    # A re-propagation past the corrected slices stops after this many slices whose mask did not change.
+    settle_slices: int = 2
+    prefetch_batch: int = 1  # slices per background-encoding batch (a click waits at most for one batch)
 
 
 @dataclass

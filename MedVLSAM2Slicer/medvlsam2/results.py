@@ -24,13 +24,26 @@ class SegmentationResult:
             mask[k0:k1, j0:j1, i0:i1] = self.patch
 
 
-def changed_region(before: np.ndarray, after: np.ndarray) -> BBox | None:
-    """Smallest half-open box holding every voxel that differs."""
-    diff = np.argwhere(before != after)
-    if diff.size == 0:
+def changed_region(before: np.ndarray, after: np.ndarray, offset: tuple[int, int, int] = (0, 0, 0)) -> BBox | None:
+    """Smallest half-open box holding every voxel that differs, shifted by ``offset`` (k, j, i) of the block.
+
+    Callers pass the blocks they wrote (e.g. one slice as [1, H, W]), never a whole volume to search.
+    """
+    diff = before != after
+    if not diff.any():
         return None
-    lo, hi = diff.min(0), diff.max(0) + 1
-    return (int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2]))
+    box = []
+    for axis, start in enumerate(offset):
+        hit = np.flatnonzero(diff.any(axis=tuple(a for a in range(3) if a != axis)))
+        box += [int(hit[0]) + start, int(hit[-1]) + 1 + start]
+    return tuple(box)
+
+
+def union_box(a: BBox | None, b: BBox | None) -> BBox | None:
+    """Smallest box holding both (None is empty)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]), min(a[4], b[4]), max(a[5], b[5]))
 
 
 def label_map(masks: list[np.ndarray]) -> np.ndarray:

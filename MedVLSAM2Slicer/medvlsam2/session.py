@@ -6,6 +6,11 @@ cancelled or failed call leaves the object's mask as it was; ``undo`` restores t
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -16,13 +21,17 @@ from .capabilities import INTERACTIVE, LANGUAGE, TEXT_SEGMENTATION, capabilities
 from .errors import InputError, UnknownObjectError
 from .io.slices import volume_to_frames
 from .io.volume import Volume
+from .modeling.feature_cache import FeatureCache
 from .modeling.key_slices import choose_key_slices
 from .modeling.prompting import REPORT_QUESTION
-from .results import SegmentationResult, changed_region
+from .results import BBox, SegmentationResult, changed_region, union_box
 from .utils.cancel import CancelToken
 from .utils.device import translate_oom
 
 Progress = Callable[[int, int], None]
+HISTORY_MB = 256.0  # default undo budget of one Session (all objects together)
+SETTLE_TOLERANCE = 0.02  # a re-propagated slice "did not change" when it differs in <= 2% of its voxels
+_BLOB = np.ones((3, 3), bool)  # 8-connected components on a slice
 
 
 @dataclass
@@ -34,6 +43,20 @@ class _Prompt:
     mask: np.ndarray | None = None  # bool [j, i] on slice k (a lasso), SAM2's mask input
 
 
+@dataclass(eq=False)
+class _Step:
+    """One undo step: the mask inside the changed box before the call, and the prompts and bound then."""
+
+    bbox: BBox | None
+    before: np.ndarray
+    prompts: list[_Prompt] | int  # the previous list, or its length when the call only appended
+    bound: tuple[int, int] | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.before.nbytes + 8 * (len(self.prompts) if isinstance(self.prompts, list) else 1) + 64
+
+
 @dataclass
 class _Object:
     name: str
@@ -41,30 +64,80 @@ class _Object:
     mask: np.ndarray
     tokens: torch.Tensor | None = None  # [SEG] prompt tokens of a text-prompted object
     prompts: list[_Prompt] = field(default_factory=list)
-    history: list[tuple[np.ndarray, list[_Prompt]]] = field(default_factory=list)
+    bound: tuple[int, int] | None = None  # (k0, k1) of a 3D box: the object lives only there
+    dirty: set[int] = field(default_factory=set)  # slices prompted since the last propagation
+    extent: BBox | None = None  # union of every box written: holds all of the mask
+    history: deque[_Step] = field(default_factory=deque)
+    dropped: int = 0  # oldest steps dropped to stay within the history budget
+
+
+def _foreground(method):
+    """Run a model call under the predictor's gate: background encoding yields to it between batches."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.predictor.gate.foreground() if self.predictor is not None else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 class Session:
-    def __init__(self, model, volume: Volume, cache_mb: float | None = None) -> None:
-        """One volume and one model; ``cache_mb`` bounds the per-slice feature cache (default: the segmenter's).
+    def __init__(self, model, volume: Volume, cache_mb: float | None = None, history_mb: float | None = None,
+                 prefetch: bool = False) -> None:
+        """One volume and one model.
 
+        ``cache_mb`` bounds this Session's per-slice feature cache (default: the segmenter's ``cache_mb``),
+        ``history_mb`` its undo history; ``prefetch`` encodes every slice in the background (see ``close``).
         A model without a segmenter (e.g. Med3DVLM) serves only ``ask``/``report``; calls it cannot serve raise
         ``CapabilityError`` naming what to load instead (see ``self.capabilities``).
         """
         self.model, self.volume = model, volume
         self.capabilities = capabilities_of(model)
-        if cache_mb is not None and cache_mb <= 0:
-            raise InputError(f"cache_mb must be positive, got {cache_mb}")
+        for name, value in (("cache_mb", cache_mb), ("history_mb", history_mb)):
+            if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise InputError(f"{name} must be a positive number of megabytes, got {value}")
         self.predictor = getattr(model, "segmenter", None)
-        self.frames = self.hw = None
+        self.frames = self.hw = self.feature_cache = None
         if self.predictor is not None:
-            if cache_mb is not None:
-                self.predictor.cache_mb = cache_mb
-            self.predictor.clear_feature_cache()
+            self.feature_cache = FeatureCache(cache_mb if cache_mb is not None else self.predictor.cache_mb)
             self.frames, self.hw = volume_to_frames(volume, self.predictor.image_size, model.segmenter_window)
+        self.history_bytes_budget = int((history_mb if history_mb is not None else HISTORY_MB) * 2**20)
+        self.history_bytes = 0
+        self._steps: deque[tuple[int, _Step]] = deque()  # every object's steps, oldest first
         self._objects: dict[int, _Object] = {}
         self._next_id = 1
         self._visual: torch.Tensor | None = None
+        self._stop = threading.Event()
+        weakref.finalize(self, self._stop.set)
+        self._prefetcher: threading.Thread | None = None
+        if prefetch and self.predictor is not None:
+            self._prefetcher = threading.Thread(
+                target=_prefetch, name="medvlsam2-prefetch", daemon=True,
+                args=(self.predictor, {"images": self.frames, "device": self.predictor.device,
+                                       "feature_cache": self.feature_cache},
+                      max(1, int(self.predictor.config.prefetch_batch)), self._stop))
+            self._prefetcher.start()
+
+    def close(self) -> None:
+        """Stop background encoding (it finishes at most the batch in flight) and drop cached features."""
+        self._stop.set()
+        if self._prefetcher is not None and self._prefetcher is not threading.current_thread():
+            self._prefetcher.join()
+        if self.predictor is not None:
+            with self.predictor.gate.foreground():
+                self.feature_cache.clear()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def held_bytes(self) -> int:
+        """Bytes this Session holds: masks, undo history, SAM2 frames and cached features."""
+        total = sum(o.mask.nbytes for o in self._objects.values()) + self.history_bytes
+        if self.predictor is not None:
+            total += self.frames.numel() * self.frames.element_size() + self.feature_cache.nbytes
+        return total
 
     # ----- objects ----------------------------------------------------------------------------
     def add_object(self, name: str | None = None) -> int:
@@ -72,7 +145,7 @@ class Session:
             require(self.model, INTERACTIVE)
         obj_id = self._next_id
         self._next_id += 1
-        state = self.predictor.init_volume_state(self.frames, self.hw)
+        state = self.predictor.init_volume_state(self.frames, self.hw, self.feature_cache)
         self._objects[obj_id] = _Object(name or f"Segment_{obj_id}", state, np.zeros(self.volume.shape, np.uint8))
         return obj_id
 
@@ -82,8 +155,14 @@ class Session:
     def mask(self, obj: int) -> np.ndarray:
         return self._get(obj).mask.copy()
 
+    def bound(self, obj: int) -> tuple[int, int] | None:
+        """(k0, k1) the object is bounded to by a 3D box, or None."""
+        return self._get(obj).bound
+
     def remove(self, obj: int) -> None:
-        self._get(obj)
+        o = self._get(obj)
+        self.history_bytes -= sum(step.nbytes for step in o.history)
+        self._steps = deque((i, step) for i, step in self._steps if i != obj)
         del self._objects[obj]
 
     def _get(self, obj: int) -> _Object:
@@ -93,8 +172,13 @@ class Session:
 
     # ----- prompts ----------------------------------------------------------------------------
     @translate_oom
+    @_foreground
     def add_points(self, obj: int, points_ijk, labels) -> SegmentationResult:
-        """Clicks at voxel (i, j, k) with labels +1 (object) or -1 (background); grouped per slice."""
+        """Clicks at voxel (i, j, k) with labels +1 (object) or -1 (background); grouped per slice.
+
+        A click refines its slice from the current mask: +1 adds SAM2's component holding it, -1
+        changes only the blob (8-connected component of the current mask) it lands in.
+        """
         require(self.model, INTERACTIVE)
         pts = np.asarray(points_ijk, dtype=np.float64).reshape(-1, 3) if np.size(points_ijk) else np.zeros((0, 3))
         lab = np.asarray(labels).reshape(-1)
@@ -111,33 +195,48 @@ class Session:
             raise InputError("point labels must be +1 (include) or -1 (exclude)")
         prompts = [_Prompt(int(k), pts[pts[:, 2].round() == k][:, :2].tolist(),
                            [1 if v > 0 else 0 for v in lab[pts[:, 2].round() == k]]) for k in np.unique(pts[:, 2].round())]
-        return self._prompt(obj, prompts)
+        positive = [p.k for p in prompts if 1 in p.labels]
+        return self._prompt(obj, prompts, self._widened(self._get(obj).bound, positive))
 
     @translate_oom
-    def add_box(self, obj: int, box, k: int | None = None) -> SegmentationResult:
-        """A 2D box (i0, j0, i1, j1) on slice ``k``, or a 3D box (i0, j0, k0, i1, j1, k1) prompted on its middle slice.
+    @_foreground
+    def add_box(self, obj: int, box, k: int | None = None, ends: bool = False) -> SegmentationResult:
+        """A 2D box (i0, j0, i1, j1) on slice ``k``, or a 3D box (i0, j0, k0, i1, j1, k1).
 
-        As in SAM2, a box replaces earlier clicks on its slice; later clicks refine it.
+        A 3D box is prompted on its middle slice (``ends``: also on k0 and k1) and bounds the object to
+        k0..k1. As in SAM2, a box replaces earlier clicks on its slice; later clicks refine it.
         """
         require(self.model, INTERACTIVE)
         b = [float(v) for v in box]
+        bound = self._get(obj).bound
         if len(b) == 6:
             i0, j0, k0, i1, j1, k1 = b
-            if k1 < k0:
-                raise InputError("3D box must have k1 >= k0")
+            if not np.all(np.isfinite(b)) or k1 < k0:
+                raise InputError("a 3D box needs finite numbers and k1 >= k0")
+            if not (0 <= k0 and k1 < self.volume.shape[0]):
+                raise InputError(f"the box's slices {k0:g}..{k1:g} lie outside the volume (0 <= k < {self.volume.shape[0]})")
+            bound = (int(round(k0)), int(round(k1)))
             k = int(round((k0 + k1) / 2))
+            slices = sorted({bound[0], k, bound[1]}) if ends else [k]
             b = [i0, j0, i1, j1]
-        if len(b) != 4 or k is None:
+        elif len(b) == 4 and k is not None:
+            if not (isinstance(k, (int, np.integer)) or float(k).is_integer()):
+                raise InputError(f"the slice k of a 2D box must be an integer, got {k}")
+            slices = [int(k)]
+        else:
             raise InputError("a box is (i0, j0, i1, j1) with its slice k, or (i0, j0, k0, i1, j1, k1)")
         i0, j0, i1, j1 = b
         if not np.all(np.isfinite(b)) or i1 <= i0 or j1 <= j0:
             raise InputError(f"the box {b} is empty: it needs i1 > i0 and j1 > j0 (nonzero width and height)")
         kk, jj, ii = self.volume.shape
-        if not (0 <= k < kk) or i0 < 0 or j0 < 0 or i1 > ii - 1 or j1 > jj - 1:
+        if not all(0 <= s < kk for s in slices) or i0 < 0 or j0 < 0 or i1 > ii - 1 or j1 > jj - 1:
             raise InputError(f"the box lies outside the volume (i < {ii}, j < {jj}, k < {kk})")
-        return self._prompt(obj, [_Prompt(int(k), box=b)])
+        if len(box) == 4:
+            bound = self._widened(bound, slices)
+        return self._prompt(obj, [_Prompt(s, box=b) for s in slices], bound)
 
     @translate_oom
+    @_foreground
     def add_mask(self, obj: int, k: int, mask2d) -> SegmentationResult:
         """A mask prompt [j, i] on slice ``k`` (e.g. a lasso), SAM2's ``add_new_mask``: it replaces earlier
         clicks on its slice; later clicks refine it."""
@@ -148,7 +247,7 @@ class Session:
             raise InputError(f"a mask prompt is one slice of shape (j, i) = ({jj}, {ii}), got {m.shape}")
         if isinstance(k, bool) or int(k) != k or not 0 <= int(k) < kk:
             raise InputError(f"the mask prompt's slice k must be an integer in [0, {kk - 1}], got {k!r}")
-        return self._prompt(obj, [_Prompt(int(k), mask=m > 0)])
+        return self._prompt(obj, [_Prompt(int(k), mask=m > 0)], self._widened(self._get(obj).bound, [int(k)]))
 
     def _add(self, o: _Object, p: _Prompt):
         """Give prompt ``p`` to SAM2; returns its logits on slice ``p.k``."""
@@ -157,69 +256,177 @@ class Session:
         return self.predictor.add_new_points_or_box(o.state, p.k, 1, points=p.points, labels=p.labels, box=p.box,
                                                     clear_old_points=p.box is not None)[2]
 
-    def _prompt(self, obj: int, prompts: list[_Prompt]) -> SegmentationResult:
-        o = self._get(obj)
-        new = o.mask.copy()
-        for p in prompts:
-            with self.predictor.extra_prompt_tokens(o.tokens):
-                logits = self._add(o, p)
-            new[p.k] = (logits[0, 0] > 0).cpu().numpy().astype(np.uint8)
-        scores = {p.k: self.predictor.object_score(o.state, p.k) for p in prompts}
-        return self._commit(obj, new, o.prompts + prompts, scores)
+    @staticmethod
+    def _widened(bound: tuple[int, int] | None, ks: list[int]) -> tuple[int, int] | None:
+        """A positive prompt outside a 3D box's slices says the object is there too: widen the bound."""
+        if bound is None or not ks:
+            return bound
+        return min(bound[0], *ks), max(bound[1], *ks)
 
-    def _commit(self, obj: int, new: np.ndarray, prompts: list[_Prompt], scores: dict[int, float]) -> SegmentationResult:
+    def _prompt(self, obj: int, prompts: list[_Prompt], bound: tuple[int, int] | None) -> SegmentationResult:
         o = self._get(obj)
-        o.history.append((o.mask, o.prompts))
-        bbox = changed_region(o.mask, new)
-        o.mask, o.prompts = new, prompts
+        writes = {}
+        for p in prompts:
+            old = writes.get(p.k, o.mask[p.k])
+            with self.predictor.extra_prompt_tokens(o.tokens), \
+                    self.predictor.seed_slice_mask(o.state, p.k, torch.from_numpy(old > 0)):
+                logits = self._add(o, p)
+            new = _refine(old > 0, (logits[0, 0] > 0).cpu().numpy(), p)
+            self.predictor.set_slice_mask(o.state, p.k, torch.from_numpy(new))
+            writes[p.k] = new.astype(np.uint8)
+            o.dirty.add(p.k)
+        scores = {p.k: self.predictor.object_score(o.state, p.k) for p in prompts}
+        return self._commit(obj, writes, o.prompts + prompts, scores, bound)
+
+    def _commit(self, obj: int, writes: dict[int, np.ndarray], prompts: list[_Prompt], scores: dict[int, float],
+                bound: tuple[int, int] | None) -> SegmentationResult:
+        """Write whole slices ``writes`` {k: [H, W]} and keep what they replace as one undo step."""
+        o = self._get(obj)
+        bbox = None
+        for k, new in writes.items():
+            bbox = union_box(bbox, changed_region(o.mask[k:k + 1], new[None], offset=(k, 0, 0)))
+        before = _crop(o.mask, bbox).copy()
+        appended = len(prompts) >= len(o.prompts) and all(a is b for a, b in zip(prompts, o.prompts))
+        self._record(obj, _Step(bbox, before, len(o.prompts) if appended else o.prompts, o.bound))
+        for k, new in writes.items():
+            o.mask[k] = new
+        o.extent = union_box(o.extent, bbox)
+        o.prompts, o.bound = prompts, bound
         return self._result(obj, bbox, scores)
+
+    def _record(self, obj: int, step: _Step) -> None:
+        """Keep ``step``; drop the oldest steps of any object while the history exceeds its budget."""
+        o = self._get(obj)
+        o.history.append(step)
+        self._steps.append((obj, step))
+        self.history_bytes += step.nbytes
+        while self.history_bytes > self.history_bytes_budget and self._steps:
+            owner, oldest = self._steps.popleft()
+            self._objects[owner].history.popleft()
+            self._objects[owner].dropped += 1
+            self.history_bytes -= oldest.nbytes
 
     def _result(self, obj: int, bbox, scores=None) -> SegmentationResult:
         o = self._get(obj)
-        patch = o.mask[bbox[0]:bbox[1], bbox[2]:bbox[3], bbox[4]:bbox[5]].copy() if bbox else np.zeros((0, 0, 0), np.uint8)
+        patch = _crop(o.mask, bbox).copy() if bbox else np.zeros((0, 0, 0), np.uint8)
         return SegmentationResult(obj, o.name, bbox, patch, {k: v for k, v in (scores or {}).items() if v is not None})
 
     # ----- propagation ------------------------------------------------------------------------
     @translate_oom
+    @_foreground
     def propagate(self, obj: int, k_range: tuple[int, int] | None = None, direction: str = "both",
                   cancel: CancelToken | None = None, progress: Progress | None = None) -> SegmentationResult:
-        """Carry the object through slices (within ``k_range`` inclusive) from its prompted slices."""
+        """Carry the object from its prompted slices through ``k_range`` (inclusive; SAM2 runs only there).
+
+        Within a 3D box's slices only. Outside one, a pass stops once the object has ended (see
+        ``SegmenterConfig.stop_after_slices``) and clears the range beyond; past the slices prompted
+        since the last propagation, a pass stops once ``settle_slices`` slices in a row did not change.
+        """
         o = self._get(obj)
         if not o.prompts:
             raise InputError("this object has no prompt yet: click, draw a box or give a text prompt first")
-        k0, k1 = k_range if k_range is not None else (0, self.volume.shape[0] - 1)
-        if not 0 <= k0 <= k1 < self.volume.shape[0]:
-            raise InputError(f"slice range must satisfy 0 <= k0 <= k1 < {self.volume.shape[0]}, got {k_range}")
-        new, scores, done = o.mask.copy(), {}, 0
-        total = k1 - k0 + 1
+        n = self.volume.shape[0]
+        a, b = (0, n - 1) if k_range is None else self._slice_range(k_range)
+        if o.bound is not None:
+            a, b = max(a, o.bound[0]), min(b, o.bound[1])
+            if a > b:
+                raise InputError(f"the slice range {k_range} does not overlap the object's box slices {o.bound}")
+        if direction not in ("forward", "backward", "both"):
+            raise InputError(f"direction must be one of backward, both, forward; got {direction!r}")
+        cfg = self.predictor.config
+        prompted = sorted({p.k for p in o.prompts})
+        clicked = {p.k for p in o.prompts if p.points is not None or p.box is not None or p.mask is not None}
+        inside = [k for k in prompted if a <= k <= b]
+        dirty = sorted(o.dirty) or prompted
+        s = dirty[0]
+        passes = []  # (reverse, start, slices after start, last prompt in this direction, last dirty slice)
+        if direction != "backward" and s <= b:
+            start = max(s, a)
+            passes.append((False, start, b - start, max(inside, default=start), dirty[-1]))
+        if direction != "forward" and s >= a:
+            start = min(s, b)
+            passes.append((True, start, start - a, min(inside, default=start), dirty[0]))
+        planned = set().union(*(range(st, st + m + 1) if not rev else range(st - m, st + 1) for rev, st, m, _, _ in passes))
+        writes: dict[int, np.ndarray] = {}
+        scores: dict[int, float] = {}
+        seen: set[int] = set()
         with self.predictor.extra_prompt_tokens(o.tokens):
-            for k, logits in self.predictor.propagate(o.state, None, direction, cancel=cancel):
-                if k0 <= k <= k1:
-                    new[k] = (logits > 0).cpu().numpy().astype(np.uint8)
+            for reverse, start, count, last_prompt, last_dirty in passes:
+                ended = settled = 0
+                for k, logits in self.predictor.propagate(o.state, start, "backward" if reverse else "forward",
+                                                          max_frames=count, cancel=cancel):
+                    new = (logits > 0).cpu().numpy().astype(np.uint8)
                     scores[k] = self.predictor.object_score(o.state, k)
-                    done += 1
+                    if k in clicked:  # SAM2 replays the slice's prompt output: keep what the prompt left
+                        new = o.mask[k]
+                    else:
+                        writes[k] = new
+                    seen.add(k)
                     if progress:
-                        progress(min(done, total), total)
-        return self._commit(obj, new, o.prompts, scores)
+                        progress(len(seen), len(planned))
+                    past_prompts = k < last_prompt if reverse else k > last_prompt
+                    if o.bound is None and past_prompts:
+                        ended = ended + 1 if scores[k] is not None and scores[k] < cfg.stop_score else 0
+                        if ended >= max(1, cfg.stop_after_slices):
+                            rest = range(a, k) if reverse else range(k + 1, b + 1)
+                            self.predictor.forget_slices(o.state, rest)
+                            writes.update({r: np.zeros_like(new) for r in rest if o.mask[r].any() or r in writes})
+                            break
+                    if cfg.settle_slices > 0 and (k < last_dirty if reverse else k > last_dirty):
+                        old = o.mask[k]
+                        if old.any() or new.any():
+                            settled = settled + 1 if _unchanged(old, new) else 0
+                            if settled >= cfg.settle_slices:
+                                break
+        if progress and planned:
+            progress(len(planned), len(planned))
+        o.dirty.clear()
+        return self._commit(obj, writes, o.prompts, scores, o.bound)
+
+    def _slice_range(self, k_range) -> tuple[int, int]:
+        n = self.volume.shape[0]
+        try:
+            k0, k1 = (float(v) for v in k_range)
+        except (TypeError, ValueError):
+            raise InputError(f"a slice range is two slice indices (k0, k1), got {k_range!r}") from None
+        if not (np.isfinite(k0) and np.isfinite(k1) and k0.is_integer() and k1.is_integer() and 0 <= k0 <= k1 < n):
+            raise InputError(f"slice range must be integers with 0 <= k0 <= k1 < {n}, got {k_range}")
+        return int(k0), int(k1)
 
     # ----- history ----------------------------------------------------------------------------
+    @_foreground
     def undo(self, obj: int) -> SegmentationResult:
         o = self._get(obj)
         if not o.history:
+            if o.dropped:
+                raise InputError(f"cannot undo further: the {o.dropped} oldest step(s) of this object were dropped to keep "
+                                 f"the undo history within {self.history_bytes_budget / 2**20:g} MB (Session history_mb)")
             raise InputError("nothing to undo for this object")
-        previous_mask, previous_prompts = o.history.pop()
-        bbox = changed_region(o.mask, previous_mask)
-        o.mask, o.prompts = previous_mask, previous_prompts
+        step = o.history.pop()
+        self._steps.remove((obj, step))  # _Step compares by identity
+        self.history_bytes -= step.nbytes
+        if step.bbox is not None:
+            k0, k1, j0, j1, i0, i1 = step.bbox
+            o.mask[k0:k1, j0:j1, i0:i1] = step.before
+        o.prompts = o.prompts[:step.prompts] if isinstance(step.prompts, int) else step.prompts
+        o.bound = step.bound
         self._replay(o)
-        return self._result(obj, bbox)
+        return self._result(obj, step.bbox)
 
+    @_foreground
     def reset(self, obj: int) -> SegmentationResult:
         o = self._get(obj)
         self.predictor.reset_state(o.state)
-        return self._commit(obj, np.zeros_like(o.mask), [], {})
+        o.dirty.clear()
+        ks = range(o.extent[0], o.extent[1]) if o.extent else range(0)
+        return self._commit(obj, {k: np.zeros_like(o.mask[k]) for k in ks if o.mask[k].any()}, [], {}, None)
 
     def _replay(self, o: _Object) -> None:
-        """Rebuild SAM2's state from the kept prompts (features are cached, so this is cheap)."""
+        """Rebuild SAM2's state from the kept prompts (features are cached, so this is cheap).
+
+        SAM2's logits on the prompted slices are then made to agree with the kept mask, and every prompted
+        slice counts as new for the next propagation.
+        """
         self.predictor.reset_state(o.state)
         with self.predictor.extra_prompt_tokens(o.tokens):
             for p in o.prompts:
@@ -227,6 +434,9 @@ class Session:
                     self.predictor.add_prompt_tokens(o.state, p.k, 1, o.tokens)
                 else:
                     self._add(o, p)
+        o.dirty = {p.k for p in o.prompts}
+        for k in o.dirty:
+            self.predictor.set_slice_mask(o.state, k, torch.from_numpy(o.mask[k] > 0))
 
     # ----- language ---------------------------------------------------------------------------
     def visual_tokens(self) -> torch.Tensor:
@@ -239,6 +449,7 @@ class Session:
         return self._visual
 
     @translate_oom
+    @_foreground
     def segment_text(self, prompt: str, cancel: CancelToken | None = None,
                      progress: Progress | None = None) -> list[SegmentationResult]:
         """Semantic or referring segmentation: one new object per [SEG] the model emits."""
@@ -281,3 +492,78 @@ class Session:
     def report(self, cancel: CancelToken | None = None) -> Iterator[str]:
         require(self.model, LANGUAGE)
         return self.model.stream_text(self.visual_tokens(), REPORT_QUESTION, cancel=cancel)
+
+
+def _crop(mask: np.ndarray, bbox: BBox | None) -> np.ndarray:
+    if bbox is None:
+        return np.zeros((0, 0, 0), mask.dtype)
+    k0, k1, j0, j1, i0, i1 = bbox
+    return mask[k0:k1, j0:j1, i0:i1]
+
+
+def _unchanged(old: np.ndarray, new: np.ndarray) -> bool:
+    union = np.count_nonzero(old | new)
+    return np.count_nonzero(old != new) <= SETTLE_TOLERANCE * union
+
+
+def _refine(old: np.ndarray, pred: np.ndarray, p: _Prompt) -> np.ndarray:
+    """The slice mask a prompt leaves: ``old`` current mask, ``pred`` SAM2's answer (both [H, W] bool).
+
+    A box replaces the slice with SAM2's answer inside the box, a mask prompt with SAM2's answer. Negative clicks change only the blobs
+    (8-connected components of ``old``) they land in: there SAM2's answer is taken, and a blob that
+    is not the slice's largest is removed outright if SAM2 keeps the clicked voxel. Positive clicks
+    then add the components of SAM2's answer that hold them; nothing else changes.
+    """
+    from scipy import ndimage
+
+    if p.mask is not None:
+        return pred  # a mask prompt replaces its slice, as a box does
+    if p.box is not None:
+        i0, j0, i1, j1 = (int(round(v)) for v in p.box)
+        inside = np.zeros_like(pred)
+        inside[j0:j1 + 1, i0:i1 + 1] = True
+        return pred & inside
+    clicks = [(int(round(y)), int(round(x)), label) for (x, y), label in zip(p.points, p.labels)]
+    new = old.copy()
+    negative = [(j, i) for j, i, label in clicks if label == 0]
+    if negative:
+        blobs, _ = ndimage.label(old, structure=_BLOB)
+        sizes = np.bincount(blobs.ravel())
+        largest = int(np.argmax(sizes[1:])) + 1 if len(sizes) > 1 else 0
+        for c in sorted({int(blobs[j, i]) for j, i in negative} - {0}):
+            blob = blobs == c
+            kept = blob & pred
+            if c != largest and any(kept[j, i] for j, i in negative):
+                kept[:] = False
+            new[blob] = kept[blob]
+    positive = [(j, i) for j, i, label in clicks if label == 1]
+    if positive:
+        parts, _ = ndimage.label(pred, structure=_BLOB)
+        hit = sorted({int(parts[j, i]) for j, i in positive} - {0})
+        new |= np.isin(parts, hit) & (parts > 0)
+    return new
+
+
+def _prefetch(predictor, state: dict, batch: int, stop: threading.Event) -> None:
+    """Background thread: encode every slice, middle first, while the feature budget has room.
+
+    Holds no reference to the Session (so it can be collected); each batch runs under the gate and
+    yields to foreground calls between batches; ``stop`` ends it before the next batch.
+    """
+    cache: FeatureCache = state["feature_cache"]
+    n = len(state["images"])
+    order = sorted(range(n), key=lambda k: (abs(k - n // 2), k))
+    try:
+        with torch.inference_mode():
+            for first in range(0, n, batch):
+                with predictor.gate.background(stop) as go:
+                    if not go:
+                        return
+                    todo = [k for k in order[first:first + batch] if k not in cache]
+                    per_slice = cache.per_slice_bytes()
+                    if per_slice and not cache.has_room(per_slice * len(todo)):
+                        return  # never evict features to make room for prefetched ones
+                    if todo:
+                        predictor.encode_slices(state, todo)
+    except Exception:  # e.g. out of memory: foreground calls encode what they need themselves
+        return

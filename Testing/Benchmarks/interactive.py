@@ -81,14 +81,14 @@ def main() -> None:
         t = time.perf_counter()
         session.propagate(obj)
         timings["propagate_s"] = time.perf_counter() - t
-        calls = session.predictor.encoder_calls
+        calls = session.feature_cache.encoder_calls
         t = time.perf_counter()
         session.add_points(obj, [[cols // 4, rows // 4, min(k_mid + 5, volume.shape[0] - 1)]], [-1])
         timings["refine_click_s"] = time.perf_counter() - t
         t = time.perf_counter()
         session.propagate(obj)
         timings["repropagate_s"] = time.perf_counter() - t
-        new_encoder_calls = session.predictor.encoder_calls - calls
+        new_encoder_calls = session.feature_cache.encoder_calls - calls
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "model": getattr(model, "description", "tiny config"), "load_s": load_s and round(load_s, 3),

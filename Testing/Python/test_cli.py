@@ -42,3 +42,23 @@ def test_segment_writes_a_mask_with_the_input_geometry(tmp_path, capsys):
     assert "weights are random" in capsys.readouterr().err
     assert main(["segment", str(tmp_path / "ct.nii.gz"), "--point", "1,2", "-o", str(out)]) == 1
     assert main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(out)]) == 1
+
+
+def test_segment_takes_a_2d_box_on_a_slice(tmp_path, capsys):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medvlsam2.io.volume import Volume
+
+    sitk.WriteImage(Volume(np.full((6, 32, 40), 60, np.int16)).to_sitk(), str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "mask.nii.gz"
+    ct = str(tmp_path / "ct.nii.gz")
+    assert main(["segment", ct, "--box", "4,4,30,26", "--slice", "2", "-o", str(out), "--model", "tiny",
+                 "--no-propagate"]) == 0
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert not mask[np.arange(6) != 2].any()  # only the box's slice
+    assert not mask[2, :4].any() and not mask[2, :, 31:].any()  # and only inside the box
+    capsys.readouterr()
+    assert main(["segment", ct, "--box", "4,4,30,26", "-o", str(out)]) == 1
+    assert "needs --slice" in capsys.readouterr().err
+    assert main(["segment", ct, "--box", "4,4,1,30,26,3", "--slice", "2", "-o", str(out)]) == 1

@@ -37,22 +37,23 @@ def test_cache_reuses_features_within_budget_and_evicts_beyond(model, monkeypatc
     monkeypatch.setenv("TQDM_DISABLE", "1")
     big = Session(model, _volume(), cache_mb=4096)
     obj = _segment(big)
-    seg = big.predictor
-    assert seg.encoder_calls == K and len(seg.feature_cache) == K
-    assert all(f.dtype == torch.bfloat16 for entry in seg.feature_cache.values() for f in entry[1])
-    per_slice = seg.cached_bytes / K
-    calls = seg.encoder_calls
+    cache = big.feature_cache
+    assert cache.encoder_calls == K and len(cache) == K
+    assert all(f.dtype == torch.bfloat16 for k in range(K) for f in cache.get(k).fpn)
+    per_slice = cache.nbytes / K
+    calls = cache.encoder_calls
     big.propagate(obj)
-    assert seg.encoder_calls == calls  # nothing recomputed
+    assert cache.encoder_calls == calls  # nothing recomputed
     reference = big.mask(obj)
 
     small = Session(model, _volume(), cache_mb=2.5 * per_slice / 2**20)
     obj = _segment(small)
-    assert len(seg.feature_cache) == 2 and seg.cached_bytes <= small.predictor.cache_mb * 2**20
-    calls = seg.encoder_calls
+    assert len(small.feature_cache) == 2 and small.feature_cache.nbytes <= 2.5 * per_slice
+    calls = small.feature_cache.encoder_calls
     small.propagate(obj)
-    assert seg.encoder_calls > calls  # evicted slices had to be encoded again
+    assert small.feature_cache.encoder_calls > calls  # evicted slices had to be encoded again
     assert np.array_equal(small.mask(obj), reference)  # and the result does not depend on the budget
+    assert len(cache) == K  # the small session's evictions never touched the first session's features
 
 
 def test_bad_cache_budget_is_refused(model):

@@ -69,7 +69,6 @@ def test_seg_hidden_state_drives_the_sam2_mask_decoder(model):
 
     def decode(prompt_tokens):
         """Mask logits and the decoder's object score (random weights may gate the mask to 'no object')."""
-        seg.clear_feature_cache()
         state = seg.init_volume_state(frames, (32, 32))
         mask = seg.add_prompt_tokens(state, 1, 1, prompt_tokens)[2]
         return mask, seg.object_score(state, 1)

@@ -29,7 +29,6 @@ def volume():
 
 
 def new_state(predictor, volume):
-    predictor.clear_feature_cache()
     frames, hw = volume_to_frames(volume, predictor.image_size)
     return predictor.init_volume_state(frames, hw)
 
@@ -47,10 +46,10 @@ def test_click_then_propagate_both_ways_with_feature_reuse(predictor, volume):
     assert logits.shape == (1, 1, H, W)  # original slice size: masks land on the voxel grid
     seen = [k for k, mask in predictor.propagate(state, 6, direction="both")]
     assert min(seen) == 0 and max(seen) == K - 1 and 6 in seen
-    calls = predictor.encoder_calls
+    calls = state["feature_cache"].encoder_calls
     predictor.add_new_points_or_box(state, 3, 1, points=[[5, 5]], labels=[0])  # refinement click elsewhere
     list(predictor.propagate(state, 3))
-    assert predictor.encoder_calls == calls  # every slice was seen: no new image-encoder call
+    assert state["feature_cache"].encoder_calls == calls  # every slice was seen: no new image-encoder call
 
 
 def test_cancel_stops_within_one_slice(predictor, volume):

@@ -48,10 +48,10 @@ def test_propagation_covers_both_sides_and_refinement_reuses_features(session):
     seen = []
     result = session.propagate(obj, progress=lambda done, total: seen.append((done, total)))
     assert min(result.scores) < 5 < max(result.scores) and seen[-1] == (K, K)
-    calls = session.predictor.encoder_calls
+    calls = session.feature_cache.encoder_calls
     session.add_points(obj, [[3, 3, 2]], [-1])
     session.propagate(obj)
-    assert session.predictor.encoder_calls == calls  # no image-encoder call for slices already seen
+    assert session.feature_cache.encoder_calls == calls  # no image-encoder call for slices already seen
 
 
 def test_a_correction_on_a_propagated_slice_survives_the_next_propagation(session):

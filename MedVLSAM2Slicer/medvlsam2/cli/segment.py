@@ -1,4 +1,4 @@
-"""``medvlsam2 segment IMAGE (--prompt TEXT | --point i,j,k[,+|-] ... | --box ...) -o MASK``.
+"""``medvlsam2 segment IMAGE (--prompt TEXT | --point i,j,k[,+|-] ... | --box ... [--slice k]) -o MASK``.
 
 Exit codes: 0 a non-empty mask was written; 1 an error (message on stderr); 3 the mask was written but is
 empty ("no voxels found"), so scripts never mistake an empty result for a segmentation.
@@ -26,13 +26,31 @@ def parse_point(text: str) -> tuple[list[float], int]:
     return ijk, -1 if len(parts) == 4 and parts[3] == "-" else 1
 
 
+def parse_box(text: str, k: int | None) -> list[float]:
+    """``i0,j0,k0,i1,j1,k1`` (3D) or ``i0,j0,i1,j1`` (2D, needs ``--slice``)."""
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--box coordinates must be numbers (got {text!r})") from None
+    if len(box) == 4 and k is None:
+        raise InputError("a 2D --box i0,j0,i1,j1 needs --slice k (or give the 3D box i0,j0,k0,i1,j1,k1)")
+    if len(box) == 6 and k is not None:
+        raise InputError("--slice is for a 2D --box; a 3D box i0,j0,k0,i1,j1,k1 carries its own slices")
+    if len(box) not in (4, 6):
+        raise InputError(f"--box takes i0,j0,k0,i1,j1,k1 or i0,j0,i1,j1 with --slice (got {len(box)} numbers)")
+    return box
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a CT by text, clicks or a box; writes a mask with the CT's geometry")
     p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
     p.add_argument("-o", "--output", required=True, help="mask file (.nii.gz, .nrrd, .seg.nrrd)")
     p.add_argument("--prompt", help="what to segment, e.g. 'liver'")
     p.add_argument("--point", action="append", default=[], help="voxel click i,j,k[,+|-] (repeatable)")
-    p.add_argument("--box", help="i0,j0,k0,i1,j1,k1 voxel box")
+    p.add_argument("--box", help="3D voxel box i0,j0,k0,i1,j1,k1 (bounds the object to slices k0..k1), "
+                                 "or 2D box i0,j0,i1,j1 with --slice k")
+    p.add_argument("--slice", type=int, help="slice k of a 2D --box")
+    p.add_argument("--box-ends", action="store_true", help="also prompt a 3D box on its first and last slices")
     add_model_arguments(p)
     p.add_argument("--no-propagate", action="store_true", help="only the prompted slices")
     p.set_defaults(func=run)
@@ -47,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     if sum(bool(x) for x in (args.prompt, args.point, args.box)) != 1:
         raise InputError("give exactly one kind of prompt: --prompt, --point (repeatable) or --box")
+    if args.box:
+        parse_box(args.box, args.slice)  # bad boxes are refused before the model loads
     volume = read_volume(args.image)
     model = load_model_for(args)[0]
     warn_if_unfamiliar(model, volume)
@@ -65,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 clicks = [parse_point(t) for t in args.point]
                 session.add_points(obj, [c[0] for c in clicks], [c[1] for c in clicks])
             else:
-                session.add_box(obj, [float(v) for v in args.box.split(",")])
+                session.add_box(obj, parse_box(args.box, args.slice), k=args.slice, ends=args.box_ends)
             if not args.no_propagate:
                 session.propagate(obj, progress=progress)
             mask, labels = session.mask(obj), {1: "Segment_1"}

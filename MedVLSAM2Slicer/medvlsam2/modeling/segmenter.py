@@ -2,9 +2,9 @@
 
 ``SAM2VolumePredictor`` is upstream's ``SAM2VideoPredictor`` plus three things:
 - frames come from memory (a CT volume), not a JPEG folder;
-- per-slice image features live in an LRU cache shared by all objects of a volume, bounded in
-  megabytes and stored in bf16 (positional encodings once per size), so refinement and
-  re-propagation never re-run the image encoder on a slice the budget still holds;
+- per-slice image features live in the Session's ``FeatureCache`` (shared by all objects of a volume,
+  bounded in megabytes, bf16, positional encodings once per size), so refinement and re-propagation
+  never re-run the image encoder on a slice the budget still holds;
 - ``extra_prompt_tokens`` appends the language model's ``[SEG]`` prompt tokens to SAM2's sparse
   prompt embeddings through a forward hook, which keeps official state-dict keys unchanged.
 """
@@ -23,8 +23,10 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 from ..config import SegmenterConfig
 from ..errors import CheckpointError, InputError
 from ..utils.cancel import CancelToken, check
+from .feature_cache import ComputeGate, FeatureCache, SliceFeatures
 
 DIRECTIONS = {"forward": (False,), "backward": (True,), "both": (False, True)}
+MASK_LOGIT = 10.0  # a confident mask logit, for SAM2 logits made to agree with a mask the Session kept
 
 
 class SAM2VolumePredictor(SAM2VideoPredictor):
@@ -32,12 +34,11 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
 
     def __init__(self, *args, cache_mb: float = 2048, cache_dtype: torch.dtype = torch.bfloat16, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.cache_mb = cache_mb  # budget of ``feature_cache``; least recently used slices are evicted first
+        self.cache_mb = cache_mb  # default budget of a Session's FeatureCache
         self.cache_dtype = cache_dtype  # features are stored in this dtype and restored for compute
-        self.feature_cache: OrderedDict[tuple[int, int], tuple] = OrderedDict()
-        self.cached_bytes = 0
+        self.gate = ComputeGate()  # orders foreground and background model work of all Sessions
+        self.config = SegmenterConfig()  # propagation settings (stop, settle, prefetch); build_segmenter sets its own
         self._pos_cache: dict[tuple, torch.Tensor] = {}
-        self.encoder_calls = 0
         self._extra_tokens: torch.Tensor | None = None
         self.sam_prompt_encoder.register_forward_hook(self._append_extra_tokens)
 
@@ -62,50 +63,53 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
             self._extra_tokens = previous
 
     # ----- frames and features ---------------------------------------------------------------
-    @torch.inference_mode()
-    def init_volume_state(self, frames: torch.Tensor, orig_hw: tuple[int, int]) -> dict:
-        """Upstream ``init_state`` over in-memory frames [K, 3, S, S]; one state per object, frames shared."""
-        import sam2.sam2_video_predictor as upstream
+    def init_volume_state(self, frames: torch.Tensor, orig_hw: tuple[int, int], cache: FeatureCache | None = None) -> dict:
+        """Upstream's inference state over in-memory frames [K, 3, S, S] (same keys as ``init_state``).
 
+        Built here rather than through ``init_state``, which reads frames from a folder through a module
+        global we would have to swap (unsafe while another thread builds a state). ``cache`` holds the
+        per-slice features; states of one volume share it (a new one is made if None).
+        """
         if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[-1] != self.image_size:
             raise InputError(f"frames must be [K, 3, {self.image_size}, {self.image_size}], got {tuple(frames.shape)}")
-        original = upstream.load_video_frames
-        upstream.load_video_frames = lambda **_: (frames, int(orig_hw[0]), int(orig_hw[1]))
-        try:
-            return self.init_state(video_path="<in-memory volume>")
-        finally:
-            upstream.load_video_frames = original
+        return {
+            "images": frames, "num_frames": len(frames), "offload_video_to_cpu": False, "offload_state_to_cpu": False,
+            "video_height": int(orig_hw[0]), "video_width": int(orig_hw[1]), "device": self.device,
+            "storage_device": self.device, "point_inputs_per_obj": {}, "mask_inputs_per_obj": {},
+            "cached_features": {}, "constants": {}, "obj_id_to_idx": OrderedDict(), "obj_idx_to_id": OrderedDict(),
+            "obj_ids": [], "output_dict_per_obj": {}, "temp_output_dict_per_obj": {}, "frames_tracked_per_obj": {},
+            "feature_cache": cache if cache is not None else FeatureCache(self.cache_mb),
+        }
 
     def _shared_pos(self, pos: torch.Tensor) -> torch.Tensor:
         # SAM2's sine positional encodings depend only on the feature-map size: keep one copy per size.
         key = (tuple(pos.shape), pos.dtype, pos.device)
         return self._pos_cache.setdefault(key, pos)
 
-    def _get_image_feature(self, inference_state, frame_idx, batch_size):
-        key = (id(inference_state["images"]), int(frame_idx))
-        entry = self.feature_cache.get(key)
-        if entry is None:
-            image = inference_state["images"][frame_idx].to(inference_state["device"]).float().unsqueeze(0)
-            out = self.forward_image(image)
-            fpn = [f.to(self.cache_dtype) for f in out["backbone_fpn"]]
-            entry = (image, fpn, [self._shared_pos(p) for p in out["vision_pos_enc"]], out["backbone_fpn"][0].dtype,
-                     sum(t.numel() * t.element_size() for t in [image, *fpn]))
-            self.encoder_calls += 1
-            self.feature_cache[key] = entry
-            self.cached_bytes += entry[-1]
-            while self.cached_bytes > self.cache_mb * 2**20 and len(self.feature_cache) > 1:
-                self.cached_bytes -= self.feature_cache.popitem(last=False)[1][-1]
-        else:
-            self.feature_cache.move_to_end(key)
-        image, fpn, pos, dtype, _ = entry
-        backbone_out = {"backbone_fpn": [f.to(dtype) for f in fpn], "vision_pos_enc": list(pos)}
-        # Let upstream expand to the batch and prepare features from a one-entry cache.
-        inference_state["cached_features"] = {frame_idx: (image, backbone_out)}
-        return super()._get_image_feature(inference_state, frame_idx, batch_size)
+    @torch.inference_mode()
+    def encode_slices(self, state: dict, ks: list[int]) -> None:
+        """Run the image encoder on slices ``ks`` as one batch and store them in the state's cache."""
+        cache: FeatureCache = state["feature_cache"]
+        images = state["images"][list(ks)].to(state["device"]).float()
+        out = self.forward_image(images)
+        for b, k in enumerate(ks):
+            fpn = [f[b:b + 1].to(self.cache_dtype) for f in out["backbone_fpn"]]
+            pos = [self._shared_pos(p[b:b + 1]) for p in out["vision_pos_enc"]]
+            cache.put(int(k), SliceFeatures(fpn, pos, out["backbone_fpn"][0].dtype,
+                                            sum(t.numel() * t.element_size() for t in fpn)))
+        cache.encoder_calls += len(ks)
 
-    def clear_feature_cache(self) -> None:
-        self.feature_cache.clear()
-        self.cached_bytes = 0
+    def _get_image_feature(self, inference_state, frame_idx, batch_size):
+        # Same result as upstream's, read from the Session's cache (upstream keeps only the last frame).
+        cache: FeatureCache = inference_state["feature_cache"]
+        entry = cache.get(int(frame_idx))
+        if entry is None:
+            self.encode_slices(inference_state, [int(frame_idx)])
+            entry = cache.get(int(frame_idx))
+        image = inference_state["images"][frame_idx].unsqueeze(0)  # returned for upstream's signature, unused
+        backbone_out = {"backbone_fpn": [f.to(entry.dtype).expand(batch_size, -1, -1, -1) for f in entry.fpn],
+                        "vision_pos_enc": [p.expand(batch_size, -1, -1, -1) for p in entry.pos]}
+        return (image.expand(batch_size, -1, -1, -1),) + self._prepare_backbone_features(backbone_out)
 
     # ----- decoding helpers ------------------------------------------------------------------
     @torch.inference_mode()
@@ -118,17 +122,84 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
                               num_frames=state["num_frames"], run_mem_encoder=False)
         return float(out["object_score_logits"].flatten()[0])
 
-    def object_score(self, state: dict, frame_idx: int, obj_id: int = 1) -> float | None:
-        """Object-score logit stored for a tracked or prompted slice (None if never decoded)."""
+    @staticmethod
+    def _stored_output(state: dict, frame_idx: int, obj_id: int = 1) -> dict | None:
+        """The most recent output SAM2 holds for a slice (upstream's lookup order), or None."""
         idx = state["obj_id_to_idx"].get(obj_id)
         if idx is None:
             return None
-        outputs = state["output_dict_per_obj"][idx]
-        temp = state["temp_output_dict_per_obj"][idx]
-        for store in (temp["cond_frame_outputs"], outputs["cond_frame_outputs"], outputs["non_cond_frame_outputs"]):
-            if frame_idx in store and store[frame_idx].get("object_score_logits") is not None:
-                return float(store[frame_idx]["object_score_logits"].flatten()[0])
+        outputs, temp = state["output_dict_per_obj"][idx], state["temp_output_dict_per_obj"][idx]
+        for store in (temp["cond_frame_outputs"], temp["non_cond_frame_outputs"], outputs["cond_frame_outputs"],
+                      outputs["non_cond_frame_outputs"]):
+            if frame_idx in store:
+                return store[frame_idx]
         return None
+
+    def object_score(self, state: dict, frame_idx: int, obj_id: int = 1) -> float | None:
+        """Object-score logit stored for a tracked or prompted slice (None if never decoded)."""
+        out = self._stored_output(state, frame_idx, obj_id)
+        if out is None or out.get("object_score_logits") is None:
+            return None
+        return float(out["object_score_logits"].flatten()[0])
+
+    def _low_res(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A binary slice mask [H, W] resampled to SAM2's low-res logit grid of ``like`` [1, 1, h, w]."""
+        m = mask.to(device=like.device, dtype=torch.float32)[None, None]
+        return torch.nn.functional.interpolate(m, size=like.shape[-2:], mode="area") > 0.5
+
+    @torch.inference_mode()
+    def set_slice_mask(self, state: dict, frame_idx: int, mask: torch.Tensor, obj_id: int = 1) -> None:
+        """Make SAM2's stored logits on a slice agree with ``mask`` [H, W] (bool), so its memory carries it.
+
+        Call it on a slice just prompted (its output waits, memory not yet encoded, until propagation).
+
+        Where the sign of the stored low-res logit disagrees with the mask it is set to +-``MASK_LOGIT``;
+        the object score takes the mask's sign (an empty mask is "no object").
+        """
+        out = self._stored_output(state, frame_idx, obj_id)
+        if out is None or out.get("pred_masks") is None:
+            return
+        logits = out["pred_masks"]
+        target = self._low_res(mask, logits)
+        wrong = (logits > 0) != target
+        if wrong.any():
+            out["pred_masks"] = torch.where(wrong, torch.where(target, MASK_LOGIT, -MASK_LOGIT).to(logits.dtype), logits)
+        score = out.get("object_score_logits")
+        if score is not None and bool(mask.any()) != bool((score > 0).all()):
+            out["object_score_logits"] = score.abs().clamp(min=1.0) * (1.0 if mask.any() else -1.0)
+
+    @contextlib.contextmanager
+    def seed_slice_mask(self, state: dict, frame_idx: int, mask: torch.Tensor | None, obj_id: int = 1):
+        """Within the block a slice SAM2 never decoded offers ``mask`` [H, W] as the previous mask of a click.
+
+        Upstream feeds a slice's previous low-res logits to the decoder with a new click; after an undo
+        (state rebuilt from prompts) SAM2 no longer holds them, while the Session still shows the mask.
+        """
+        idx = state["obj_id_to_idx"].get(obj_id)
+        if mask is None or idx is None or not bool(mask.any()) or self._stored_output(state, frame_idx, obj_id):
+            yield
+            return
+        size = self.image_size // 4  # SAM2's low-res mask grid
+        grid = torch.empty(1, 1, size, size, device=self.device)
+        seeded = torch.where(self._low_res(mask, grid), MASK_LOGIT, -MASK_LOGIT)
+        store = state["output_dict_per_obj"][idx]["non_cond_frame_outputs"]
+        store[frame_idx] = {"pred_masks": seeded}
+        try:
+            yield
+        finally:
+            store.pop(frame_idx, None)
+
+    @staticmethod
+    def forget_slices(state: dict, ks, obj_id: int = 1) -> None:
+        """Drop SAM2's tracked (non-conditioning) outputs on slices ``ks``: the object has ended there."""
+        idx = state["obj_id_to_idx"].get(obj_id)
+        if idx is None:
+            return
+        tracked, outputs = state["frames_tracked_per_obj"][idx], state["output_dict_per_obj"][idx]
+        for k in ks:
+            if k not in outputs["cond_frame_outputs"]:
+                outputs["non_cond_frame_outputs"].pop(k, None)
+                tracked.pop(k, None)
 
     @torch.inference_mode()
     def add_prompt_tokens(self, state: dict, frame_idx: int, obj_id: int, tokens: torch.Tensor):
@@ -162,6 +233,7 @@ def build_segmenter(cfg: SegmenterConfig, device: str | torch.device = "cpu") ->
                  f"++model.image_size={cfg.image_size}", *cfg.hydra_overrides]
     predictor = build_sam2_video_predictor(cfg.sam2_config, ckpt_path=None, device=str(device), mode="eval",
                                            hydra_overrides_extra=overrides)
+    predictor.config = cfg
     predictor.fill_hole_area = 0  # needs the sam2._C CUDA extension, which CPU installs lack
     # See SegmenterConfig.corrections_as_conditioning (upstream's default is False).
     predictor.add_all_frames_to_correct_as_cond = cfg.corrections_as_conditioning

@@ -1,0 +1,171 @@
+"""Prompt semantics of the Session (tiny model, CPU): box bounds, work limited to a slice range, early
+stop once the object ends, corrections that change only what they touch, diff history, per-session caches."""
+
+import numpy as np
+import pytest
+import torch
+
+from medvlsam2.config import tiny
+from medvlsam2.errors import InputError
+from medvlsam2.io.volume import Volume
+from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+from medvlsam2.session import Session
+
+K, H, W = 16, 32, 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MedVLSAM2.from_config(tiny()).eval()
+
+
+@pytest.fixture
+def session(model, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    k, j, i = np.mgrid[:K, :H, :W]
+    inside = ((k - 8) / 7) ** 2 + ((j - 16) / 9) ** 2 + ((i - 16) / 10) ** 2 < 1
+    return Session(model, Volume(np.where(inside, 150, -900).astype(np.int16), (0.8, 0.8, 2.0)))
+
+
+@pytest.fixture
+def decoded(session, monkeypatch):
+    """Slice indices SAM2 decodes (every mask decode goes through ``track_step``)."""
+    calls: list[int] = []
+    original = session.predictor.track_step
+
+    def counting(*args, **kwargs):
+        calls.append(int(kwargs["frame_idx"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(session.predictor, "track_step", counting)
+    return calls
+
+
+def test_a_3d_box_bounds_work_and_writes_to_its_slices(session, decoded):
+    obj = session.add_object()
+    session.add_box(obj, (8, 8, 5, 24, 24, 9), ends=True)
+    assert sorted(set(decoded)) == [5, 7, 9]  # middle, first and last slice
+    decoded.clear()
+    result = session.propagate(obj)
+    assert set(decoded) <= set(range(5, 10))  # SAM2 never ran outside the box's slices
+    mask = session.mask(obj)
+    assert not mask[:5].any() and not mask[10:].any()
+    assert result.bbox is None or (5 <= result.bbox[0] and result.bbox[1] <= 10)
+    assert session.bound(obj) == (5, 9)
+    with pytest.raises(InputError, match="does not overlap"):
+        session.propagate(obj, k_range=(11, 13))
+    session.add_points(obj, [[16, 16, 11]], [1])  # a positive click outside widens the bound
+    assert session.bound(obj) == (5, 11)
+    session.undo(obj)
+    assert session.bound(obj) == (5, 9) and np.array_equal(session.mask(obj), mask)
+
+
+def test_a_slice_range_limits_what_sam2_decodes(session, decoded):
+    obj = session.add_object()
+    session.add_points(obj, [[16, 16, 8]], [1])
+    decoded.clear()
+    session.propagate(obj, k_range=(6, 10))
+    assert set(decoded) == {6, 7, 9, 10}  # slice 8 holds the click's output; nothing outside 6..10
+    assert not session.mask(obj)[:6].any() and not session.mask(obj)[11:].any()
+    assert session.feature_cache.encoder_calls == 5  # and only those slices were encoded
+
+
+def test_propagation_stops_once_the_object_has_ended(session, decoded, monkeypatch):
+    cfg = session.model.config.segmenter
+    object_slices = range(6, 10)  # the object's object-score logit is positive only here
+    monkeypatch.setattr(session.predictor, "object_score",
+                        lambda state, k, obj_id=1: 2.0 if k in object_slices else -5.0)
+    obj = session.add_object()
+    session.add_points(obj, [[16, 16, 8]], [1])
+    decoded.clear()
+    session.propagate(obj)
+    n = cfg.stop_after_slices
+    assert max(decoded) == object_slices[-1] + n and min(decoded) == object_slices[0] - n
+    mask = session.mask(obj)
+    assert not mask[:object_slices[0] - n].any() and not mask[object_slices[-1] + n + 1:].any()
+
+
+def _two_blobs() -> np.ndarray:
+    blobs = np.zeros((H, W), np.uint8)
+    blobs[8:24, 4:18] = 1  # the large blob
+    blobs[10:14, 24:28] = 1  # a small false-positive blob
+    return blobs
+
+
+@pytest.mark.parametrize("click, blob", [((25, 11), (slice(10, 14), slice(24, 28))),
+                                         ((10, 16), (slice(8, 24), slice(4, 18)))])
+def test_a_negative_click_changes_only_the_blob_it_lands_in(session, click, blob):
+    obj = session.add_object()
+    session.add_points(obj, [[16, 16, 8]], [1])
+    session.propagate(obj, k_range=(6, 9))
+    session._commit(obj, {7: _two_blobs()}, session._objects[obj].prompts, {}, None)  # a slice with two blobs
+    before = session.mask(obj)
+    session.add_points(obj, [[click[0], click[1], 7]], [-1])
+    after = session.mask(obj)
+    changed = before != after
+    assert not changed[np.arange(K) != 7].any()  # other slices untouched
+    inside = np.zeros((H, W), bool)
+    inside[blob] = True
+    assert not changed[7][~inside].any()  # only the clicked blob's component changed
+    if blob[1].start == 24:  # the small blob is removed whole
+        assert not after[7][inside].any()
+    # SAM2's stored logits agree with the kept mask, so memory carries the correction
+    out = session.predictor._stored_output(session._objects[obj].state, 7)
+    low = torch.nn.functional.interpolate(torch.from_numpy(after[7]).float()[None, None], out["pred_masks"].shape[-2:],
+                                          mode="area") > 0.5
+    assert torch.equal(out["pred_masks"] > 0, low)
+
+
+def test_a_positive_click_only_adds(session):
+    obj = session.add_object()
+    session._commit(obj, {7: _two_blobs()}, [], {}, None)
+    before = session.mask(obj)
+    session.add_points(obj, [[20, 28, 7]], [1])
+    after = session.mask(obj)
+    assert not (before & ~after).any()  # nothing erased
+
+
+def test_history_is_diffs_within_budget_and_undo_is_exact(model, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    volume = Volume(np.full((K, H, W), 100, np.int16))
+    s = Session(model, volume)
+    obj = s.add_object()
+    snapshots = [s.mask(obj)]
+    for k in (8, 6, 10):
+        s.add_box(obj, (4, 4, 26, 26), k=k)
+        snapshots.append(s.mask(obj))
+    s.propagate(obj, k_range=(5, 11))
+    snapshots.append(s.mask(obj))
+    s.add_points(obj, [[5, 5, 3], [20, 20, 12]], [-1, 1])
+    for expected in reversed(snapshots):
+        s.undo(obj)
+        assert np.array_equal(s.mask(obj), expected)
+    with pytest.raises(InputError, match="nothing to undo"):
+        s.undo(obj)
+
+    one_slice = H * W  # a step stores the changed box only; give room for about three one-slice steps
+    small = Session(model, volume, history_mb=3.5 * one_slice / 2**20)
+    obj = small.add_object()
+    for k in range(6):
+        small._commit(obj, {k: np.ones((H, W), np.uint8)}, [], {}, None)  # each step changes one whole slice
+        assert small.history_bytes <= small.history_bytes_budget
+    for k in (5, 4, 3):
+        small.undo(obj)
+        assert not small.mask(obj)[k].any() and small.mask(obj)[k - 1].all()
+    with pytest.raises(InputError, match="cannot undo further"):
+        small.undo(obj)
+
+
+def test_a_second_session_keeps_the_first_ones_features(model, session):
+    obj = session.add_object()
+    session.add_points(obj, [[16, 16, 8]], [1])
+    session.propagate(obj, k_range=(6, 10))
+    calls, cached = session.feature_cache.encoder_calls, len(session.feature_cache)
+    other = Session(model, session.volume, cache_mb=1)
+    o2 = other.add_object()
+    other.add_points(o2, [[16, 16, 8]], [1])
+    other.propagate(o2, k_range=(6, 10))
+    assert other.feature_cache.encoder_calls >= 1  # it encoded its own slices
+    session.propagate(obj, k_range=(6, 10))
+    assert session.feature_cache.encoder_calls == calls and len(session.feature_cache) == cached  # none evicted
