@@ -33,7 +33,8 @@ def test_segment_writes_a_mask_with_the_input_geometry(tmp_path, capsys):
     ct = Volume(np.full((6, 32, 40), -50, np.int16), (0.7, 0.9, 2.5), (5.0, 6.0, 7.0), direction)
     sitk.WriteImage(ct.to_sitk(), str(tmp_path / "ct.nii.gz"))
     out = tmp_path / "mask.seg.nrrd"
-    assert main(["segment", str(tmp_path / "ct.nii.gz"), "--point", "20,16,3,+", "-o", str(out), "--model", "tiny"]) == 0
+    # random weights may find no voxels at the click (exit 3: mask written but empty); the geometry is checked here
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "--point", "20,16,3,+", "-o", str(out), "--model", "tiny"]) in (0, 3)
     mask = sitk.ReadImage(str(out))
     assert mask.GetSize() == (40, 32, 6)
     np.testing.assert_allclose(mask.GetDirection(), direction.ravel(), atol=1e-6)
@@ -54,7 +55,7 @@ def test_segment_takes_a_2d_box_on_a_slice(tmp_path, capsys):
     out = tmp_path / "mask.nii.gz"
     ct = str(tmp_path / "ct.nii.gz")
     assert main(["segment", ct, "--box", "4,4,30,26", "--slice", "2", "-o", str(out), "--model", "tiny",
-                 "--no-propagate"]) == 0
+                 "--no-propagate"]) in (0, 3)  # 3: random weights found nothing (the mask is still written)
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert not mask[np.arange(6) != 2].any()  # only the box's slice
     assert not mask[2, :4].any() and not mask[2, :, 31:].any()  # and only inside the box
