@@ -512,7 +512,7 @@ def _refine(old: np.ndarray, pred: np.ndarray, p: _Prompt) -> np.ndarray:
     A box replaces the slice with SAM2's answer inside the box, a mask prompt with SAM2's answer. Negative clicks change only the blobs
     (8-connected components of ``old``) they land in: there SAM2's answer is taken, and a blob that
     is not the slice's largest is removed outright if SAM2 keeps the clicked voxel. Positive clicks
-    then add the components of SAM2's answer that hold them; nothing else changes.
+    then add the components of SAM2's answer that hold them (all of it if none does); nothing else changes.
     """
     from scipy import ndimage
 
@@ -540,7 +540,8 @@ def _refine(old: np.ndarray, pred: np.ndarray, p: _Prompt) -> np.ndarray:
     if positive:
         parts, _ = ndimage.label(pred, structure=_BLOB)
         hit = sorted({int(parts[j, i]) for j, i in positive} - {0})
-        new |= np.isin(parts, hit) & (parts > 0)
+        # SAM2 answered off the click (weak weights): take its whole answer rather than ignore the click
+        new |= (np.isin(parts, hit) & (parts > 0)) if hit else pred
     return new
 
 
