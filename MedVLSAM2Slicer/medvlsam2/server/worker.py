@@ -49,10 +49,6 @@ class ModelWorker:
         self._jobs.put((fn, fut, cancel))
         return fut
 
-    def run(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
-        """Run ``fn`` on the worker and wait for its result (exceptions are re-raised here)."""
-        return self.submit(fn).result(timeout)
-
     def pending(self) -> int:
         return self._jobs.qsize()
 
