@@ -1,6 +1,8 @@
 """Prompt semantics of the Session (tiny model, CPU): box bounds, work limited to a slice range, early
 stop once the object ends, corrections that change only what they touch, diff history, per-session caches."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +171,55 @@ def test_a_second_session_keeps_the_first_ones_features(model, session):
     assert other.feature_cache.encoder_calls >= 1  # it encoded its own slices
     session.propagate(obj, k_range=(6, 10))
     assert session.feature_cache.encoder_calls == calls and len(session.feature_cache) == cached  # none evicted
+
+
+def test_background_encoding_yields_to_a_click_and_stops_on_close(model, session, monkeypatch):
+    predictor, log = session.predictor, []
+    permits, entered = threading.Semaphore(0), threading.Event()
+    original = predictor.encode_slices
+
+    def encode(state, ks):
+        background = threading.current_thread().name == "medvlsam2-prefetch"
+        if background:  # each background batch waits for the test's permit, so the order is fixed
+            entered.set()
+            permits.acquire()
+        log.append(("background" if background else "click", tuple(ks)))
+        return original(state, ks)
+
+    monkeypatch.setattr(predictor, "encode_slices", encode)
+    s = Session(model, session.volume, prefetch=True)
+    assert entered.wait(60)  # the background holds the gate for its first slice
+    obj = s.add_object()
+    clicker = threading.Thread(target=lambda: (log.append(("start",)), s.add_points(obj, [[16, 16, 3]], [1]),
+                                               log.append(("end",))))
+    clicker.start()
+    while predictor.gate._foreground == 0:  # the click is waiting for the gate
+        threading.Event().wait(0.01)
+    permits.release()  # let the batch in flight finish
+    clicker.join(120)
+    during = log[log.index(("start",)):log.index(("end",))]
+    assert [e[0] for e in during] == ["start", "background", "click"]  # waited for one slice's encoding only
+    assert during[2][1] == (3,)
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    permits.release(K)  # unblock a batch that may have started meanwhile
+    closer.join(120)
+    assert not s._prefetcher.is_alive() and len(s.feature_cache) == 0
+    background = [e for e in log if e[0] == "background"]
+    assert len(background) <= 2 < K  # cancelled long before every slice was encoded
+
+
+def test_background_encoding_fills_the_cache_within_its_budget(model, session):
+    s = Session(model, session.volume, prefetch=True)
+    s._prefetcher.join(120)
+    assert s.feature_cache.encoder_calls == K == len(s.feature_cache)
+    obj = s.add_object()
+    s.add_points(obj, [[16, 16, 8]], [1])
+    s.propagate(obj)
+    assert s.feature_cache.encoder_calls == K  # the first propagation encoded nothing
+    per_slice = s.feature_cache.per_slice_bytes()
+    s.close()
+    small = Session(model, session.volume, cache_mb=2.5 * per_slice / 2**20, prefetch=True)
+    small._prefetcher.join(120)
+    assert small.feature_cache.encoder_calls == len(small.feature_cache) == 2  # stopped at the budget, no eviction
+    small.close()
