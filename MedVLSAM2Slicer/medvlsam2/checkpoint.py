@@ -16,13 +16,21 @@ from .errors import CheckpointError, InputError
 WEIGHTS = "model.safetensors"
 
 
-def save_bundle(model, folder: str | os.PathLike, metadata: dict | None = None) -> Path:
-    from safetensors.torch import save_model
+def save_bundle(model, folder: str | os.PathLike, metadata: dict | None = None, state_dict: dict | None = None) -> Path:
+    """Write ``model`` as a bundle; ``state_dict`` (full, unsharded: e.g. gathered from FSDP ranks) replaces
+    the model's own weights, each tied group stored once as ``save_model`` does."""
+    from safetensors.torch import save_file, save_model
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(model.config.to_json())
-    save_model(model, str(out / WEIGHTS))  # de-duplicates tied weights
+    if state_dict is None:
+        save_model(model, str(out / WEIGHTS))  # de-duplicates tied weights
+    else:
+        seen, tied = set(), set()
+        for name, p in model.named_parameters(remove_duplicate=False):
+            (tied.add(name) if id(p) in seen else seen.add(id(p)))
+        save_file({k: v.contiguous() for k, v in state_dict.items() if k not in tied}, str(out / WEIGHTS))
     model.tokenizer.save_pretrained(str(out))
     if metadata:
         (out / "metadata.json").write_text(json.dumps(metadata, indent=2))

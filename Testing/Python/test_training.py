@@ -38,16 +38,15 @@ def make_case(seed: int) -> CTCase:
                   vqa_open=[OpenQA("Which organ is largest?", "liver")], referring=[Referring("the largest organ", 1)])
 
 
-def source():
-    return make_case, STRUCTURES, []
+SYNTHETIC = {"reader": "synthetic", "seeds": [0, 4], "shape": [8, 64, 64]}
 
 
 def small_config(tmp_path, **kw) -> TrainConfig:
     base = dict(stage=2, model="tiny", output_dir=str(tmp_path / "run"), max_steps=4, lr=1e-3, warmup_steps=1,
-                train_seeds=(0, 10), pool_size=2, text_cases=2, seg_clips=2, interactive_clips=1, clip_len=3,
-                probes=2, log_every=1, checkpoint_every=2, cpu=True)
+                datasets=[SYNTHETIC], cases_per_step=2, cache_dir=str(tmp_path / "cache"), text_cases=2, seg_clips=2,
+                interactive_clips=1, clip_len=3, probes=2, log_every=1, checkpoint_every=2, cpu=True)
     base.update(kw)
-    return TrainConfig(**base).validate()
+    return TrainConfig.from_dict(base)
 
 
 def test_losses_prefer_the_right_mask_and_score():
@@ -108,13 +107,13 @@ def test_trainable_accepts_parts_of_modules(tmp_path):
 
 def test_config_rejects_held_out_seeds_and_unknown_keys(tmp_path):
     with pytest.raises(InputError, match="held out"):
-        TrainConfig(train_seeds=(0, 100001)).validate()
+        small_config(tmp_path, datasets=[{"reader": "synthetic", "seeds": [0, 100001]}])
     (tmp_path / "c.yaml").write_text("stage: 2\nbogus: 1\n")
     with pytest.raises(InputError, match="bogus"):
         load_train_config(tmp_path / "c.yaml")
-    (tmp_path / "ok.yaml").write_text("stage: 1\nmodel: tiny\ntrain_seeds: [0, 50]\npool_size: 4\n")
+    (tmp_path / "ok.yaml").write_text("stage: 1\nmodel: tiny\ndatasets: [{reader: synthetic, seeds: [0, 50]}]\n")
     cfg = load_train_config(tmp_path / "ok.yaml", max_steps=7)
-    assert cfg.stage == 1 and cfg.train_seeds == (0, 50) and cfg.max_steps == 7
+    assert cfg.stage == 1 and cfg.datasets[0].seeds == (0, 50) and cfg.max_steps == 7
 
 
 def test_plan_is_a_function_of_seed_and_step():
@@ -211,14 +210,14 @@ def _params(folder):
 def test_resume_is_bit_exact(tmp_path):
     from medvlsam2.training.loop import latest_checkpoint, train
 
-    straight = small_config(tmp_path / "a")
-    train(straight, source=source())
+    straight = small_config(tmp_path / "a", workers=1)  # a worker process prepares the batches: same data
+    train(straight)
     split = small_config(tmp_path / "b")
     with pytest.raises(CheckpointError):
-        train(split, resume=True, source=source())
-    train(split, max_steps=2, source=source())
+        train(split, resume=True)
+    train(split, max_steps=2)
     assert latest_checkpoint(split.output_dir).name == "step_0000002"
-    summary = train(split, resume=True, source=source())
+    summary = train(split, resume=True)
     assert summary["started_at_step"] == 2
     a, b = _params(latest_checkpoint(straight.output_dir)), _params(latest_checkpoint(split.output_dir))
     assert a.keys() == b.keys()
@@ -237,7 +236,7 @@ def test_export_half_bundle_loads_close_to_the_checkpoint(tmp_path):
     from medvlsam2.training.loop import export_bundle, latest_checkpoint, train
 
     cfg = small_config(tmp_path, stage=1, max_steps=1)
-    train(cfg, source=source())
+    train(cfg)
     ckpt = latest_checkpoint(cfg.output_dir)
     out = export_bundle(ckpt, tmp_path / "bundle", half=True, metadata={"note": "test"})
     meta = json.loads((out / "metadata.json").read_text())
@@ -255,15 +254,14 @@ def test_shipped_configs_are_valid(name):
 
     path = Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer" / "configs" / "train" / f"{name}.yaml"
     cfg = load_train_config(path)
-    assert cfg.train_seeds[1] <= 100000 and cfg.stage == int(name.split("stage")[1][0])
+    assert cfg.datasets and cfg.stage == int(name.split("stage")[1][0])
 
 
-def test_cli_train_runs_a_step(tmp_path, monkeypatch, capsys):
+def test_cli_train_runs_a_step(tmp_path, capsys):
     from medvlsam2.cli import main
-    from medvlsam2.training import loop
 
-    monkeypatch.setattr(loop, "synthetic_source", source)
-    (tmp_path / "c.json").write_text(json.dumps({"stage": 1, "model": "tiny", "pool_size": 2, "text_cases": 2,
+    (tmp_path / "c.json").write_text(json.dumps({"stage": 1, "model": "tiny", "datasets": [SYNTHETIC], "text_cases": 2,
+                                                 "cases_per_step": 2, "cache_dir": str(tmp_path / "cache"),
                                                  "cpu": True, "output_dir": str(tmp_path / "run")}))
     assert main(["train", str(tmp_path / "c.json"), "--max-steps", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -278,7 +276,8 @@ def test_two_processes_train_together_on_cpu(tmp_path):
     import sys
 
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({"stage": 2, "model": "tiny", "train_seeds": [0, 2], "pool_size": 2, "text_cases": 1,
+    config.write_text(json.dumps({"stage": 2, "model": "tiny", "datasets": [SYNTHETIC], "cases_per_step": 2,
+                                  "cache_dir": str(tmp_path / "cache"), "text_cases": 1,
                                   "seg_clips": 1, "interactive_clips": 1, "clip_len": 2, "probes": 2, "max_steps": 2,
                                   "log_every": 1, "cpu": True, "output_dir": str(tmp_path / "run")}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

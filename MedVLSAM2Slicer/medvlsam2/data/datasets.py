@@ -44,17 +44,27 @@ CTRATE_COLUMNS = ("VolumeName", "Findings_EN")
 
 
 class LazyCases(Sequence):
-    """A sequence of cases loaded from disk only when indexed."""
+    """A sequence of cases loaded from disk only when indexed.
 
-    def __init__(self, loaders: list[Callable[[], CTCase]]) -> None:
+    ``ids`` are the case ids known from the index alone (no image read): held-out splits use them.
+    ``label_names`` are the dataset's categories {value: name}, known before any case is loaded (a case's
+    own ``label_names`` lists only the categories present in it).
+    """
+
+    def __init__(self, loaders: list[Callable[[], CTCase]], ids: list[str] | None = None,
+                 label_names: dict[int, str] | None = None) -> None:
         self._loaders = loaders
+        self.ids = list(ids) if ids is not None else [str(i) for i in range(len(loaders))]
+        self.label_names = dict(label_names or {})
+        if len(self.ids) != len(loaders):
+            raise ValueError("one id per case")
 
     def __len__(self) -> int:
         return len(self._loaders)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return LazyCases(self._loaders[index])
+            return LazyCases(self._loaders[index], self.ids[index], self.label_names)
         return self._loaders[index]()
 
 
@@ -180,7 +190,8 @@ def read_segmentation(folder: str | os.PathLike, split: str = "train") -> LazyCa
     """MSD-style folder: ``dataset.json`` + images + label maps, named by its ``labels`` entry."""
     root = Path(folder)
     names, entries = _segmentation_entries(root, split)
-    return LazyCases([_segmentation_loader(root, e, names) for e in entries])
+    return LazyCases([_segmentation_loader(root, e, names) for e in entries], [_case_id(e["image"]) for e in entries],
+                     names)
 
 
 _MASK_SHAPE = re.compile(r"mask_\((\d+(?:,\s*\d+)*)\)\.npz$")
@@ -243,7 +254,7 @@ def read_m3d_seg(folder: str | os.PathLike, split: str = "train") -> LazyCases:
             return CTCase(Path(entry["image"]).parent.name, volume, labels, present)
         return load
 
-    return LazyCases([loader(e) for e in entries])
+    return LazyCases([loader(e) for e in entries], [Path(e["image"]).parent.name for e in entries], names)
 
 
 def read_caption_pairs(json_path: str | os.PathLike, split: str = "train",
@@ -267,7 +278,7 @@ def read_caption_pairs(json_path: str | os.PathLike, split: str = "train",
                           report=text_path.read_text(encoding="utf-8").strip())
         return load
 
-    return LazyCases([loader(e) for e in entries])
+    return LazyCases([loader(e) for e in entries], [_case_id(e["image"]) for e in entries])
 
 
 CTRATE_METADATA_COLUMNS = ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing")
@@ -320,7 +331,7 @@ def read_ct_rate(volume_root: str | os.PathLike, reports_csv: str | os.PathLike,
             return CTCase(name.split(".")[0], volume, report=report)
         return load
 
-    return LazyCases([loader(r) for r in rows])
+    return LazyCases([loader(r) for r in rows], [r["VolumeName"].split(".")[0] for r in rows])
 
 
 def _vqa_by_image(path: Path) -> dict[str, tuple[list[ClosedQA], list[OpenQA]]]:
@@ -356,7 +367,8 @@ def read_vqa(csv_path: str | os.PathLike, root: str | os.PathLike | None = None)
         return lambda: CTCase(_case_id(image), load_image(base / image),
                               vqa_closed=closed, vqa_open=opened)
 
-    return LazyCases([loader(i, c, o) for i, (c, o) in _vqa_by_image(path).items()])
+    grouped = _vqa_by_image(path)
+    return LazyCases([loader(i, c, o) for i, (c, o) in grouped.items()], [_case_id(i) for i in grouped])
 
 
 def _refs_by_image(path: Path) -> dict[tuple[str, str], list[Referring]]:
@@ -384,7 +396,8 @@ def read_refseg(csv_path: str | os.PathLike, root: str | os.PathLike | None = No
                           {r.label: r.expression for r in refs}, referring=refs)
         return load
 
-    return LazyCases([loader(i, m, r) for (i, m), r in _refs_by_image(path).items()])
+    grouped = _refs_by_image(path)
+    return LazyCases([loader(i, m, r) for (i, m), r in grouped.items()], [_case_id(i) for i, _ in grouped])
 
 
 # Files next to a dataset.json that ``medvlsam2 synth`` writes (see ``data.writers.LAYOUT_FILES``).
@@ -420,7 +433,7 @@ def _annotated(root: Path, split: str) -> LazyCases:
             return case
         return load
 
-    return LazyCases([loader(e) for e in entries])
+    return LazyCases([loader(e) for e in entries], [_case_id(e["image"]) for e in entries], names)
 
 
 def read_dataset(path: str | os.PathLike, split: str = "train") -> LazyCases:

@@ -8,27 +8,38 @@ pipelines that feed MONAI networks directly.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
+from monai.transforms import Transform
 
 from ..io.volume import LPS_TO_RAS, Volume
 from .case import CTCase
 
 
-def standardize_transform(spacing: tuple[float, float, float] = (1.5, 1.5, 3.0), axcodes: str = "RAS",
+def _body(x, body_hu: float):
+    return x > body_hu
+
+
+def standardize_transform(spacing: tuple[float, float, float] | None = (1.5, 1.5, 3.0), axcodes: str = "RAS",
                           body_hu: float = -500.0, margin: int = 2):
-    """MONAI dict transform on {"image", "label"} MetaTensors: reorient, resample, crop to the body."""
+    """MONAI dict transform on {"image", "label"} MetaTensors: reorient, resample (unless ``spacing`` is
+    None: keep the voxels), crop to the body."""
     from monai.transforms import Compose, CropForegroundd, Orientationd, Spacingd
 
     keys = ["image", "label"]
+    resample = [Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest"), allow_missing_keys=True)
+                ] if spacing is not None else []
     return Compose([
         Orientationd(keys=keys, axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")),
                     allow_missing_keys=True),
-        Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest"), allow_missing_keys=True),
-        CropForegroundd(keys=keys, source_key="image", select_fn=lambda x: x > body_hu, margin=margin, allow_smaller=True,
-                        allow_missing_keys=True),
+        *resample,
+        CropForegroundd(keys=keys, source_key="image", select_fn=partial(_body, body_hu=body_hu), margin=margin,
+                        allow_smaller=True, allow_missing_keys=True),
     ])
 
 
@@ -75,3 +86,59 @@ def cached_cases(cases: Sequence[CTCase], transform=None, num_workers: int = 0):
 
     return CacheDataset(data=list(range(len(cases))), transform=lambda i: standardize(cases[i], transform),
                         num_workers=num_workers, progress=False)
+
+
+# ----- on-disk cache (training streams cases from here) -------------------------------------------
+CACHE_VERSION = 1  # bump when the record layout or the preprocessing changes
+
+
+def case_record(case: CTCase) -> dict:
+    """A ``CTCase`` as tensors + one JSON string: what ``torch.load(weights_only=True)`` reads back (no pickle)."""
+    import torch
+
+    v = case.volume
+    meta = {"case_id": case.case_id, "spacing": list(v.spacing), "origin": list(v.origin),
+            "direction": np.asarray(v.direction).tolist(), "label_names": {str(k): n for k, n in case.label_names.items()},
+            "report": case.report, "vqa_closed": [[q.question, q.choices, q.answer] for q in case.vqa_closed],
+            "vqa_open": [[q.question, q.answer] for q in case.vqa_open],
+            "referring": [[r.expression, r.label] for r in case.referring]}
+    record = {"image": torch.from_numpy(np.ascontiguousarray(v.array)), "meta": json.dumps(meta)}
+    if case.labels is not None:
+        record["labels"] = torch.from_numpy(np.ascontiguousarray(case.labels))
+    return record
+
+
+def record_case(record: dict) -> CTCase:
+    """The inverse of ``case_record``."""
+    from .case import ClosedQA, OpenQA, Referring
+
+    m = json.loads(record["meta"])
+    volume = Volume(record["image"].numpy(), tuple(m["spacing"]), tuple(m["origin"]), np.array(m["direction"]))
+    labels = record["labels"].numpy() if "labels" in record else None
+    return CTCase(m["case_id"], volume, labels, {int(k): n for k, n in m["label_names"].items()}, m["report"],
+                  [ClosedQA(q, list(c), a) for q, c, a in m["vqa_closed"]], [OpenQA(q, a) for q, a in m["vqa_open"]],
+                  [Referring(e, int(lab)) for e, lab in m["referring"]])
+
+
+class _ReadCase(Transform):
+    """MONAI transform (deterministic, so ``PersistentDataset`` caches its output): {"index"} -> the case's record, read through ``cases`` and standardised when asked."""
+
+    def __init__(self, cases: Sequence[CTCase], transform) -> None:
+        self.cases, self.transform = cases, transform
+
+    def __call__(self, item: dict) -> dict:
+        case = self.cases[item["index"]]
+        return case_record(standardize(case, self.transform) if self.transform is not None else case)
+
+
+def persistent_cases(cases: Sequence[CTCase], cache_dir: str | os.PathLike, key: str, transform=None):
+    """A MONAI ``PersistentDataset`` over ``cases``: each case is read and preprocessed once, written to
+    ``cache_dir`` and afterwards loaded from there (``torch.load(weights_only=True)``).
+
+    ``key`` names the source and its preprocessing (part of each cache entry's hash, so changing either
+    reads the cases again). Items are ``case_record`` dicts; ``record_case`` turns one back into a case."""
+    from monai.data import PersistentDataset
+
+    data = [{"index": i, "key": f"{key}/v{CACHE_VERSION}/{case_id}"} for i, case_id in enumerate(
+        getattr(cases, "ids", [str(i) for i in range(len(cases))]))]
+    return PersistentDataset(data, transform=_ReadCase(cases, transform), cache_dir=cache_dir)

@@ -69,3 +69,58 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(columns)))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_m3d_seg(cases: Iterable[CTCase], folder: str | os.PathLike, label_names: dict[int, str],
+                  code: str = "0000") -> Path:
+    """M3D-Seg layout: ``folder/code/<case>/image.npy`` ([1, H, W, D]) and ``mask_(C, H, W, D).npz`` (SciPy
+    sparse one-hot, channel c = label c + 1), indexed by ``folder/code/code.json``; names in ``dataset_info.json``.
+    Returns the dataset folder ``folder/code`` (what ``read_m3d_seg`` takes)."""
+    import numpy as np
+    from scipy import sparse
+
+    root = Path(folder)
+    values = sorted(label_names)
+    if values != list(range(1, len(values) + 1)):
+        raise ValueError("M3D-Seg channels are labels 1..C: label_names must be keyed 1..C")
+    entries = []
+    for case in cases:
+        sub = root / code / case.case_id
+        sub.mkdir(parents=True, exist_ok=True)
+        np.save(sub / "image.npy", case.volume.array.transpose(2, 1, 0)[None].astype(np.float32))
+        onehot = np.stack([(case.labels == v).transpose(2, 1, 0) for v in values]).astype(np.uint8)
+        name = f"mask_({', '.join(str(n) for n in onehot.shape)}).npz"
+        sparse.save_npz(sub / name, sparse.csr_matrix(onehot.reshape(onehot.shape[0], -1)))
+        entries.append({"image": f"{code}/{case.case_id}/image.npy", "label": f"{code}/{case.case_id}/{name}"})
+    (root / code / f"{code}.json").write_text(json.dumps({"train": entries}, indent=1))
+    info = json.loads((root / "dataset_info.json").read_text()) if (root / "dataset_info.json").is_file() else {}
+    info[code] = [label_names[v] for v in values]
+    (root / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    return root / code
+
+
+def write_ct_rate(cases: Iterable[CTCase], folder: str | os.PathLike, slope: float = 1.0,
+                  intercept: float = -1024.0) -> tuple[Path, Path, Path]:
+    """CT-RATE layout: raw scanner values (``HU = value * slope + intercept``) in
+    ``folder/volumes/train_N/train_N_a/train_N_a_1.nii.gz``, a reports CSV and a metadata CSV.
+    Returns (volume root, reports CSV, metadata CSV), the arguments of ``read_ct_rate``."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    root = Path(folder)
+    reports, meta = [], []
+    for n, case in enumerate(cases, start=1):
+        name = f"train_{n}_a_1.nii.gz"
+        sub = root / "volumes" / f"train_{n}" / f"train_{n}_a"
+        sub.mkdir(parents=True, exist_ok=True)
+        raw = np.round((case.volume.array.astype(np.float64) - intercept) / slope).astype(np.int16)
+        sitk.WriteImage(sitk.GetImageFromArray(raw), str(sub / name), useCompression=True)
+        findings, _, impression = (case.report or "").partition(". ")
+        reports.append({"VolumeName": name, "Findings_EN": findings + ".", "Impressions_EN": impression})
+        i, j, k = case.volume.spacing
+        meta.append({"VolumeName": name, "RescaleSlope": slope, "RescaleIntercept": intercept,
+                     "XYSpacing": f"[{i}, {j}]", "ZSpacing": k})
+    _write_csv(root / "train_reports.csv", ("VolumeName", "Findings_EN", "Impressions_EN"), reports)
+    _write_csv(root / "train_metadata.csv", ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"),
+               meta)
+    return root / "volumes", root / "train_reports.csv", root / "train_metadata.csv"

@@ -40,6 +40,7 @@ class CaseTensors:
     absent: list[Target] = field(default_factory=list)
     z_extent: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # label values -> slices holding them
     features: list[torch.Tensor] | None = None  # SAM2 image features per level [K, C, h, w] when its encoder is frozen
+    interactive: bool = True  # its present targets may also be box/click clips (the source's ``tasks``)
 
     def slices_with(self, target: Target) -> list[int]:
         if target.values not in self.z_extent:
@@ -77,20 +78,28 @@ def case_texts(case: CTCase) -> list[tuple[str, str]]:
     return texts
 
 
-def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, Iterable[int]]) -> CaseTensors:
-    """Convert one case with the inference pre-processing (encoder grid, SAM2 frames)."""
-    if case.labels is None:
-        raise InputError(f"case {case.case_id} has no label map; stage-2 training needs segmentation labels")
+def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, Iterable[int]],
+                 with_frames: bool = True) -> CaseTensors:
+    """Convert one case with the inference pre-processing (encoder grid, SAM2 frames).
+
+    ``with_frames=False`` leaves ``frames`` None (the streaming loader builds only the planned slices'). A case
+    without a label map (report / VQA only) has no targets and an empty label map [K, 0, 0]."""
+    if case.labels is None and (structure_labels or case.referring):
+        raise InputError(f"case {case.case_id} has no label map; segmentation targets need one")
     encoder, _ = to_encoder_tensor(case.volume, config.vision.input_size, config.vision.window)
-    frames, _ = volume_to_frames(case.volume, config.segmenter.image_size, config.segmenter.window)
+    frames = volume_to_frames(case.volume, config.segmenter.image_size, config.segmenter.window)[0].half() \
+        if with_frames else None
     size = config.segmenter.image_size
-    labels = F.interpolate(torch.from_numpy(case.labels.astype(np.uint8))[:, None].float(), size=(size, size),
-                           mode="nearest")[:, 0].to(torch.uint8)
+    if case.labels is None:
+        labels = torch.zeros((case.volume.shape[0], 0, 0), dtype=torch.uint8)
+    else:
+        labels = F.interpolate(torch.from_numpy(case.labels.astype(np.uint8))[:, None].float(), size=(size, size),
+                               mode="nearest")[:, 0].to(torch.uint8)
     present, absent = case_targets(case, structure_labels)
     # "Segment the X." -> "It is [SEG] X." as language rows too: stage 1 then teaches the [SEG] state to
     # name its target (a quick language-only loss; stage 2's mask losses alone did not separate left/right)
     requests = [(segment_question(t.phrase), seg_answer(t.phrase)) for t in present]
-    tensors = CaseTensors(encoder[0], frames.half(), labels, case_texts(case) + requests, present, absent)
+    tensors = CaseTensors(encoder[0], frames, labels, case_texts(case) + requests, present, absent)
     for t in present + absent:
         tensors.slices_with(t)
     return tensors
@@ -221,7 +230,7 @@ def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, tex
     for _ in range(interactive_clips):
         c = int(rng.integers(len(pool)))
         case = pool[c]
-        if case.present:
+        if case.present and case.interactive:
             target = case.present[int(rng.integers(len(case.present)))]
             u = rng.random()
             mode = "middle" if u < clicks.middle_start_rate else \

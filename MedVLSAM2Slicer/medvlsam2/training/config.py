@@ -1,4 +1,8 @@
-"""Training configuration: one dataclass, read from a YAML or JSON file (unknown keys are errors)."""
+"""Training configuration: one dataclass, read from a YAML or JSON file (unknown keys are errors).
+
+``datasets:`` lists the data sources (``training.sources.DataSource``); ``init:`` the released parts to
+start a fresh model from (``InitParts``).
+"""
 
 from __future__ import annotations
 
@@ -10,24 +14,43 @@ from typing import Any
 
 from ..errors import InputError
 from .batches import ClickSchedule
+from .sources import DataSource
 
 STAGES = (1, 2)
 MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter")
 
 
 @dataclass
-class TrainConfig:
-    """What to train, on which synthetic cases, for how long, and where to write checkpoints.
+class InitParts:
+    """Released parts a fresh model starts from (each optional; paths on this machine, nothing is downloaded)."""
 
-    Paths are relative to the working directory. ``train_seeds`` = [first, last) phantom seeds; seeds
-    >= 100000 are reserved for held-out evaluation and refused.
+    sam2_checkpoint: str | None = None  # official SAM2.1 / MedSAM2 .pt (or .safetensors) for the segmenter
+    llm: str | None = None  # local Hugging Face LLM folder (its tokenizer too); LoRA per ``lora_r``
+    vlm: str | None = None  # Med3DVLM folder (encoder + projector + LLM) or its DCFormer_SigLIP encoder folder
+
+    def paths(self) -> list[tuple[str, str]]:
+        return [(f"init.{k}", v) for k, v in dataclasses.asdict(self).items() if v]
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on which data, for how long, and where to write checkpoints.
+
+    Paths are relative to the working directory. ``datasets`` is the list of data sources (see
+    ``training.sources``); each step reads ``cases_per_step`` of their cases (DataLoader ``workers``),
+    preprocessed once into ``cache_dir``.
     """
 
     stage: int = 2
     model: str = "demo"  # named config (medvlsam2.config) for a fresh model
-    init_from: str | None = None  # bundle folder to start from (e.g. the stage-1 output); overrides ``model``
-    llm_path: str | None = None  # local Hugging Face LLM folder replacing the config's LLM (fresh models only)
-    sam2_checkpoint: str | None = None  # official SAM2.1 / MedSAM2 .pt to start the segmenter from
+    init_from: str | None = None  # bundle folder to start from (e.g. the stage-1 output); overrides ``model``/``init``
+    init: InitParts = field(default_factory=InitParts)
+    datasets: tuple[DataSource, ...] = ()
+    cases_per_step: int = 4  # cases read per step and rank; text rows and clips are drawn from them
+    workers: int = 0  # DataLoader processes reading and preparing the next steps (0: the training process)
+    cache_dir: str = "runs/cache"  # preprocessed cases (MONAI PersistentDataset), shared by runs
+    lora_r: int | None = None  # LoRA rank of the LLM (None: the model config's; 0: no LoRA)
+    gradient_checkpointing: bool = False  # in the LLM and the 3D vision encoder (memory for compute)
     output_dir: str = "runs/demo"
     max_steps: int = 1000
     lr: float = 3e-4
@@ -36,8 +59,6 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 0
-    train_seeds: tuple[int, int] = (0, 1000)
-    pool_size: int = 64  # phantoms generated once and sampled from (data order: seed + step)
     trainable: tuple[str, ...] = MODULES  # modules, or parts such as "segmenter.sam_mask_decoder"
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (accelerate)
     cpu: bool = False  # force CPU even when a GPU is present
@@ -69,12 +90,16 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.stage not in STAGES:
             raise InputError(f"stage must be 1 or 2, got {self.stage}")
-        lo, hi = self.train_seeds
-        if not 0 <= lo < hi <= 100000:
-            raise InputError(f"train_seeds must be [first, last) within [0, 100000) (seeds >= 100000 are held out "
-                             f"for evaluation), got {list(self.train_seeds)}")
-        if self.pool_size < 1 or self.pool_size > hi - lo:
-            raise InputError(f"pool_size must be between 1 and the number of train seeds ({hi - lo})")
+        if not self.datasets:
+            raise InputError("datasets: list at least one data source, e.g. [{reader: m3d_seg, path: /data/M3D_Seg/0000}] "
+                             "or [{reader: synthetic, seeds: [0, 512]}]")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise InputError(f"datasets: source names must be unique, got {names}")
+        if self.cases_per_step < 1 or self.workers < 0:
+            raise InputError("cases_per_step must be at least 1 and workers at least 0")
+        if self.lora_r is not None and self.lora_r < 0:
+            raise InputError("lora_r must be 0 (no LoRA) or a positive rank")
         bad = sorted(t for t in self.trainable if t.split(".")[0] not in MODULES)
         if bad:
             raise InputError(f"unknown trainable module(s) {bad}; choose from {list(MODULES)} or a part of one "
@@ -109,6 +134,27 @@ class TrainConfig:
         length = self.interactive_clip_len if self.interactive_clip_len != (0, 0) else (self.clip_len, self.clip_len)
         return ClickSchedule(tuple(length), self.max_corrections, self.corrected_slices, self.middle_start_rate,
                              self.edge_start_rate)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "TrainConfig":
+        """From plain data (YAML/JSON); unknown keys anywhere are errors naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        init = values.get("init") or {}
+        if not isinstance(init, (dict, InitParts)):
+            raise InputError(f"{where}: init must be a mapping of {[f.name for f in dataclasses.fields(InitParts)]}")
+        if isinstance(init, dict):
+            bad = sorted(set(init) - {f.name for f in dataclasses.fields(InitParts)})
+            if bad:
+                raise InputError(f"{where}: unknown init part(s) {bad}; known: "
+                                 f"{[f.name for f in dataclasses.fields(InitParts)]}")
+            init = InitParts(**init)
+        values["init"] = init
+        values["datasets"] = tuple(d if isinstance(d, DataSource) else DataSource.parse(i, d)
+                                   for i, d in enumerate(values.get("datasets") or ()))
+        return cls(**values).validate()
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
@@ -126,9 +172,4 @@ def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
     if not isinstance(data, dict):
         raise InputError(f"{p.name} must hold a mapping of settings")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"{p.name}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return TrainConfig(**values).validate()
+    return TrainConfig.from_dict(data, p.name)

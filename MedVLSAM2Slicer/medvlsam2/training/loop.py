@@ -1,38 +1,42 @@
 """The training loop: accelerate (devices, mixed precision, DDP/FSDP/DeepSpeed via ``accelerate launch``),
-bit-exact checkpoint/resume, a JSONL metrics log and a tqdm progress bar.
+streaming data (``training.stream``), bit-exact checkpoint/resume, a JSONL metrics log and a tqdm bar.
 
 Resume is bit-exact without saving RNG states: the data order and every random draw of step ``n``
 come from generators seeded by (seed, n), so a checkpoint only needs weights, optimizer and step.
-A checkpoint folder is a loadable bundle (``checkpoint.save_bundle``) plus ``optimizer.pt`` and
-``state.json``.
+A checkpoint folder ``checkpoints/step_N`` is a loadable bundle (``checkpoint.save_bundle``, written by
+rank 0 from the gathered full state dict) plus ``state/`` (model and optimizer through
+``torch.distributed.checkpoint``: every rank writes its own shards under FSDP) and ``state.json``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import time
+import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from ..checkpoint import load_bundle, save_bundle
 from ..config import get_config
-from ..data.case import CTCase
 from ..errors import CheckpointError, InputError
-from ..modeling.prompting import segment_question
-from .batches import CaseTensors, case_texts, case_targets, generate_pool, plan_step, prepare_case
+from .batches import CaseTensors
 from .config import MODULES, TrainConfig
+from .sources import OpenSource, open_sources
 from .stage1 import stage1_losses
-from .stage2 import precompute_features, stage2_losses
+from .stage2 import stage2_losses
+from .stream import StepData, corpus, step_loader
 
+# one process without a process group: torch.distributed.checkpoint then just writes / reads local files
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+HELD_OUT = "held_out.json"
 
 
 class TrainStep(nn.Module):
@@ -50,15 +54,6 @@ class TrainStep(nn.Module):
                              self.cfg.thin_end_weight)
 
 
-def synthetic_source() -> tuple[Callable[[int], CTCase], dict[str, list[int]], list[str]]:
-    """(generate_case, STRUCTURE_LABELS, corpus) from the synthetic phantom generator."""
-    try:
-        from ..data import synthetic
-    except ImportError as exc:
-        raise InputError(f"the synthetic phantom generator (medvlsam2.data.synthetic) is not available: {exc}") from None
-    return synthetic.generate_case, dict(synthetic.STRUCTURE_LABELS), list(synthetic.corpus())
-
-
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
     if step < cfg.warmup_steps:
@@ -68,19 +63,50 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def check_paths(cfg: TrainConfig) -> list[OpenSource]:
+    """Every folder and file the config names, checked before anything is built; returns the opened sources."""
+    for what, path in [("init_from", cfg.init_from)] * bool(cfg.init_from) + cfg.init.paths():
+        if not Path(path).exists():
+            raise InputError(f"{what}: {path} does not exist; fix the path in the training config")
+    return open_sources(cfg.datasets)
+
+
 def build_model(cfg: TrainConfig, corpus: Iterable[str]):
-    """A fresh model for ``cfg.model`` (tokenizer trained on ``corpus``) or the bundle ``cfg.init_from``."""
+    """A fresh model for ``cfg.model`` (tokenizer trained on ``corpus`` unless ``init.llm`` brings its own),
+    started from the released parts in ``cfg.init``, or the bundle ``cfg.init_from``."""
     from ..modeling.medvlsam2 import MedVLSAM2
+    from ..modeling.segmenter import load_sam2_checkpoint
     from ..modeling.tokenizer import DEFAULT_CORPUS, build_tokenizer
 
     if cfg.init_from:
         return load_bundle(cfg.init_from)
     config = get_config(cfg.model)
-    if cfg.llm_path or cfg.sam2_checkpoint:  # released parts: their own tokenizer, official SAM2 weights
-        from ..checkpoint import init_from_parts
+    if cfg.lora_r is not None:
+        config.llm.lora_r = cfg.lora_r
+    if cfg.init.vlm:
+        raise InputError("init.vlm (Med3DVLM) needs the Med3DVLM loaders (medvlsam2.modeling.med3dvlm), "
+                         "which this installation lacks")
+    if cfg.init.llm:  # its own tokenizer and weights
+        config.llm.path = str(cfg.init.llm)
+        model = MedVLSAM2.from_config(config)
+    else:
+        model = MedVLSAM2.from_config(config, tokenizer=build_tokenizer(list(DEFAULT_CORPUS) + list(corpus)))
+    if cfg.init.sam2_checkpoint:
+        load_sam2_checkpoint(model.segmenter, cfg.init.sam2_checkpoint)
+    return model
 
-        return init_from_parts(config, cfg.sam2_checkpoint, cfg.llm_path)
-    return MedVLSAM2.from_config(config, tokenizer=build_tokenizer(list(DEFAULT_CORPUS) + list(corpus)))
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass: the LLM's decoder layers (transformers) and the blocks of
+    the 3D vision encoder (the entries of its outermost module lists)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lists = [m for m in model.vision_encoder.modules() if isinstance(m, nn.ModuleList)]
+    inner = {id(x) for m in lists for x in m.modules() if x is not m and isinstance(x, nn.ModuleList)}
+    blocks = {id(b) for m in lists if id(m) not in inner for b in m}
+    if blocks:
+        apply_activation_checkpointing(model.vision_encoder, check_fn=lambda m: id(m) in blocks)
 
 
 def set_trainable(model, trainable: Sequence[str]) -> list[nn.Parameter]:
@@ -126,20 +152,50 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(model, optimizer, cfg: TrainConfig, step: int, metadata: dict) -> Path:
-    """Write ``checkpoints/step_N`` atomically (temp folder + rename); keep the newest ``keep_checkpoints``."""
+def save_checkpoint(accelerator, wrapped: nn.Module, model, optimizer, cfg: TrainConfig, step: int,
+                    metadata: dict) -> Path:
+    """Write ``checkpoints/step_N`` atomically (temp folder + rename) from every rank; keep the newest
+    ``keep_checkpoints``. ``wrapped`` is the prepared (DDP / FSDP) module, ``model`` the MedVLSAM2 inside."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
     root = Path(cfg.output_dir) / CHECKPOINTS
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_bundle(model, tmp, metadata)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "train_config": cfg.to_dict()}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in sorted(root.glob("step_*"))[:-max(1, cfg.keep_checkpoints)]:
-        shutil.rmtree(old, ignore_errors=True)
+    final, tmp = root / f"step_{step:07d}", root / f".tmp_step_{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    msd, osd = get_state_dict(wrapped, optimizer)
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(tmp / "state"))
+    full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if accelerator.is_main_process:
+        prefix = "model."  # TrainStep's attribute
+        save_bundle(model, tmp, metadata, state_dict={k[len(prefix):]: v for k, v in full.items()})
+        (tmp / "state.json").write_text(json.dumps({"step": step, "train_config": cfg.to_dict()}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(root.glob("step_*"))[:-max(1, cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(checkpoint: Path, wrapped: nn.Module, optimizer) -> int:
+    """Restore the model and optimizer state written by ``save_checkpoint`` (each rank its shards); returns the step."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(wrapped, optimizer)
+    saved = dcp.FileSystemReader(str(checkpoint / "state")).read_metadata().state_dict_metadata
+    missing = sorted(f"model.{k}" for k in msd if f"model.{k}" not in saved)
+    if missing:
+        raise CheckpointError(f"{checkpoint.name}/state lacks {len(missing)} model tensors (e.g. {missing[0]}); "
+                              "it was written for another model")
+    state = {"model": msd, "optimizer": osd}
+    # partial: parameters that never had a gradient (unused branches) have no optimizer state
+    dcp.load(state, checkpoint_id=str(checkpoint / "state"), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    set_state_dict(wrapped, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    return int(json.loads((checkpoint / "state.json").read_text())["step"])
 
 
 def _log(path: Path, record: dict) -> None:
@@ -147,74 +203,89 @@ def _log(path: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
-          source: tuple[Callable[[int], CTCase], dict[str, list[int]], list[str]] | None = None,
-          progress: bool = True) -> dict:
+def _prepare(cfg: TrainConfig, checkpoint: Path | None):
+    """(sources, data, model): everything checked and opened before the first step."""
+    sources = check_paths(cfg)
+    if checkpoint:
+        model = load_bundle(checkpoint)
+        return sources, StepData(sources, cfg, model.config), model
+    if cfg.init_from:
+        model = load_bundle(cfg.init_from)
+        return sources, StepData(sources, cfg, model.config), model
+    config = get_config(cfg.model)
+    data = StepData(sources, cfg, config)
+    texts = corpus(data) if not cfg.init.llm else []
+    if any(s.spec.reader == "synthetic" for s in sources):
+        from ..data.synthetic import corpus as synthetic_corpus
+
+        texts += synthetic_corpus()
+    torch.manual_seed(cfg.seed)  # the fresh model's initial weights
+    return sources, data, build_model(cfg, texts)
+
+
+def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, progress: bool = True) -> dict:
     """Run (or resume) one training stage; returns a summary with the final bundle's folder.
 
-    ``source`` = (generate(seed) -> CTCase, structure labels, extra tokenizer corpus); default: the
-    synthetic phantoms. ``max_steps`` stops early (the schedule still spans ``cfg.max_steps``).
+    ``max_steps`` stops early (the schedule still spans ``cfg.max_steps``).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
     cfg.validate()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    generate, structures, corpus = source or synthetic_source()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    start = 0
     checkpoint = latest_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         raise CheckpointError(f"--resume: no checkpoint under {out / CHECKPOINTS}; start without --resume")
-
     t0 = time.time()
-    seeds = list(range(cfg.train_seeds[0], cfg.train_seeds[0] + cfg.pool_size))
-    cases = generate_pool(generate, seeds, workers=min(16, os.cpu_count() or 1) if cfg.pool_size >= 32 else 0)
-    corpus = list(corpus) + [t for c in cases for pair in case_texts(c) for t in pair]
-    corpus += [segment_question(t.phrase) for c in cases for group in case_targets(c, structures) for t in group]
-    torch.manual_seed(cfg.seed)  # the fresh model's initial weights
-    model = load_bundle(checkpoint) if checkpoint else build_model(cfg, corpus)
-    pool = [prepare_case(c, model.config, structures) for c in cases]
-    del cases
+    sources, data, model = _prepare(cfg, checkpoint)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    out.mkdir(parents=True, exist_ok=True)
+    held_out = {s.spec.name: s.held_out for s in sources}
+    if accelerator.is_main_process:
+        (out / HELD_OUT).write_text(json.dumps(held_out, indent=1))
     data_s = time.time() - t0
 
     params = set_trainable(model, cfg.trainable)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-    if checkpoint:
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
-        start = json.loads((checkpoint / "state.json").read_text())["step"]
-    step_module = TrainStep(model, cfg)
-    step_module, optimizer = accelerator.prepare(step_module, optimizer)
-    device = accelerator.device
-    pool = [CaseTensors(p.encoder.to(device), p.frames.to(device), p.labels, p.texts, p.present, p.absent, p.z_extent)
-            for p in pool]
-    if cfg.stage == 2 and not any(p.requires_grad for p in model.segmenter.image_encoder.parameters()):
-        # A frozen SAM2 image encoder gives the same features every step: compute them once. The
-        # decoder's conv_s0/conv_s1 (applied by forward_image) then get no gradient and stay as they are.
-        for case in tqdm(pool, desc="SAM2 features", disable=not (progress and accelerator.is_main_process)):
-            case.features = precompute_features(model.segmenter, case.frames)
+    step_module, optimizer = accelerator.prepare(TrainStep(model, cfg), optimizer)
+    torch_optimizer = getattr(optimizer, "optimizer", optimizer)
+    start = load_checkpoint(checkpoint, step_module, torch_optimizer) if checkpoint else 0
     _set_modes(model)
 
     stop = min(cfg.max_steps, max_steps if max_steps is not None else cfg.max_steps)
     metrics = out / METRICS
     rank, world = accelerator.process_index, accelerator.num_processes
-    last_ckpt, step_times = time.time(), []
+    loader = step_loader(data, [step * world + rank for step in range(start, stop)], cfg.workers)
     bar = tqdm(range(start, stop), initial=start, total=stop, disable=not (progress and accelerator.is_main_process),
                desc=f"stage {cfg.stage}")
-    meta = _metadata(cfg, accelerator)
+    meta = _metadata(cfg, accelerator, sources)
+    preempted, restore_signals = _on_termination()
+    try:
+        step = _run(cfg, accelerator, step_module, optimizer, torch_optimizer, params, model, loader, bar, start, stop,
+                    metrics, meta, t0, preempted)
+    finally:
+        restore_signals()
+    final = latest_checkpoint(out)
+    return {"final": str(final) if final else None, "steps": step + 1 if stop > start else start, "started_at_step": start,
+            "data_seconds": round(data_s, 1), "seconds": round(time.time() - t0, 1), "held_out": str(out / HELD_OUT)}
+
+
+def _run(cfg, accelerator, step_module, optimizer, torch_optimizer, params, model, loader, bar, start: int, stop: int,
+         metrics: Path, meta: dict, t0: float, preempted) -> int:
+    """The steps from ``start`` to ``stop``; returns the last step index run."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    last_ckpt, step_times = time.time(), []
     step = start
-    for step in bar:
+    for step, (pool, plan) in zip(bar, loader):
         tic = time.time()
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         torch.manual_seed(cfg.seed * 1_000_003 + step * world + rank)  # clicks, box jitter, dropout
-        plan = plan_step(cfg.seed, step * world + rank, pool, cfg.stage, cfg.text_cases, cfg.seg_clips,
-                         cfg.interactive_clips, cfg.clip_len, cfg.probes, target_weights=cfg.target_weights,
-                         clicks=cfg.click_schedule())
         with accelerator.autocast():
             logs = step_module(pool, plan)
         accelerator.backward(logs["loss"])
@@ -227,32 +298,54 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None,
         if accelerator.is_main_process and (done % cfg.log_every == 0 or done == stop):
             record = {"step": done, "lr": lr, "step_s": round(sum(step_times) / len(step_times), 4),
                       "elapsed_s": round(time.time() - t0, 1), **{k: round(float(v.detach()), 5) for k, v in logs.items()}}
+            if accelerator.device.type == "cuda":
+                record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 1024 ** 3, 2)
             _log(metrics, record)
             bar.set_postfix(loss=record["loss"])
             step_times = []
-        out_of_time = cfg.time_limit_s > 0 and time.time() - t0 > cfg.time_limit_s
-        if done % cfg.checkpoint_every == 0 or time.time() - last_ckpt > cfg.checkpoint_every_s or done == stop \
-                or out_of_time:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(accelerator.unwrap_model(step_module).model, optimizer.optimizer
-                                if hasattr(optimizer, "optimizer") else optimizer, cfg, done,
-                                {**meta, "step": done, "train_seconds": round(time.time() - t0, 1)})
+        out_of_time = cfg.time_limit_s > 0 and time.time() - t0 > cfg.time_limit_s or preempted.is_set()
+        due = done % cfg.checkpoint_every == 0 or time.time() - last_ckpt > cfg.checkpoint_every_s or done == stop
+        if accelerator.num_processes > 1:  # every rank must take part: any rank that is due or stopping decides
+            flag = torch.tensor([float(due or out_of_time), float(out_of_time)], device=accelerator.device)
+            flag = accelerator.reduce(flag, reduction="max")
+            due, out_of_time = bool(flag[0]), bool(flag[1])
+        if due or out_of_time:
+            save_checkpoint(accelerator, step_module, model, torch_optimizer, cfg, done,
+                            {**meta, "step": done, "train_seconds": round(time.time() - t0, 1)})
             last_ckpt = time.time()
         if out_of_time:
             break
-    final = latest_checkpoint(out)
-    return {"final": str(final) if final else None, "steps": step + 1 if stop > start else start, "started_at_step": start,
-            "data_seconds": round(data_s, 1), "seconds": round(time.time() - t0, 1)}
+    return step
 
 
-def _metadata(cfg: TrainConfig, accelerator) -> dict:
+def _on_termination():
+    """An event set by SIGTERM / SIGUSR1 (a scheduler preempting the job): the loop checkpoints and stops."""
+    import signal
+    import threading
+
+    event = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            previous[sig] = signal.signal(sig, lambda *_: event.set())
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return event, restore
+
+
+def _metadata(cfg: TrainConfig, accelerator, sources: Sequence[OpenSource]) -> dict:
     device = str(accelerator.device)
     if accelerator.device.type == "cuda":
         device = torch.cuda.get_device_name(accelerator.device)
-    return {"trained_on": "synthetic phantoms (medvlsam2.data.synthetic); not for clinical images",
-            "stage": cfg.stage, "train_seeds": [cfg.train_seeds[0], cfg.train_seeds[0] + cfg.pool_size],
-            "seed": cfg.seed, "machine": f"{platform.machine()} {device} x{accelerator.num_processes}",
+    synthetic_only = all(s.spec.reader == "synthetic" for s in sources)
+    return {"trained_on": "synthetic phantoms (medvlsam2.data.synthetic); not for clinical images" if synthetic_only
+            else "datasets: " + ", ".join(f"{s.spec.name} ({s.spec.reader}, {len(s.train)} cases)" for s in sources)
+            + "; research use, not for clinical images",
+            "datasets": [{"name": s.spec.name, "reader": s.spec.reader, "train_cases": len(s.train),
+                          "held_out": s.held_out} for s in sources],
+            "stage": cfg.stage, "seed": cfg.seed, "machine": f"{platform.machine()} {device} x{accelerator.num_processes}",
             "mixed_precision": cfg.mixed_precision}
 
 
