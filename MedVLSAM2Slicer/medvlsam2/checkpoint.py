@@ -1,4 +1,4 @@
-"""Our bundle format and loading from released parts.
+"""Our bundle format: save and load (the model factory, ``medvlsam2.factory``, is what loads any spec).
 
 A bundle is a folder: ``config.json`` (ModelConfig), ``model.safetensors`` (the whole model, segmenter
 included), the tokenizer files, and optional ``metadata.json``. Nothing is ever unpickled.
@@ -65,16 +65,3 @@ def load_bundle(folder: str | os.PathLike, device: str = "cpu", image_size: int 
     except (RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{root.name}/{WEIGHTS} does not match its config.json: {str(exc)[:600]}") from None
     return model.to(device).eval()
-
-
-def init_from_parts(config: ModelConfig, sam2_checkpoint: str | None = None, llm_folder: str | None = None):
-    """Start training from released parts: an official SAM2.1/MedSAM2 .pt and a local Hugging Face LLM folder."""
-    from .modeling.medvlsam2 import MedVLSAM2
-    from .modeling.segmenter import load_sam2_checkpoint
-
-    if llm_folder:
-        config.llm.path = str(llm_folder)
-    model = MedVLSAM2.from_config(config)
-    if sam2_checkpoint:
-        load_sam2_checkpoint(model.segmenter, sam2_checkpoint)
-    return model

@@ -192,3 +192,36 @@ def test_fsdp_checkpoint_round_trip_on_two_cpu_ranks(tmp_path):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["sharded"] and result["shards_per_rank"] == [True, True]
     assert result["bundle_matches_full_state"] and result["resumed_equal"] and result["optimizer_equal"]
+
+
+def test_init_starts_from_released_medsam2_and_med3dvlm_files(tmp_path):
+    """init.sam2_checkpoint (official {"model": state_dict} .pt) and init.vlm (a Med3DVLM folder in the published
+    layout) load strictly into a fresh model: SAM2, DCFormer, projector and the Qwen2 weights are the files'."""
+    from official_sam2 import write_official_checkpoint
+    from test_med3dvlm import write_med3dvlm_folder
+
+    from medvlsam2.modeling.med3dvlm import load_med3dvlm
+    from medvlsam2.modeling.segmenter import read_state_dict
+    from medvlsam2.training.loop import build_model, check_paths, set_trainable
+
+    ckpt = write_official_checkpoint(tmp_path / "MedSAM2_latest.pt")
+    vlm = write_med3dvlm_folder(tmp_path / "Med3DVLM-tiny")
+    settings = {"model": "tiny", "lora_r": 4, "datasets": [{"reader": "synthetic", "seeds": [0, 2]}]}
+    cfg = TrainConfig.from_dict({**settings, "init": {"sam2_checkpoint": str(ckpt), "vlm": str(vlm)}})
+    model = build_model(cfg, [])
+    released = read_state_dict(ckpt)
+    assert all(torch.equal(v, released[k]) for k, v in model.segmenter.state_dict().items())
+    assert model.config.segmenter.sam2_config.endswith("hiera_t.yaml") and model.config.vision.kind == "dcformer"
+    med = load_med3dvlm(vlm)
+    for ours, theirs in ((model.vision_encoder, med.vision_encoder), (model.projector, med.projector)):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = model.llm.get_base_model()
+    assert torch.equal(base.model.layers[1].mlp.down_proj.weight, med.llm.model.layers[1].mlp.down_proj.weight)
+    rows = med.llm.get_input_embeddings().weight.shape[0]
+    assert torch.equal(base.get_input_embeddings().weight[:rows], med.llm.get_input_embeddings().weight)
+    assert len(model.tokenizer) > rows - 1 and model.seg_token_id >= 0
+    params = set_trainable(model, ["llm"])  # LoRA: only the adapters train, the released weights stay
+    assert params and all(any(p is q for n, q in model.llm.named_parameters() if "lora_" in n) for p in params)
+    with pytest.raises(InputError, match="init.vlm.*gone"):
+        check_paths(TrainConfig.from_dict({**settings, "init": {"vlm": str(tmp_path / "gone")}}))

@@ -5,7 +5,8 @@ from dataclasses import replace
 import numpy as np
 
 from medvlsam2.data.synthetic import generate_case
-from medvlsam2.data.transforms import cached_cases, intensity_transform, standardize, standardize_transform
+from medvlsam2.data.transforms import (intensity_transform, persistent_cases, record_case, standardize,
+                                       standardize_transform)
 from medvlsam2.io.windowing import apply_window
 from medvlsam2.io.volume import Volume
 
@@ -39,10 +40,24 @@ def test_resampling_keeps_organ_volume_and_crops_to_the_body():
     assert out.volume.array.min() >= -1024 and out.label_names == case.label_names
 
 
-def test_cache_serves_preprocessed_cases():
+def test_disk_cache_serves_preprocessed_cases_without_reading_them_again(tmp_path):
     cases = [generate_case(s, shape=(8, 32, 32), spacing=(11.2, 11.2, 20.0)) for s in (1, 2)]
-    ds = cached_cases(cases, standardize_transform(spacing=(11.2, 11.2, 20.0)))
-    assert len(ds) == 2 and ds[1].case_id == "synthetic-2" and ds[0].volume.array.dtype == np.int16
+    reads = []
+
+    class Counting(list):
+        def __getitem__(self, i):
+            reads.append(i)
+            return list.__getitem__(self, i)
+
+    transform = standardize_transform(spacing=(11.2, 11.2, 20.0))
+    ds = persistent_cases(Counting(cases), tmp_path, "test", transform)
+    first = record_case(ds[1])
+    again = record_case(persistent_cases(Counting(cases), tmp_path, "test", transform)[1])
+    assert reads == [1] and len(ds) == 2 and first.case_id == "synthetic-2" and first.volume.array.dtype == np.int16
+    want = standardize(cases[1], transform)
+    assert np.array_equal(again.labels, want.labels) and np.array_equal(again.volume.array, want.volume.array)
+    assert again.report == cases[1].report and again.referring == cases[1].referring
+    assert np.allclose(again.volume.ijk_to_ras(), want.volume.ijk_to_ras())
 
 
 def test_intensity_transform_matches_the_model_windowing():

@@ -80,14 +80,6 @@ def standardize(case: CTCase, transform=None) -> CTCase:
     return replace(case, volume=volume, labels=labels, label_names=names)
 
 
-def cached_cases(cases: Sequence[CTCase], transform=None, num_workers: int = 0):
-    """A MONAI ``CacheDataset`` of standardised cases: each case is preprocessed once, then served from memory."""
-    from monai.data import CacheDataset
-
-    return CacheDataset(data=list(range(len(cases))), transform=lambda i: standardize(cases[i], transform),
-                        num_workers=num_workers, progress=False)
-
-
 # ----- on-disk cache (training streams cases from here) -------------------------------------------
 CACHE_VERSION = 1  # bump when the record layout or the preprocessing changes
 

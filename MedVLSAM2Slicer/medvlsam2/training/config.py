@@ -134,6 +134,7 @@ class TrainConfig:
         length = self.interactive_clip_len if self.interactive_clip_len != (0, 0) else (self.clip_len, self.clip_len)
         return ClickSchedule(tuple(length), self.max_corrections, self.corrected_slices, self.middle_start_rate,
                              self.edge_start_rate)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> "TrainConfig":
         """From plain data (YAML/JSON); unknown keys anywhere are errors naming them."""

@@ -30,24 +30,23 @@ def _model_config(cfg: TrainConfig) -> ModelConfig:
         config.llm.lora_r = cfg.lora_r
     if cfg.init.llm:
         config.llm.path = str(cfg.init.llm)
+    if cfg.init.vlm and json.loads((Path(cfg.init.vlm) / "config.json").read_text()).get("model_type") == "vlm_qwen":
+        config.llm.path = str(cfg.init.vlm)  # Med3DVLM: its Qwen2 LLM and tokenizer
     return config
 
 
 def meta_model(config: ModelConfig, tokenizer=None):
     """The model with every part but SAM2 on the meta device; a local LLM folder contributes its config.json
     and tokenizer only (no weights are read)."""
-    from transformers import AutoConfig
-
     from ..modeling import medvlsam2 as mv
     from ..modeling.language import load_llm_tokenizer
     from ..modeling.tokenizer import build_tokenizer
+    from .loop import qwen_kwargs
 
     if config.llm.path:
         tokenizer = tokenizer or load_llm_tokenizer(config.llm.path)
-        llm = AutoConfig.from_pretrained(config.llm.path, local_files_only=True).to_dict()
-        drop = {"vocab_size", "pad_token_id", "eos_token_id", "bos_token_id", "architectures", "model_type",
-                "transformers_version", "torch_dtype", "dtype"}
-        config.llm.builtin, config.llm.path = {k: v for k, v in llm.items() if k not in drop}, None
+        llm = json.loads((Path(config.llm.path) / "config.json").read_text())
+        config.llm.builtin, config.llm.path = qwen_kwargs(llm), None
     tokenizer = tokenizer or build_tokenizer()
     build = mv.build_segmenter
 
@@ -57,6 +56,14 @@ def meta_model(config: ModelConfig, tokenizer=None):
 
     with torch.device("meta"), mock.patch.object(mv, "build_segmenter", on_cpu):
         return mv.MedVLSAM2.from_config(config, tokenizer)
+
+
+def _elements(out) -> int:
+    if torch.is_tensor(out):
+        return out.numel()
+    if isinstance(out, dict):
+        out = list(out.values())
+    return sum(_elements(o) for o in out) if isinstance(out, (tuple, list)) else 0
 
 
 def _output_elements(module: nn.Module, run) -> int:
@@ -95,9 +102,15 @@ def estimate_memory(model, cfg: TrainConfig, rows: int, cases: int, frames: int,
         torch.zeros(1, 1, *size, device="meta"))) * act
     blocks = max(1, sum(len(m) for m in model.vision_encoder.children() if isinstance(m, nn.ModuleList)))
     vision = cases * (vis_one / blocks * 2 if cfg.gradient_checkpointing else vis_one)
+    if not any(p.requires_grad for p in model.vision_encoder.parameters()):
+        vision = 0  # frozen: no graph, its activations are freed as it runs
     s = model.config.segmenter.image_size
     seg = model.segmenter
-    enc_one = _output_elements(seg.image_encoder, lambda: seg.image_encoder(torch.zeros(1, 3, s, s))) * act
+    features = []
+    enc_leaves = _output_elements(seg.image_encoder, lambda: features.append(seg.image_encoder(torch.zeros(1, 3, s, s))))
+    # a frozen image encoder keeps only its output features for the decoder; a trained one all activations
+    trained = any(p.requires_grad for p in seg.image_encoder.parameters())
+    enc_one = (enc_leaves if trained else _elements(features[0])) * act
     hw = (s // 16) ** 2  # memory-attention tokens per frame (stride-16 features, d_model 256, 4 layers)
     mem_one = 4 * hw * 256 * 12 * act + 7 * hw * 64 * act  # layers' activations + the memory bank it reads
     sam2 = frames * (enc_one + mem_one)
@@ -107,7 +120,8 @@ def estimate_memory(model, cfg: TrainConfig, rows: int, cases: int, frames: int,
     return {"total_gib": round(sum(parts.values()) / GB, 1), "terms_gib": gib,
             "inputs": {"rows": rows, "tokens_per_row": seq, "volumes": cases, "sam2_frames": frames,
                        "gradient_checkpointing": cfg.gradient_checkpointing,
-                       "per_volume_vision_gib": round(vis_one / GB, 2), "per_frame_sam2_gib": round((enc_one + mem_one) / GB, 3)}}
+                       "per_volume_vision_gib": round(vis_one / GB, 2), "per_frame_sam2_gib": round((enc_one + mem_one) / GB, 3),
+                       "sam2_image_encoder_trained": trained}}
 
 
 def dry_run(cfg: TrainConfig) -> dict:

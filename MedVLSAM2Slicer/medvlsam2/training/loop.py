@@ -71,29 +71,77 @@ def check_paths(cfg: TrainConfig) -> list[OpenSource]:
     return open_sources(cfg.datasets)
 
 
+def qwen_kwargs(config: dict) -> dict:
+    """A Hugging Face Qwen2 config as ``LLMConfig.builtin`` kwargs (the vocabulary follows our tokenizer)."""
+    drop = {"vocab_size", "pad_token_id", "eos_token_id", "bos_token_id", "architectures", "model_type",
+            "transformers_version", "torch_dtype", "dtype"}
+    return {k: v for k, v in config.items() if k not in drop and not k.startswith(("mm_", "vision_"))}
+
+
 def build_model(cfg: TrainConfig, corpus: Iterable[str]):
-    """A fresh model for ``cfg.model`` (tokenizer trained on ``corpus`` unless ``init.llm`` brings its own),
-    started from the released parts in ``cfg.init``, or the bundle ``cfg.init_from``."""
+    """The model training starts from: the bundle ``cfg.init_from`` (through the model factory), or a fresh
+    ``cfg.model`` started from the released parts in ``cfg.init`` (tokenizer trained on ``corpus`` unless an
+    LLM brings its own):
+    - ``init.sam2_checkpoint``: an official SAM2.1 / MedSAM2 file; its architecture (hiera t/s/b+/l) replaces
+      the config's and its weights load strictly (``modeling.segmenter``, as the factory loads segmenters);
+    - ``init.llm``: a local Hugging Face LLM folder;
+    - ``init.vlm``: a Med3DVLM folder (its DCFormer, mixer projector and Qwen2 LLM, architectures from its
+      config.json) or its DCFormer_SigLIP encoder folder (into the config's DCFormer), loaded by ``modeling.med3dvlm``.
+    """
+    from ..factory import load_model
     from ..modeling.medvlsam2 import MedVLSAM2
-    from ..modeling.segmenter import load_sam2_checkpoint
+    from ..modeling.segmenter import infer_sam2_config, load_sam2_state_dict, read_state_dict
     from ..modeling.tokenizer import DEFAULT_CORPUS, build_tokenizer
 
     if cfg.init_from:
-        return load_bundle(cfg.init_from)
+        return load_model(cfg.init_from)
     config = get_config(cfg.model)
     if cfg.lora_r is not None:
         config.llm.lora_r = cfg.lora_r
+    sam2 = read_state_dict(cfg.init.sam2_checkpoint) if cfg.init.sam2_checkpoint else None
+    if sam2 is not None:
+        config.segmenter.sam2_config = infer_sam2_config(sam2, Path(cfg.init.sam2_checkpoint).name)
+        config.segmenter.hydra_overrides = ()  # the released architecture, unshrunk
+    med3dvlm, encoder = None, None
     if cfg.init.vlm:
-        raise InputError("init.vlm (Med3DVLM) needs the Med3DVLM loaders (medvlsam2.modeling.med3dvlm), "
-                         "which this installation lacks")
-    if cfg.init.llm:  # its own tokenizer and weights
+        from ..modeling.med3dvlm import is_dcformer_encoder_folder, load_dcformer_encoder, load_med3dvlm
+
+        if is_dcformer_encoder_folder(cfg.init.vlm):
+            encoder = load_dcformer_encoder(cfg.init.vlm, config.vision)
+        else:
+            med3dvlm = load_med3dvlm(cfg.init.vlm)
+    if med3dvlm is not None:
+        from ..modeling.language import load_llm_tokenizer
+        from ..modeling.med3dvlm import _projector_config, _read_config, _vision_config
+
+        released = _read_config(Path(cfg.init.vlm))
+        config.vision, config.projector = _vision_config(released), _projector_config(released)
+        config.llm.path, config.llm.builtin = None, qwen_kwargs(med3dvlm.llm.config.to_dict())
+        model = MedVLSAM2.from_config(config, tokenizer=load_llm_tokenizer(cfg.init.vlm))
+    elif cfg.init.llm:  # its own tokenizer and weights
         config.llm.path = str(cfg.init.llm)
         model = MedVLSAM2.from_config(config)
     else:
         model = MedVLSAM2.from_config(config, tokenizer=build_tokenizer(list(DEFAULT_CORPUS) + list(corpus)))
-    if cfg.init.sam2_checkpoint:
-        load_sam2_checkpoint(model.segmenter, cfg.init.sam2_checkpoint)
+    if med3dvlm is not None:
+        med3dvlm.llm.resize_token_embeddings(len(model.tokenizer))  # + [SEG] and our image token
+        base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+        _load_part(base, med3dvlm.llm.state_dict(), "init.vlm language model")
+        encoder = med3dvlm.vision_encoder
+        _load_part(model.projector, med3dvlm.projector.state_dict(), "init.vlm projector")
+    if encoder is not None:
+        _load_part(model.vision_encoder, encoder.state_dict(), "init.vlm vision encoder")
+    if sam2 is not None:
+        load_sam2_state_dict(model.segmenter, sam2, Path(cfg.init.sam2_checkpoint).name)
     return model
+
+
+def _load_part(module: nn.Module, state: dict, what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{what} does not match the model config ({str(exc)[:300]}); use a model config with "
+                              "the released part's architecture (e.g. paper for Med3DVLM)") from None
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -206,11 +254,10 @@ def _log(path: Path, record: dict) -> None:
 def _prepare(cfg: TrainConfig, checkpoint: Path | None):
     """(sources, data, model): everything checked and opened before the first step."""
     sources = check_paths(cfg)
-    if checkpoint:
-        model = load_bundle(checkpoint)
-        return sources, StepData(sources, cfg, model.config), model
-    if cfg.init_from:
-        model = load_bundle(cfg.init_from)
+    if checkpoint or cfg.init_from:
+        from ..factory import load_model
+
+        model = load_model(str(checkpoint or cfg.init_from))
         return sources, StepData(sources, cfg, model.config), model
     config = get_config(cfg.model)
     data = StepData(sources, cfg, config)

@@ -4,8 +4,9 @@ Step ``n`` of rank ``r`` (data step ``d = n * world + r``) is a pure function of
 ``cases_per_step`` cases are drawn from the sources by their weights with a generator seeded by
 (seed, d), read from the on-disk cache (``data.transforms.persistent_cases``: read + preprocessed
 once), converted with the inference pre-processing (``batches.prepare_case``, without SAM2 frames),
-planned (``batches.plan_step``, seeded by (seed, d)), and then only the planned slices' SAM2 frames and
-label maps are built (``PlannedSlices``). DataLoader workers do all of this ahead of the training loop,
+planned (``batches.plan_step``, seeded by (seed, d)), and then only the planned slices' SAM2 frames are
+built (``PlannedSlices``; the label maps stay whole at the frame size, uint8, since losses weigh a slice
+by the target's largest area). DataLoader workers do all of this ahead of the training loop,
 so host and device memory depend on the step's size, not on the dataset's, and a resumed run sees the
 same batches.
 """
@@ -125,7 +126,6 @@ class StepData(Dataset):
             frames = volume_to_frames(Volume(volume.array[keep]), seg.image_size, seg.window)[0].half() if keep else None
             tensors.frames = PlannedSlices(dict(zip(keep, frames)) if keep else {}, k,
                                            frames if keep else torch.zeros((0, 3, seg.image_size, seg.image_size)))
-            tensors.labels = PlannedSlices({s: tensors.labels[s] for s in keep}, k, tensors.labels)
         return pool, plan
 
 
