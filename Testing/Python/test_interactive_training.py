@@ -67,8 +67,9 @@ def test_schedule_draws_long_clips_edge_and_middle_starts_and_k_corrections(pool
     assert modes == {"inside", "edge", "middle"} and kinds == {"box", "points"}
     assert 0 in first_clicks and max(first_clicks) >= 4  # the box alone and long correction runs both occur
     # the schedule is the config's
-    cfg = TrainConfig(interactive_clip_len=(8, 10), max_corrections=7, corrected_slices=2, middle_start_rate=0.3,
-                      edge_start_rate=0.4).validate()
+    cfg = TrainConfig.from_dict(dict(interactive_clip_len=[8, 10], max_corrections=7, corrected_slices=2,
+                                     middle_start_rate=0.3, edge_start_rate=0.4,
+                                     datasets=[{"reader": "synthetic", "seeds": [0, 4]}]))
     assert cfg.click_schedule() == clicks
     assert TrainConfig(clip_len=5).click_schedule().clip_len == (5, 5)
 
