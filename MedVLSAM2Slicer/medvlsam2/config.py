@@ -93,6 +93,7 @@ class ModelConfig:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     bridge_hidden: int = 512  # [SEG] hidden state -> Linear-ReLU-Linear -> prompt_dim
     num_seg_prompt_tokens: int = 1  # sparse prompt tokens made from one [SEG] hidden state
+    region_input: bool = False  # a region encoder (modeling/region.py) feeds questions about a mask or box
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,6 +143,7 @@ def tiny() -> ModelConfig:
         llm=LLMConfig(builtin=dict(_TINY_LLM), lora_r=0, max_new_tokens=48),
         segmenter=SegmenterConfig(image_size=128, hydra_overrides=_TINY_SAM2_OVERRIDES),
         bridge_hidden=128,
+        region_input=True,
     )
 
 
@@ -206,6 +208,7 @@ def demo() -> ModelConfig:
                       lora_r=0, max_new_tokens=96),
         segmenter=SegmenterConfig(image_size=256, hydra_overrides=_DEMO_SAM2_OVERRIDES),
         bridge_hidden=256,
+        region_input=True,
     )
 
 

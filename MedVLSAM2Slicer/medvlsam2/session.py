@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from .capabilities import INTERACTIVE, LANGUAGE, TEXT_SEGMENTATION, capabilities_of, require
-from .errors import InputError, UnknownObjectError
+from .errors import CapabilityError, InputError, UnknownObjectError
 from .io.slices import volume_to_frames
 from .io.volume import Volume
 from .modeling.feature_cache import FeatureCache
 from .modeling.key_slices import choose_key_slices
-from .modeling.prompting import REPORT_QUESTION
+from .modeling.prompting import REPORT_QUESTION, split_targets
 from .results import BBox, SegmentationResult, changed_region, union_box
 from .utils.cancel import CancelToken
 from .utils.device import translate_oom
@@ -138,6 +138,7 @@ class Session:
         if self.predictor is not None:
             total += self.frames.numel() * self.frames.element_size() + self.feature_cache.nbytes
         return total
+        self.last_not_found: list[str] = []  # targets of the last segment_text the model said are absent
 
     # ----- objects ----------------------------------------------------------------------------
     def add_object(self, name: str | None = None) -> int:
@@ -450,12 +451,34 @@ class Session:
 
     @translate_oom
     @_foreground
-    def segment_text(self, prompt: str, cancel: CancelToken | None = None,
-                     progress: Progress | None = None) -> list[SegmentationResult]:
-        """Semantic or referring segmentation: one new object per [SEG] the model emits."""
+    def segment_text(self, prompt: str, cancel: CancelToken | None = None, progress: Progress | None = None,
+                     force: bool = False) -> list[SegmentationResult]:
+        """Semantic or referring segmentation, one request per target the prompt names ("liver and spleen",
+        one per line: ``split_targets``), one new object per [SEG] the model emits. A target the model says
+        is not there ("There is no X.") gives no object; ``last_not_found`` lists those targets. ``force``
+        segments it anyway (named "X (forced)"; for random-weight plumbing, never the default)."""
         require(self.model, TEXT_SEGMENTATION)
+        targets = split_targets(prompt)
+        if not targets:
+            raise InputError("the text prompt is empty; type what to segment, e.g. 'liver'")
+        results: list[SegmentationResult] = []
+        self.last_not_found = []
+        try:
+            for target in targets:
+                found = self._segment_target(target, cancel, progress, force)
+                if not found:
+                    self.last_not_found.append(target)
+                results += found
+        except BaseException:
+            for r in results:  # a cancelled or failed prompt leaves no objects behind
+                self.remove(r.object_id)
+            raise
+        return results
+
+    def _segment_target(self, prompt: str, cancel: CancelToken | None, progress: Progress | None, force: bool
+                        ) -> list[SegmentationResult]:
         results = []
-        for name, tokens in self.model.text_to_seg_prompts(self.visual_tokens(), prompt, cancel=cancel):
+        for name, tokens in self.model.text_to_seg_prompts(self.visual_tokens(), prompt, cancel=cancel, force=force):
             obj = self.add_object(name)
             o = self._objects[obj]
             o.tokens = tokens
@@ -474,20 +497,32 @@ class Session:
         return results
 
     def ask(self, question: str, context: dict | None = None, cancel: CancelToken | None = None) -> Iterator[str]:
-        """Stream an answer; ``context`` {"object": id} or {"box": (i0, j0, k0, i1, j1, k1)} says what "this" is."""
+        """Stream an answer; ``context`` {"object": id} or {"box": (i0, j0, k0, i1, j1, k1)} says what "this" is.
+        The region reaches the model as input (``MedVLSAM2.encode_region``), not as words."""
         require(self.model, LANGUAGE)
+        region_mask = None
         if context and "object" in context:
-            o = self._get(int(context["object"]))
-            where = np.argwhere(o.mask)
-            region = f"the {o.name}" + (f" (slices {where[:, 0].min()}-{where[:, 0].max()})" if len(where) else "")
-            question = f"About {region}: {question}"
+            region_mask = self._get(int(context["object"])).mask
+            if not region_mask.any():
+                raise InputError("this segment is empty; segment something before asking about it")
         elif context and "box" in context:
             box = tuple(int(v) for v in context["box"])
             if len(box) != 6 or not all(0 <= box[a] <= box[a + 3] < n for a, n in enumerate(self.volume.shape[::-1])):
                 raise InputError(f"a context box is (i0, j0, k0, i1, j1, k1) inside the volume {self.volume.shape[::-1]} "
                                  f"(i, j, k); got {box}")
-            question = f"About the region {box}: {question}"
-        return self.model.stream_text(self.visual_tokens(), question, cancel=cancel)
+            region_mask = np.zeros(self.volume.shape, np.uint8)
+            region_mask[box[2]:box[5] + 1, box[1]:box[4] + 1, box[0]:box[3] + 1] = 1
+        if region_mask is None:
+            return self.model.stream_text(self.visual_tokens(), question, cancel=cancel)
+        if not getattr(self.model, "supports_region_input", False):
+            raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
+                              "(e.g. one trained with configs/train/demo_language_cpu.yaml) or ask without a region")
+        from .io.encoder_input import to_encoder_tensor
+
+        images, _ = to_encoder_tensor(self.volume, self.model.vision_input_size, self.model.vision_window)
+        region = self.model.encode_region(images.to(next(self.model.parameters()).device), region_mask,
+                                          self.volume.spacing)
+        return self.model.stream_text(self.visual_tokens(), question, cancel=cancel, region=region)
 
     def report(self, cancel: CancelToken | None = None) -> Iterator[str]:
         require(self.model, LANGUAGE)

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from medvlsam2.cli import main
-from medvlsam2.cli.report import NOTICE
+from medvlsam2.report.writer import NOTICE
 
 
 @pytest.fixture(scope="module")

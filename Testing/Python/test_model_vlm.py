@@ -62,7 +62,7 @@ def test_dcformer_gives_its_two_token_streams():
 def test_seg_hidden_state_drives_the_sam2_mask_decoder(model):
     """Disconnect the bridge (zero its output layer) and the decoded mask must change."""
     volume_tokens = model.encode_volume(torch.rand(1, 1, 16, 64, 64))
-    (_, tokens), = model.text_to_seg_prompts(volume_tokens, "liver")
+    (_, tokens), = model.text_to_seg_prompts(volume_tokens, "liver", force=True)
     assert tokens.shape == (1, 1, 256)
     seg = model.segmenter
     frames = torch.randn(4, 3, seg.image_size, seg.image_size)
@@ -114,9 +114,10 @@ def test_objects_are_named_by_the_words_after_each_seg(model, monkeypatch):
     answer = model.tokenizer.encode("It is [SEG] liver, and [SEG] spleen.", add_special_tokens=False)
     monkeypatch.setattr(model, "_greedy", lambda *args: iter(answer))
     assert [name for name, _ in model.text_to_seg_prompts(volume_tokens, "liver and spleen")] == ["liver", "spleen"]
-    monkeypatch.setattr(model, "_greedy", lambda *args: iter([]))  # no [SEG]: the prompt's own answer is used
-    (name, tokens), = model.text_to_seg_prompts(volume_tokens, "left kidney")
-    assert name == "left kidney" and tokens.shape == (1, 1, 256)
+    monkeypatch.setattr(model, "_greedy", lambda *args: iter([]))  # no [SEG]: nothing, unless forced (and named so)
+    assert model.text_to_seg_prompts(volume_tokens, "left kidney") == []
+    (name, tokens), = model.text_to_seg_prompts(volume_tokens, "left kidney", force=True)
+    assert name == "left kidney (forced)" and tokens.shape == (1, 1, 256)
 
 
 def test_streaming_is_incremental_and_cancellable(model):

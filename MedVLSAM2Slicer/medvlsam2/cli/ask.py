@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     session = Session(model, volume, cache_mb=args.cache_mb)
     context = None
     if args.about:
-        context = {"object": session.segment_text(args.about)[0].object_id}
+        found = session.segment_text(args.about)
+        if not found:
+            raise InputError(f"the model found no {args.about} in this image, so there is nothing to ask about")
+        context = {"object": found[0].object_id}
     elif args.box:
         try:
             context = {"box": tuple(int(v) for v in args.box.split(","))}

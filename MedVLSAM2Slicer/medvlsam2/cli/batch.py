@@ -73,15 +73,17 @@ def process_case(model, image: Path, out: Path, prompts: list[str], report: bool
     session = Session(model, volume, cache_mb=cache_mb)
     per_prompt = []
     for prompt in prompts:  # one value per prompt: the union of the objects its [SEG] tokens produced
-        per_prompt.append(np.any([session.mask(r.object_id) > 0 for r in session.segment_text(prompt)], axis=0))
+        masks = [session.mask(r.object_id) > 0 for r in session.segment_text(prompt)]
+        per_prompt.append(np.any(masks, axis=0) if masks else np.zeros(volume.shape, bool))  # none: the model found none
     labels = label_map(per_prompt) if prompts else np.zeros(volume.shape, np.uint8)
     out.mkdir(parents=True, exist_ok=True)
     if prompts:
         write_mask(labels, volume, out / "mask.nii.gz")
     if report:
-        from .report import NOTICE
+        from ..report.writer import write_report
 
-        (out / "report.md").write_text(f"_{NOTICE}_\n\n{''.join(session.report()).strip()}\n", encoding="utf-8")
+        write_report(out / "report.md", "".join(session.report()), volume,
+                     {p: m for p, m in zip(prompts, per_prompt) if m.any()})
     (out / MARKER).write_text("")
     return int((labels > 0).sum())
 

@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     masks, scores = {}, {}
     for organ in tqdm(organs, desc="text prompts", unit="organ"):
-        result = session.segment_text(organ)[0]
-        masks[organ] = session.mask(result.object_id)
+        results = session.segment_text(organ)
+        masks[organ] = session.mask(results[0].object_id) if results else np.zeros(case.volume.shape, np.uint8)
         scores[organ] = dice(masks[organ] > 0, np.isin(case.labels, STRUCTURE_LABELS[organ]))
     labels = label_map([masks[organ] for organ in organs])
     write_mask(labels, case.volume, out / "masks.nii.gz")
@@ -100,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
     (out / "answer.txt").write_text(f"Q: {qa.prompt()}\nA: {answer}\nexpected: {qa.target()}\n", encoding="utf-8")
     report = "".join(session.report()).strip()
     note = TRAINED_NOTE if trained else RANDOM_WARNING
-    (out / "report.md").write_text(f"# Draft report (research use only, not for diagnosis)\n\n_{note}_\n\n{report}\n\n"
-                                   f"## Phantom's reference report\n\n{case.report}\n", encoding="utf-8")
+    from ..report.writer import draft_report
+
+    (out / "report.md").write_text(draft_report(report, case.volume, masks, title="Draft report", notice=note)
+                                   + f"\n## Phantom's reference report\n\n{case.report}\n", encoding="utf-8")
     overlay_png(case.volume, masks, out / "overlay.png")
 
     print("\nDice against the phantom's labels:")

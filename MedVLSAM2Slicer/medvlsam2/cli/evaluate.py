@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", help="synthetic volume shape K,J,I (default: the generator's)")
     p.add_argument("--out", required=True, help="results JSON file")
     p.add_argument("--markdown", help="also write the tables as Markdown here")
-    p.add_argument("--tasks", default="seg,interactive,report,vqa", help="comma list of seg,interactive,report,vqa")
+    p.add_argument("--tasks", default="seg,interactive,report,vqa", help="comma list of seg,interactive,report,vqa,language (language: phantoms with the findings mix "
+                        "of evaluation/language.py)")
     p.add_argument("--structures", help="comma list of target names (default: every structure of the data)")
     p.add_argument("--interactive-structures", help="comma list for the interactive protocol (default: --structures)")
     p.add_argument("--clicks", type=int, default=5, help="simulated corrective clicks after the box (default 5)")
@@ -168,7 +169,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: seeds below {HELD_OUT_FIRST_SEED} are training seeds; these scores are not held-out")
         kwargs = _parse_shape(args.shape)
         structures = dict(_synthetic().STRUCTURE_LABELS)
-        cases = [_SyntheticCase(seed, kwargs) for seed in seeds]
+        if "language" in tasks:  # the documented findings mix of evaluation/language.py
+            from ..evaluation.language import held_out_findings
+
+            cases = [_SyntheticCase(seed, {**kwargs, "findings": held_out_findings(seed)}) for seed in seeds]
+        else:
+            cases = [_SyntheticCase(seed, kwargs) for seed in seeds]
         total, source = len(seeds), {"synthetic_seeds": args.synthetic_seeds, "shape": args.shape}
         if wanted:
             unknown = set(wanted) - set(structures)

@@ -7,9 +7,12 @@ empty ("no voxels found"), so scripts never mistake an empty result for a segmen
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from ..errors import InputError
+from ..io.volume import MASK_SUFFIXES
 from .common import add_model_arguments, load_model_for, warn_if_unfamiliar
 
 EMPTY_RESULT = 3  # exit code of a run that found no voxels
@@ -41,11 +44,29 @@ def parse_box(text: str, k: int | None) -> list[float]:
     return box
 
 
+def label_names_path(mask_path: Path) -> Path:
+    """The sidecar JSON next to a label map: ``mask.nii.gz`` -> ``mask.labels.json``."""
+    name = mask_path.name
+    for suffix in sorted(MASK_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return mask_path.with_name(f"{name}.labels.json")
+
+
+def write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
+    """Sidecar JSON {"1": "liver", ...}: label value -> segment name."""
+    out = label_names_path(Path(mask_path))
+    out.write_text(json.dumps({str(v): n for v, n in sorted(labels.items())}, indent=1), encoding="utf-8")
+    return out
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a CT by text, clicks or a box; writes a mask with the CT's geometry")
     p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
     p.add_argument("-o", "--output", required=True, help="mask file (.nii.gz, .nrrd, .seg.nrrd)")
-    p.add_argument("--prompt", help="what to segment, e.g. 'liver'")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="what to segment, e.g. 'liver' (repeatable; 'liver and spleen' or one per line: one segment each)")
     p.add_argument("--point", action="append", default=[], help="voxel click i,j,k[,+|-] (repeatable)")
     p.add_argument("--box", help="3D voxel box i0,j0,k0,i1,j1,k1 (bounds the object to slices k0..k1), "
                                  "or 2D box i0,j0,i1,j1 with --slice k")
@@ -57,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from ..io.volume import read_volume, write_mask
@@ -76,9 +98,14 @@ def run(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         if args.prompt:
-            results = session.segment_text(args.prompt, progress=progress)
-            labels = {i + 1: r.name for i, r in enumerate(results)}
-            mask = label_map([session.mask(r.object_id) for r in results])
+            results, missing = [], []
+            for prompt in args.prompt:
+                results += session.segment_text(prompt, progress=progress)
+                missing += session.last_not_found
+            for target in missing:
+                print(f"The model found no {target} in this image (it answered that there is none).", file=sys.stderr)
+            labels = {i + 1: r.name for i, r in enumerate(results)}  # none found: an empty mask, exit code 3
+            mask = label_map([session.mask(r.object_id) for r in results]) if results else np.zeros(volume.shape, np.uint8)
         else:
             obj = session.add_object("Segment_1")
             if args.point:
@@ -90,10 +117,11 @@ def run(args: argparse.Namespace) -> int:
                 session.propagate(obj, progress=progress)
             mask, labels = session.mask(obj), {1: "Segment_1"}
     path = write_mask(mask, volume, args.output, labels)
+    names = write_label_names(path, labels)
     voxels = int((mask > 0).sum())
     if not voxels:
         print(f"no voxels found: the model segmented nothing for this prompt; {path} is an empty mask. Try another "
               "click or box, or a model suited to this CT", file=sys.stderr)
         return EMPTY_RESULT
-    print(f"wrote {path} ({voxels} voxels)")
+    print(f"wrote {path} ({voxels} voxels; {len(labels)} segment(s) named in {names.name})")
     return 0

@@ -44,6 +44,26 @@ class Referring:
 
 
 @dataclass
+class RegionQA:
+    """A question about one region: the voxels whose label is in ``values`` (``component`` n > 0: only the
+    n-th connected component of them, ``scipy.ndimage.label`` order); the model gets the region as input."""
+
+    question: str
+    answer: str
+    values: tuple[int, ...]
+    component: int = 0
+
+    def mask(self, labels: np.ndarray) -> np.ndarray:
+        """Boolean mask [k, j, i] of the region in ``labels``."""
+        m = np.isin(labels, self.values)
+        if self.component:
+            from scipy.ndimage import label
+
+            m = label(m)[0] == self.component
+        return m
+
+
+@dataclass
 class CTCase:
     """One CT with whatever annotations its dataset has.
 
@@ -58,7 +78,8 @@ class CTCase:
     report: str | None = None
     vqa_closed: list[ClosedQA] = field(default_factory=list)
     vqa_open: list[OpenQA] = field(default_factory=list)
-    referring: list[Referring] = field(default_factory=list)
+    referring: list[Referring] = field(default_factory=list)  # label 0: the expression names something absent
+    region_qa: list[RegionQA] = field(default_factory=list)
 
     def mask(self, name: str) -> np.ndarray:
         """Binary uint8 mask of the structure called ``name`` (empty if absent from this case)."""

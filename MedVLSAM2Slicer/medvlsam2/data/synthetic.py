@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.volume import Volume
-from .case import CHOICE_LETTERS, ClosedQA, CTCase, OpenQA, Referring
+from .case import CHOICE_LETTERS, ClosedQA, CTCase, OpenQA, Referring, RegionQA
 
 ORGANS: dict[int, str] = {1: "liver", 2: "spleen", 3: "right kidney", 4: "left kidney", 5: "pancreas",
                           6: "aorta", 7: "stomach", 8: "liver lesion", 9: "kidney cyst"}
@@ -28,7 +28,7 @@ STRUCTURE_LABELS: dict[str, list[int]] = {"liver": [1, 8], "spleen": [2], "right
 HU = {"air": -1000, "fat": -100, "muscle": 50, "bone": 700, "marrow": 250, "liver": 60, "spleen": 48,
       "kidney": 150, "pancreas": 40, "aorta": 180, "stomach_wall": 45, "stomach_fluid": 10, "gas": -900,
       "lesion": 20, "cyst": 5}
-GENERATOR_VERSION = 1  # bump whenever a seed's image or texts change (models trained on older phantoms differ)
+GENERATOR_VERSION = 2  # bump whenever a seed's image or texts change (models trained on older phantoms differ)
 NOISE_HU = 12.0
 BLUR_VOXELS = 0.6  # partial-volume blur (Gaussian sigma, in voxels)
 _NUMBER_WORDS = ["none", "one", "two", "three"]
@@ -214,13 +214,91 @@ def _questions(f: Findings, lobes: list[str], rng):
         OpenQA("What abnormality is in the kidneys?", f"a cyst in the {f.renal_cyst} kidney" if f.renal_cyst else "none"),
         OpenQA("Where is the liver lesion?", f"in the {lobes[0]} lobe" if n else "there is no liver lesion"),
     ]
-    referring = [Referring("the largest abdominal organ", 1), Referring("the organ on the left side next to the stomach", 2),
-                 Referring("the vessel in front of the spine", 6)]
-    if n:
-        referring.append(Referring("the lesion in the liver", 8))
-    if f.renal_cyst:
-        referring.append(Referring(f"the cyst in the {f.renal_cyst} kidney", 9))
+    referring = referring_expressions(f, lobes, rng)
     return closed, opened, referring
+
+
+# Referring expressions the generator trains on ("the" is added by "Segment the ..."). Held-out
+# phrasings for evaluation live in ``evaluation.language.HELD_OUT_TEMPLATES`` and must not appear here.
+LESION_TEMPLATES = ["lesion in the liver", "liver lesion", "hypodense liver lesion", "focal liver lesion", "liver mass",
+                    "hypodensity in the liver", "hypodense lesion of the liver", "mass in the liver", "hepatic lesion",
+                    "low density lesion in the liver", "lesion in the {lobe} lobe of the liver",
+                    "{lobe} lobe liver lesion"]
+CYST_TEMPLATES = ["cyst in the {side} kidney", "{side} renal cyst", "{side} kidney cyst", "renal cyst", "kidney cyst",
+                  "cystic lesion in the {side} kidney", "hypodensity in the {side} kidney",
+                  "fluid filled lesion of the {side} kidney", "cyst of the {side} kidney", "simple cyst in the {side} kidney"]
+ORGAN_SYNONYMS = {1: ["largest abdominal organ", "hepatic parenchyma"],
+                  2: ["organ on the left side next to the stomach", "splenic parenchyma"],
+                  3: ["right renal parenchyma"], 4: ["left renal parenchyma"],
+                  6: ["vessel in front of the spine", "abdominal aorta"], 5: ["organ behind the stomach"]}
+NEVER_PRESENT = ["gallbladder", "urinary bladder", "heart", "appendix"]  # the phantoms have none of these
+
+
+def _fill(template: str, rng, **values) -> str:
+    return template.format(**{k: (v if isinstance(v, str) else str(rng.choice(v))) for k, v in values.items()})
+
+
+def referring_expressions(f: Findings, lobes: list[str], rng, lesion_templates=None, cyst_templates=None,
+                          absent: int = 3) -> list[Referring]:
+    """Referring expressions for what the phantom shows (label 8 lesions, 9 cyst, organ synonyms) and,
+    with label 0, ``absent`` phrases naming findings it does not show (a cyst on the other side, a lesion
+    in a lesion-free liver, organs the phantoms never have)."""
+    lesion_templates = lesion_templates or LESION_TEMPLATES
+    cyst_templates = cyst_templates or CYST_TEMPLATES
+    pick = lambda options, k: [options[i] for i in rng.choice(len(options), size=min(k, len(options)), replace=False)]  # noqa: E731
+    out = [Referring(str(rng.choice(names)), v) for v, names in ORGAN_SYNONYMS.items()]
+    if f.liver_lesions:
+        out += [Referring(_fill(t, rng, lobe=lobes[0]), 8) for t in pick(lesion_templates, 3)]
+        if len(f.liver_lesions) > 1:
+            out.append(Referring(str(rng.choice(["liver lesions", "lesions in the liver"])), 8))
+    else:
+        out += [Referring(_fill(t, rng, lobe=["left", "right"]), 0) for t in pick(lesion_templates, absent)]
+    if f.renal_cyst:
+        out += [Referring(_fill(t, rng, side=f.renal_cyst), 9) for t in pick(cyst_templates, 3)]
+        other = "left" if f.renal_cyst == "right" else "right"
+        sided = [t for t in cyst_templates if "{side}" in t]
+        out += [Referring(_fill(t, rng, side=other), 0) for t in pick(sided, absent)]
+    else:
+        out += [Referring(_fill(t, rng, side=["left", "right"]), 0) for t in pick(cyst_templates, absent)]
+    out.append(Referring(str(rng.choice(NEVER_PRESENT)), 0))
+    return out
+
+
+def _region_questions(f: Findings, labels: np.ndarray, lesion_sites: list, lobes: list[str], spacing, rng
+                      ) -> list[RegionQA]:
+    """What a user asks about a drawn or segmented region: what it is, how large, whether cystic, where."""
+    from scipy.ndimage import label as components
+
+    out = []
+    sp = np.array(spacing[::-1], dtype=np.float64)
+    for values, name in (((1, 8), "the liver"), ((2,), "the spleen"), ((3, 9), "the right kidney"),
+                         ((4, 9), "the left kidney"), ((5,), "the pancreas"), ((6,), "the aorta"), ((7,), "the stomach")):
+        idx = np.argwhere(np.isin(labels, values))
+        if values[-1] == 9:  # a kidney's region is that kidney (with its cyst, if any)
+            side = 3 if "right" in name else 4
+            idx = np.argwhere((labels == side) | ((labels == 9) & (f.renal_cyst == name.split()[1])))
+            values = (side, 9) if f.renal_cyst == name.split()[1] else (side,)
+        if not len(idx):
+            continue
+        cm = int(round(((idx.max(0) - idx.min(0) + 1) * sp).max() / 10))
+        out += [RegionQA("What is this?", f"This is {name}.", values), RegionQA("How large is it?", f"It measures {cm} cm.", values),
+                RegionQA("Is it cystic?", "no", values)]
+    lesion_map, n = components(labels == 8)
+    for comp in range(1, n + 1):
+        idx = np.argwhere(lesion_map == comp)
+        centre = (idx.mean(0)[::-1] - (np.array(labels.shape[::-1]) - 1) / 2) * np.array(spacing)
+        which = int(np.argmin([np.linalg.norm(centre - c) for c in lesion_sites]))
+        size = int(round(f.liver_lesions[which]))
+        out += [RegionQA("What is this?", "This is a hypodense lesion in the liver.", (8,), comp),
+                RegionQA("How large is it?", f"It measures {size} mm.", (8,), comp),
+                RegionQA("Is it cystic?", "no", (8,), comp),
+                RegionQA("Where is it?", f"In the {lobes[which]} lobe of the liver.", (8,), comp)]
+    if f.renal_cyst and (labels == 9).any():
+        size = int(round(f.cyst_mm))
+        out += [RegionQA("What is this?", f"This is a cyst in the {f.renal_cyst} kidney.", (9,)),
+                RegionQA("How large is it?", f"It measures {size} mm.", (9,)), RegionQA("Is it cystic?", "yes", (9,)),
+                RegionQA("Where is it?", f"In the {f.renal_cyst} kidney.", (9,))]
+    return out
 
 
 # ----- public API ------------------------------------------------------------------------------
@@ -247,10 +325,11 @@ def generate_case(seed: int, shape: tuple[int, int, int] = (32, 128, 128),
     spleen_cm = int(round(2 * spleen_axes[2] / 10))
     report = _report(f, lobes, spleen_cm, rng)
     closed, opened, referring = _questions(f, lobes, rng)
+    regions = _region_questions(f, labels, lesion_sites, lobes, spacing, rng)
     present = {v: n for v, n in ORGANS.items() if (labels == v).any()}
     volume = Volume(image, spacing=spacing, origin=(-(shape[2] - 1) / 2 * spacing[0], -(shape[1] - 1) / 2 * spacing[1],
                                                     -(shape[0] - 1) / 2 * spacing[2]))
-    return CTCase(f"synthetic-{seed}", volume, labels, present, report, closed, opened, referring)
+    return CTCase(f"synthetic-{seed}", volume, labels, present, report, closed, opened, referring, regions)
 
 
 def write_case(case: CTCase, folder, layout: str = "m3d"):
@@ -262,12 +341,17 @@ def write_case(case: CTCase, folder, layout: str = "m3d"):
 
 def corpus() -> list[str]:
     """Text covering every word the generator and the chat format can emit (for a word-level tokenizer)."""
-    from ..modeling.prompting import REPORT_QUESTION, SEG_TOKEN, segment_question  # torch: only here
+    from ..modeling.prompting import (REPORT_QUESTION, SEG_TOKEN, no_object_answer, region_question,  # torch: only here
+                                      segment_question)
 
     texts = [REPORT_QUESTION, f"It is {SEG_TOKEN}.", "Choices: A. B. C. D. About the region : , ( )", "slices - to"]
     texts += [segment_question(t) for t in STRUCTURE_LABELS]
-    texts.append(" ".join(str(n) for n in range(0, 1001)))
     rng = np.random.default_rng(0)
+    phrases = LESION_TEMPLATES + CYST_TEMPLATES + NEVER_PRESENT + [n for names in ORGAN_SYNONYMS.values() for n in names]
+    texts += [no_object_answer(_fill(t, rng, lobe="left", side="right")) for t in phrases]
+    texts += [region_question(q) for q in ("What is this?", "How large is it?", "Is it cystic?", "Where is it?")]
+    texts += ["This is a hypodense lesion in the liver. It measures cm mm. In the left right lobe of the liver kidney."]
+    texts.append(" ".join(str(n) for n in range(0, 1001)))
     for lesions in ([], [12.0], [20.0, 10.0], [25.0, 15.0, 9.0]):
         for cyst in (None, "left", "right"):
             for spleno in (False, True):
@@ -279,5 +363,6 @@ def corpus() -> list[str]:
                     texts += [q.prompt() + " " + q.target() for q in closed]
                     texts += [f"{q.question} {q.answer}" for q in opened]
                     texts += [segment_question(r.expression) for r in referring]
+    texts += [f"This is the {n}." for n in ORGANS.values()]
     return texts
 

@@ -20,7 +20,7 @@ from .seg_metrics import NSD_TOLERANCE_MM, dice, nsd
 from .text_metrics import CONVENTIONS, text_scores
 from .vqa import closed_accuracy, closed_correct, open_scores
 
-TASKS = ("seg", "interactive", "report", "vqa")
+TASKS = ("seg", "interactive", "report", "vqa", "language")
 
 
 @dataclass
@@ -106,6 +106,11 @@ def evaluate_case(model, case, options: EvalOptions) -> dict:
                                          "generated": generated, "correct": closed_correct(generated, q.answer)})
         record["vqa_open"] = [{"question": q.question, "answer": q.answer, "generated": _text(session.ask(q.question))}
                               for q in case.vqa_open[:limit]]
+    if "language" in options.tasks:
+        from .language import evaluate_language
+
+        report = record["report"]["generated"] if "report" in record else _text(session.report())
+        record["language"] = evaluate_language(session, case, report, options.structures or {})
     record["seconds"] = time.perf_counter() - start
     return record
 
@@ -155,6 +160,10 @@ def summarise(records: Sequence[dict], options: EvalOptions) -> dict:
         if opened:
             gen, ans = [q["generated"] for q in opened], [q["answer"] for q in opened]
             out["vqa"]["open"] = {c: open_scores(gen, ans, c, options.bertscore_model) for c in options.conventions}
+    if "language" in options.tasks:
+        from .language import summarise_language
+
+        out["language"] = summarise_language(records)
     return out
 
 
@@ -225,5 +234,9 @@ def to_markdown(summary: dict, title: str = "Evaluation") -> str:
                   f"(chance {_f(c.get('chance', float('nan')))}).", ""]
     if "open" in vqa:
         lines += _text_table("Open VQA", vqa["open"], missing)
+    if summary.get("language"):
+        from .language import language_markdown
+
+        lines += language_markdown(summary["language"])
     lines += [f"- {metric}: not computed ({reason})" for metric, reason in missing.items()]
     return "\n".join(lines).rstrip() + "\n"

@@ -147,13 +147,17 @@ def write_mask(mask: np.ndarray, like: Volume, path: str | os.PathLike, labels: 
         raise InputError(f"mask file name must end with one of {MASK_SUFFIXES}; got {p.name}")
     image = like.with_array(np.asarray(mask).astype(np.uint8)).to_sitk()
     if str(p).endswith(".seg.nrrd"):
-        # Minimal Slicer segmentation header so Slicer names the segments on load.
-        for value, name in (labels or {1: "Segment_1"}).items():
-            idx = value - 1
+        # Slicer segmentation header: names, colours and terminology entries (io.terminology) per segment.
+        from .terminology import terminology
+
+        for idx, (value, name) in enumerate(sorted((labels or {1: "Segment_1"}).items())):
+            tags, colour = terminology(name, idx)
             image.SetMetaData(f"Segment{idx}_ID", f"Segment_{value}")
             image.SetMetaData(f"Segment{idx}_Name", name)
             image.SetMetaData(f"Segment{idx}_LabelValue", str(value))
             image.SetMetaData(f"Segment{idx}_Layer", "0")
+            image.SetMetaData(f"Segment{idx}_Color", " ".join(f"{c / 255:.4f}" for c in colour))
+            image.SetMetaData(f"Segment{idx}_Tags", tags)
     p.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(p), useCompression=True)
     return p

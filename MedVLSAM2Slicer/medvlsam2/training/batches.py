@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..data.case import CTCase
+from ..data.case import CHOICE_LETTERS, ClosedQA, CTCase
 from ..errors import InputError
 from ..io.encoder_input import to_encoder_tensor
 from ..io.slices import volume_to_frames
-from ..modeling.prompting import IGNORE, REPORT_QUESTION, build_inputs, seg_answer, segment_question
+from ..modeling.prompting import (IGNORE, REPORT_QUESTION, build_inputs, no_object_answer, region_question, seg_answer,
+                                  segment_question)
 
 
 @dataclass
@@ -35,7 +36,9 @@ class CaseTensors:
     encoder: torch.Tensor  # [1, D, H, W] in [0, 1]
     frames: torch.Tensor  # [K, 3, S, S] float16, SAM2-normalised
     labels: torch.Tensor  # [K, S, S] uint8 label map at the SAM2 frame size (nearest)
-    texts: list[tuple[str, str]]  # (question, answer): report, closed and open VQA, segmentation requests
+    # (question, answer): report, closed and open VQA, segmentation requests; (question, answer, (patch weights [N],
+    # geometry [G])) for questions about a region (``modeling.region``)
+    texts: list[tuple]
     present: list[Target] = field(default_factory=list)
     absent: list[Target] = field(default_factory=list)
     z_extent: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # label values -> slices holding them
@@ -78,6 +81,45 @@ def case_texts(case: CTCase) -> list[tuple[str, str]]:
     return texts
 
 
+REPORT_COPIES = 9  # extra copies of the report row (with case_texts' own: about 1 row in 8 of a phantom's)
+ABSENT_COPIES = 2  # absent-target rows ("There is no X.") count twice
+
+
+def shuffled_choices(case: CTCase, copies: int = 2) -> list[tuple[str, str]]:
+    """Each closed question again with its choices in ``copies`` other orders (seeded by the case id), so the
+    answer is learnt as content, not as a letter position."""
+    rng = np.random.default_rng(list(case.case_id.encode()))
+    out = []
+    for qa in case.vqa_closed:
+        right = qa.choices[CHOICE_LETTERS.index(qa.answer)]
+        for _ in range(copies):
+            order = [qa.choices[i] for i in rng.permutation(len(qa.choices))]
+            again = ClosedQA(qa.question, order, CHOICE_LETTERS[order.index(right)])
+            out.append((again.prompt(), again.target()))
+    return out
+
+
+def language_rows(case: CTCase, config: ModelConfig, encoder: torch.Tensor, present: list[Target],
+                  absent: list[Target]) -> list[tuple]:
+    """Language-only rows besides ``case_texts``: "Segment the X." -> "It is [SEG] X." for present targets and
+    "There is no X." for absent ones, closed VQA with reshuffled choices, and region questions (the
+    region as model input) when the model has a region encoder."""
+    rows: list[tuple] = [(segment_question(t.phrase), seg_answer(t.phrase)) for t in present]
+    rows += [(segment_question(t.phrase), no_object_answer(t.phrase)) for t in absent] * ABSENT_COPIES
+    rows += shuffled_choices(case)
+    if case.report:  # rows are drawn uniformly: copies keep reports from drowning among the short rows
+        rows += [(REPORT_QUESTION, case.report)] * REPORT_COPIES
+    if config.region_input and case.labels is not None:
+        from ..modeling.region import region_inputs
+
+        for qa in case.region_qa:
+            mask = qa.mask(case.labels)
+            if mask.any():
+                rows.append((region_question(qa.question), qa.answer,
+                             region_inputs(mask, case.volume.spacing, encoder[0], config.vision)))
+    return rows
+
+
 def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, Iterable[int]],
                  with_frames: bool = True) -> CaseTensors:
     """Convert one case with the inference pre-processing (encoder grid, SAM2 frames).
@@ -98,8 +140,8 @@ def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, 
     present, absent = case_targets(case, structure_labels)
     # "Segment the X." -> "It is [SEG] X." as language rows too: stage 1 then teaches the [SEG] state to
     # name its target (a quick language-only loss; stage 2's mask losses alone did not separate left/right)
-    requests = [(segment_question(t.phrase), seg_answer(t.phrase)) for t in present]
-    tensors = CaseTensors(encoder[0], frames, labels, case_texts(case) + requests, present, absent)
+    rows = language_rows(case, config, encoder, present, absent)
+    tensors = CaseTensors(encoder[0], frames, labels, case_texts(case) + rows, present, absent)
     for t in present + absent:
         tensors.slices_with(t)
     return tensors
@@ -156,7 +198,7 @@ class ClickSchedule:
 
 @dataclass
 class StepPlan:
-    text: list[tuple[int, str, str]]  # (case, question, answer)
+    text: list[tuple]  # (case, question, answer) or (case, question, answer, region inputs)
     seg: list[Clip]  # text-prompted clips; row i of the chat batch asks for seg[i].target
     probes: list[tuple[int, Target, list[int]]]  # (case, target, slices) decoded without memory
     interactive: list[Clip]
@@ -193,20 +235,21 @@ def _pick(rng: np.random.Generator, targets: list[Target], weights: dict[str, fl
 
 
 def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, text_cases: int, seg_clips: int,
-              interactive_clips: int, clip_len: int, probes: int, absent_rate: float = 0.1,
+              interactive_clips: int, clip_len: int, probes: int, absent_rate: float = 0.0,
               target_weights: dict[str, float] | None = None, clicks: ClickSchedule | None = None) -> StepPlan:
     """Everything random about one step, drawn from a generator seeded by (seed, step).
 
     ``target_weights`` oversamples text-prompted targets by phrase (e.g. the harder kidneys); ``clicks`` shapes
-    the box/click clips (default: ``clip_len`` slices, one correction on the prompted and one tracked slice)."""
+    the box/click clips (default: ``clip_len`` slices, one correction on the prompted and one tracked slice).
+    ``absent_rate`` is 0 by default: an absent target is a language row ("There is no X.", no [SEG]), and
+    SAM2 learns negative object scores from the probes on slices without the target."""
     clicks = clicks or ClickSchedule((clip_len, clip_len))
     rng = np.random.default_rng([seed, step])
     text = []
     for c in rng.choice(len(pool), size=min(text_cases, len(pool)), replace=False):
         pairs = pool[c].texts
         if pairs:
-            q, a = pairs[int(rng.integers(len(pairs)))]
-            text.append((int(c), q, a))
+            text.append((int(c), *pairs[int(rng.integers(len(pairs)))]))
     if stage == 1:
         return StepPlan(text, [], [], [], "box")
     seg, probe_list, inter = [], [], []

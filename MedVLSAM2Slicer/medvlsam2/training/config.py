@@ -17,7 +17,7 @@ from .batches import ClickSchedule
 from .sources import DataSource
 
 STAGES = (1, 2)
-MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter")
+MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter", "region")
 
 
 @dataclass

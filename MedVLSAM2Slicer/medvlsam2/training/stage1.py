@@ -14,15 +14,24 @@ from ..modeling.medvlsam2 import VLMOutput
 from .batches import CaseTensors, StepPlan, text_rows
 
 
-def chat_forward(model, pool: Sequence[CaseTensors], rows: Sequence[tuple[int, str, str]],
-                 device: torch.device) -> VLMOutput:
-    """One LLM pass over (case, question, answer) rows; each case's volume is encoded once."""
-    cases = sorted({c for c, _, _ in rows})
+def chat_forward(model, pool: Sequence[CaseTensors], rows: Sequence[tuple], device: torch.device) -> VLMOutput:
+    """One LLM pass over (case, question, answer[, region inputs]) rows; each case's volume is encoded once.
+    A row with region inputs (patch weights [N], geometry [G]) gets its region embedding at its
+    ``REGION_TOKEN`` (one per row, in row order)."""
+    cases = sorted({r[0] for r in rows})
     index = {c: i for i, c in enumerate(cases)}
-    visual = model.encode_volume(torch.stack([pool[c].encoder for c in cases]).to(device))
-    ids, labels, attn = text_rows(model.tokenizer, model.num_image_tokens, [(q, a) for _, q, a in rows])
-    row_visual = visual[torch.tensor([index[c] for c, _, _ in rows], device=device)]
-    return model(None, ids.to(device), attn.to(device), labels.to(device), visual_tokens=row_visual)
+    patches = model.encode_patches(torch.stack([pool[c].encoder for c in cases]).to(device))
+    visual = model.projector(patches)
+    ids, labels, attn = text_rows(model.tokenizer, model.num_image_tokens, [(r[1], r[2]) for r in rows])
+    row_visual = visual[torch.tensor([index[r[0]] for r in rows], device=device)]
+    with_region = [r for r in rows if len(r) > 3]
+    regions = None
+    if with_region:
+        weights = torch.stack([r[3][0] for r in with_region]).to(device)
+        geometry = torch.stack([r[3][1] for r in with_region]).to(device)
+        regions = model.region_embeddings(patches[torch.tensor([index[r[0]] for r in with_region], device=device)],
+                                          weights, geometry)
+    return model(None, ids.to(device), attn.to(device), labels.to(device), visual_tokens=row_visual, regions=regions)
 
 
 def stage1_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: torch.device) -> dict[str, torch.Tensor]:

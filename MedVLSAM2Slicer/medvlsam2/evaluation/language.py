@@ -1,0 +1,188 @@
+"""Language-grounding evaluation on synthetic phantoms (issue 14): referring segmentation on held-out
+phrasings, multi-target prompts, absent targets, findings in generated reports, closed VQA with the
+choices reshuffled, and (for models with region input) "What is this?" about a given region.
+
+Held-out phrasings (``HELD_OUT_TEMPLATES``) are built from words the training templates use
+(``data.synthetic.LESION_TEMPLATES`` / ``CYST_TEMPLATES``) but are not among those templates (a test
+checks it), so a model must generalise from the trained expressions to score on them.
+
+Phantom mix for held-out seeds (``held_out_findings``; i = seed - 100000): liver lesions none when
+i % 4 == 0, one of 15-30 mm when i % 4 in (1, 3), two (15-30 mm and 8-14 mm) when i % 4 == 2; a renal
+cyst of 15-24 mm, none / left / right for i % 3 == 0 / 1 / 2; splenomegaly when i % 5 == 4. Seeds
+100000-100019 thus hold 15 phantoms with lesions (largest >= 15 mm), 13 with a cyst and 4 with
+splenomegaly. Other attributes are drawn from the seed as usual.
+
+Per case:
+- referring: two held-out lesion phrasings (when the phantom has lesions; reference = all lesion voxels)
+  and two held-out cyst phrasings naming the cyst's side (reference = the cyst);
+- multi-target: "liver and spleen" and "right kidney and left kidney"; each target's objects are
+  scored against its structure (a missing object scores 0);
+- absent: two held-out phrasings of a finding the phantom lacks (a lesion in a lesion-free liver, a cyst
+  in a kidney without one) and one organ the phantoms never have; "no object" = no segment returned;
+- report findings: ``report.findings.positive_findings`` of the generated vs the reference report:
+  recall = found / reference findings, false-finding rate = generated findings absent from the
+  reference / generated findings, size error = |generated - reference| mm for findings with a size in
+  both (the largest lesion, the cyst; splenomegaly sizes are in cm and compared in mm);
+- closed VQA: each closed question with its choices in a new order (seeded by the case), scored as usual.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .seg_metrics import dice
+from .vqa import closed_correct
+
+HELD_OUT_TEMPLATES = {
+    "lesion": ["hypodense mass in the liver", "focal lesion of the liver", "liver hypodensity",
+               "low density mass of the liver"],
+    "cyst": ["cystic lesion of the {side} kidney", "renal cyst on the {side} side", "{side} kidney hypodensity",
+             "simple {side} renal cyst"],
+}
+ABSENT_ORGANS = ["gallbladder"]
+MULTI_TARGET_PROMPTS = ["liver and spleen", "right kidney and left kidney"]
+HELD_OUT_FIRST_SEED = 100000
+
+
+def held_out_findings(seed: int) -> dict:
+    """The documented findings mix for held-out seed ``seed`` (see the module docstring)."""
+    i = seed - HELD_OUT_FIRST_SEED
+    rng = np.random.default_rng([seed, 14])
+    big = float(rng.uniform(15, 30))
+    lesions = {0: [], 1: [big], 2: [big, float(rng.uniform(8, 14))], 3: [big]}[i % 4]
+    cyst = {0: None, 1: "left", 2: "right"}[i % 3]
+    return {"liver_lesions": lesions, "renal_cyst": cyst, "cyst_mm": float(rng.uniform(15, 24)),
+            "splenomegaly": i % 5 == 4}
+
+
+def _segment(session, prompt: str) -> tuple[np.ndarray, list]:
+    results = session.segment_text(prompt)
+    pred = np.zeros(session.volume.shape, bool)
+    for r in results:
+        pred |= session.mask(r.object_id) > 0
+    for r in results:
+        session.remove(r.object_id)
+    return pred, results
+
+
+def _pick(rng, options: list[str], k: int) -> list[str]:
+    return [options[i] for i in rng.choice(len(options), size=min(k, len(options)), replace=False)]
+
+
+def evaluate_language(session, case, generated_report: str | None, structures: dict[str, list[int]]) -> dict:
+    """The per-case record of the language tasks (see the module docstring)."""
+    from ..data.case import CHOICE_LETTERS, ClosedQA
+    from ..report.findings import positive_findings
+
+    rng = np.random.default_rng(list(case.case_id.encode()))
+    labels = case.labels
+    out: dict = {"referring": [], "multi": [], "absent": [], "closed_shuffled": []}
+    lesion, cyst = labels == 8, labels == 9
+    side = None
+    if cyst.any():
+        side = "right" if np.isin(labels, [3]).any() and _touches(cyst, labels == 3) else "left"
+    if lesion.any():
+        for phrase in _pick(rng, HELD_OUT_TEMPLATES["lesion"], 2):
+            pred, results = _segment(session, phrase)
+            out["referring"].append({"target": "liver lesion", "prompt": phrase, "dice": dice(pred, lesion),
+                                     "objects": len(results)})
+    if side:
+        for t in _pick(rng, HELD_OUT_TEMPLATES["cyst"], 2):
+            pred, results = _segment(session, t.format(side=side))
+            out["referring"].append({"target": "renal cyst", "prompt": t.format(side=side), "dice": dice(pred, cyst),
+                                     "objects": len(results)})
+    for prompt in MULTI_TARGET_PROMPTS:
+        results = session.segment_text(prompt)
+        for target in prompt.split(" and "):
+            ref = np.isin(labels, structures[target])
+            mine = [r for r in results if r.name == target]
+            pred = np.zeros(ref.shape, bool)
+            for r in mine:
+                pred |= session.mask(r.object_id) > 0
+            out["multi"].append({"prompt": prompt, "target": target, "dice": dice(pred, ref), "objects": len(mine)})
+        for r in results:
+            session.remove(r.object_id)
+    absent = []
+    if not lesion.any():
+        absent += _pick(rng, HELD_OUT_TEMPLATES["lesion"], 2)
+    other = {"left": "right", "right": "left"}.get(side, str(rng.choice(["left", "right"])))
+    absent += [t.format(side=other) for t in _pick(rng, [t for t in HELD_OUT_TEMPLATES["cyst"] if "{side}" in t], 2)]
+    absent += ABSENT_ORGANS
+    for phrase in absent:
+        _, results = _segment(session, phrase)
+        out["absent"].append({"prompt": phrase, "no_object": not results})
+    if generated_report is not None and case.report:
+        ref, gen = positive_findings(case.report), positive_findings(generated_report)
+        out["findings"] = {"reference": len(ref), "generated": len(gen), "found": len(set(ref) & set(gen)),
+                           "false": len(set(gen) - set(ref)),
+                           "size_errors_mm": [abs(gen[k].size_mm - ref[k].size_mm) for k in set(ref) & set(gen)
+                                              if gen[k].size_mm is not None and ref[k].size_mm is not None]}
+    for qa in case.vqa_closed:
+        right = qa.choices[CHOICE_LETTERS.index(qa.answer)]
+        order = [qa.choices[i] for i in rng.permutation(len(qa.choices))]
+        again = ClosedQA(qa.question, order, CHOICE_LETTERS[order.index(right)])
+        generated = "".join(session.ask(again.prompt())).strip()
+        out["closed_shuffled"].append({"question": again.prompt(), "answer": again.answer, "generated": generated,
+                                       "correct": closed_correct(generated, again.answer)})
+    if getattr(session.model, "supports_region_input", False):
+        out["region_what"] = []
+        for values, words in (((8,), ("lesion", "liver")), ((9,), ("cyst", "kidney")), ((2,), ("spleen",))):
+            mask = np.isin(labels, values)
+            if mask.any():
+                obj = session.add_object("region")
+                session._objects[obj].mask = mask.astype(np.uint8)  # the reference region as the asked-about segment
+                answer = "".join(session.ask("What is this?", context={"object": obj})).strip().lower()
+                session.remove(obj)
+                out["region_what"].append({"words": list(words), "answer": answer,
+                                           "correct": all(w in answer for w in words)})
+    return out
+
+
+def _touches(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether mask ``a`` borders mask ``b`` (a cyst lies inside its kidney)."""
+    from scipy.ndimage import binary_dilation
+
+    return bool((binary_dilation(a, iterations=2) & b).any())
+
+
+def summarise_language(records: list[dict]) -> dict:
+    rows = [r["language"] for r in records if "language" in r]
+    mean = lambda v: float(np.mean(v)) if len(v) else float("nan")  # noqa: E731
+    ref = {t: [x["dice"] for r in rows for x in r["referring"] if x["target"] == t] for t in ("liver lesion", "renal cyst")}
+    multi: dict[str, list[float]] = {}
+    for r in rows:
+        for x in r["multi"]:
+            multi.setdefault(x["target"], []).append(x["dice"])
+    absent = [x["no_object"] for r in rows for x in r["absent"]]
+    f = [r["findings"] for r in rows if "findings" in r]
+    closed = [x["correct"] for r in rows for x in r["closed_shuffled"]]
+    sizes = [e for x in f for e in x["size_errors_mm"]]
+    out = {"n": len(rows),
+           "referring": {t: {"dice": mean(v), "n": len(v)} for t, v in ref.items()},
+           "multi": {t: {"dice": mean(v), "n": len(v)} for t, v in multi.items()},
+           "absent": {"no_object_rate": mean(absent), "n": len(absent)},
+           "findings": {"recall": sum(x["found"] for x in f) / max(1, sum(x["reference"] for x in f)),
+                        "false_rate": sum(x["false"] for x in f) / max(1, sum(x["generated"] for x in f)),
+                        "size_error_mm": mean(sizes), "within_5mm": mean([e <= 5 for e in sizes]),
+                        "reference": sum(x["reference"] for x in f), "generated": sum(x["generated"] for x in f)},
+           "closed_shuffled": {"accuracy": mean(closed), "n": len(closed)}}
+    region = [x["correct"] for r in rows for x in r.get("region_what", [])]
+    if region:
+        out["region_what"] = {"accuracy": mean(region), "n": len(region)}
+    return out
+
+
+def language_markdown(s: dict) -> list[str]:
+    f = s["findings"]
+    lines = ["Language grounding (held-out phrasings; see evaluation/language.py):", "",
+             "| Measure | Value | n |", "|---|---|---|"]
+    lines += [f"| referring Dice, {t} | {v['dice']:.3f} | {v['n']} |" for t, v in s["referring"].items()]
+    lines += [f"| multi-target Dice, {t} | {v['dice']:.3f} | {v['n']} |" for t, v in s["multi"].items()]
+    lines += [f"| absent target: no-object rate | {s['absent']['no_object_rate']:.3f} | {s['absent']['n']} |",
+              f"| report finding recall | {f['recall']:.3f} | {f['reference']} |",
+              f"| report false-finding rate | {f['false_rate']:.3f} | {f['generated']} |",
+              f"| report size error (mm, mean) / within 5 mm | {f['size_error_mm']:.1f} / {f['within_5mm']:.2f} | |",
+              f"| closed VQA, reshuffled choices | {s['closed_shuffled']['accuracy']:.3f} | {s['closed_shuffled']['n']} |"]
+    if "region_what" in s:
+        lines.append(f"| region input: \"What is this?\" | {s['region_what']['accuracy']:.3f} | {s['region_what']['n']} |")
+    return lines + [""]

@@ -1,0 +1,189 @@
+"""Issue 14: measurements, findings, contradictions, multi-target and absent text prompts, region input."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from medvlsam2.cli import main
+from medvlsam2.config import tiny
+from medvlsam2.data.synthetic import CYST_TEMPLATES, LESION_TEMPLATES, Findings, _report
+from medvlsam2.errors import InputError
+from medvlsam2.evaluation.language import HELD_OUT_TEMPLATES, held_out_findings
+from medvlsam2.io.volume import Volume
+from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+from medvlsam2.modeling.prompting import (REGION_TOKEN, build_inputs, no_object_answer, region_question, seg_answer,
+                                          split_targets)
+from medvlsam2.report.findings import contradictions, extract_findings, positive_findings
+from medvlsam2.report.measurements import measure
+from medvlsam2.report.writer import draft_report
+from medvlsam2.session import Session
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MedVLSAM2.from_config(tiny()).eval()
+
+
+def _box_volume():
+    """A 3 x 4 x 7 voxel box (k, j, i) at anisotropic spacing (i, j, k) = (0.5, 2, 3) mm, HU 0..83."""
+    hu = np.full((6, 20, 30), -100, np.int16)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[1:4, 2:6, 3:10] = 1
+    hu[mask > 0] = np.arange(int(mask.sum()))
+    return Volume(hu, spacing=(0.5, 2.0, 3.0)), mask
+
+
+def test_measurements_match_hand_computed_values_with_anisotropic_spacing():
+    volume, mask = _box_volume()
+    (m,) = measure({"box": mask, "empty": np.zeros_like(mask)}, volume)  # an empty segment is skipped
+    values = np.arange(84, dtype=float)
+    assert m.voxels == 84 and m.volume_ml == pytest.approx(84 * 0.5 * 2.0 * 3.0 / 1000)
+    assert m.mean_hu == pytest.approx(values.mean()) and m.sd_hu == pytest.approx(values.std(ddof=1))
+    # between voxel centres: 6 x 0.5, 3 x 2 and 2 x 3 mm apart at the extremes
+    assert m.max_diameter_mm == pytest.approx(np.sqrt(3.0 ** 2 + 6.0 ** 2 + 6.0 ** 2))
+    a, b = 3.0, 6.0  # axial rectangle between voxel centres: diagonal, and width perpendicular to it
+    assert m.long_axis_mm == pytest.approx(np.hypot(a, b))
+    assert m.short_axis_mm == pytest.approx(2 * a * b / np.hypot(a, b))
+    assert m.axial_slice == 1
+
+
+def test_measurements_reject_a_mask_of_another_shape():
+    volume, mask = _box_volume()
+    with pytest.raises(InputError, match="shape"):
+        measure({"box": mask[:3]}, volume)
+
+
+@pytest.mark.parametrize("findings", [
+    Findings([20.0, 9.0], "left", 24.0, False), Findings([], "right", 13.0, True), Findings([], None, 10.0, False),
+    Findings([16.0], None, 10.0, True)])
+def test_findings_extractor_reads_every_generator_report(findings):
+    rng = np.random.default_rng(3)
+    for _ in range(12):  # every template variant
+        text = _report(findings, ["right"], 14, rng)
+        found = positive_findings(text)
+        expected = set()
+        if findings.liver_lesions:
+            expected.add(("liver lesion", None))
+            assert found[("liver lesion", None)].size_mm == round(findings.liver_lesions[0])
+        if findings.renal_cyst:
+            expected.add(("renal cyst", findings.renal_cyst))
+            assert found[("renal cyst", findings.renal_cyst)].size_mm == round(findings.cyst_mm)
+        if findings.splenomegaly:
+            expected.add(("splenomegaly", None))
+        assert set(found) == expected, text
+
+
+def test_findings_extractor_handles_negation_and_units():
+    found = extract_findings("No focal liver lesion is seen. A 1.5 cm cyst in the right kidney. No splenomegaly.")
+    assert [(f.kind, f.present) for f in found] == [("liver lesion", False), ("renal cyst", True), ("splenomegaly", False)]
+    assert found[1].side == "right" and found[1].size_mm == 15.0
+
+
+def test_a_statement_contradicting_the_segments_is_flagged_in_the_draft():
+    volume, mask = _box_volume()
+    text = "No focal liver lesion is seen. The kidneys are unremarkable."
+    draft = draft_report(text, volume, {"liver lesion": mask})
+    assert "## Measurements" in draft and "| liver lesion | 0.3 |" in draft
+    assert "**Contradiction:**" in draft and "No focal liver lesion is seen" in draft
+    # a stated size far from the measured long axis (6.7 mm) is flagged; a consistent one is not
+    assert contradictions("A 30 mm hypodense liver lesion.", {"liver lesion": 6.7})
+    assert not contradictions("A 8 mm hypodense liver lesion.", {"liver lesion": 6.7})
+    assert "No generated statement contradicts" in draft_report("A 7 mm liver lesion.", volume, {"liver lesion": mask})
+
+
+def test_multi_target_prompts_split_into_targets():
+    assert split_targets("liver and spleen") == ["liver", "spleen"]
+    assert split_targets("the liver\nthe left kidney; spleen, liver.") == ["liver", "left kidney", "spleen"]
+    assert split_targets("  ") == []
+
+
+def test_held_out_phrasings_are_not_training_templates_and_the_mix_is_as_documented():
+    assert not set(HELD_OUT_TEMPLATES["lesion"]) & set(LESION_TEMPLATES)
+    assert not set(HELD_OUT_TEMPLATES["cyst"]) & set(CYST_TEMPLATES)
+    mix = [held_out_findings(s) for s in range(100000, 100020)]
+    assert sum(bool(m["liver_lesions"]) for m in mix) == 15 and all(max(m["liver_lesions"], default=15) >= 15 for m in mix)
+    assert sum(m["renal_cyst"] is not None for m in mix) == 13 and sum(m["splenomegaly"] for m in mix) == 4
+
+
+def _scripted(monkeypatch, model, absent: set[str]):
+    """The LLM's answer to "Segment the X." is scripted (everything after it - bridge, SAM2, writers - is real)."""
+    def greedy(self, visual, question, cancel, max_new_tokens, region=None):
+        target = question[len("Segment the "):-1]
+        text = no_object_answer(target) if target in absent else seg_answer(target)
+        return iter(self.tokenizer.encode(text, add_special_tokens=False))
+    monkeypatch.setattr(MedVLSAM2, "_greedy", greedy)
+
+
+def _volume():
+    k, j, i = np.mgrid[:8, :32, :32]
+    inside = ((k - 4) / 3.5) ** 2 + ((j - 16) / 9) ** 2 + ((i - 16) / 9) ** 2 < 1
+    return Volume(np.where(inside, 150, -900).astype(np.int16), (1.0, 1.0, 2.0))
+
+
+def test_an_absent_target_gives_no_object_and_says_so(model, monkeypatch):
+    _scripted(monkeypatch, model, {"gallbladder"})
+    session = Session(model, _volume())
+    results = session.segment_text("gallbladder and liver")
+    assert [r.name for r in results] == ["liver"] and session.last_not_found == ["gallbladder"]
+    assert list(session.objects().values()) == ["liver"]
+
+
+def test_segment_cli_writes_every_target_with_names_colours_and_terminology(model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    _scripted(monkeypatch, model, {"gallbladder"})
+    ct = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(_volume().to_sitk(), str(ct))
+    out = tmp_path / "masks.seg.nrrd"
+    argv = ["segment", str(ct), "--prompt", "liver and spleen", "--prompt", "left kidney\ngallbladder", "-o", str(out),
+            "--model", "tiny"]
+    assert main(argv) == 0
+    assert "found no gallbladder" in capsys.readouterr().err
+    names = json.loads((tmp_path / "masks.labels.json").read_text())
+    assert names == {"1": "liver", "2": "spleen", "3": "left kidney"}
+    image = sitk.ReadImage(str(out))
+    assert [image.GetMetaData(f"Segment{i}_Name") for i in range(3)] == ["liver", "spleen", "left kidney"]
+    assert "SCT^10200004^Liver" in image.GetMetaData("Segment0_Tags")
+    assert "SCT^7771000^Left" in image.GetMetaData("Segment2_Tags")
+    assert len(image.GetMetaData("Segment1_Color").split()) == 3
+    _scripted(monkeypatch, model, {"gallbladder"})
+    assert main(["segment", str(ct), "--prompt", "gallbladder", "-o", str(tmp_path / "none.nii.gz"), "--model", "tiny"]) == 3
+    assert "found no gallbladder" in capsys.readouterr().err
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "none.nii.gz"))).any()
+
+
+def test_the_region_is_model_input_not_words(model):
+    """Two regions, one question: identical token ids, different region embeddings, different next-token logits."""
+    volume = _volume()
+    images = torch.rand(1, 1, *model.config.vision.input_size)
+    a = np.zeros(volume.shape, np.uint8)
+    a[2:6, 5:15, 5:15] = 1
+    b = np.zeros(volume.shape, np.uint8)
+    b[1:3, 20:30, 18:28] = 1
+    ra, rb = model.encode_region(images, a, volume.spacing), model.encode_region(images, b, volume.spacing)
+    assert ra.shape == (1, model.llm.get_input_embeddings().embedding_dim) and not torch.allclose(ra, rb)
+    visual = model.encode_volume(images)
+    ids, _ = build_inputs(model.tokenizer, visual.shape[1], region_question("What is this?"))
+    assert int((ids == model.region_token_id).sum()) == 1
+    with torch.no_grad():
+        la = model(None, ids[None], visual_tokens=visual, regions=ra).logits[0, -1]
+        lb = model(None, ids[None], visual_tokens=visual, regions=rb).logits[0, -1]
+    assert not torch.allclose(la, lb)
+    with pytest.raises(InputError, match="region"):
+        model(None, ids[None], visual_tokens=visual)  # a region placeholder needs its region
+    assert REGION_TOKEN in model.tokenizer.convert_ids_to_tokens(ids.tolist())
+
+
+def test_asking_about_a_segment_needs_a_model_with_region_input(model):
+    import dataclasses
+
+    volume = _volume()
+    plain = MedVLSAM2.from_config(dataclasses.replace(tiny(), region_input=False)).eval()
+    session = Session(plain, volume)
+    with pytest.raises(InputError, match="cannot take a region"):
+        session.ask("What is this?", context={"box": (2, 2, 1, 20, 20, 4)})
+    pieces = list(Session(model, volume).ask("What is this?", context={"box": (2, 2, 1, 20, 20, 4)}))
+    assert all(isinstance(p, str) for p in pieces)
