@@ -8,6 +8,7 @@ to train from (``init_from``). The weights that exist are kept as they are.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -21,7 +22,9 @@ def upgrade_bundle(src: str | Path, dst: str | Path) -> Path:
     words = {w for text in corpus() for w in re.findall(r"[A-Za-z]+", text)}
     before = len(model.tokenizer)
     model.enable_region_input(words)
-    meta = {"upgraded_from": str(src), "added_tokens": len(model.tokenizer) - before}
+    old = Path(src) / "metadata.json"
+    meta = json.loads(old.read_text()) if old.is_file() else {}
+    meta.update({"upgraded_from": str(src), "added_tokens": len(model.tokenizer) - before})
     return save_bundle(model, dst, meta)
 
 
