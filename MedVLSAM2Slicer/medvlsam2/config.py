@@ -143,7 +143,6 @@ def tiny() -> ModelConfig:
         llm=LLMConfig(builtin=dict(_TINY_LLM), lora_r=0, max_new_tokens=48),
         segmenter=SegmenterConfig(image_size=128, hydra_overrides=_TINY_SAM2_OVERRIDES),
         bridge_hidden=128,
-        region_input=True,
     )
 
 

@@ -16,11 +16,16 @@ def ct(tmp_path_factory):
     return str(path)
 
 
-def test_ask_streams_an_answer_about_a_box(ct, capsys):
-    assert main(["ask", ct, "What is this?", "--box", "2,2,1,20,20,4", "--model", "tiny"]) == 0
+def test_ask_streams_an_answer(ct, capsys):
+    assert main(["ask", ct, "What is this?", "--model", "tiny"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip(), "an answer is printed"
     assert "random" in captured.err  # the tiny config's weights are random, and the user is told
+
+
+def test_ask_about_a_box_needs_region_input(ct, capsys):
+    assert main(["ask", ct, "What is this?", "--box", "2,2,1,20,20,4", "--model", "tiny"]) == 1
+    assert "cannot take a region" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [(["   "], "question is empty"), (["what?", "--box", "1,2,3"], "inside the volume")])

@@ -24,8 +24,10 @@ from medvlsam2.session import Session
 
 @pytest.fixture(scope="module")
 def model():
+    import dataclasses
+
     torch.manual_seed(0)
-    return MedVLSAM2.from_config(tiny()).eval()
+    return MedVLSAM2.from_config(dataclasses.replace(tiny(), region_input=True)).eval()
 
 
 def _box_volume():
@@ -181,7 +183,7 @@ def test_asking_about_a_segment_needs_a_model_with_region_input(model):
     import dataclasses
 
     volume = _volume()
-    plain = MedVLSAM2.from_config(dataclasses.replace(tiny(), region_input=False)).eval()
+    plain = MedVLSAM2.from_config(tiny()).eval()  # the tiny config has no region encoder
     session = Session(plain, volume)
     with pytest.raises(InputError, match="cannot take a region"):
         session.ask("What is this?", context={"box": (2, 2, 1, 20, 20, 4)})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import LLMConfig
 from ..errors import InputError
-from .prompting import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
+from .prompting import IMAGE_TOKEN, SEG_TOKEN
 
 
 def load_llm_tokenizer(path: str):
@@ -17,7 +17,7 @@ def load_llm_tokenizer(path: str):
         raise InputError(f"LLM folder {folder} has no config.json; point llm.path at a local Hugging Face model "
                          "folder (config.json, weights, tokenizer files). Nothing is downloaded")
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    tok.add_special_tokens({"additional_special_tokens": [SEG_TOKEN, IMAGE_TOKEN, REGION_TOKEN]})
+    tok.add_special_tokens({"additional_special_tokens": [SEG_TOKEN, IMAGE_TOKEN]})
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

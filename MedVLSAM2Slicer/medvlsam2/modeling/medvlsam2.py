@@ -40,6 +40,8 @@ class MedVLSAM2(nn.Module):
     def __init__(self, config: ModelConfig, tokenizer) -> None:
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
+        if config.region_input and REGION_TOKEN not in tokenizer.get_vocab():  # before the LLM is sized to it
+            tokenizer.add_special_tokens({"additional_special_tokens": [SEG_TOKEN, IMAGE_TOKEN, REGION_TOKEN]})
         self.vision_encoder = build_vision_encoder(config.vision)
         self.llm = build_language_model(config.llm, tokenizer)
         width = self.llm.get_input_embeddings().embedding_dim

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .prompting import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN
+from .prompting import IMAGE_TOKEN, SEG_TOKEN
 
 PAD, UNK, EOS = "[PAD]", "[UNK]", "</s>"
 CHOICE_LETTERS = "ABCD"
-SPECIAL_TOKENS = [PAD, UNK, EOS, SEG_TOKEN, IMAGE_TOKEN, REGION_TOKEN]
+SPECIAL_TOKENS = [PAD, UNK, EOS, SEG_TOKEN, IMAGE_TOKEN]
 
 DEFAULT_CORPUS = [
     "Segment the liver. Segment the spleen. Segment the right kidney and the left kidney. Segment the pancreas, "
@@ -33,4 +33,4 @@ def build_tokenizer(corpus: Iterable[str] | None = None):
     # Choice letters keep their case ("B." is how closed VQA is scored); everything else is lower-cased.
     tok.add_tokens([AddedToken(letter, single_word=True, normalized=False) for letter in CHOICE_LETTERS])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, eos_token=EOS,
-                                   extra_special_tokens=None, additional_special_tokens=[SEG_TOKEN, IMAGE_TOKEN, REGION_TOKEN])
+                                   extra_special_tokens=None, additional_special_tokens=[SEG_TOKEN, IMAGE_TOKEN])
