@@ -369,7 +369,8 @@ def test_runner_end_to_end_on_a_small_case_with_the_tiny_model(monkeypatch, tiny
     summary, record = out["summary"], out["cases"][0]
     assert set(summary["seg"]) == {"liver", "cyst"}  # the spleen is absent from this case: skipped
     for s in record["seg"]:
-        assert 0.0 <= s["dice"] <= 1.0 and 0.0 <= s["nsd"] <= 1.0 and s["objects"] >= 1
+        assert 0.0 <= s["dice"] <= 1.0 and 0.0 <= s["nsd"] <= 1.0  # random weights may emit no [SEG]: no object
+        assert s["objects"] > 0 or s["dice"] == 0.0
     steps = record["interactive"][0]["steps"]
     assert [s["kind"] for s in steps][0] == "box" and len(steps) == 3
     assert steps[0]["prompt"] == list(initial_box(case.mask("cyst")))

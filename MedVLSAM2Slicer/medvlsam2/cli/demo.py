@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     note = TRAINED_NOTE if trained else RANDOM_WARNING
     from ..report.writer import draft_report
 
-    (out / "report.md").write_text(draft_report(report, case.volume, masks, title="Draft report", notice=note)
+    title = "Draft report (research use only, not for diagnosis)"
+    (out / "report.md").write_text(draft_report(report, case.volume, masks, title=title, notice=note)
                                    + f"\n## Phantom's reference report\n\n{case.report}\n", encoding="utf-8")
     overlay_png(case.volume, masks, out / "overlay.png")
 

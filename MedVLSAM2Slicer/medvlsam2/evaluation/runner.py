@@ -21,13 +21,14 @@ from .text_metrics import CONVENTIONS, text_scores
 from .vqa import closed_accuracy, closed_correct, open_scores
 
 TASKS = ("seg", "interactive", "report", "vqa", "language")
+DEFAULT_TASKS = TASKS[:4]  # "language" needs the synthetic phantoms' labels and findings (evaluation/language.py)
 
 
 @dataclass
 class EvalOptions:
     """What to evaluate. ``structures``: target name -> label values; None = each name in a case's ``label_names``."""
 
-    tasks: Sequence[str] = TASKS
+    tasks: Sequence[str] = DEFAULT_TASKS
     structures: dict[str, list[int]] | None = None
     interactive_structures: Sequence[str] | None = None  # None = the same as ``structures``
     clicks: int = DEFAULT_CLICKS
