@@ -42,7 +42,7 @@ def _tokenizer(folder: Path):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})  # as Med3DVLM's training script does
     fast.save_pretrained(str(folder))
-    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     settings["tokenizer_class"] = "Qwen2Tokenizer"  # what Qwen2.5's tokenizer_config.json says
     (folder / "tokenizer_config.json").write_text(json.dumps(settings))
     return fast

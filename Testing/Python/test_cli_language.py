@@ -37,6 +37,6 @@ def test_ask_rejects_bad_input(ct, capsys, argv, message):
 def test_report_writes_markdown_with_the_notice(ct, tmp_path, capsys):
     out = tmp_path / "r" / "report.md"
     assert main(["report", ct, "-o", str(out), "--model", "tiny"]) == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert text.startswith("# Draft findings report") and NOTICE in text
     assert capsys.readouterr().out.split("wrote")[0].strip() in text  # what streamed is what was saved

@@ -95,7 +95,7 @@ def test_malformed_files_say_what_is_wrong(written, tmp_path):
     (tmp_path / "vqa.csv").write_text("Image Path,Question\na.nii.gz,q\n")
     with pytest.raises(InputError, match="lacks column"):
         read_vqa(tmp_path / "vqa.csv")
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     meta["training"][0]["label"] = meta["training"][1]["image"].replace("imagesTr", "missing")
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(InputError):
@@ -184,7 +184,7 @@ def test_m3d_seg_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(InputError, match="no category names"):
         read_m3d_seg(folder)
     (tmp_path / "dataset_info.json").write_text(json.dumps({"0007": ["liver", "spleen"]}))
-    meta = json.loads((folder / "0007.json").read_text())
+    meta = json.loads((folder / "0007.json").read_text(encoding="utf-8"))
     mask = tmp_path / meta["train"][0]["label"]
     mask.rename(mask.with_name("mask.npz"))
     meta["train"][0]["label"] = meta["train"][0]["label"].rsplit("/", 1)[0] + "/mask.npz"

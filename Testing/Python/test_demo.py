@@ -20,8 +20,8 @@ def test_demo_with_random_weights_writes_all_outputs_and_says_so(tmp_path, capsy
     assert sitk.GetArrayFromImage(mask).shape == case.volume.shape
     assert np.allclose(mask.GetSpacing(), case.volume.spacing) and np.allclose(mask.GetOrigin(), case.volume.origin)
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1, 2}
-    assert "Q: " in (out / "answer.txt").read_text() and "A: " in (out / "answer.txt").read_text()
-    report = (out / "report.md").read_text()
+    assert "Q: " in (out / "answer.txt").read_text(encoding="utf-8") and "A: " in (out / "answer.txt").read_text(encoding="utf-8")
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "not for diagnosis" in report and RANDOM_WARNING in report and case.report in report
     png = Image.open(out / "overlay.png")
     assert png.mode == "RGB" and png.width == 3 * 256

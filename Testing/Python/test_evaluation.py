@@ -211,8 +211,8 @@ def test_system_wordnet_is_prepared_for_nltk(tmp_path):
         (source / name).write_text(name)
     root = prepare_nltk_wordnet(source, tmp_path / "nltk_data")
     target = root / "corpora" / "wordnet"
-    assert all((target / name).read_text() == name for name in REQUIRED)
-    lex = (target / "lexnames").read_text().splitlines()
+    assert all((target / name).read_text(encoding="utf-8") == name for name in REQUIRED)
+    lex = (target / "lexnames").read_text(encoding="utf-8").splitlines()
     assert len(lex) == len(LEXNAMES) == 45
     assert lex[0] == "00\tadj.all\t3" and lex[8] == "08\tnoun.body\t1" and lex[44] == "44\tadj.ppl\t3"
 
@@ -419,8 +419,8 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, monkeypatch, capsys
     rc = main(["evaluate", "--model", "tiny", "--synthetic-seeds", "100000-100001", "--shape", "8,40,48",
                "--tasks", "seg,vqa", "--structures", "cyst", "--out", str(out), "--markdown", str(md)])
     assert rc == 0 and seen == [(100000, {"shape": (8, 40, 48)}), (100001, {"shape": (8, 40, 48)})]
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert result["summary"]["n_cases"] == 2 and list(result["summary"]["seg"]) == ["cyst"]
     assert "interactive" not in result["summary"] and result["summary"]["vqa"]["closed"]["n"] == 2
-    assert "| cyst |" in md.read_text() and "RANDOM weights" in capsys.readouterr().out
+    assert "| cyst |" in md.read_text(encoding="utf-8") and "RANDOM weights" in capsys.readouterr().out
     assert main(["evaluate", "--synthetic-seeds", "1", "--structures", "heart", "--out", str(out)]) == 1

@@ -144,7 +144,7 @@ def test_segment_cli_writes_every_target_with_names_colours_and_terminology(mode
             "--model", "tiny"]
     assert main(argv) in (0, 3)  # 3: random SAM2 weights may leave the masks empty; the files are written either way
     assert "found no gallbladder" in capsys.readouterr().err
-    names = json.loads((tmp_path / "masks.labels.json").read_text())
+    names = json.loads((tmp_path / "masks.labels.json").read_text(encoding="utf-8"))
     assert names == {"1": "liver", "2": "spleen", "3": "left kidney"}
     image = sitk.ReadImage(str(out))
     assert [image.GetMetaData(f"Segment{i}_Name") for i in range(3)] == ["liver", "spleen", "left kidney"]

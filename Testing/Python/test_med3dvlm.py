@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from medvlsam2.config import paper
 from medvlsam2.cli import main
-from medvlsam2.cli.report import NOTICE
+from medvlsam2.report.writer import NOTICE
 from medvlsam2.errors import CapabilityError, Cancelled, CheckpointError, InputError
 from medvlsam2.modeling.med3dvlm import (CAPTION_PROMPT, PUBLISHED_PREFIXES, SIZE_OVERRIDE, check_folder,
                                          is_dcformer_encoder_folder, is_med3dvlm_folder, load_dcformer_encoder,
@@ -67,7 +67,7 @@ def test_loads_strictly_with_the_published_keys(folder, model):
                                  "model.mm_projector.high_mixer.1.mlp2.mm_projector.1.1.weight"])
 def test_a_missing_vision_or_projector_key_is_refused_by_name(folder, tmp_path, key):
     broken = _edit_shard(folder, tmp_path / "broken", lambda sd: sd.pop(key, None) is not None)
-    index = json.loads((broken / "model.safetensors.index.json").read_text())
+    index = json.loads((broken / "model.safetensors.index.json").read_text(encoding="utf-8"))
     del index["weight_map"][key]
     (broken / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=f"missing {key.replace('.', '[.]')}"):
@@ -80,7 +80,7 @@ def test_the_header_check_refuses_a_stray_tensor(folder, tmp_path):
     extra = tmp_path / "extra"
     shutil.copytree(folder, extra)
     save_file({key: torch.ones(4)}, str(extra / "model-extra.safetensors"))
-    index = json.loads((extra / "model.safetensors.index.json").read_text())
+    index = json.loads((extra / "model.safetensors.index.json").read_text(encoding="utf-8"))
     index["weight_map"][key] = "model-extra.safetensors"
     (extra / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=r"1 unexpected.*unexpected model\.mm_projector\.low_mixer\.2\.ln1\.weight"):
@@ -103,7 +103,7 @@ def test_a_wrong_shape_is_refused_by_name(folder, tmp_path):
 def test_a_missing_llm_key_is_refused_by_name(folder, tmp_path):
     key = "model.layers.0.self_attn.q_proj.weight"
     broken = _edit_shard(folder, tmp_path / "nollm", lambda sd: sd.pop(key, None) is not None)
-    index = json.loads((broken / "model.safetensors.index.json").read_text())
+    index = json.loads((broken / "model.safetensors.index.json").read_text(encoding="utf-8"))
     del index["weight_map"][key]
     (broken / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="missing model.layers.0.self_attn.q_proj.weight"):
@@ -163,7 +163,7 @@ def test_ask_and_report_through_the_cli(folder, ct, tmp_path, capsys):
     assert expected.strip() and captured.out.strip() == expected.strip()
     out = tmp_path / "report.md"
     assert main(["report", ct, "-o", str(out), "--model", str(folder), "--device", "cpu"]) == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert NOTICE in text and "".join(session.report()).strip() in text
     assert main(["ask", ct, "x", "--about", "liver", "--model", str(folder), "--device", "cpu"]) == 1
     assert "text_segmentation" in capsys.readouterr().err  # Med3DVLM cannot segment: the error names it
@@ -200,7 +200,7 @@ def test_cancel_and_bounds(model):
 def test_paper_config_has_the_released_7b_keys_and_shapes():
     """The fixture lists the released checkpoint's vision-tower and projector tensors (names and shapes at
     Med3DVLM-Qwen-2.5-7B's sizes, from its public code: see Testing/Benchmarks/med3dvlm_upstream.py)."""
-    published = json.loads(FIXTURE.read_text())
+    published = json.loads(FIXTURE.read_text(encoding="utf-8"))
     cfg = paper()
     with torch.device("meta"):
         encoder = build_vision_encoder(cfg.vision)

@@ -157,7 +157,7 @@ def test_bundle_round_trip_and_wrong_architecture(model, tmp_path):
         assert torch.equal(model(images, ids).logits, again(images, ids).logits)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
 
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["bridge_hidden"] = 64  # weights no longer fit the declared architecture
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="does not match"):

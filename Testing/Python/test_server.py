@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # server child and this process: 
 
 from medvlsam2 import protocol as P  # noqa: E402
 from medvlsam2.client import Client  # noqa: E402
-from medvlsam2.errors import Cancelled, InputError, UnknownObjectError  # noqa: E402
+from medvlsam2.errors import Cancelled, CapabilityError, InputError, UnknownObjectError  # noqa: E402
 from medvlsam2.io.volume import Volume  # noqa: E402
 from medvlsam2.server.launcher import ServerStartError, launch_server  # noqa: E402
 from medvlsam2.utils.cancel import CancelToken  # noqa: E402
@@ -105,9 +105,14 @@ def test_round_trip_matches_in_process_session(client, model):
         assert np.array_equal(remote.fetch_mask(ro), local.mask(lo))  # the server agrees with the local copy
 
         question = "Where is the lesion?"
-        stream = remote.ask(question, {"object": ro})
+        stream = remote.ask(question)
         first = next(stream)  # tokens arrive one by one
-        assert [first, *stream] == list(local.ask(question, {"object": lo}))
+        assert [first, *stream] == list(local.ask(question))
+        # tiny has no region input: a question about the object is refused alike, locally and over the wire
+        with pytest.raises(CapabilityError):
+            list(local.ask(question, {"object": lo}))
+        with pytest.raises(CapabilityError):
+            list(remote.ask(question, {"object": ro}))
         assert "".join(remote.report()) == "".join(local.report())
 
         local.undo(lo)

@@ -506,7 +506,7 @@ def test_report_streams_and_round_trips_through_a_saved_scene(controller, scene,
     again = report_node.report_text_node(loaded, create=False)
     assert again is not None and again.GetText() == edited
     md = report_node.save_markdown(edited, tmp_path / "draft")
-    assert md.name == "draft.md" and "not for diagnosis" in md.read_text() and edited in md.read_text()
+    assert md.name == "draft.md" and "not for diagnosis" in md.read_text(encoding="utf-8") and edited in md.read_text(encoding="utf-8")
 
 
 def test_the_worker_runs_a_real_tiny_session_and_its_result_lands_in_the_segment(scene, monkeypatch):

@@ -28,7 +28,7 @@ SHELL_MAX_LINES = 150  # the module file stays a thin shell (SlicerDentalSegment
 
 
 def module_tree(path: Path = MODULE_FILE) -> ast.Module:
-    return ast.parse(path.read_text(), str(path))
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
 
 
 @pytest.mark.parametrize("path", [MODULE_FILE, *(LIB_DIR / f"{m}.py" for m in SLICER_ONLY)], ids=lambda p: p.name)
@@ -68,7 +68,7 @@ def test_module_file_follows_the_slicer_template():
 
 
 def test_module_file_is_a_thin_shell_over_the_lib():
-    lines = len(MODULE_FILE.read_text().splitlines())
+    lines = len(MODULE_FILE.read_text(encoding="utf-8").splitlines())
     assert lines <= SHELL_MAX_LINES, f"{MODULE_FILE.name} has {lines} lines; move code into MedVLSAM2SlicerLib"
     widget = next(n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name == "MedVLSAM2SlicerWidget")
     for method in widget.body:
@@ -118,7 +118,7 @@ def test_every_widget_the_code_uses_exists_in_the_ui():
 
 def cmake_lists() -> tuple[set[str], list[str]]:
     """(explicitly listed files, glob patterns relative to the module folder)."""
-    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text()).replace("${MODULE_NAME}", "MedVLSAM2Slicer")
+    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text(encoding="utf-8")).replace("${MODULE_NAME}", "MedVLSAM2Slicer")
     listed = set()
     for block in re.findall(r"set\(MODULE_PYTHON_(?:SCRIPTS|RESOURCES)\s+(.*?)\)", text, re.S):
         listed |= set(block.split())
@@ -127,7 +127,7 @@ def cmake_lists() -> tuple[set[str], list[str]]:
 
 
 def test_every_module_file_is_listed_in_the_module_cmakelists():
-    text = MODULE_CMAKE.read_text()
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
     listed, globs = cmake_lists()
     for path in listed:
@@ -152,7 +152,7 @@ def test_icon_is_a_128_pixel_png():
 
 
 def test_extension_metadata_is_in_the_top_level_cmakelists():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for field in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                   "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         match = re.search(rf'set\({field}\s+"([^"]*)"\)', text)
@@ -163,7 +163,7 @@ def test_extension_metadata_is_in_the_top_level_cmakelists():
 
 def test_shared_resources_are_installed_where_resource_path_looks():
     """Every file in Resources/DemoWeights and the manifest is copied into the module's Resources/."""
-    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text())
+    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text(encoding="utf-8"))
     block = re.search(r"set\(SHARED_RESOURCES\s+(.*?)\)", text, re.S)
     assert block, "the module CMakeLists does not list SHARED_RESOURCES"
     listed = set(block.group(1).split())
@@ -263,11 +263,11 @@ def test_no_shortcut_is_installed_on_the_main_window():
 def test_the_slicer_smoke_script_exists_is_listed_in_the_cmake_tests_and_run_by_ci():
     smoke = ROOT / "Testing" / "Slicer" / "smoke.py"
     assert smoke.is_file()
-    source = smoke.read_text()
+    source = smoke.read_text(encoding="utf-8")
     compile(source, str(smoke), "exec")
     assert "MedVLSAM2SlicerTest" in source and "exit" in source
-    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text())
+    text = re.sub(r"#.*", "", MODULE_CMAKE.read_text(encoding="utf-8"))
     test_block = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", text, re.S).group(1)
     assert "Testing/Slicer/smoke.py" in test_block and "--no-main-window" in test_block and "add_test(" in test_block
-    ci = (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "make test" in ci and "command -v Slicer" in ci and "Testing/Slicer/smoke.py" in ci and "skipped" in ci

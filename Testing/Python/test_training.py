@@ -223,7 +223,7 @@ def test_resume_is_bit_exact(tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     first = _params(tmp_path / "a" / "run" / "checkpoints" / "step_0000004")
-    lines = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all(np.isfinite(x["loss"]) for x in lines)
     assert first  # the checkpoint is a loadable bundle too
     from medvlsam2.checkpoint import load_bundle
@@ -239,7 +239,7 @@ def test_export_half_bundle_loads_close_to_the_checkpoint(tmp_path):
     train(cfg)
     ckpt = latest_checkpoint(cfg.output_dir)
     out = export_bundle(ckpt, tmp_path / "bundle", half=True, metadata={"note": "test"})
-    meta = json.loads((out / "metadata.json").read_text())
+    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
     assert meta["weights_dtype"] == "float16" and "not for clinical images" in meta["trained_on"]
     assert (out / "model.safetensors").stat().st_size < 0.6 * (ckpt / "model.safetensors").stat().st_size
     full, half = load_bundle(ckpt), load_bundle(out)
@@ -286,7 +286,7 @@ def test_two_processes_train_together_on_cpu(tmp_path):
     # CI may run with an ASCII locale while tqdm draws UTF-8 bars: decode explicitly.
     done = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    meta = json.loads((tmp_path / "run" / "checkpoints" / "step_0000002" / "metadata.json").read_text())
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "step_0000002" / "metadata.json").read_text(encoding="utf-8"))
     assert meta["machine"].endswith("x2")
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # logged once, by the main process

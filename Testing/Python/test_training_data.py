@@ -147,16 +147,16 @@ def test_cli_trains_stage1_then_stage2_on_the_public_layouts(tmp_path, layouts, 
     assert main(["train", str(stage1), "--max-steps", "2"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["final"].endswith("step_0000002")
-    meta = json.loads((Path(first["final"]) / "metadata.json").read_text())
+    meta = json.loads((Path(first["final"]) / "metadata.json").read_text(encoding="utf-8"))
     assert [d["reader"] for d in meta["datasets"]] == ["m3d_cap", "ct_rate", "m3d_vqa"]
     assert "synthetic" not in meta["trained_on"]
     stage2 = tmp_path / "stage2.json"
     stage2.write_text(json.dumps(_config(tmp_path, layouts, 2, init_from=first["final"], max_steps=3)))
     assert main(["train", str(stage2), "--max-steps", "2"]) == 0
     second = json.loads(capsys.readouterr().out)
-    held = json.loads(Path(second["held_out"]).read_text())
+    held = json.loads(Path(second["held_out"]).read_text(encoding="utf-8"))
     assert held["m3d_seg_0"] == ["synthetic-1"] and len(held["msd_1"]) == 1
-    records = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all("seg" in r for r in records)
     load_bundle(second["final"])
     # the cases read were preprocessed once into the cache: plain tensors and JSON, read back without pickle
@@ -189,7 +189,7 @@ def test_fsdp_checkpoint_round_trip_on_two_cpu_ranks(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))
     assert result["sharded"] and result["shards_per_rank"] == [True, True]
     assert result["bundle_matches_full_state"] and result["resumed_equal"] and result["optimizer_equal"]
 

@@ -106,12 +106,12 @@ def test_med3dvlm_folders_download_import_and_are_checked(manifest, hub, tmp_pat
     assert path.is_dir() and (path / "config.json").is_file() and hub.calls == [("org/vlm", None, None)]
     assert weights.verify_file(manifest["vlm"], path) == "folder"
     partial = write_med3dvlm_folder(tmp_path / "partial")
-    index = json.loads((partial / "model.safetensors.index.json").read_text())
+    index = json.loads((partial / "model.safetensors.index.json").read_text(encoding="utf-8"))
     (partial / index["weight_map"]["model.mm_projector.low_mixer.0.ln1.weight"]).unlink()  # a shard not copied
     with pytest.raises(CheckpointError, match="missing weight shard"):
         weights.import_file("vlm", partial, manifest=manifest)
     wide = write_med3dvlm_folder(tmp_path / "wide")  # the right keys, one of the wrong shape
-    config = json.loads((wide / "config.json").read_text())
+    config = json.loads((wide / "config.json").read_text(encoding="utf-8"))
     (wide / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
     with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj\.weight has shape \(32, 64\), expected \(32, 96\)"):
         weights.import_file("vlm", wide, manifest=manifest)

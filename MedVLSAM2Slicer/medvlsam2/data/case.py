@@ -84,6 +84,8 @@ class CTCase:
     def mask(self, name: str) -> np.ndarray:
         """Binary uint8 mask of the structure called ``name`` (empty if absent from this case)."""
         values = [v for v, n in self.label_names.items() if n == name]
+        # several expressions may name one label value ("cyst in the right kidney", "the renal cyst")
+        values = values or [r.label for r in self.referring if r.expression == name and r.label]
         if self.labels is None:
             raise KeyError(f"case {self.case_id} has no label map")
         return np.isin(self.labels, values).astype(np.uint8)

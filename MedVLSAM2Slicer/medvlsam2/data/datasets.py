@@ -393,7 +393,7 @@ def read_refseg(csv_path: str | os.PathLike, root: str | os.PathLike | None = No
             volume = load_image(base / image)
             labels = load_labels(base / mask, volume)
             return CTCase(_case_id(image), volume, labels,
-                          {r.label: r.expression for r in refs}, referring=refs)
+                          {r.label: r.expression for r in refs if r.label}, referring=refs)
         return load
 
     grouped = _refs_by_image(path)

@@ -126,7 +126,7 @@ def build_model(cfg: TrainConfig, corpus: Iterable[str]):
     if med3dvlm is not None:
         med3dvlm.llm.resize_token_embeddings(len(model.tokenizer))  # + [SEG] and our image token
         base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-        _load_part(base, med3dvlm.llm.state_dict(), "init.vlm language model")
+        _load_part(base, _onto_lora(base, med3dvlm.llm.state_dict()), "init.vlm language model")
         encoder = med3dvlm.vision_encoder
         _load_part(model.projector, med3dvlm.projector.state_dict(), "init.vlm projector")
     if encoder is not None:
@@ -134,6 +134,19 @@ def build_model(cfg: TrainConfig, corpus: Iterable[str]):
     if sam2 is not None:
         load_sam2_state_dict(model.segmenter, sam2, Path(cfg.init.sam2_checkpoint).name)
     return model
+
+
+def _onto_lora(base: nn.Module, state: dict) -> dict:
+    """Released (LoRA-merged) LLM keys renamed onto a LoRA-wrapped model: ``x.weight`` -> ``x.base_layer.weight``;
+    the new adapters keep their own initialisation (zero B, so the wrapped model starts as the released one)."""
+    target = base.state_dict()
+    out = {}
+    for key, value in state.items():
+        head, _, leaf = key.rpartition(".")
+        wrapped = f"{head}.base_layer.{leaf}"
+        out[wrapped if key not in target and wrapped in target else key] = value
+    out.update({k: v for k, v in target.items() if ".lora_" in k and k not in out})
+    return out
 
 
 def _load_part(module: nn.Module, state: dict, what: str) -> None:
