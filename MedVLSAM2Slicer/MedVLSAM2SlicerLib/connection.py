@@ -56,9 +56,10 @@ def manifest_names() -> list[str]:
 
 
 def installed(name: str) -> bool:
+    """True when manifest entry ``name`` is installed (a checkpoint file, or a folder for a Hugging Face model)."""
     from medvlsam2 import weights
 
-    return weights.weight_path(name).is_file()
+    return weights.weight_path(name).exists()
 
 
 def model_spec(model: str) -> str:

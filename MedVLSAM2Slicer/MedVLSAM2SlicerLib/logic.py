@@ -14,7 +14,7 @@ from typing import Callable
 from medvlsam2.errors import InputError
 
 from . import markups, segments, undo
-from .connection import NAMED_CONFIGS, Connection, ServerInfo, ServerOptions, demo_weights
+from .connection import NAMED_CONFIGS, Connection, ServerInfo, ServerOptions, demo_weights, installed
 from .controller import Controller
 from .worker import Job, ModelWorker
 
@@ -71,14 +71,12 @@ class MedVLSAM2Logic:
         """True when ``name`` needs no download (demo bundle, a named config, a file or folder, an installed entry)."""
         from pathlib import Path
 
-        from medvlsam2 import weights
-
         if name == "demo":
             return demo_weights() is not None
         if name in NAMED_CONFIGS or Path(name).expanduser().exists():
             return True
         try:
-            return weights.weight_path(name).is_file()
+            return installed(name)
         except Exception as exc:
             logging.warning("MedVLSAM2: cannot read the weights manifest: %s", exc)
             return False

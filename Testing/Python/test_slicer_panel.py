@@ -364,6 +364,10 @@ def test_model_list_shows_the_demo_bundle_released_weights_random_configs_and_ot
     choices = MedVLSAM2Logic.model_choices()
     assert choices[1] == ("medsam2-latest", "medsam2-latest") and MedVLSAM2Logic.weights_ready("medsam2-latest")
     assert connection.model_spec("medsam2-latest") == "medsam2-latest"
+    # a Hugging Face entry installs as a folder
+    assert not MedVLSAM2Logic.weights_ready("med3dvlm-qwen2.5-7b")
+    weights.weight_path("med3dvlm-qwen2.5-7b").mkdir(parents=True)
+    assert MedVLSAM2Logic.weights_ready("med3dvlm-qwen2.5-7b") and connection.installed("med3dvlm-qwen2.5-7b")
     # files and folders the factory takes
     ckpt, recipe, text = tmp_path / "MedSAM2_latest.pt", tmp_path / "recipe.yaml", tmp_path / "notes.txt"
     for p in (ckpt, recipe, text):
