@@ -343,32 +343,40 @@ def test_a_long_answer_does_not_block_another_session(server):
     """Each answer token is one model call, so B's click runs between A's tokens.
 
     B clicks once before A starts, so B's measured click reuses its cached slice features and costs one
-    short model call; A's answer is 48 model calls (the tiny config's max_new_tokens)."""
+    short model call; A's answer is 48 model calls (the tiny config's max_new_tokens). On two busy cores
+    A's 48 short calls can occasionally all run while B's request is in flight, so the race gets three
+    tries; a server that queued B behind A's whole answer fails all three."""
     a_client, b_client = Client(server.url, server.token), Client(server.url, server.token)
     a, b = a_client.open_session(phantom(40)), b_client.open_session(phantom(41))
-    ob = b.add_object()
-    b.add_points(ob, [[30, 32, 4]], [1])
-    finished: dict[str, float] = {}
-    stream = a.report()
-    next(stream)  # A's report is under way
-    pieces = []
+    try:
+        ob = b.add_object()
+        b.add_points(ob, [[30, 32, 4]], [1])
+        outcomes = []
+        for attempt in range(3):
+            finished: dict[str, float] = {}
+            stream = a.report()
+            next(stream)  # A's report is under way
+            pieces: list[str] = []
 
-    def read_rest() -> None:
-        for piece in stream:
-            pieces.append(piece)
-        finished["a"] = time.perf_counter()
+            def read_rest() -> None:
+                for piece in stream:
+                    pieces.append(piece)
+                finished["a"] = time.perf_counter()
 
-    t = threading.Thread(target=read_rest)
-    t.start()
-    b.add_points(ob, [[32, 32, 4]], [1])
-    finished["b"], a_pieces_then = time.perf_counter(), len(pieces)
-    t.join(120)
-    assert len(pieces) >= 5, "the report was too short to tell"
-    assert a_pieces_then < len(pieces), "B's click waited for A's whole answer"
-    assert finished["b"] < finished["a"]
-    for s, c in ((a, a_client), (b, b_client)):
-        s.close()
-        c.close()
+            t = threading.Thread(target=read_rest)
+            t.start()
+            b.add_points(ob, [[32 + attempt, 32, 4]], [1])
+            finished["b"], a_pieces_then = time.perf_counter(), len(pieces)
+            t.join(120)
+            assert len(pieces) >= 5, "the report was too short to tell"
+            outcomes.append(a_pieces_then < len(pieces) and finished["b"] < finished["a"])
+            if outcomes[-1]:
+                break
+        assert any(outcomes), f"B's click waited for A's whole answer in every try ({outcomes})"
+    finally:
+        for s, c in ((a, a_client), (b, b_client)):
+            s.close()
+            c.close()
 
 
 def test_lease_expiry_frees_memory_and_client_recovers(server, model):
