@@ -17,33 +17,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "MedVLSAM2Slicer"))
-
-
-def scene_with_logics():
-    """A scene with the module logics slicer.util needs (FIELD_NOTES section 5)."""
-    import slicer
-
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    app.GetColorLogic().SetMRMLScene(scene)
-    app.GetColorLogic().AddDefaultColorNodes()
-    logics = {"Colors": app.GetColorLogic(), "Volumes": slicer.vtkSlicerVolumesLogic(),
-              "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic(), "Markups": slicer.vtkSlicerMarkupsLogic()}
-    for name, logic in logics.items():
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app)
-        app.SetModuleLogic(name, logic)
-    slicer.mrmlScene = scene
-    slicer.modules = SimpleNamespace(**{n.lower(): SimpleNamespace(logic=lambda l=l: l) for n, l in logics.items()})
-    scene._keep = (app, logics)
-    return scene
+sys.path.insert(0, str(ROOT / "Testing" / "Python"))
+from slicer_scene import scene_with_logics  # noqa: E402
 
 
 def full_rewrite(segmentation, segment_id, volume, bbox, patch) -> None:

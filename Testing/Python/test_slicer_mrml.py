@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from MedVLSAM2SlicerLib.controller import Controller  # noqa: E402
 from MedVLSAM2SlicerLib.worker import ModelWorker  # noqa: E402
 from medvlsam2.errors import Cancelled, InputError  # noqa: E402
 from medvlsam2.results import SegmentationResult, changed_region  # noqa: E402
+from slicer_scene import scene_with_logics  # noqa: E402
 
 SHAPE = (8, 24, 32)  # k, j, i
 
@@ -32,20 +32,7 @@ SHAPE = (8, 24, 32)  # k, j, i
 @pytest.fixture
 def scene():
     """A scene with the module logics slicer.util needs (see FIELD_NOTES section 5)."""
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    app.GetColorLogic().SetMRMLScene(scene)
-    app.GetColorLogic().AddDefaultColorNodes()
-    logics = {"Colors": app.GetColorLogic(), "Volumes": slicer.vtkSlicerVolumesLogic(),
-              "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic(), "Markups": slicer.vtkSlicerMarkupsLogic()}
-    for name, logic in logics.items():
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app)
-        app.SetModuleLogic(name, logic)
-    slicer.mrmlScene = scene
-    slicer.modules = SimpleNamespace(**{n.lower(): SimpleNamespace(logic=lambda l=l: l) for n, l in logics.items()})
-    scene._keep = (app, logics)  # keep the logics alive as long as the scene
+    scene = scene_with_logics()
     yield scene
     scene.Clear(1)
 

@@ -324,32 +324,32 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         check_object(obj)
         return await call(sid, lambda e, t: (lambda m: {"shape": list(m.shape), "mask": encode_mask(m)})(e.mask(obj)))
 
+    async def prompt(sid: str, obj: int, timeout_s: float, run) -> dict:
+        """One prompt on one object: a single model call, taken back with ``undo`` if it finishes past its timeout."""
+        check_object(obj)
+        return {"result": await call(sid, lambda e, t: encode_result(run(e)), rollback=lambda e: e.undo(obj),
+                                     timeout_s=timeout_s)}
+
     @app.post("/v1/sessions/{sid}/objects/{obj}/points")
     async def points(sid: str, obj: int, request: Request) -> dict:
         body = await body_json(request)
         pts, labels = validate_points(body, limits.max_points)
         timeout_s = validate_timeout(body, limits.call_timeout_s)
-        check_object(obj)
-        return {"result": await call(sid, lambda e, t: encode_result(e.add_points(obj, pts, labels)),
-                                     rollback=lambda e: e.undo(obj), timeout_s=timeout_s)}
+        return await prompt(sid, obj, timeout_s, lambda e: e.add_points(obj, pts, labels))
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/box")
     async def box(sid: str, obj: int, request: Request) -> dict:
         body = await body_json(request)
         b, k = validate_box(body)
         timeout_s = validate_timeout(body, limits.call_timeout_s)
-        check_object(obj)
-        return {"result": await call(sid, lambda e, t: encode_result(e.add_box(obj, b, k=k)),
-                                     rollback=lambda e: e.undo(obj), timeout_s=timeout_s)}
+        return await prompt(sid, obj, timeout_s, lambda e: e.add_box(obj, b, k=k))
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/mask_prompt")
     async def mask_prompt(sid: str, obj: int, request: Request) -> dict:
         body = await body_json(request)
         k, m = validate_mask_prompt(body)
         timeout_s = validate_timeout(body, limits.call_timeout_s)
-        check_object(obj)
-        return {"result": await call(sid, lambda e, t: encode_result(e.add_mask(obj, k, m)),
-                                     rollback=lambda e: e.undo(obj), timeout_s=timeout_s)}
+        return await prompt(sid, obj, timeout_s, lambda e: e.add_mask(obj, k, m))
 
     @app.post("/v1/sessions/{sid}/objects/{obj}/undo")
     async def undo(sid: str, obj: int) -> dict:

@@ -42,7 +42,6 @@ class CaseTensors:
     present: list[Target] = field(default_factory=list)
     absent: list[Target] = field(default_factory=list)
     z_extent: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # label values -> slices holding them
-    features: list[torch.Tensor] | None = None  # SAM2 image features per level [K, C, h, w] when its encoder is frozen
     interactive: bool = True  # its present targets may also be box/click clips (the source's ``tasks``)
 
     def slices_with(self, target: Target) -> list[int]:

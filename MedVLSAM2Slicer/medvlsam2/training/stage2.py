@@ -32,24 +32,9 @@ from .losses import multimask_loss
 from .stage1 import chat_forward
 
 
-@torch.no_grad()
-def precompute_features(seg, frames: torch.Tensor, chunk: int = 16) -> list[torch.Tensor]:
-    """``forward_image`` levels [K, C, h, w] in bf16 for a frozen image encoder (conv_s0/s1 applied)."""
-    levels = [seg.forward_image(frames[i:i + chunk].float())["backbone_fpn"] for i in range(0, len(frames), chunk)]
-    return [torch.cat([lv[n] for lv in levels]).to(torch.bfloat16) for n in range(len(levels[0]))]
-
-
 def encode_frames(seg, pool: Sequence[CaseTensors], picks: Sequence[tuple[int, Sequence[int]]], device):
-    """SAM2 image features for the (case, slices) ``picks``: (feats, pos, sizes) with feats[i] [HW, N, C].
-
-    Cases with precomputed ``features`` skip the image encoder (it is frozen then)."""
-    if pool[picks[0][0]].features is None:
-        backbone = seg.forward_image(torch.cat([pool[c].frames[s] for c, s in picks]).to(device).float())
-    else:
-        fpn = [torch.cat([pool[c].features[n][s] for c, s in picks]).to(device).float()
-               for n in range(len(pool[picks[0][0]].features))]
-        position = seg.image_encoder.neck.position_encoding  # sine encoding: depends on the map size only
-        backbone = {"backbone_fpn": fpn, "vision_pos_enc": [position(x).to(x.dtype) for x in fpn]}
+    """SAM2 image features for the (case, slices) ``picks``: (feats, pos, sizes) with feats[i] [HW, N, C]."""
+    backbone = seg.forward_image(torch.cat([pool[c].frames[s] for c, s in picks]).to(device).float())
     _, feats, pos, sizes = seg._prepare_backbone_features(backbone)
     return feats, pos, sizes
 
