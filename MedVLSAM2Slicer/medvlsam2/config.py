@@ -82,6 +82,12 @@ class SegmenterConfig:
     # A re-propagation past the corrected slices stops after this many slices whose mask did not change.
     settle_slices: int = 2
     prefetch_batch: int = 1  # slices per background-encoding batch (a click waits at most for one batch)
+    # How a box/click object is carried to the next slice: "memory" (SAM2's memory attention, as upstream) or
+    # "box" (each slice decoded from a box around the previous slice's mask, grown by ``box_margin`` of its
+    # size; components not touching the previous mask are dropped outside a 3D box). "box" suits weights
+    # whose memory path is weakly trained (the demo bundle); text-prompted objects always use memory + [SEG].
+    propagation: str = "memory"
+    box_margin: float = 0.1
 
 
 @dataclass

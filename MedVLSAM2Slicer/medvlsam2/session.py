@@ -23,9 +23,9 @@ from .io.slices import volume_to_frames
 from .io.volume import Volume
 from .modeling.feature_cache import FeatureCache
 from .modeling.key_slices import choose_key_slices
-from .modeling.prompting import REPORT_QUESTION, split_targets
+from .modeling.prompting import FORCED, REPORT_QUESTION, split_targets
 from .results import BBox, SegmentationResult, changed_region, union_box
-from .utils.cancel import CancelToken
+from .utils.cancel import CancelToken, check
 from .utils.device import translate_oom
 
 Progress = Callable[[int, int], None]
@@ -272,7 +272,10 @@ class Session:
             with self.predictor.extra_prompt_tokens(o.tokens), \
                     self.predictor.seed_slice_mask(o.state, p.k, torch.from_numpy(old > 0)):
                 logits = self._add(o, p)
-            new = _refine(old > 0, (logits[0, 0] > 0).cpu().numpy(), p)
+            pred = (logits[0, 0] > 0).cpu().numpy()
+            if self.predictor.config.propagation == "box" and o.tokens is None and p.points is not None and old.any():
+                pred = self._clicks_in_box(o, p, old > 0)
+            new = _refine(old > 0, pred, p)
             self.predictor.set_slice_mask(o.state, p.k, torch.from_numpy(new))
             writes[p.k] = new.astype(np.uint8)
             o.dirty.add(p.k)
@@ -351,6 +354,15 @@ class Session:
         writes: dict[int, np.ndarray] = {}
         scores: dict[int, float] = {}
         seen: set[int] = set()
+        if cfg.propagation not in ("memory", "box"):
+            raise InputError(f"segmenter propagation must be 'memory' or 'box', got {cfg.propagation!r}")
+        if cfg.propagation == "box" and o.tokens is None:
+            for reverse, start, count, _, last_dirty in passes:
+                self._box_chain(o, start, -1 if reverse else 1, count, last_dirty, clicked, writes, scores, cancel)
+                if progress:
+                    progress(len(set(writes) | clicked & planned), len(planned))
+            o.dirty.clear()
+            return self._commit(obj, writes, o.prompts, scores, o.bound)
         with self.predictor.extra_prompt_tokens(o.tokens):
             for reverse, start, count, last_prompt, last_dirty in passes:
                 ended = settled = 0
@@ -383,6 +395,76 @@ class Session:
             progress(len(planned), len(planned))
         o.dirty.clear()
         return self._commit(obj, writes, o.prompts, scores, o.bound)
+
+    def _grown_box(self, mask: np.ndarray, points=()) -> tuple[float, float, float, float]:
+        """(i0, j0, i1, j1) around ``mask`` [H, W] and ``points`` (i, j), grown by ``box_margin`` of its size."""
+        jj, ii = np.nonzero(mask)
+        ii = np.concatenate([ii, [p[0] for p in points]])
+        jj = np.concatenate([jj, [p[1] for p in points]])
+        m = self.predictor.config.box_margin
+        gi, gj = m * (ii.max() - ii.min() + 1) + 1, m * (jj.max() - jj.min() + 1) + 1
+        h, w = self.volume.shape[1:]
+        return (max(0.0, ii.min() - gi), max(0.0, jj.min() - gj), min(w - 1.0, ii.max() + gi), min(h - 1.0, jj.max() + gj))
+
+    def _clicks_in_box(self, o: _Object, p: _Prompt, old: np.ndarray) -> np.ndarray:
+        """``propagation == "box"``: SAM2's answer to clicks on a slice that holds a mask, decoded with the box around
+        that mask (and the positive clicks) plus the clicks; of its candidates, the one that obeys the most
+        clicks, then overlaps the current mask most."""
+        positive = [pt for pt, label in zip(p.points, p.labels) if label == 1]
+        box = self._grown_box(old, positive)
+        candidates, _, _ = self.predictor.decode_box_without_memory(o.state, p.k, box, p.points, p.labels)
+        masks = (candidates > 0).cpu().numpy()
+        clicks = [(int(round(y)), int(round(x)), label) for (x, y), label in zip(p.points, p.labels)]
+        def rank(m):
+            obeyed = sum(bool(m[j, i]) == (label == 1) for j, i, label in clicks)
+            return obeyed, (m & old).sum() / max(1, (m | old).sum())
+        return max(masks, key=rank)
+
+    def _box_chain(self, o: _Object, start: int, step: int, count: int, last_dirty: int, clicked: set[int],
+                   writes: dict[int, np.ndarray], scores: dict[int, float], cancel: CancelToken | None) -> None:
+        """``SegmenterConfig.propagation == "box"``: from ``start``, ``count`` slices in direction ``step``, each
+        slice decoded from a box around the previous slice's mask; a prompted slice keeps its own mask and
+        restarts the chain. Outside a 3D box only the parts touching the previous mask are kept. After an empty
+        slice a slice keeps the mask it has (so a first propagation ends there, and a correction that empties
+        a slice does not erase its neighbours). Stops once ``settle_slices`` slices past the
+        last changed slice come out unchanged."""
+        from scipy import ndimage
+
+        cfg = self.predictor.config
+        h, w = self.volume.shape[1:]
+        prev = writes.get(start, o.mask[start]) > 0
+        settled = 0
+        for k in range(start + step, start + step * (count + 1), step):
+            check(cancel)
+            if k in clicked:
+                prev = writes.get(k, o.mask[k]) > 0
+                continue
+            old = o.mask[k] > 0
+            new = np.zeros((h, w), bool)
+            if not prev.any():  # emptiness does not spread: a slice after an empty one keeps its mask
+                new = old
+            else:
+                box = self._grown_box(prev)
+                candidates, _, scores[k] = self.predictor.decode_box_without_memory(o.state, k, box)
+                if scores[k] >= cfg.stop_score:
+                    i0, j0, i1, j1 = (int(round(v)) for v in box)
+                    inside = np.zeros((h, w), bool)
+                    inside[j0:j1 + 1, i0:i1 + 1] = True
+                    # a large box is ambiguous (liver or liver + stomach): take the candidate that best continues
+                    # the previous slice's mask rather than SAM2's own IoU choice
+                    masks = (candidates > 0).cpu().numpy() & inside
+                    new = max(masks, key=lambda m: (m & prev).sum() / max(1, (m | prev).sum()))
+                if o.bound is None and new.any():  # the object continues from the previous slice or has ended
+                    parts, _ = ndimage.label(new, structure=_BLOB)
+                    touching = np.unique(parts[ndimage.binary_dilation(prev, structure=_BLOB) & new])
+                    new = np.isin(parts, touching[touching > 0])
+            if new.any() or old.any() or k in writes:
+                writes[k] = new.astype(np.uint8)
+            if cfg.settle_slices > 0 and (k > last_dirty if step > 0 else k < last_dirty) and (old.any() or new.any()):
+                settled = settled + 1 if _unchanged(old, new) else 0
+                if settled >= cfg.settle_slices:
+                    break
+            prev = new
 
     def _slice_range(self, k_range) -> tuple[int, int]:
         n = self.volume.shape[0]
@@ -455,7 +537,8 @@ class Session:
                      force: bool = False) -> list[SegmentationResult]:
         """Semantic or referring segmentation, one request per target the prompt names ("liver and spleen",
         one per line: ``split_targets``), one new object per [SEG] the model emits. A target the model says
-        is not there ("There is no X.") gives no object; ``last_not_found`` lists those targets. ``force``
+        is not there ("There is no X."), or whose [SEG] tokens score below the segmenter's gate (``stop_score``) on
+        every probe slice, gives no object; ``last_not_found`` lists those targets. ``force``
         segments it anyway (named "X (forced)"; for random-weight plumbing, never the default)."""
         require(self.model, TEXT_SEGMENTATION)
         targets = split_targets(prompt)
@@ -478,18 +561,25 @@ class Session:
     def _segment_target(self, prompt: str, cancel: CancelToken | None, progress: Progress | None, force: bool
                         ) -> list[SegmentationResult]:
         results = []
+        cfg = self.model.config.segmenter
         for name, tokens in self.model.text_to_seg_prompts(self.visual_tokens(), prompt, cancel=cancel, force=force):
             obj = self.add_object(name)
             o = self._objects[obj]
             o.tokens = tokens
-            with self.predictor.extra_prompt_tokens(tokens):
-                keys, _ = choose_key_slices(lambda k: self.predictor.object_score_without_memory(o.state, k),
-                                            self.volume.shape[0], self.model.config.segmenter.key_slice_stride,
-                                            self.model.config.segmenter.num_key_slices)
-            for k in keys:
-                self.predictor.add_prompt_tokens(o.state, k, 1, tokens)
-            o.prompts = [_Prompt(k) for k in keys]
             try:
+                with self.predictor.extra_prompt_tokens(tokens):
+                    keys, scores = choose_key_slices(lambda k: self.predictor.object_score_without_memory(o.state, k),
+                                                     self.volume.shape[0], cfg.key_slice_stride, cfg.num_key_slices)
+                # The segmenter sees the image at full resolution: no probe slice scoring above the gate means
+                # the target is not there, whatever the language model answered (``force`` draws it anyway).
+                if max(scores.values()) < cfg.stop_score:
+                    if not force:
+                        self.remove(obj)
+                        continue
+                    o.name = name if name.endswith(FORCED) else f"{name} {FORCED}"
+                for k in keys:
+                    self.predictor.add_prompt_tokens(o.state, k, 1, tokens)
+                o.prompts = [_Prompt(k) for k in keys]
                 results.append(self.propagate(obj, cancel=cancel, progress=progress))
             except BaseException:
                 self.remove(obj)  # a cancelled text prompt leaves no half-made object

@@ -14,6 +14,7 @@ from medvlsam2.errors import InputError
 from medvlsam2.evaluation.language import HELD_OUT_TEMPLATES, held_out_findings
 from medvlsam2.io.volume import Volume
 from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+from medvlsam2.modeling.segmenter import SAM2VolumePredictor
 from medvlsam2.modeling.prompting import (REGION_TOKEN, build_inputs, no_object_answer, region_question, seg_answer,
                                           split_targets)
 from medvlsam2.report.findings import contradictions, extract_findings, positive_findings
@@ -112,12 +113,14 @@ def test_held_out_phrasings_are_not_training_templates_and_the_mix_is_as_documen
 
 
 def _scripted(monkeypatch, model, absent: set[str]):
-    """The LLM's answer to "Segment the X." is scripted (everything after it - bridge, SAM2, writers - is real)."""
+    """The LLM's answer to "Segment the X." is scripted, and the segmenter's presence gate passes (random SAM2
+    weights score at random); everything else - bridge, SAM2 masks, writers - is real."""
     def greedy(self, visual, question, cancel, max_new_tokens, region=None):
         target = question[len("Segment the "):-1]
         text = no_object_answer(target) if target in absent else seg_answer(target)
         return iter(self.tokenizer.encode(text, add_special_tokens=False))
     monkeypatch.setattr(MedVLSAM2, "_greedy", greedy)
+    monkeypatch.setattr(SAM2VolumePredictor, "object_score_without_memory", lambda self, state, k: 1.0)
 
 
 def _volume():
@@ -132,6 +135,29 @@ def test_an_absent_target_gives_no_object_and_says_so(model, monkeypatch):
     results = session.segment_text("gallbladder and liver")
     assert [r.name for r in results] == ["liver"] and session.last_not_found == ["gallbladder"]
     assert list(session.objects().values()) == ["liver"]
+
+
+def test_a_target_the_segmenter_sees_on_no_slice_gives_no_object(model, monkeypatch):
+    """The LLM answers "[SEG]" for both targets; SAM2 scores "spleen" below its gate on every probe slice."""
+    _scripted(monkeypatch, model, set())
+    seen = {}
+    def score(self, state, k):
+        seen[k] = True
+        return 2.0 if state is scored["liver"] else -0.5
+    scored = {}
+    monkeypatch.setattr(SAM2VolumePredictor, "object_score_without_memory", score)
+    session = Session(model, _volume())
+    add = session.add_object
+    def add_object(name=None):
+        obj = add(name)
+        scored[name] = session._objects[obj].state
+        return obj
+    session.add_object = add_object
+    results = session.segment_text("liver and spleen")
+    assert [r.name for r in results] == ["liver"] and session.last_not_found == ["spleen"]
+    assert list(session.objects().values()) == ["liver"] and len(seen) > 1
+    forced = session.segment_text("spleen", force=True)  # force draws it anyway, flagged in its name
+    assert [r.name for r in forced] == ["spleen (forced)"]
 
 
 def test_segment_cli_writes_every_target_with_names_colours_and_terminology(model, tmp_path, monkeypatch, capsys):
@@ -207,6 +233,10 @@ def test_training_rows_teach_absence_regions_and_reshuffled_choices(model):
     assert weights.sum().item() == pytest.approx(1.0) and geometry.shape == (9,)
     closed = [q for q, *_ in rows if "Choices:" in q and q.startswith("Which kidney")]
     assert len(set(closed)) > 1  # the same question with its choices in other orders
+    # absence learnt by the segmenter instead: the LLM grounds every request, no "There is no X." rows
+    grounded = prepare_case(case, model.config, STRUCTURE_LABELS, absent_by_segmenter=True).texts
+    answers = {a for r in grounded for a in r[1:2]}
+    assert "It is [SEG] liver lesion." in answers and not any(a.startswith("There is no") for a in answers)
 
 
 def test_an_old_bundle_is_upgraded_with_region_input_and_new_words(tmp_path):

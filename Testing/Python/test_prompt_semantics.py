@@ -223,3 +223,58 @@ def test_background_encoding_fills_the_cache_within_its_budget(model, session):
     small._prefetcher.join(120)
     assert small.feature_cache.encoder_calls == len(small.feature_cache) == 2  # stopped at the budget, no eviction
     small.close()
+
+
+def _scripted_box_decoder(session, monkeypatch):
+    """SAM2 scripted on the phantom ellipsoid: a prompt answers the true slice mask; a box decode offers three
+    candidates (everything in the box, the object, nothing) with SAM2 preferring the first."""
+    truth = session.volume.array > 0
+
+    def logits(m):
+        return torch.from_numpy(np.where(m, 10.0, -10.0).astype(np.float32))
+
+    def decode(state, k, box, points=(), labels=()):
+        i0, j0, i1, j1 = (int(round(v)) for v in box)
+        boxed = np.zeros_like(truth[k])
+        boxed[j0:j1 + 1, i0:i1 + 1] = True
+        return torch.stack([logits(boxed), logits(truth[k]), logits(np.zeros_like(boxed))]), torch.tensor([0.9, 0.5, 0.1]), 5.0
+
+    monkeypatch.setattr(session, "_add", lambda o, p: logits(truth[p.k])[None, None])
+    monkeypatch.setattr(session.predictor, "decode_box_without_memory", decode)
+    monkeypatch.setattr(session.predictor.config, "propagation", "box")
+    return truth
+
+
+def test_box_propagation_takes_the_candidate_that_continues_the_object(session, monkeypatch):
+    truth = _scripted_box_decoder(session, monkeypatch)
+    obj = session.add_object()
+    session.add_box(obj, (6, 7, 2, 26, 25, 14))
+    session.propagate(obj)
+    mask = session.mask(obj) > 0
+    assert (mask[2:15] == truth[2:15]).all() and not mask[:2].any() and not mask[15:].any()
+
+
+def test_box_propagation_a_correction_that_empties_a_slice_keeps_its_neighbours(session, monkeypatch):
+    truth = _scripted_box_decoder(session, monkeypatch)
+    obj = session.add_object()
+    session.add_box(obj, (6, 7, 2, 26, 25, 14))
+    session.propagate(obj)
+    before = session.mask(obj).copy()
+    session.add_points(obj, [[16, 16, 11]], [-1])  # only the empty candidate obeys the click
+    session.propagate(obj)
+    after = session.mask(obj)
+    assert not after[11].any() and (after[:11] == before[:11]).all() and (after[12:] == before[12:]).all()
+
+
+def test_box_propagation_from_a_click_runs_to_the_object_ends_and_not_into_a_neighbour(model, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    k, j, i = np.mgrid[:K, :H, :W]
+    organ = ((k - 8) / 7) ** 2 + ((j - 16) / 6) ** 2 + ((i - 10) / 5) ** 2 < 1
+    other = (np.abs(j - 16) < 3) & (np.abs(i - 22) < 2) & (k >= 9)  # a neighbour that joins the box later
+    session = Session(model, Volume(np.where(organ | other, 150, -900).astype(np.int16), (0.8, 0.8, 2.0)))
+    _scripted_box_decoder(session, monkeypatch)
+    obj = session.add_object()
+    session.add_points(obj, [[10, 16, 8]], [1])  # a click: no box bound, the object may run to both ends
+    session.propagate(obj)
+    mask = session.mask(obj) > 0
+    assert (mask[organ]).all() and not mask[other & ~organ].any()

@@ -111,6 +111,17 @@ def test_plan_is_a_function_of_seed_and_step():
     assert any(t.phrase == "largest organ" for t in pool[0].present)
 
 
+def test_absent_rate_asks_for_targets_the_case_lacks(tmp_path):
+    pool = [prepare_case(make_case(s), tiny(), STRUCTURES) for s in range(3)]
+    assert all(p.absent for p in pool)
+    def absent_share(rate):
+        clips = [c for s in range(40) for c in plan_step(0, s, pool, 2, 0, 4, 0, 2, 2, absent_rate=rate).seg]
+        return sum(c.target in pool[c.case].absent for c in clips) / len(clips)
+    assert absent_share(0.0) == 0.0 and 0.3 < absent_share(0.5) < 0.7
+    with pytest.raises(InputError, match="absent_rate"):
+        small_config(tmp_path, absent_rate=1.5)
+
+
 def test_target_weights_oversample_and_lr_multipliers_scale_groups(tmp_path):
     from medvlsam2.modeling.medvlsam2 import MedVLSAM2
     from medvlsam2.training.loop import param_groups, set_trainable
@@ -274,3 +285,14 @@ def test_two_processes_train_together_on_cpu(tmp_path):
     assert meta["machine"].endswith("x2")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # logged once, by the main process
+
+
+def test_every_shipped_training_recipe_parses():
+    """The recipes under configs/train are documentation users run: each must load (accelerate's own files aside)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer" / "configs" / "train"
+    recipes = [p for p in sorted(root.glob("*.yaml")) if not p.name.startswith("accelerate_")]
+    assert len(recipes) >= 8
+    for path in recipes:
+        assert load_train_config(path).max_steps > 0, path.name

@@ -155,13 +155,35 @@ def test_cli_trains_stage1_then_stage2_on_the_public_layouts(tmp_path, layouts, 
     assert main(["train", str(stage2), "--max-steps", "2"]) == 0
     second = json.loads(capsys.readouterr().out)
     held = json.loads(Path(second["held_out"]).read_text(encoding="utf-8"))
-    assert held["m3d_seg_0"] == ["synthetic-1"] and len(held["msd_1"]) == 1
+    assert held["m3d_seg_0"]["ids"] == ["synthetic-1"] and len(held["msd_1"]["ids"]) == 1
+    assert held["m3d_seg_0"]["source"]["path"] == str(layouts["m3d_seg"])
+    # evaluate reuses the run's split: exactly the held-out cases, read from the sources the run trained on
+    out = tmp_path / "held_out_eval.json"
+    assert main(["evaluate", "--model", second["final"], "--held-out", str(tmp_path / "stage2"), "--tasks", "seg",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    evaluated = json.loads(out.read_text(encoding="utf-8"))
+    assert evaluated["data"]["held_out"] == str(tmp_path / "stage2") and len(evaluated["cases"]) == 2
     records = [json.loads(x) for x in (tmp_path / "stage2" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all("seg" in r for r in records)
     load_bundle(second["final"])
     # the cases read were preprocessed once into the cache: plain tensors and JSON, read back without pickle
     cached = list((tmp_path / "cache").glob("*.pt"))
     assert cached and all({"image", "meta"} <= set(torch.load(p, weights_only=True)) for p in cached)
+
+
+def test_held_out_errors_say_what_to_give(tmp_path):
+    from medvlsam2.training.sources import held_out_cases
+
+    with pytest.raises(InputError, match="no held_out.json there"):
+        held_out_cases(tmp_path)
+    (tmp_path / "held_out.json").write_text(json.dumps({"msd_0": ["case_1"]}))
+    with pytest.raises(InputError, match="evaluate those cases with --dataset"):
+        held_out_cases(tmp_path)
+    (tmp_path / "held_out.json").write_text(json.dumps(
+        {"msd_0": {"source": {"reader": "msd", "path": str(tmp_path / "gone")}, "ids": ["case_1"]}}))
+    with pytest.raises(InputError, match="no longer exists"):
+        held_out_cases(tmp_path / "held_out.json")
 
 
 def test_dry_run_counts_cases_and_parameters(tmp_path, layouts, capsys):

@@ -1,4 +1,4 @@
-"""``medvlsam2 evaluate --model tiny|BUNDLE (--synthetic-seeds A-B | --dataset FOLDER) --out results.json``.
+"""``medvlsam2 evaluate --model tiny|BUNDLE (--synthetic-seeds A-B | --dataset FOLDER | --held-out RUN) --out results.json``.
 
 Scores a model with the field's metrics (see ``medvlsam2.evaluation``): text-prompted Dice/NSD per
 structure, the interactive box + clicks protocol, report metrics and closed/open VQA. Writes JSON (and
@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic-seeds", help="held-out synthetic phantoms, e.g. 100000-100019 (seeds >= 100000)")
     src.add_argument("--dataset", help="folder of a public dataset layout (see medvlsam2.data.datasets)")
+    src.add_argument("--held-out", metavar="RUN",
+                     help="the cases a training run held out: its output folder or held_out.json (read from the "
+                          "sources it trained on)")
     p.add_argument("--shape", help="synthetic volume shape K,J,I (default: the generator's)")
     p.add_argument("--out", required=True, help="results JSON file")
     p.add_argument("--markdown", help="also write the tables as Markdown here")
@@ -182,7 +185,12 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"unknown structure(s) {sorted(unknown)}; the phantoms have {sorted(structures)}")
             structures = {n: structures[n] for n in wanted}
     else:
-        cases, source = _dataset_cases(args.dataset), {"dataset": str(args.dataset)}
+        if args.held_out:
+            from ..training.sources import held_out_cases
+
+            cases, source = held_out_cases(args.held_out), {"held_out": str(args.held_out)}
+        else:
+            cases, source = _dataset_cases(args.dataset), {"dataset": str(args.dataset)}
         structures = None  # each case's own label names, filtered below
         if args.limit:
             cases = itertools.islice(cases, args.limit)

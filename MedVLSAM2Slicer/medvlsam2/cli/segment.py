@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 results += session.segment_text(prompt, progress=progress)
                 missing += session.last_not_found
             for target in missing:
-                print(f"The model found no {target} in this image (it answered that there is none).", file=sys.stderr)
+                print(f"The model found no {target} in this image (not found; nothing is drawn for it).", file=sys.stderr)
             labels = {i + 1: r.name for i, r in enumerate(results)}  # none found: an empty mask, exit code 3
             mask = label_map([session.mask(r.object_id) for r in results]) if results else np.zeros(volume.shape, np.uint8)
         else:

@@ -16,7 +16,8 @@ from ..utils.cancel import CancelToken, check
 from .bridge import SegBridge
 from .language import build_language_model, load_llm_tokenizer
 from .projector import build_projector
-from .prompting import IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN, build_inputs, region_question, seg_answer, segment_question
+from .prompting import (FORCED, IMAGE_TOKEN, REGION_TOKEN, SEG_TOKEN, build_inputs, region_question, seg_answer,
+                        segment_question)
 from .region import RegionEncoder, region_inputs
 from .segmenter import build_segmenter
 from .tokenizer import build_tokenizer
@@ -196,7 +197,7 @@ class MedVLSAM2(nn.Module):
         answer = self.tokenizer.decode(answer_ids, skip_special_tokens=False)
         phrases = [re.sub(r"\b(and|it is)$", "", p.strip(" ,.").lower()).strip(" ,.") for p in answer.split(SEG_TOKEN)[1:]]
         names = [p if p and len(tokens) > 1 else prompt.strip() for p in phrases]
-        names = [f"{n} (forced)" for n in names] if forced else names
+        names = [f"{n} {FORCED}" for n in names] if forced else names
         return [(name, tokens[i:i + 1]) for i, name in enumerate(names)]
 
     def enable_region_input(self, words=()) -> "MedVLSAM2":

@@ -13,6 +13,8 @@ REPORT_QUESTION = "Generate a findings report for this CT."
 IGNORE = -100
 
 
+FORCED = "(forced)"  # suffix of an object drawn although the model said the target is not there
+
 def segment_question(target: str) -> str:
     return f"Segment the {_bare(target)}."
 

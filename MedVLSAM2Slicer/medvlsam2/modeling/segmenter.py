@@ -122,6 +122,30 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
                               num_frames=state["num_frames"], run_mem_encoder=False)
         return float(out["object_score_logits"].flatten()[0])
 
+    @torch.inference_mode()
+    def decode_box_without_memory(self, state: dict, frame_idx: int, box, points=(), labels=()
+                                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """SAM2's candidate masks for a box (i0, j0, i1, j1) and optional clicks (x=i, y=j; labels 1 / 0), in slice
+        pixels, on one slice, decoded without memory as a first prompt is: (candidate logits [C, H, W] at the
+        original slice size, predicted IoUs [C], object-score logit). C = 3 (multimask), so the caller can pick
+        the candidate that continues its neighbour slice or obeys the clicks."""
+        _, _, feats, pos, sizes = self._get_image_feature(state, frame_idx, batch_size=1)
+        scale = torch.tensor([state["video_width"], state["video_height"]], dtype=torch.float32, device=self.device)
+        xy = torch.tensor([[box[0], box[1]], [box[2], box[3]], *points], dtype=torch.float32, device=self.device)
+        points = {"point_coords": (xy / scale * self.image_size)[None],  # SAM2's box labels 2, 3 come first
+                  "point_labels": torch.tensor([[2, 3, *labels]], dtype=torch.int32, device=self.device)}
+        high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *size) for x, size in zip(feats[:-1], sizes[:-1])]
+        pix_feat = self._prepare_memory_conditioned_features(
+            frame_idx=frame_idx, is_init_cond_frame=True, current_vision_feats=feats[-1:],
+            current_vision_pos_embeds=pos[-1:], feat_sizes=sizes[-1:],
+            output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames=state["num_frames"],
+            track_in_reverse=False)
+        low_multi, _, ious, _, _, _, score = self._forward_sam_heads(
+            backbone_features=pix_feat, point_inputs=points, mask_inputs=None, high_res_features=high_res or None,
+            multimask_output=True)
+        _, masks = self._get_orig_video_res_output(state, low_multi.transpose(0, 1))
+        return masks[:, 0], ious[0], float(score.flatten()[0])
+
     @staticmethod
     def _stored_output(state: dict, frame_idx: int, obj_id: int = 1) -> dict | None:
         """The most recent output SAM2 holds for a slice (upstream's lookup order), or None."""

@@ -99,12 +99,14 @@ def shuffled_choices(case: CTCase, copies: int = 2) -> list[tuple[str, str]]:
 
 
 def language_rows(case: CTCase, config: ModelConfig, encoder: torch.Tensor, present: list[Target],
-                  absent: list[Target]) -> list[tuple]:
+                  absent: list[Target], absent_by_segmenter: bool = False) -> list[tuple]:
     """Language-only rows besides ``case_texts``: "Segment the X." -> "It is [SEG] X." for present targets and
-    "There is no X." for absent ones, closed VQA with reshuffled choices, and region questions (the
+    "There is no X." for absent ones (``absent_by_segmenter``: "It is [SEG] X." too, since the segmenter's
+    object score then learns absence), closed VQA with reshuffled choices, and region questions (the
     region as model input) when the model has a region encoder."""
     rows: list[tuple] = [(segment_question(t.phrase), seg_answer(t.phrase)) for t in present]
-    rows += [(segment_question(t.phrase), no_object_answer(t.phrase)) for t in absent] * ABSENT_COPIES
+    answer = seg_answer if absent_by_segmenter else no_object_answer
+    rows += [(segment_question(t.phrase), answer(t.phrase)) for t in absent] * ABSENT_COPIES
     rows += shuffled_choices(case)
     if case.report:  # rows are drawn uniformly: copies keep reports from drowning among the short rows
         rows += [(REPORT_QUESTION, case.report)] * REPORT_COPIES
@@ -120,8 +122,9 @@ def language_rows(case: CTCase, config: ModelConfig, encoder: torch.Tensor, pres
 
 
 def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, Iterable[int]],
-                 with_frames: bool = True) -> CaseTensors:
-    """Convert one case with the inference pre-processing (encoder grid, SAM2 frames).
+                 with_frames: bool = True, absent_by_segmenter: bool = False) -> CaseTensors:
+    """Convert one case with the inference pre-processing (encoder grid, SAM2 frames); ``absent_by_segmenter``
+    as in ``language_rows``.
 
     ``with_frames=False`` leaves ``frames`` None (the streaming loader builds only the planned slices'). A case
     without a label map (report / VQA only) has no targets and an empty label map [K, 0, 0]."""
@@ -139,7 +142,7 @@ def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, 
     present, absent = case_targets(case, structure_labels)
     # "Segment the X." -> "It is [SEG] X." as language rows too: stage 1 then teaches the [SEG] state to
     # name its target (a quick language-only loss; stage 2's mask losses alone did not separate left/right)
-    rows = language_rows(case, config, encoder, present, absent)
+    rows = language_rows(case, config, encoder, present, absent, absent_by_segmenter)
     tensors = CaseTensors(encoder[0], frames, labels, case_texts(case) + rows, present, absent)
     for t in present + absent:
         tensors.slices_with(t)

@@ -76,6 +76,11 @@ class TrainConfig:
     thin_end_weight: float = 1.0  # object-score loss weight of slices holding < 25% of the organ's largest area
     probes: int = 4  # single-slice decodes without memory per text-prompted clip (present and absent)
     target_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per target phrase (default 1)
+    # share of text-prompted clips that ask for a target the case lacks: "It is [SEG] X." with an all-negative
+    # object score on every slice, so the segmenter (which sees the CT at full resolution) learns absence; > 0
+    # also turns the "There is no X." language rows into "It is [SEG] X." (the LLM grounds every request and
+    # the Session's presence gate decides), since a small LLM's 32 visual tokens cannot see a 15 mm lesion
+    absent_rate: float = 0.0
     # loss weights and per-module learning-rate multipliers (e.g. {"llm": 10} to move the LLM faster)
     lm_weight: float = 1.0
     seg_weight: float = 1.0
@@ -109,6 +114,8 @@ class TrainConfig:
         bad = sorted(set(self.lr_multipliers) - set(MODULES))
         if bad:
             raise InputError(f"lr_multipliers: unknown module(s) {bad}; choose from {list(MODULES)}")
+        if not 0 <= self.absent_rate < 1:
+            raise InputError(f"absent_rate must be in [0, 1), got {self.absent_rate}")
         if any(v <= 0 for v in [*self.lr_multipliers.values(), *self.target_weights.values()]):
             raise InputError("lr_multipliers and target_weights must be positive numbers")
         if self.stage == 2 and self.clip_len < 1:

@@ -27,7 +27,7 @@ from ..config import get_config
 from ..errors import CheckpointError, InputError
 from .batches import CaseTensors
 from .config import MODULES, TrainConfig
-from .sources import OpenSource, open_sources
+from .sources import HELD_OUT_FILE as HELD_OUT, OpenSource, held_out_record, open_sources
 from .stage1 import stage1_losses
 from .stage2 import stage2_losses
 from .stream import StepData, corpus, step_loader
@@ -36,7 +36,6 @@ from .stream import StepData, corpus, step_loader
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
-HELD_OUT = "held_out.json"
 
 
 class TrainStep(nn.Module):
@@ -302,9 +301,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out.mkdir(parents=True, exist_ok=True)
-    held_out = {s.spec.name: s.held_out for s in sources}
     if accelerator.is_main_process:
-        (out / HELD_OUT).write_text(json.dumps(held_out, indent=1))
+        (out / HELD_OUT).write_text(json.dumps(held_out_record(sources), indent=1))
     data_s = time.time() - t0
 
     params = set_trainable(model, cfg.trainable)

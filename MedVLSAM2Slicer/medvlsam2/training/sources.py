@@ -10,6 +10,7 @@ read lazily through ``data.datasets`` and preprocessed once into an on-disk MONA
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -96,6 +97,12 @@ class DataSource:
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
             raise InputError(f"{where}: spacing must be three positive numbers (x, y, z in mm)")
         return self
+
+    def to_entry(self) -> dict[str, Any]:
+        """The ``datasets:`` entry that ``parse`` reads back into this source (keys its reader takes)."""
+        allowed = _COMMON_KEYS + _READER_KEYS[self.reader]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()
+                if k in allowed and v is not None}
 
     def files(self) -> list[tuple[str, str]]:
         """(what, path) of everything that must exist before training starts."""
@@ -191,3 +198,47 @@ def open_sources(specs: Sequence[DataSource]) -> list[OpenSource]:
                 structures.setdefault(label, []).append(int(value))
         opened.append(OpenSource(s, cases, train, sorted(held), structures))
     return opened
+
+
+HELD_OUT_FILE = "held_out.json"  # in a run's output folder: {source name: {"source": entry, "ids": [case ids]}}
+
+
+def held_out_record(sources: Sequence[OpenSource]) -> dict:
+    return {s.spec.name: {"source": s.spec.to_entry(), "ids": s.held_out} for s in sources}
+
+
+def held_out_cases(path: str | Path):
+    """The cases a training run held out (its ``held_out.json``, or the run folder holding it), read lazily
+    from the sources the run trained on, so that ``medvlsam2 evaluate --held-out RUN`` scores exactly them."""
+    from ..data.datasets import LazyCases
+
+    p = Path(path)
+    p = p / HELD_OUT_FILE if p.is_dir() else p
+    if not p.is_file():
+        raise InputError(f"{path}: no {HELD_OUT_FILE} there; give a training run's output folder or its {HELD_OUT_FILE}")
+    try:
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p} is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(record, dict) or not all(isinstance(e, dict) and isinstance(e.get("source"), dict)
+                                               and isinstance(e.get("ids"), list) for e in record.values()):
+        raise InputError(f"{p} does not list sources with their held-out ids (written before this version?); "
+                         "evaluate those cases with --dataset instead")
+    loaders, ids, names = [], [], {}
+    for index, (name, entry) in enumerate(record.items()):
+        spec = DataSource.parse(index, entry["source"])
+        for what, file in spec.files():
+            if not Path(file).exists():
+                raise InputError(f"held-out source {name} ({spec.reader}): {what} {file} no longer exists")
+        cases = _open_cases(spec)
+        position = {case_id: i for i, case_id in enumerate(cases.ids)}
+        missing = sorted(set(map(str, entry["ids"])) - set(position))
+        if missing:
+            raise InputError(f"held-out source {name}: case(s) {missing[:5]} are no longer in {spec.path or spec.reader}")
+        for case_id in map(str, entry["ids"]):
+            loaders.append(lambda c=cases, i=position[case_id]: c[i])
+            ids.append(case_id)
+        names.update(cases.label_names)
+    if not ids:
+        raise InputError(f"{p}: the run held out no cases (give a source a split: {{held_out: ...}} in its config)")
+    return LazyCases(loaders, ids, names)

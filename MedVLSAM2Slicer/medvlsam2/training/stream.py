@@ -111,13 +111,15 @@ class StepData(Dataset):
             case = self.case(s, i)
             src = self.sources[s]
             structures = src.structures if case.labels is not None else {}
-            tensors = prepare_case(case, self.model_config, structures, with_frames=False)
+            tensors = prepare_case(case, self.model_config, structures, with_frames=False,
+                                   absent_by_segmenter=self.cfg.absent_rate > 0)
             tensors.interactive = "interactive" in src.spec.tasks
             pool.append(tensors)
             volumes.append(case.volume)
         cfg = self.cfg
         plan = plan_step(cfg.seed, data_step, pool, cfg.stage, cfg.text_cases, cfg.seg_clips, cfg.interactive_clips,
-                         cfg.clip_len, cfg.probes, target_weights=cfg.target_weights, clicks=cfg.click_schedule())
+                         cfg.clip_len, cfg.probes, absent_rate=cfg.absent_rate, target_weights=cfg.target_weights,
+                         clicks=cfg.click_schedule())
         used = planned_slices(plan)
         seg = self.model_config.segmenter
         for c, (tensors, volume) in enumerate(zip(pool, volumes)):
