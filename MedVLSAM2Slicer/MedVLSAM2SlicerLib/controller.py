@@ -2,8 +2,10 @@
 
 Works with any object that has the Session's method names (local ``medvlsam2.session.Session`` or
 ``medvlsam2.client.RemoteSession``). A failed or cancelled call changes no segment. Each write that changes
-a segment is one step of Slicer's segmentation undo history (``undo.SegmentationUndo``); undoing it also
-undoes the session's matching step, so the next prompt starts from what the user sees.
+a segment is one step of Slicer's segmentation undo history (``undo.SegmentationUndo``). Whoever undoes or
+redoes it (this panel, the Segment Editor's buttons and keys), the segment's restored content is matched to
+the session steps that made it (``undo.Track``) and the session undoes or redoes them too, so the next
+prompt starts from what the user sees.
 """
 
 from __future__ import annotations
@@ -17,15 +19,8 @@ from medvlsam2.errors import Cancelled, InputError
 from . import report_node, segments
 from .panel_state import PanelState
 from .signals import Signal
-from .undo import SegmentationUndo
+from .undo import SegmentationUndo, Track
 from .worker import Job, ModelWorker
-
-
-class _Step:
-    """One Slicer undo step and how many session steps (of ``obj``) it covers."""
-
-    def __init__(self, segment_id: str, obj: int) -> None:
-        self.segment_id, self.obj, self.engine_steps = segment_id, obj, 1
 
 
 class Controller:
@@ -40,7 +35,14 @@ class Controller:
         self.objects: dict[str, int] = {}  # segment id -> session object id
         self.undo_history: SegmentationUndo | None = None
         self.terminology_logic = None  # Slicer's terminology logic (names, codes, colours of text-prompt segments)
-        self._steps: list[_Step] = []  # parallel to undo_history.steps
+        self._tracks: dict[str, Track] = {}  # segment id -> the states it went through under its session object
+        self._changed: set[str] = set()  # segments modified since the last sync
+        self._writing = False  # our own write: its modification events are not an undo
+        self._observed: list[tuple] = []  # (VTK object, observer tag)
+        # schedules ``sync`` after a segmentation event (the module: on the Qt event loop, after the burst of
+        # events an undo makes); without it, ``sync`` runs when this module's undo history reports a change
+        self.defer: Callable[[Callable[[], None]], None] | None = None
+        self._sync_pending = False
         self.answer_chunk = Signal()   # (text) streamed answer / report pieces
         self.answer_done = Signal()    # (job name, full text)
         self.segments_written = Signal()  # (list of segment ids)
@@ -61,8 +63,10 @@ class Controller:
         self.session, self.volume_node, self.segmentation_node = session, volume_node, segmentation_node
         self.undo_history = undo_history
         self.objects.clear()
-        self._steps.clear()
+        self._tracks.clear()
+        self._changed.clear()
         self._text_queue.clear()
+        self._observe(segmentation_node, undo_history)
         if segmentation_node is not None and volume_node is not None:
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         self.state.update(session_open=session is not None, volume_selected=volume_node is not None,
@@ -86,6 +90,73 @@ class Controller:
                 close()
             except Exception:
                 pass
+
+    def _observe(self, segmentation_node, undo_history: SegmentationUndo | None) -> None:
+        """Watch the segmentation for changes made by anyone else (Slicer's undo/redo, the Segment Editor).
+
+        A restore modifies a segment several times (it is empty in between), so the content is read only
+        once the burst is over: on the deferred call, or when the undo history says it has restored.
+        """
+        for obj, tag in self._observed:
+            obj.RemoveObserver(tag)
+        self._observed.clear()
+        if segmentation_node is None:
+            return
+        import slicer
+        import vtk
+
+        @vtk.calldata_type(vtk.VTK_STRING)
+        def modified(caller, event, segment_id) -> None:
+            if not self._writing and segment_id in self._tracks:
+                self._changed.add(segment_id)
+                if self.defer is not None and not self._sync_pending:
+                    self._sync_pending = True
+                    self.defer(self.sync)
+        segmentation = segmentation_node.GetSegmentation()
+        self._observed.append((segmentation, segmentation.AddObserver(slicer.vtkSegmentation.SegmentModified, modified)))
+        if undo_history is not None:
+            self._observed.append(undo_history.observe(lambda *_: self._changed and self.sync()))
+
+    def sync(self) -> None:
+        """Match each changed segment to the state it now shows and undo/redo the session's steps to it.
+
+        Runs on the main thread; the session calls queue on the worker, so a prompt given after an undo
+        refines the restored mask. A content no state had (an edit outside this module) leaves the session
+        as it is, with a message.
+        """
+        self._sync_pending = False
+        changed, self._changed = self._changed, set()
+        for segment_id in sorted(changed):
+            track = self._tracks.get(segment_id)
+            if track is None:
+                continue
+            if self.segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+                del self._tracks[segment_id]  # the segment is gone; its session object stays unused
+                continue
+            delta = track.moved(segments.content_key(self.segmentation_node, segment_id))
+            if delta:
+                self._move_session(segment_id, track.obj, delta)
+            elif not track.in_step:
+                self.message.emit(f"'{self._segment_name(segment_id)}' was edited outside MedVLSAM2: the model keeps its "
+                                  "own mask, and its next result replaces the box it changes (Reset to start over)")
+        self._update_selection()
+
+    def _move_session(self, segment_id: str, obj: int, delta: int) -> None:
+        """Undo (delta < 0) or redo (delta > 0) ``abs(delta)`` session steps of ``obj`` on the worker thread."""
+        session = self.session
+        if session is None:
+            return
+        step = session.undo if delta < 0 else session.redo
+
+        def run(job: Job) -> None:
+            for _ in range(abs(delta)):
+                step(obj)
+
+        def failed(exc: BaseException) -> None:
+            self.state.set_error(f"the model could not {'undo' if delta < 0 else 'redo'} with Slicer: {exc}; "
+                                 "prompt again or Reset this segment")
+        self.worker.submit(Job("undo" if delta < 0 else "redo", run, on_done=lambda _: self._update_selection(),
+                               on_error=failed))
 
     def select_segment(self, segment_id: str | None) -> None:
         self.current_segment = segment_id or None
@@ -125,20 +196,25 @@ class Controller:
         return self.segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
 
     def _write(self, segment_id: str, result) -> None:
-        """Write ``result`` into the segment as one undo step (none when nothing changed)."""
-        obj = result.object_id
-        history = self.undo_history
-
-        def save() -> None:
-            if history is not None:
-                history.save(segment_id)
-                self._steps = (self._steps + [_Step(segment_id, obj)])[-len(history.steps):]
-        if not segments.write_result(self.segmentation_node, segment_id, self.volume_node, result, save):
-            # the session took a step that changed no voxel: the visible step before it covers it too
-            for step in reversed(self._steps):
-                if step.obj == obj:
-                    step.engine_steps += 1
-                    break
+        """Write ``result`` into the segment as one undo step (none when nothing changed) and track its state."""
+        if self._changed:
+            self.sync()  # an outside edit not seen yet is a state of its own, before this write
+        node, obj = self.segmentation_node, result.object_id
+        track = self._tracks.get(segment_id)
+        before = track.keys[track.pos] if track is not None and track.obj == obj else segments.content_key(node, segment_id)
+        if track is None or track.obj != obj:
+            track = self._tracks[segment_id] = Track.starting_at(obj, before)
+        save = self.undo_history.save if self.undo_history is not None else None
+        self._writing = True
+        try:
+            changed = segments.write_result(node, segment_id, self.volume_node, result, save)
+        finally:
+            self._writing = False
+        after = before
+        if changed:
+            grid = segments.on_volume_grid(node, segment_id, self.volume_node)
+            after = segments.content_key(node, segment_id, before, result.bbox[:2] if grid else None)
+        track.wrote(before, after)
 
     def _written(self, segment_id: str) -> Callable[[Any], None]:
         def done(result) -> None:
@@ -189,29 +265,19 @@ class Controller:
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._steps) and self.undo_history is not None and self.undo_history.can_undo
+        return self.undo_history is not None and any(t.undoable for t in self._tracks.values())
 
-    def undo(self) -> Job | None:
-        """Undo the last write (Slicer's history restores the segmentation) and the session's matching step."""
+    def undo(self) -> None:
+        """Undo the last write in Slicer's history (as the Segment Editor's Undo does); ``sync`` then undoes the
+        session's matching steps."""
         if self.session is None:
             raise InputError("no model session: start the server (or connect) and select a CT volume first")
         if not self.can_undo:
             raise InputError("nothing to undo")
         if self.state.busy:
             self.message.emit(f"busy with {self.state.busy_job}; wait or press Cancel")
-            return None
-        step = self._steps.pop()
-        self.undo_history.undo()  # main thread: MRML
-
-        def run(job: Job) -> None:
-            for _ in range(step.engine_steps):
-                self.session.undo(step.obj)
-
-        def done(_) -> None:
-            self.state.finish()
-            self._update_selection()
-            self.segments_written.emit([step.segment_id])
-        return self._start("undo", run, done)
+            return
+        self.undo_history.undo()  # main thread: MRML; the segmentation's events start ``sync``
 
     def reset(self, segment_id: str) -> Job | None:
         obj = self._known(segment_id)

@@ -44,6 +44,13 @@ class MedVLSAM2Logic:
             self.controller.terminology_logic = slicer_logic()
         except ImportError:  # no slicer at all (scripts, plain pytest)
             pass
+        try:
+            import qt
+
+            # one sync per burst of segmentation events (an undo modifies each segment), after the burst
+            self.controller.defer = lambda fn: qt.QTimer.singleShot(0, fn)
+        except ImportError:  # slicer-core without Qt: sync right away
+            pass
         self.server_info: ServerInfo | None = None
 
     # ----- models ---------------------------------------------------------------------------------
@@ -203,7 +210,7 @@ class MedVLSAM2Logic:
     def undo_history(segmentationNode) -> undo.SegmentationUndo | None:
         if segmentationNode is None:
             return None
-        return undo.SegmentationUndo(undo.new_editor_logic(segmentationNode.GetScene(), segmentationNode))
+        return undo.SegmentationUndo(segmentationNode, undo.new_editor_logic(segmentationNode.GetScene(), segmentationNode))
 
     @staticmethod
     def ensure_segmentation(scene, volumeNode, segmentationNode=None) -> tuple[object, str]:

@@ -6,6 +6,7 @@ voxels (segments may overlap; Slicer moves the written segment to its own layer 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import numpy as np
@@ -45,6 +46,12 @@ def _same_grid(labelmap, segmentation_node, volume_node) -> bool:
     same_parent = segmentation_node.GetTransformNodeID() == volume_node.GetTransformNodeID()
     return same_parent and np.allclose(_matrix(labelmap.GetImageToWorldMatrix), _matrix(volume_node.GetIJKToRASMatrix),
                                        atol=1e-6)
+
+
+def on_volume_grid(segmentation_node, segment_id: str, volume_node) -> bool:
+    """Whether the segment's labelmap voxels are the volume's (its k is the volume's k)."""
+    labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    return labelmap is not None and _same_grid(labelmap, segmentation_node, volume_node)
 
 
 def _voxels(image) -> np.ndarray:
@@ -155,6 +162,39 @@ def write_patch(segmentation_node, segment_id: str, volume_node, bbox, patch: np
     labelmap.Modified()
     segmentation.GetSegment(segment_id).Modified()
     return True
+
+
+def content_key(segmentation_node, segment_id: str, previous: tuple | None = None,
+                k_range: tuple[int, int] | None = None) -> tuple:
+    """A fingerprint of the segment's voxels, so a state Slicer's undo restores is recognised: the same for the
+    same voxels on the same grid, whatever the labelmap's extent (a restore may keep a larger one).
+
+    ((label, grid), ((k, digest of slice k's ones cropped to their box and that box), ...)) over the slices
+    holding the segment, in labelmap coordinates. With ``previous`` (the key before a write) and ``k_range``
+    (k0, k1 half-open, the only slices the write changed), only those slices are hashed again.
+    """
+    labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    if labelmap is None or _empty(labelmap.GetExtent()):
+        return (label, None), ()
+    e = labelmap.GetExtent()
+    head = (label, tuple(_matrix(labelmap.GetImageToWorldMatrix).round(6).ravel()))
+    voxels = _voxels(labelmap)
+    if previous is not None and k_range is not None and previous[0] == head:
+        digests = dict(previous[1])
+        ks = range(max(k_range[0], e[4]), min(k_range[1], e[5] + 1))
+    else:
+        digests, ks = {}, range(e[4], e[5] + 1)
+    for k in ks:
+        ones = voxels[k - e[4]] == label
+        rows, cols = np.flatnonzero(ones.any(1)), np.flatnonzero(ones.any(0))
+        if not len(rows):
+            digests.pop(k, None)
+            continue
+        crop = ones[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        where = np.array([rows[0] + e[2], cols[0] + e[0], *crop.shape], np.int64).tobytes()
+        digests[k] = hashlib.blake2b(where + np.packbits(crop).tobytes(), digest_size=8).digest()
+    return (head, tuple(sorted(digests.items()))) if digests else ((label, None), ())  # empty: on any grid
 
 
 def write_result(segmentation_node, segment_id: str, volume_node, result,

@@ -71,7 +71,7 @@ def prompts_and_undo(test, make_logic: Callable[[], object]) -> None:
         test.assertEqual(len(boxes), 1)
         test.assertEqual(c.state.error, "")
 
-        # undo takes back exactly the last write and the session's step with it
+        # undo (Slicer's history) takes back exactly the last write, and the session's step with it
         before = segment_array(segmentation, boxed, volume).copy()
         scribble = logic.prompt_node(slicer.mrmlScene, "scribble")
         for p in ([24, 30, 4], [40, 30, 4]):
@@ -81,6 +81,7 @@ def prompts_and_undo(test, make_logic: Callable[[], object]) -> None:
         test.assertEqual(c.state.error, "")
         if c.can_undo and not np.array_equal(segment_array(segmentation, boxed, volume), before):
             c.undo()
+            slicer.app.processEvents()  # the deferred sync queues the session's undo
             c.worker.wait_all(timeout=300)
             test.assertTrue(np.array_equal(segment_array(segmentation, boxed, volume), before))
             test.assertTrue(np.array_equal(session.mask(c.objects[boxed]), before))

@@ -1,13 +1,15 @@
-"""Undo through Slicer's segmentation history: one model interaction is one Segment Editor undo step.
+"""Undo through Slicer's segmentation history, with the model session kept in step.
 
-``SegmentationUndo`` drives a ``vtkSlicerSegmentEditorLogic`` (the logic behind the Segment Editor's undo
-and redo buttons, Slicer >= 5.9) bound to the panel's segmentation node. Inside Slicer the panel hands in
-the Segment Editor's own logic when it edits the same segmentation, so the editor's undo button and the
-panel's undo walk the same history.
+Each write that changes a segment is saved as one state of the history Slicer's own buttons walk: the
+Segment Editor module's (its Undo/Redo buttons and Z/Y, Ctrl+Z/Ctrl+Y) when it edits the same segmentation,
+else a ``vtkSlicerSegmentEditorLogic`` of this module's (Slicer >= 5.9). Whoever restores a state, the
+controller sees the segment's content change and ``Track`` matches that content to the session steps
+that made it, so undo and redo in Slicer undo and redo the session's steps too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 SINGLETON_TAG = "MedVLSAM2Slicer"
@@ -34,28 +36,113 @@ def new_editor_logic(scene, segmentation_node) -> Any:
     return logic
 
 
+def segment_editor_widget(segmentation_node) -> Any:
+    """The Segment Editor module's editor widget when it edits ``segmentation_node`` (Slicer application), else None."""
+    try:
+        import slicer
+
+        if not hasattr(slicer, "app") or not hasattr(slicer.modules, "segmenteditor"):
+            return None
+        editor = slicer.util.getModuleWidget("SegmentEditor").editor
+        return editor if editor.segmentationNode() is segmentation_node else None
+    except Exception:  # no application, no module widget, or an API change: use this module's own history
+        return None
+
+
 class SegmentationUndo:
-    """Save-before-write and undo on one segmentation node's history, remembering which segment each step wrote."""
+    """Save-before-write, undo and redo on the segmentation history Slicer's buttons walk (see module doc)."""
 
-    def __init__(self, editor_logic) -> None:
-        self.logic = editor_logic
-        self.steps: list[str] = []  # segment id written by each saved step, oldest first
+    def __init__(self, segmentation_node, editor_logic) -> None:
+        self.node, self.logic = segmentation_node, editor_logic
 
-    def save(self, segment_id: str) -> None:
-        """Called once before an interaction changes ``segment_id``."""
-        self.logic.SaveStateForUndo()
-        self.steps = (self.steps + [segment_id])[-MAX_UNDO_STATES:]
+    def _history(self) -> Any:
+        """The Segment Editor's widget when it edits this segmentation, else this module's logic."""
+        editor = segment_editor_widget(self.node)
+        if editor is not None:
+            self.logic.ClearUndoState()  # one history: the editor's
+            return editor
+        return self.logic
+
+    def save(self) -> None:
+        """Called once before an interaction changes a segment."""
+        history = self._history()
+        (history.saveStateForUndo if history is not self.logic else history.SaveStateForUndo)()
+
+    def undo(self) -> None:
+        history = self._history()
+        (history.undo if history is not self.logic else history.Undo)()
+
+    def redo(self) -> None:
+        history = self._history()
+        (history.redo if history is not self.logic else history.Redo)()
+
+    def observe(self, callback) -> tuple:
+        """Call ``callback`` when this module's history saves or restores a state; returns (object, tag)."""
+        import slicer
+
+        return self.logic, self.logic.AddObserver(slicer.vtkSlicerSegmentEditorLogic.SegmentationHistoryChangedEvent,
+                                                  callback)
+
+
+@dataclass
+class Track:
+    """The states one segment went through under the session's object ``obj``, to match a restored state.
+
+    ``keys[n]`` is the segment's content fingerprint (``segments.content_key``) at state n (0: before the first
+    write); ``steps[n]`` is how many session steps led from state n-1 to n (0 for an edit made outside the
+    module, more than 1 when session steps changed no voxel). ``pos`` is the state the segment shows.
+    """
+
+    obj: int
+    keys: list = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    pos: int = 0
+
+    @classmethod
+    def starting_at(cls, obj: int, key) -> "Track":
+        return cls(obj, [key], [0], 0)
 
     @property
-    def can_undo(self) -> bool:
-        return bool(self.steps)
+    def in_step(self) -> bool:
+        """Whether the session's mask is what the segment shows (no outside edit since the last session step)."""
+        return self.pos == 0 or self.steps[self.pos] > 0
 
-    def undo(self) -> str:
-        """Restore the segmentation as it was before the last step; returns the segment that step wrote."""
-        segment_id = self.steps.pop()
-        self.logic.Undo()
-        return segment_id
+    @property
+    def undoable(self) -> bool:
+        return self.pos > 0
 
-    def clear(self) -> None:
-        self.steps.clear()
-        self.logic.ClearUndoState()
+    def wrote(self, before, after) -> None:
+        """The session took one step; ``before``/``after`` = the segment's content around the write (same when
+        no voxel changed)."""
+        if before != self.keys[self.pos]:
+            self._push(before, 0)  # edited outside since the last state: that edit is a state of its own
+        if after == before:
+            if self.pos > 0:  # a step that changed no voxel is undone together with the visible one before it
+                self.steps[self.pos] += 1
+        else:
+            self._push(after, 1)
+
+    def moved(self, key) -> int:
+        """Session steps to undo (< 0) or redo (> 0) now that the segment shows ``key``; 0 when in step.
+
+        A content matching no state (an outside edit) becomes a new state that no session step made.
+        """
+        if key == self.keys[self.pos]:
+            return 0
+        for distance in range(1, len(self.keys)):  # the nearest state first, undo before redo
+            for q in (self.pos - distance, self.pos + distance):
+                if 0 <= q < len(self.keys) and self.keys[q] == key:
+                    delta = -sum(self.steps[q + 1:self.pos + 1]) if q < self.pos else sum(self.steps[self.pos + 1:q + 1])
+                    self.pos = q
+                    return delta
+        self._push(key, 0)
+        return 0
+
+    def _push(self, key, steps: int) -> None:
+        del self.keys[self.pos + 1:], self.steps[self.pos + 1:]  # a new state ends the redo branch, as in Slicer
+        self.keys.append(key)
+        self.steps.append(steps)
+        if len(self.keys) > MAX_UNDO_STATES + 1:  # Slicer dropped its oldest state too
+            del self.keys[0], self.steps[0]
+            self.steps[0] = 0
+        self.pos = len(self.keys) - 1

@@ -274,7 +274,7 @@ class RemoteSession:
             body = {"k": args[1], "shape": list(args[2].shape), "mask": encode_mask(args[2])}
             return decode_result(req("POST", self._path(f"/objects/{args[0]}/mask_prompt"), json_body=body,
                                      idempotent=False)["result"])
-        if op in ("undo", "reset"):
+        if op in ("undo", "redo", "reset"):
             return decode_result(req("POST", self._path(f"/objects/{args[0]}/{op}"), idempotent=False)["result"])
         if op == "remove":
             return req("DELETE", self._path(f"/objects/{args[0]}"), idempotent=False)
@@ -382,6 +382,9 @@ class RemoteSession:
 
     def undo(self, obj: int) -> SegmentationResult:
         return self._apply(self._call("undo", (int(obj),)))
+
+    def redo(self, obj: int) -> SegmentationResult:
+        return self._apply(self._call("redo", (int(obj),)))
 
     def reset(self, obj: int) -> SegmentationResult:
         return self._apply(self._call("reset", (int(obj),)))

@@ -42,6 +42,7 @@ ROUTES = {
     "box": "/v1/sessions/{sid}/objects/{obj}/box",
     "propagate": "/v1/sessions/{sid}/objects/{obj}/propagate",
     "undo": "/v1/sessions/{sid}/objects/{obj}/undo",
+    "redo": "/v1/sessions/{sid}/objects/{obj}/redo",
     "reset": "/v1/sessions/{sid}/objects/{obj}/reset",
     "mask": "/v1/sessions/{sid}/objects/{obj}/mask",
     "mask_prompt": "/v1/sessions/{sid}/objects/{obj}/mask_prompt",

@@ -57,6 +57,20 @@ class _Step:
         return self.before.nbytes + 8 * (len(self.prompts) if isinstance(self.prompts, list) else 1) + 64
 
 
+@dataclass(eq=False)
+class _Undone:
+    """An undone step with what it had made (mask inside its box, prompts, bound), so redo restores it exactly."""
+
+    step: _Step
+    after: np.ndarray
+    prompts: list[_Prompt]
+    bound: tuple[int, int] | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.step.nbytes + self.after.nbytes
+
+
 @dataclass
 class _Object:
     name: str
@@ -69,6 +83,7 @@ class _Object:
     extent: BBox | None = None  # union of every box written: holds all of the mask
     history: deque[_Step] = field(default_factory=deque)
     dropped: int = 0  # oldest steps dropped to stay within the history budget
+    undone: list[_Undone] = field(default_factory=list)  # redo stack, most recently undone last
 
 
 def _foreground(method):
@@ -162,7 +177,7 @@ class Session:
 
     def remove(self, obj: int) -> None:
         o = self._get(obj)
-        self.history_bytes -= sum(step.nbytes for step in o.history)
+        self.history_bytes -= sum(step.nbytes for step in o.history) + sum(u.nbytes for u in o.undone)
         self._steps = deque((i, step) for i, step in self._steps if i != obj)
         del self._objects[obj]
 
@@ -291,6 +306,7 @@ class Session:
             bbox = union_box(bbox, changed_region(o.mask[k:k + 1], new[None], offset=(k, 0, 0)))
         before = _crop(o.mask, bbox).copy()
         appended = len(prompts) >= len(o.prompts) and all(a is b for a, b in zip(prompts, o.prompts))
+        self._forget_undone(o)  # a new step ends what redo could bring back
         self._record(obj, _Step(bbox, before, len(o.prompts) if appended else o.prompts, o.bound))
         for k, new in writes.items():
             o.mask[k] = new
@@ -487,14 +503,41 @@ class Session:
             raise InputError("nothing to undo for this object")
         step = o.history.pop()
         self._steps.remove((obj, step))  # _Step compares by identity
-        self.history_bytes -= step.nbytes
+        undone = _Undone(step, _crop(o.mask, step.bbox).copy() if step.bbox else np.zeros((0, 0, 0), np.uint8),
+                         o.prompts, o.bound)
+        o.undone.append(undone)
+        self.history_bytes += undone.nbytes - step.nbytes
         if step.bbox is not None:
             k0, k1, j0, j1, i0, i1 = step.bbox
             o.mask[k0:k1, j0:j1, i0:i1] = step.before
         o.prompts = o.prompts[:step.prompts] if isinstance(step.prompts, int) else step.prompts
         o.bound = step.bound
         self._replay(o)
+        while self.history_bytes > self.history_bytes_budget and len(o.undone) > 1:
+            self.history_bytes -= o.undone.pop(0).nbytes  # the furthest redo goes first
         return self._result(obj, step.bbox)
+
+    @_foreground
+    def redo(self, obj: int) -> SegmentationResult:
+        """Take the last undone step of ``obj`` again, exactly as it was (mask, prompts, bound); a new prompt,
+        propagation or reset after an undo ends what can be redone."""
+        o = self._get(obj)
+        if not o.undone:
+            raise InputError("nothing to redo for this object")
+        undone = o.undone.pop()
+        self.history_bytes -= undone.nbytes
+        step = undone.step
+        if step.bbox is not None:
+            k0, k1, j0, j1, i0, i1 = step.bbox
+            o.mask[k0:k1, j0:j1, i0:i1] = undone.after
+        o.prompts, o.bound = undone.prompts, undone.bound
+        self._record(obj, step)
+        self._replay(o)
+        return self._result(obj, step.bbox)
+
+    def _forget_undone(self, o: _Object) -> None:
+        self.history_bytes -= sum(u.nbytes for u in o.undone)
+        o.undone.clear()
 
     @_foreground
     def reset(self, obj: int) -> SegmentationResult:

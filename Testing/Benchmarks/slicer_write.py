@@ -4,7 +4,9 @@ A click's result is a patch inside its changed box (one slice of an organ-sized 
 in place into the segment's internal labelmap (``MedVLSAM2SlicerLib.segments.write_patch``); the old path
 read the whole segment into numpy, changed the box and rewrote the whole segment. Both are timed on a
 512 x 512 volume of 100 and of 300 slices, next to Slicer's own save-state-for-undo of the same step, to
-show what scales with the volume. Prints a table and writes JSON.
+show what scales with the volume. Also timed: the fingerprint of the segment's state the panel takes after
+each write (``segments.content_key``, only the written slices hashed again) and a whole one (what matching a
+state restored by Slicer's undo costs). Prints a table and writes JSON.
 
     nice -n 10 python Testing/Benchmarks/slicer_write.py --out slicer_write.json
 """
@@ -56,11 +58,12 @@ def run(slices: int, repeats: int) -> dict:
     neighbour = np.zeros(shape, np.uint8)
     neighbour[30:60, 360:450, 100:200] = 1
     slicer.util.updateSegmentBinaryLabelmapFromArray(neighbour, segmentation, other, volume)
-    history = undo.SegmentationUndo(undo.new_editor_logic(scene, segmentation))
-    history.save(organ)  # the first save copies every labelmap once; the timed saves copy the changed one
+    history = undo.SegmentationUndo(segmentation, undo.new_editor_logic(scene, segmentation))
+    history.save()  # the first save copies every labelmap once; the timed saves copy the changed one
 
     rng = np.random.default_rng(0)
-    times = {"in_place_ms": [], "in_place_no_undo_ms": [], "full_rewrite_ms": [], "save_for_undo_ms": []}
+    times = {"in_place_ms": [], "in_place_no_undo_ms": [], "full_rewrite_ms": [], "save_for_undo_ms": [],
+             "key_after_write_ms": [], "key_whole_ms": []}
     for n in range(repeats):  # the write alone
         k = 30 + n % 40
         patch = (rng.random((1, 220, 220)) < 0.5).astype(np.uint8)
@@ -73,11 +76,18 @@ def run(slices: int, repeats: int) -> dict:
         bbox = (k, k + 1, 140, 360, 140, 360)  # one click: the changed box of one slice
         patch = (rng.random((1, 220, 220)) < 0.5).astype(np.uint8)
         t = time.perf_counter()
-        history.save(organ)
+        history.save()
         times["save_for_undo_ms"].append(1000 * (time.perf_counter() - t))
+        key = segments.content_key(segmentation, organ)
         t = time.perf_counter()
         assert segments.write_patch(segmentation, organ, volume, bbox, patch)
         times["in_place_ms"].append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        after = segments.content_key(segmentation, organ, key, (k, k + 1))
+        times["key_after_write_ms"].append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        assert segments.content_key(segmentation, organ) == after  # the incremental key is the whole one
+        times["key_whole_ms"].append(1000 * (time.perf_counter() - t))
     grown = segmentation.GetBinaryLabelmapInternalRepresentation(organ).GetExtent()
     for n in range(repeats):  # the old path, for comparison
         k = 30 + n % 40
@@ -109,11 +119,12 @@ def main() -> None:
     print(f"one click's box (1 x 220 x 220) into a segment of a 512 x 512 volume; medians of {args.repeats}; "
           f"load average {load:.1f}")
     print("| slices | in place, alone (ms) | in place after an undo save (ms) | Slicer save-for-undo (ms) "
-          "| old full rewrite (ms) |")
-    print("|---|---|---|---|---|")
+          "| old full rewrite (ms) | state key after a write (ms) | whole state key (ms) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['slices']} | {r['in_place_no_undo_ms']} (max {r['in_place_no_undo_max_ms']}) | "
-              f"{r['in_place_ms']} (max {r['in_place_max_ms']}) | {r['save_for_undo_ms']} | {r['full_rewrite_ms']} |")
+              f"{r['in_place_ms']} (max {r['in_place_max_ms']}) | {r['save_for_undo_ms']} | {r['full_rewrite_ms']} | "
+              f"{r['key_after_write_ms']} | {r['key_whole_ms']} |")
     if len(rows) >= 2:
         print(f"in place {rows[-1]['slices']}/{rows[0]['slices']} slices: "
               f"{rows[-1]['in_place_no_undo_ms'] / max(rows[0]['in_place_no_undo_ms'], 1e-6):.2f}x alone, "

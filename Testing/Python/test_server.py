@@ -119,6 +119,11 @@ def test_round_trip_matches_in_process_session(client, model):
         remote.undo(ro)
         assert np.array_equal(remote.mask(ro), local.mask(lo))
         assert np.array_equal(remote.fetch_mask(ro), local.mask(lo))
+        local.redo(lo)
+        remote.redo(ro)
+        assert np.array_equal(remote.fetch_mask(ro), local.mask(lo)) and np.array_equal(remote.mask(ro), local.mask(lo))
+        local.undo(lo)
+        remote.undo(ro)
 
         texts_l, texts_r = local.segment_text("segment the liver"), remote.segment_text("segment the liver")
         assert [(r.object_id, r.name, r.bbox) for r in texts_r] == [(r.object_id, r.name, r.bbox) for r in texts_l]

@@ -110,6 +110,36 @@ def test_invalid_prompts_raise_clear_errors(session):
     assert session.add_box(obj, (12, 10, 36, 30), k=5).object_id == obj
 
 
+def test_redo_takes_undone_steps_again_exactly_until_a_new_step(session):
+    obj = session.add_object()
+    session.add_box(obj, (12, 10, 36, 30), k=5)
+    boxed = session.mask(obj)
+    session.add_points(obj, [[24, 20, 5]], [1])
+    clicked = session.mask(obj)
+    session.propagate(obj, (3, 7))
+    propagated = session.mask(obj)
+    session.undo(obj)
+    session.undo(obj)
+    assert np.array_equal(session.mask(obj), boxed)
+    session.redo(obj)
+    assert np.array_equal(session.mask(obj), clicked)
+    session.redo(obj)
+    assert np.array_equal(session.mask(obj), propagated)
+    with pytest.raises(InputError, match="nothing to redo"):
+        session.redo(obj)
+    session.undo(obj)  # the redone steps are ordinary steps again: undo walks them
+    assert np.array_equal(session.mask(obj), clicked)
+    session.add_points(obj, [[30, 25, 5]], [-1])
+    with pytest.raises(InputError, match="nothing to redo"):
+        session.redo(obj)
+    session.undo(obj)
+    session.undo(obj)
+    session.undo(obj)
+    assert not session.mask(obj).any() and session.history_bytes > 0  # the redo stack is held
+    session.remove(obj)
+    assert session.history_bytes == 0
+
+
 def test_undo_after_box_then_click_replays_prompts(session):
     obj = session.add_object()
     session.add_box(obj, (12, 10, 36, 30), k=5)

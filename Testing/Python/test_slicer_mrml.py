@@ -236,8 +236,8 @@ def test_one_write_is_one_undo_step_and_undo_restores_the_segment_and_the_sessio
     worker = ModelWorker()
     try:
         c = Controller(worker)
-        history = undo.SegmentationUndo(undo.new_editor_logic(scene, segmentation))
-        c.attach(FakeSession(), ct, segmentation, history)
+        logic = undo.new_editor_logic(scene, segmentation)
+        c.attach(FakeSession(), ct, segmentation, undo.SegmentationUndo(segmentation, logic))
         c.state.update(connection="connected", session_open=True)
         c.select_segment(target)
         assert not c.state.enabled("undoButton")
@@ -248,8 +248,7 @@ def test_one_write_is_one_undo_step_and_undo_restores_the_segment_and_the_sessio
         worker.wait_all()
         c.add_points(target, [[6, 7, 3]], [1])  # same voxel again: no change, no new Slicer step
         worker.wait_all()
-        assert history.steps == [target, target] and c.state.enabled("undoButton")
-        assert segments.segment_array(segmentation, target, ct).sum() == 2
+        assert c.state.enabled("undoButton") and segments.segment_array(segmentation, target, ct).sum() == 2
         c.undo()
         worker.wait_all()
         after = _segment_masks(segmentation, ct)
@@ -261,10 +260,128 @@ def test_one_write_is_one_undo_step_and_undo_restores_the_segment_and_the_sessio
         c.undo()
         worker.wait_all()
         assert segments.segment_array(segmentation, target, ct).sum() == 0 and not c.state.enabled("undoButton")
+        assert not logic.CanUndo()  # one history: the panel walked Slicer's, there is no other
         with pytest.raises(InputError, match="nothing to undo"):
             c.undo()
     finally:
         worker.stop()
+
+
+def test_undo_and_redo_by_slicers_own_history_keep_the_session_in_step(scene, segmentation, ct):
+    """The Segment Editor's Undo/Redo buttons call its logic's Undo/Redo: the session follows both."""
+    seg = segmentation.GetSegmentation()
+    target, other = seg.AddEmptySegment("target"), seg.AddEmptySegment("other")
+    worker = ModelWorker()
+    try:
+        c = Controller(worker)
+        logic = undo.new_editor_logic(scene, segmentation)
+        c.attach(FakeSession(), ct, segmentation, undo.SegmentationUndo(segmentation, logic))
+        loop = []  # the Qt event loop the module defers ``sync`` to
+        c.defer = loop.append
+        messages = []
+        c.message.connect(messages.append)
+        c.add_points(target, [[3, 4, 2]], [1])
+        worker.wait_all()
+        c.add_box(other, (1, 1, 1, 2, 2, 1))  # another segment's step in between
+        worker.wait_all()
+        c.add_points(target, [[6, 7, 3]], [1])
+        worker.wait_all()
+        obj, session = c.objects[target], c.session
+
+        def in_step() -> bool:
+            return all(np.array_equal(session.masks_by_obj[c.objects[s]], segments.segment_array(segmentation, s, ct))
+                       for s in (target, other))
+        assert in_step()
+        logic.Undo()  # what the Segment Editor's Undo button does
+        worker.wait_all()
+        assert session.undone == [obj] and in_step() and segments.segment_array(segmentation, target, ct).sum() == 1
+        logic.Undo()  # the other segment's step: only its object is undone
+        worker.wait_all()
+        assert session.undone == [obj, c.objects[other]] and in_step()
+        logic.Redo()
+        logic.Redo()
+        worker.wait_all()
+        assert session.redone == [c.objects[other], obj] and in_step()
+        assert segments.segment_array(segmentation, target, ct).sum() == 2
+        logic.Undo()
+        worker.wait_all()
+        assert in_step()
+        # the next click refines the restored mask: the undone voxel does not come back
+        c.add_points(target, [[10, 11, 4]], [1])
+        worker.wait_all()
+        mask = segments.segment_array(segmentation, target, ct)
+        assert mask[3, 7, 6] == 0 and mask[4, 11, 10] == 1 and mask.sum() == 2 and in_step()
+        assert not logic.CanRedo()  # a new step ends the redo branch, in Slicer and in the session
+        # an edit outside the module is a state no session step made: undoing it leaves the session alone
+        logic.SaveStateForUndo()  # what a Segment Editor effect does before it paints
+        painted = mask.copy()
+        painted[0, 0, 0] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentation, target, ct)
+        while loop:
+            loop.pop(0)()
+        assert messages and "edited outside MedVLSAM2" in messages[-1]
+        calls = len(session.undone)
+        logic.Undo()
+        worker.wait_all()
+        assert len(session.undone) == calls and in_step()
+        logic.Undo()  # back past the click given after the undo
+        worker.wait_all()
+        assert in_step() and segments.segment_array(segmentation, target, ct).sum() == 1
+    finally:
+        worker.stop()
+
+
+def _ball_ct(size: int):
+    """A bright ball in dark air (8 slices of size x size) as a volume node: (ball mask [k, j, i], node)."""
+    k, j, i = np.mgrid[:8, :size, :size]
+    ball = ((k - 4) / 3.5) ** 2 + ((j - size / 2) / (size * 0.22)) ** 2 + ((i - size * 0.47) / (size * 0.25)) ** 2 < 1
+    return ball, slicer.util.addVolumeFromArray(np.where(ball, 120, -900).astype(np.int16), np.diag([0.8, 0.8, 2.5, 1]),
+                                                "ct")
+
+
+def test_slicer_undo_and_redo_keep_a_real_tiny_session_in_step(scene, monkeypatch):
+    """The real engine: after Slicer's undo the session's mask is the segment, and the next click refines it."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    from medvlsam2.factory import load_model
+    from medvlsam2.session import Session
+
+    ball, ct = _ball_ct(48)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    node.CreateDefaultDisplayNodes()
+    sid = node.GetSegmentation().AddEmptySegment("ball")
+    torch.manual_seed(0)
+    session = Session(load_model("tiny"), geometry.volume_from_node(ct))
+    worker = ModelWorker()
+    try:
+        c = Controller(worker)
+        logic = undo.new_editor_logic(scene, node)
+        c.attach(session, ct, node, undo.SegmentationUndo(node, logic))
+        c.add_mask(sid, 2, ball[2])
+        worker.wait_all()
+        restored = segments.segment_array(node, sid, ct)
+        c.add_mask(sid, 5, ball[5])
+        worker.wait_all()
+        both = segments.segment_array(node, sid, ct)
+        obj = c.objects[sid]
+        assert restored[2].any() and both[5].any() and np.array_equal(session.mask(obj), both)
+        logic.Undo()  # the Segment Editor's Undo button
+        worker.wait_all()
+        assert np.array_equal(segments.segment_array(node, sid, ct), restored)
+        assert np.array_equal(session.mask(obj), restored)
+        logic.Redo()
+        worker.wait_all()
+        assert np.array_equal(session.mask(obj), both) and np.array_equal(segments.segment_array(node, sid, ct), both)
+        logic.Undo()
+        worker.wait_all()
+        c.add_points(sid, [[22, 24, 2]], [1])  # the next click starts from the restored mask: slice 5 stays empty
+        worker.wait_all()
+        now = segments.segment_array(node, sid, ct)
+        assert np.array_equal(session.mask(obj), now) and c.state.error == ""
+        assert np.array_equal(np.delete(now, 2, axis=0), np.delete(restored, 2, axis=0)) and not now[5].any()
+    finally:
+        worker.stop()
+        session.close()
 
 
 def test_switching_volumes_twenty_times_leaves_one_open_session(segmentation, ct):
@@ -304,8 +421,8 @@ def test_a_result_written_into_one_segment_leaves_every_other_segment_bit_identi
     patch = np.ones((4, 10, 12), np.uint8)  # overlaps "neighbour"
     patch[:, 0, :] = 0
     result = SegmentationResult(1, "target", (2, 6, 6, 16, 5, 17), patch)
-    history = undo.SegmentationUndo(undo.new_editor_logic(slicer.mrmlScene, segmentation))
-    assert segments.write_result(segmentation, ids[0], ct, result, lambda: history.save(ids[0]))
+    history = undo.SegmentationUndo(segmentation, undo.new_editor_logic(slicer.mrmlScene, segmentation))
+    assert segments.write_result(segmentation, ids[0], ct, result, history.save)
     after = _segment_masks(segmentation, ct)
     for sid in ids[1:]:
         assert after[sid].dtype == before[sid].dtype and np.array_equal(after[sid], before[sid])
@@ -314,7 +431,7 @@ def test_a_result_written_into_one_segment_leaves_every_other_segment_bit_identi
     assert np.array_equal(after[ids[0]], expected)
     assert changed_region(before[ids[0]], after[ids[0]]) is not None
     # one write was one undo step, and undoing it brings back exactly what was there
-    assert history.steps == [ids[0]]
+    assert history.logic.CanUndo()
     history.undo()
     assert all(np.array_equal(m, before[s]) for s, m in _segment_masks(segmentation, ct).items())
 
@@ -366,6 +483,8 @@ class FakeSession:
         self.masks_by_obj: dict[int, np.ndarray] = {}
         self.history: dict[int, list[np.ndarray]] = {}
         self.undone: list[int] = []
+        self.redone: list[int] = []
+        self.future: dict[int, list[np.ndarray]] = {}
 
     def close(self):
         self.closed = True
@@ -373,17 +492,26 @@ class FakeSession:
     def _commit(self, obj, bbox, patch):
         mask = self.masks_by_obj.setdefault(obj, np.zeros(SHAPE, np.uint8))
         self.history.setdefault(obj, []).append(mask.copy())
+        self.future[obj] = []
         k0, k1, j0, j1, i0, i1 = bbox
         mask[k0:k1, j0:j1, i0:i1] = patch
         return SegmentationResult(obj, self.names[obj], bbox, patch)
 
     def undo(self, obj):
         self.undone.append(obj)
-        previous = self.history[obj].pop()
-        bbox = changed_region(self.masks_by_obj[obj], previous) or (0, 1, 0, 1, 0, 1)
-        self.masks_by_obj[obj] = previous
+        self.future[obj].append(self.masks_by_obj[obj])
+        return self._restore(obj, self.history[obj].pop())
+
+    def redo(self, obj):
+        self.redone.append(obj)
+        self.history[obj].append(self.masks_by_obj[obj])
+        return self._restore(obj, self.future[obj].pop())
+
+    def _restore(self, obj, mask):
+        bbox = changed_region(self.masks_by_obj[obj], mask) or (0, 1, 0, 1, 0, 1)
+        self.masks_by_obj[obj] = mask
         k0, k1, j0, j1, i0, i1 = bbox
-        return SegmentationResult(obj, self.names[obj], bbox, previous[k0:k1, j0:j1, i0:i1].copy())
+        return SegmentationResult(obj, self.names[obj], bbox, mask[k0:k1, j0:j1, i0:i1].copy())
 
     def add_mask(self, obj, k, mask2d):
         self.masks.append((obj, k, mask2d))
@@ -412,6 +540,10 @@ class FakeSession:
     def add_points(self, obj, points, labels):
         i, j, k = points[0]
         return self._commit(obj, (k, k + 1, j, j + 1, i, i + 1), np.ones((1, 1, 1), np.uint8))
+
+    def add_box(self, obj, box):
+        i0, j0, k0, i1, j1, k1 = box
+        return self._commit(obj, (k0, k1 + 1, j0, j1 + 1, i0, i1 + 1), np.ones((k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1), np.uint8))
 
     def report(self, cancel=None):
         yield from ["Liver: ", "normal. ", "Spleen: normal."]
@@ -503,9 +635,7 @@ def test_the_worker_runs_a_real_tiny_session_and_its_result_lands_in_the_segment
     from medvlsam2.modeling.medvlsam2 import MedVLSAM2
     from medvlsam2.session import Session
 
-    k, j, i = np.mgrid[:8, :64, :64]
-    ball = ((k - 4) / 3.5) ** 2 + ((j - 32) / 14) ** 2 + ((i - 30) / 16) ** 2 < 1
-    ct = slicer.util.addVolumeFromArray(np.where(ball, 120, -900).astype(np.int16), np.diag([0.8, 0.8, 2.5, 1]), "ct")
+    _, ct = _ball_ct(64)
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
     other = segmentation.GetSegmentation().AddEmptySegment("other")

@@ -356,6 +356,11 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         check_object(obj)
         return {"result": await call(sid, lambda e, t: encode_result(e.undo(obj)))}
 
+    @app.post("/v1/sessions/{sid}/objects/{obj}/redo")
+    async def redo(sid: str, obj: int) -> dict:
+        check_object(obj)
+        return {"result": await call(sid, lambda e, t: encode_result(e.redo(obj)))}
+
     @app.post("/v1/sessions/{sid}/objects/{obj}/reset")
     async def reset(sid: str, obj: int) -> dict:
         check_object(obj)
