@@ -212,8 +212,7 @@ def add_prompt_segment(segmentation_node, name: str, phrase: str | None = None, 
     phrase = phrase or name
     segmentation = segmentation_node.GetSegmentation()
     index = segmentation.GetNumberOfSegments()
-    found = terminology.slicer_term(phrase, terminology_logic)
-    entry, color = found if found else (terminology.terminology_entry(phrase), terminology.color_for(phrase, index))
+    entry, color = terminology.entry_and_color(phrase, index, terminology_logic)
     segment_id = segmentation.AddEmptySegment("", name, color)
     if entry:
         segmentation.GetSegment(segment_id).SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)

@@ -132,3 +132,26 @@ def test_label_map_numbers_masks_in_order_and_the_first_wins_overlaps():
     labels = label_map([a, b])
     assert labels.dtype == np.uint8
     assert labels[0].tolist() == [[1, 1, 1], [1, 1, 1], [2, 2, 2]] and not labels[1].any()
+
+
+def test_terminology_uses_slicers_general_anatomy_codes_with_side_and_region():
+    from medvlsam2.io.terminology import CONTEXT, terminology
+
+    def parts(name):
+        tags, colour = terminology(name, 3)
+        assert tags.startswith(f"TerminologyEntry:{CONTEXT}~") and tags.endswith("|")
+        return tags[len("TerminologyEntry:"):-1].split("~")[1:], colour
+
+    # an organ's side is Slicer's laterality type modifier (Kidney + Left), not a separate "Left kidney" code
+    assert parts("the LEFT kidney") == (["SCT^123037004^Anatomical Structure", "SCT^64033007^Kidney", "SCT^7771000^Left",
+                                         "Anatomic codes - DICOM master list", "^^", "^^"], (185, 102, 83))
+    assert parts("right lung")[0][1:3] == ["SCT^39607008^Lung", "SCT^24028007^Right"]
+    assert parts("liver")[0][2] == "^^"  # unsided organs take no side
+    # a finding is a morphologically altered structure; the organ it lies in is its anatomic region
+    assert parts("cyst in the right kidney")[0] == ["SCT^49755003^Morphologically Altered Structure",
+                                                    "SCT^367643001^Cyst", "^^", "Anatomic codes - DICOM master list",
+                                                    "SCT^64033007^Kidney", "SCT^24028007^Right"]
+    assert parts("hepatic tumour")[0][1] == "SCT^4147007^Mass" and parts("hepatic tumour")[0][4] == "SCT^10200004^Liver"
+    # unknown names (and parts of words) get Slicer's generic Tissue and the palette colour of their index
+    tissue, colour = parts("liverish blob")
+    assert tissue[:2] == ["SCT^85756007^Tissue"] * 2 and colour != terminology("liverish blob", 4)[1]

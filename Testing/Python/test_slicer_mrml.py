@@ -23,6 +23,7 @@ from MedVLSAM2SlicerLib import geometry, markups, report_node, segments, termino
 from MedVLSAM2SlicerLib.controller import Controller  # noqa: E402
 from MedVLSAM2SlicerLib.worker import ModelWorker  # noqa: E402
 from medvlsam2.errors import Cancelled, InputError  # noqa: E402
+from medvlsam2.io import terminology as table  # noqa: E402
 from medvlsam2.results import SegmentationResult, changed_region  # noqa: E402
 from slicer_scene import scene_with_logics  # noqa: E402
 
@@ -572,11 +573,11 @@ def test_text_prompts_create_named_coloured_segments_with_terminology(controller
     names = [seg.GetNthSegment(n).GetName() for n in range(seg.GetNumberOfSegments())]
     assert names == ["Liver", "left kidney and tumour: left kidney", "left kidney and tumour: tumour", "my odd structure"]
     liver = seg.GetNthSegment(0)
-    np.testing.assert_allclose(liver.GetColor(), np.array(terminology.match("liver").color) / 255)
+    np.testing.assert_allclose(liver.GetColor(), np.array(table.match("liver").term.color) / 255)
     assert "SCT^10200004^Liver" in terminology_tag(liver)
-    assert "SCT^18639004^Left kidney" in terminology_tag(seg.GetNthSegment(1))
-    assert "SCT^108369006^Neoplasm" in terminology_tag(seg.GetNthSegment(2))
-    np.testing.assert_allclose(seg.GetNthSegment(2).GetColor(), np.array(terminology.match("tumour").color) / 255)
+    assert "~SCT^64033007^Kidney~SCT^7771000^Left~" in terminology_tag(seg.GetNthSegment(1))  # Slicer's codes
+    assert "~SCT^4147007^Mass~" in terminology_tag(seg.GetNthSegment(2))
+    np.testing.assert_allclose(seg.GetNthSegment(2).GetColor(), np.array(table.match("tumour").term.color) / 255)
     unmatched = terminology_tag(seg.GetNthSegment(3))  # Slicer's default ("Tissue") or nothing
     assert unmatched == "" or "SCT^85756007^Tissue~" in unmatched
     assert len({tuple(seg.GetNthSegment(n).GetColor()) for n in (0, 2, 3)}) == 3
@@ -848,7 +849,9 @@ def test_a_lasso_mask_prompt_runs_on_a_real_tiny_session_undoes_and_crosses_the_
 def test_text_prompt_segments_take_slicers_terminology_and_fall_back_to_the_table(controller, segmentation, tmp_path):
     import json
 
-    # a terminology in Slicer's own format, with a liver colour unlike the project's table
+    # a terminology in Slicer's own format (as its General Anatomy list: Kidney's colours per side), with
+    # colours unlike the project's table
+    side = {"CodingSchemeDesignator": "SCT", "CodeValue": "7771000", "CodeMeaning": "Left"}
     (tmp_path / "anatomy.json").write_text(json.dumps({
         "SegmentationCategoryTypeContextName": terminology.TERMINOLOGY_CONTEXT,
         "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/segment-context-schema.json#",
@@ -856,20 +859,28 @@ def test_text_prompt_segments_take_slicers_terminology_and_fall_back_to_the_tabl
             "CodeMeaning": "Anatomical Structure", "CodingSchemeDesignator": "SCT", "CodeValue": "123037004",
             "showAnatomy": "false",
             "Type": [{"CodeMeaning": "Liver", "CodingSchemeDesignator": "SCT", "CodeValue": "10200004",
-                      "recommendedDisplayRGBValue": [10, 20, 30], "3dSlicerLabel": "liver"}]}]}}))
+                      "recommendedDisplayRGBValue": [10, 20, 30], "3dSlicerLabel": "liver"},
+                     {"CodeMeaning": "Kidney", "CodingSchemeDesignator": "SCT", "CodeValue": "64033007",
+                      "Modifier": [{**side, "recommendedDisplayRGBValue": [40, 50, 60]}]}]}]}}))
     logic = slicer.vtkSlicerTerminologiesModuleLogic()
     assert logic.LoadTerminologyFromFile(str(tmp_path / "anatomy.json")) == terminology.TERMINOLOGY_CONTEXT
     controller.terminology_logic = logic
-    controller.segment_text("liver\ntumour")
+    controller.segment_text("liver\ntumour\nleft kidney\nright kidney")
     controller.worker.wait_all()
     seg = segmentation.GetSegmentation()
-    liver, tumour = seg.GetNthSegment(0), seg.GetNthSegment(1)
+    liver, tumour, left, right = (seg.GetNthSegment(n) for n in range(4))
     np.testing.assert_allclose(liver.GetColor(), np.array([10, 20, 30]) / 255)  # Slicer's, not the table's
     assert terminology_tag(liver) == logic.SerializeTerminologyEntry(_entry(logic, liver))
     assert "SCT^10200004^Liver" in terminology_tag(liver)
-    # Slicer's list here lacks neoplasms: the project's table gives the code and colour
-    assert "SCT^108369006^Neoplasm" in terminology_tag(tumour)
-    np.testing.assert_allclose(tumour.GetColor(), np.array(terminology.match("tumour").color) / 255)
+    # the side is Slicer's type modifier, with its colour
+    assert _entry(logic, left).GetTypeModifierObject().GetCodeValue() == "7771000"
+    assert "~SCT^64033007^Kidney~SCT^7771000^Left~" in terminology_tag(left)
+    np.testing.assert_allclose(left.GetColor(), np.array([40, 50, 60]) / 255)
+    # where Slicer's list lacks the type (Mass) or the side (Right), the project's table gives code and colour
+    assert "~SCT^4147007^Mass~" in terminology_tag(tumour)
+    np.testing.assert_allclose(tumour.GetColor(), np.array(table.match("tumour").term.color) / 255)
+    assert "~SCT^64033007^Kidney~SCT^24028007^Right~" in terminology_tag(right)
+    np.testing.assert_allclose(right.GetColor(), np.array(table.match("kidney").term.color) / 255)
 
 
 def _entry(logic, segment):

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "MedVLSAM2Slicer"))
 
 from MedVLSAM2SlicerLib import dependencies, segments, terminology  # noqa: E402
+from medvlsam2.io import terminology as table  # noqa: E402
 from MedVLSAM2SlicerLib.panel_state import CONTROLS, PanelState  # noqa: E402
 from MedVLSAM2SlicerLib.settings import Settings  # noqa: E402
 from MedVLSAM2SlicerLib.shortcuts import SHORTCUTS, button_label, strip_shortcut  # noqa: E402
@@ -262,11 +263,14 @@ def test_the_dependency_check_reports_monai_missing_when_it_is(monkeypatch):
 
 def test_prompt_lines_and_terminology_matching():
     assert segments.prompt_lines(" liver \n\nspleen\nliver\n") == ["liver", "spleen"]
-    assert terminology.match("the LEFT kidney").code[2] == "Left kidney"
-    assert terminology.match("kidneys").code[2] == "Kidney"
-    assert terminology.match("liverish blob") is None  # whole words only
-    assert terminology.terminology_entry("splenic something") is None
-    assert terminology.color_for("blob", 0) != terminology.color_for("blob", 1)
+    # without Slicer's terminology the panel takes the engine's table, entry for entry
+    for name in ("the LEFT kidney", "kidneys", "cyst in the right kidney", "hepatic lesion"):
+        entry, color = terminology.entry_and_color(name, 0)
+        assert (f"TerminologyEntry:{entry}|", tuple(round(c * 255) for c in color)) == table.terminology(name)
+    assert "~SCT^64033007^Kidney~SCT^7771000^Left~" in terminology.entry_and_color("the LEFT kidney", 0)[0]
+    assert "~SCT^64033007^Kidney~^^~" in terminology.entry_and_color("kidneys", 0)[0]
+    assert terminology.entry_and_color("liverish blob", 0)[0] is None  # whole words only
+    assert terminology.entry_and_color("blob", 0)[1] != terminology.entry_and_color("blob", 1)[1]
     assert segments.segment_name_for("liver", "liver", 1) == "liver"
     assert segments.segment_name_for("both kidneys", "left kidney", 2) == "both kidneys: left kidney"
 
