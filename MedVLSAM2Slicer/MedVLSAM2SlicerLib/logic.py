@@ -266,6 +266,9 @@ class MedVLSAM2Logic:
             if kind == "scribble":
                 points = markups.scribble_to_points(node, volume)
                 return c.add_points(segment_id, points, [-1 if negative else 1] * len(points))
+            if kind == "lasso" and markups.lasso_axis(node, volume) != markups.AXIAL:
+                points = markups.lasso_to_points(node, volume)  # one click per stretch inside it, per axial slice
+                return c.add_points(segment_id, points, [-1 if negative else 1] * len(points))
             if kind == "lasso":
                 k, mask = markups.lasso_to_mask(node, volume)
                 if negative:  # remove the enclosed voxels from what the segment has on that slice

@@ -171,20 +171,68 @@ def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def lasso_to_mask(curve_node, volume_node) -> tuple[int, np.ndarray]:
-    """(axial slice k, filled mask [j, i]) of a closed curve drawn on an axial slice view."""
+AXIAL, CORONAL, SAGITTAL = 2, 1, 0  # the voxel axis (i, j, k) a lasso's slice is flat along
+
+
+def _lasso_ijk(curve_node, volume_node) -> tuple[np.ndarray, int, int]:
+    """(curve points [N, 3] in voxels, the axis the curve is flat along, that slice's index)."""
     world = curve_points_world(curve_node)
     if len(world) < 3:
         raise InputError("a lasso needs at least 3 points; draw a closed curve around the structure")
     ijk = world_to_ijk(volume_node, world)
-    k = float(np.median(ijk[:, 2]))
-    if np.abs(ijk[:, 2] - k).max() > 0.5:
-        raise InputError("draw the lasso on the axial (red) view: SAM2 takes mask prompts on axial slices only")
     dims = volume_node.GetImageData().GetDimensions()
-    k = int(round(k))
-    if not 0 <= k < dims[2]:
-        raise InputError("the lasso lies outside the volume; draw it on the CT itself")
+    for axis in (AXIAL, CORONAL, SAGITTAL):
+        middle = float(np.median(ijk[:, axis]))
+        if np.abs(ijk[:, axis] - middle).max() <= 0.5:
+            index = int(round(middle))
+            if not 0 <= index < dims[axis]:
+                raise InputError("the lasso lies outside the volume; draw it on the CT itself")
+            return ijk, axis, index
+    raise InputError("draw the lasso on one slice of the axial, coronal or sagittal view (this curve is not flat "
+                     "on a slice of the CT)")
+
+
+def lasso_axis(curve_node, volume_node) -> int:
+    """AXIAL, CORONAL or SAGITTAL: the slice view the closed curve was drawn on (in the volume's voxel axes)."""
+    return _lasso_ijk(curve_node, volume_node)[1]
+
+
+def lasso_to_mask(curve_node, volume_node) -> tuple[int, np.ndarray]:
+    """(axial slice k, filled mask [j, i]) of a closed curve drawn on an axial slice view."""
+    ijk, axis, k = _lasso_ijk(curve_node, volume_node)
+    if axis != AXIAL:
+        raise InputError("a lasso on the coronal or sagittal view becomes clicks (lasso_to_points); only an axial "
+                         "lasso is a mask prompt")
+    dims = volume_node.GetImageData().GetDimensions()
     mask = polygon_mask(ijk[:, :2], (dims[1], dims[0]))
     if not mask.any():
         raise InputError("the lasso encloses no voxel of the volume; draw a larger closed curve on the CT")
     return k, mask
+
+
+def lasso_to_points(curve_node, volume_node, max_points: int = MAX_SCRIBBLE_POINTS) -> np.ndarray:
+    """Clicks (i, j, k) [N, 3] for a closed curve drawn on a coronal or sagittal view.
+
+    SAM2 prompts axial slices, and a lasso on another view crosses each axial slice in a line, too thin for a
+    mask prompt: each stretch of that line inside the lasso becomes one click at its middle voxel, on its own
+    axial slice (at most ``max_points``, kept evenly over the slices).
+    """
+    ijk, axis, index = _lasso_ijk(curve_node, volume_node)
+    if axis == AXIAL:
+        raise InputError("an axial lasso is a mask prompt (lasso_to_mask)")
+    dims = volume_node.GetImageData().GetDimensions()
+    along = 1 - axis  # the in-plane voxel axis besides k: i on a coronal slice, j on a sagittal one
+    plane = polygon_mask(ijk[:, [along, AXIAL]], (dims[AXIAL], dims[along]))  # [k, along]
+    points = []
+    for k in np.flatnonzero(plane.any(1)):
+        edges = np.flatnonzero(np.diff(np.r_[0, plane[k], 0]))  # starts and ends (exclusive) of the runs
+        for start, end in zip(edges[::2], edges[1::2]):
+            voxel = [0, 0, int(k)]
+            voxel[axis], voxel[along] = index, int((start + end - 1) // 2)
+            points.append(voxel)
+    if not points:
+        raise InputError("the lasso encloses no voxel of the volume; draw a larger closed curve on the CT")
+    points = np.array(points, np.int64)
+    if len(points) > max_points:
+        points = points[np.linspace(0, len(points) - 1, max_points).round().astype(int)]
+    return points

@@ -215,6 +215,24 @@ def test_a_lasso_on_an_axial_slice_becomes_the_mask_prompt_of_that_slice(scene, 
         worker.stop()
 
 
+def test_a_lasso_on_a_coronal_or_sagittal_view_becomes_one_click_per_stretch_on_each_axial_slice(scene):
+    ct = axial_ct()
+    # a rectangle on the coronal plane j = 5: i 2.5..8.5, k 1.5..4.5 (z 3..9) encloses i 3..8 on slices 2..4
+    coronal = closed_curve(scene, [(2.5, 5.0, 3.0), (8.5, 5.0, 3.0), (8.5, 5.0, 9.0), (2.5, 5.0, 9.0)])
+    assert markups.lasso_axis(coronal, ct) == markups.CORONAL
+    assert markups.lasso_to_points(coronal, ct).tolist() == [[5, 5, 2], [5, 5, 3], [5, 5, 4]]
+    with pytest.raises(InputError, match="clicks"):
+        markups.lasso_to_mask(coronal, ct)
+    # a U on the sagittal plane i = 4 (j 1.5..13.5, k 0.5..5.5, notch j 5.5..9.5 from k 2.5 up): one stretch
+    # on slices 1-2, two (each its own click) on slices 3-5
+    u = [(1.5, 0.5), (13.5, 0.5), (13.5, 5.5), (9.5, 5.5), (9.5, 2.5), (5.5, 2.5), (5.5, 5.5), (1.5, 5.5)]
+    sagittal = closed_curve(scene, [(4.0, j, 2 * k) for j, k in u])
+    assert markups.lasso_axis(sagittal, ct) == markups.SAGITTAL
+    expected = [[4, 7, 1], [4, 7, 2]] + [[4, j, k] for k in (3, 4, 5) for j in (3, 11)]
+    assert markups.lasso_to_points(sagittal, ct).tolist() == expected
+    assert len(markups.lasso_to_points(sagittal, ct, max_points=3)) == 3
+
+
 def test_a_scribble_in_a_coronal_view_becomes_points_on_the_voxels_it_crosses(scene):
     ct = axial_ct()
     # a stroke on the coronal plane j = 5 (y = 5) from voxel (2, 5, 1) to (12, 5, 6), bent at (12, 5, 1)
@@ -804,6 +822,12 @@ def test_the_logic_creates_the_panels_nodes_and_turns_drawn_prompts_into_calls(m
         expected = mask[3].copy()
         expected[2:10, 2:7] = 0
         assert k == 3 and np.array_equal(sent, expected) and logic.controller.state.error == ""
+        # a negative lasso on the coronal view becomes negative clicks on the axial slices it crosses
+        for p in ((2.5, 5.0, 3.0), (8.5, 5.0, 3.0), (8.5, 5.0, 9.0), (2.5, 5.0, 9.0)):
+            nodes["lasso"].AddControlPoint(vtk.vtkVector3d(*p))
+        logic.submit_drawn_prompt("lasso", nodes["lasso"], first, negative=True)
+        logic.controller.worker.wait_all()
+        assert seen[-1] == ([[5, 5, 2], [5, 5, 3], [5, 5, 4]], [-1, -1, -1]) and len(session.masks) == 1
     finally:
         logic.shutdown()
 
