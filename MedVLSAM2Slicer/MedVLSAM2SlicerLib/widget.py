@@ -37,6 +37,7 @@ class MedVLSAM2Panel(VTKObservationMixin):
         self._shortcuts = []
         self._timer = None
         self._boxTracker = None
+        self._freehand = None  # the scribble tool: strokes painted with the mouse (freehand.FreehandStroke)
         self._activeTool = ""
         self._streamTarget = "transcript"  # where streamed text goes: the Q&A transcript or the report
 
@@ -346,6 +347,11 @@ class MedVLSAM2Panel(VTKObservationMixin):
                                              self.state.set_error)
         elif kind == "point":
             self.addObserver(node, node.PointPositionDefinedEvent, self._onPointPlaced)
+        elif kind == "scribble":  # painted, not placed: each stroke is sent on release, the tool stays on
+            from .freehand import FreehandStroke, slice_views
+
+            self._freehand = FreehandStroke(slice_views(), node, self._onStroke)
+            return
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self._onInteractionModeChanged)
         self._place(node, persistent=kind == "point")
@@ -367,6 +373,9 @@ class MedVLSAM2Panel(VTKObservationMixin):
         if self._boxTracker is not None:
             self._boxTracker.stop()
             self._boxTracker = None
+        if self._freehand is not None:
+            self._freehand.stop()
+            self._freehand = None
         tool, self._activeTool = self._activeTool, ""
         if tool:
             getattr(self.ui, tool).checked = False
@@ -382,14 +391,19 @@ class MedVLSAM2Panel(VTKObservationMixin):
         qt.QTimer.singleShot(0, lambda: self._run(self.logic.submit_drawn_prompt, "point", node, self._segmentId(),
                                                   negative))
 
+    def _onStroke(self, node) -> None:
+        negative = self.ui.negativeButton.checked
+        # after the mouse event has been handled: the stroke's curve is cleared by the logic
+        qt.QTimer.singleShot(0, lambda: self._run(self.logic.submit_drawn_prompt, "scribble", node, self._segmentId(),
+                                                  negative))
+
     def _onInteractionModeChanged(self, caller, event) -> None:
-        """Place mode ended: a lasso is closed / a scribble is finished, so send it."""
-        if caller.GetCurrentInteractionMode() == caller.Place or self._activeTool not in ("lassoButton", "scribbleButton"):
+        """Place mode ended: a lasso is closed, so send it."""
+        if caller.GetCurrentInteractionMode() == caller.Place or self._activeTool != "lassoButton":
             return
-        kind = dict(TOOLS)[self._activeTool]
-        node = self.logic.prompt_node(slicer.mrmlScene, kind)
-        if node.GetNumberOfDefinedControlPoints() >= (3 if kind == "lasso" else 1):
-            self._run(self.logic.submit_drawn_prompt, kind, node, self._segmentId(), self.ui.negativeButton.checked)
+        node = self.logic.prompt_node(slicer.mrmlScene, "lasso")
+        if node.GetNumberOfDefinedControlPoints() >= 3:
+            self._run(self.logic.submit_drawn_prompt, "lasso", node, self._segmentId(), self.ui.negativeButton.checked)
         self._stopTools()
 
     def onPropagate(self) -> None:

@@ -246,6 +246,51 @@ def test_a_scribble_in_a_coronal_view_becomes_points_on_the_voxels_it_crosses(sc
         markups.scribble_to_points(outside, ct)
 
 
+def test_a_freehand_stroke_painted_on_a_coronal_view_is_sent_once_as_a_scribble(scene):
+    from MedVLSAM2SlicerLib.freehand import FreehandStroke
+
+    ct = axial_ct()
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    view = scene.AddNewNodeByClass("vtkMRMLSliceNode")  # a coronal view at A = 5 (j = 5), 1 mm per pixel
+    view.SetOrientation("Coronal")
+    view.SetDimensions(64, 64, 1)
+    view.SetFieldOfView(64, 64, 1)
+    view.SetSliceOffset(5)
+    view.UpdateMatrices()
+    xy_to_ras = geometry._vtk_to_numpy(view.GetXYToRAS())
+    interactor = vtk.vtkGenericRenderWindowInteractor()
+    seen_by_slicer = []  # what Slicer's own interaction (lower priority) still receives
+    for event in ("LeftButtonPressEvent", "MouseMoveEvent", "LeftButtonReleaseEvent"):
+        interactor.AddObserver(getattr(vtk.vtkCommand, event), lambda caller, e: seen_by_slicer.append(e), 0.0)
+    curve = closed_curve(scene, [], closed=False)
+    strokes = []
+    stroke = FreehandStroke([(interactor, lambda x, y: (xy_to_ras @ [x, y, 0, 1])[:3])], curve, strokes.append)
+
+    def mouse(event, x, y, shift=False):
+        interactor.SetEventInformation(x, y, 0, int(shift))
+        interactor.InvokeEvent(getattr(vtk.vtkCommand, event))
+    mouse("MouseMoveEvent", 10, 10)  # hovering is Slicer's
+    assert seen_by_slicer == ["MouseMoveEvent"]
+    # press at RAS (2, 5, 2), drag through (12, 5, 2) to (12, 5, 12), release: the coronal scribble of the
+    # placed-curve test, painted
+    mouse("LeftButtonPressEvent", 30, 34)
+    for x in range(30, 19, -1):
+        mouse("MouseMoveEvent", x, 34)
+    for y in range(34, 45):
+        mouse("MouseMoveEvent", 20, y)
+    mouse("LeftButtonReleaseEvent", 20, 44)
+    assert strokes == [curve] and seen_by_slicer == ["MouseMoveEvent"]  # painting did not pan or scroll
+    expected = [(i, 5, 1) for i in range(2, 13)] + [(12, 5, k) for k in range(2, 7)]
+    assert markups.scribble_to_points(curve, ct).tolist() == [list(p) for p in expected]
+    mouse("LeftButtonPressEvent", 30, 34, shift=True)  # a modified click keeps Slicer's meaning
+    mouse("LeftButtonReleaseEvent", 30, 34, shift=True)
+    assert len(strokes) == 1 and seen_by_slicer[-2:] == ["LeftButtonPressEvent", "LeftButtonReleaseEvent"]
+    stroke.stop()
+    mouse("LeftButtonPressEvent", 30, 34)
+    mouse("LeftButtonReleaseEvent", 30, 34)
+    assert len(strokes) == 1 and seen_by_slicer[-1] == "LeftButtonReleaseEvent"
+
+
 def test_one_write_is_one_undo_step_and_undo_restores_the_segment_and_the_session(scene, segmentation, ct):
     seg = segmentation.GetSegmentation()
     target, other = seg.AddEmptySegment("target"), seg.AddEmptySegment("other")
