@@ -41,11 +41,11 @@ def segment_editor_widget(segmentation_node) -> Any:
     try:
         import slicer
 
-        if not hasattr(slicer, "app") or not hasattr(slicer.modules, "segmenteditor"):
-            return None
-        editor = slicer.util.getModuleWidget("SegmentEditor").editor
-        return editor if editor.segmentationNode() is segmentation_node else None
-    except Exception:  # no application, no module widget, or an API change: use this module's own history
+        module_widget = getattr(slicer.modules, "SegmentEditorWidget", None)  # set once the module's panel exists
+        editor = getattr(module_widget, "editor", None)
+        edited = editor.segmentationNode() if editor is not None else None
+        return editor if edited is not None and edited.GetID() == segmentation_node.GetID() else None
+    except Exception:  # no application or an API change: use this module's own history
         return None
 
 

@@ -395,6 +395,70 @@ def test_undo_and_redo_by_slicers_own_history_keep_the_session_in_step(scene, se
         worker.stop()
 
 
+class SegmentEditorStandIn:
+    """The Segment Editor module's editor widget as the panel sees it: its slots drive its own editor logic,
+    as ``qMRMLSegmentEditorWidget`` does; the panel cannot observe that logic's history."""
+
+    def __init__(self, scene, node) -> None:
+        self.node, self.logic = node, slicer.vtkSlicerSegmentEditorLogic()
+        self.logic.SetMRMLScene(scene)
+        self.logic.SetSegmentEditorNode(scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode"))
+        self.logic.SetSegmentationNode(node)
+
+    def segmentationNode(self):
+        return self.node
+
+    def saveStateForUndo(self):
+        self.logic.SaveStateForUndo()
+
+    def undo(self):
+        self.logic.Undo()
+
+    def redo(self):
+        self.logic.Redo()
+
+
+def test_when_the_segment_editor_shows_the_segmentation_its_history_is_the_one_and_the_session_follows(
+        scene, segmentation, ct, monkeypatch):
+    from types import SimpleNamespace
+
+    editor = SegmentEditorStandIn(scene, segmentation)
+    monkeypatch.setattr(slicer.modules, "SegmentEditorWidget", SimpleNamespace(editor=editor), raising=False)
+    sid = segmentation.GetSegmentation().AddEmptySegment("target")
+    worker = ModelWorker()
+    try:
+        c = Controller(worker)
+        own = undo.new_editor_logic(scene, segmentation)
+        c.attach(FakeSession(), ct, segmentation, undo.SegmentationUndo(segmentation, own))
+        loop = []  # the Qt event loop: the only way the panel hears of the editor's undo
+        c.defer = loop.append
+        for point in ([3, 4, 2], [6, 7, 3]):
+            c.add_points(sid, [point], [1])
+            worker.wait_all()
+        assert editor.logic.CanUndo() and not own.CanUndo()  # the writes went into the editor's history only
+        editor.undo()  # the Segment Editor's Undo button
+        assert loop and c.session.undone == []
+        while loop:
+            loop.pop(0)()
+        worker.wait_all()
+        obj = c.objects[sid]
+        assert c.session.undone == [obj]
+        assert np.array_equal(c.session.masks_by_obj[obj], segments.segment_array(segmentation, sid, ct))
+        c.undo()  # the panel's Undo walks the same (the editor's) history
+        while loop:
+            loop.pop(0)()
+        worker.wait_all()
+        assert c.session.undone == [obj, obj] and not segments.segment_array(segmentation, sid, ct).any()
+        editor.redo()
+        while loop:
+            loop.pop(0)()
+        worker.wait_all()
+        assert c.session.redone == [obj]
+        assert np.array_equal(c.session.masks_by_obj[obj], segments.segment_array(segmentation, sid, ct))
+    finally:
+        worker.stop()
+
+
 def _ball_ct(size: int):
     """A bright ball in dark air (8 slices of size x size) as a volume node: (ball mask [k, j, i], node)."""
     k, j, i = np.mgrid[:8, :size, :size]
