@@ -135,13 +135,13 @@ class Controller:
                 continue
             delta = track.moved(segments.content_key(self.segmentation_node, segment_id))
             if delta:
-                self._move_session(segment_id, track.obj, delta)
+                self._move_session(track.obj, delta)
             elif not track.in_step:
                 self.message.emit(f"'{self._segment_name(segment_id)}' was edited outside MedVLSAM2: the model keeps its "
                                   "own mask, and its next result replaces the box it changes (Reset to start over)")
         self._update_selection()
 
-    def _move_session(self, segment_id: str, obj: int, delta: int) -> None:
+    def _move_session(self, obj: int, delta: int) -> None:
         """Undo (delta < 0) or redo (delta > 0) ``abs(delta)`` session steps of ``obj`` on the worker thread."""
         session = self.session
         if session is None:
