@@ -167,18 +167,19 @@ def write_patch(segmentation_node, segment_id: str, volume_node, bbox, patch: np
 def content_key(segmentation_node, segment_id: str, previous: tuple | None = None,
                 k_range: tuple[int, int] | None = None) -> tuple:
     """A fingerprint of the segment's voxels, so a state Slicer's undo restores is recognised: the same for the
-    same voxels on the same grid, whatever the labelmap's extent (a restore may keep a larger one).
+    same voxels on the same grid, whatever the labelmap's extent (a restore may keep a larger one) or the
+    segment's label value in a shared layer.
 
-    ((label, grid), ((k, digest of slice k's ones cropped to their box and that box), ...)) over the slices
-    holding the segment, in labelmap coordinates. With ``previous`` (the key before a write) and ``k_range``
+    (grid, ((k, digest of slice k's voxels cropped to their box and that box), ...)) over the slices holding
+    the segment, in labelmap coordinates. With ``previous`` (the key before a write) and ``k_range``
     (k0, k1 half-open, the only slices the write changed), only those slices are hashed again.
     """
     labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
     label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
     if labelmap is None or _empty(labelmap.GetExtent()):
-        return (label, None), ()
+        return None, ()
     e = labelmap.GetExtent()
-    head = (label, tuple(_matrix(labelmap.GetImageToWorldMatrix).round(6).ravel()))
+    head = tuple(_matrix(labelmap.GetImageToWorldMatrix).round(6).ravel())
     voxels = _voxels(labelmap)
     if previous is not None and k_range is not None and previous[0] == head:
         digests = dict(previous[1])
@@ -194,7 +195,7 @@ def content_key(segmentation_node, segment_id: str, previous: tuple | None = Non
         crop = ones[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
         where = np.array([rows[0] + e[2], cols[0] + e[0], *crop.shape], np.int64).tobytes()
         digests[k] = hashlib.blake2b(where + np.packbits(crop).tobytes(), digest_size=8).digest()
-    return (head, tuple(sorted(digests.items()))) if digests else ((label, None), ())  # empty: on any grid
+    return (head, tuple(sorted(digests.items()))) if digests else (None, ())  # empty: on any grid
 
 
 def write_result(segmentation_node, segment_id: str, volume_node, result,

@@ -543,14 +543,20 @@ def test_a_result_written_into_one_segment_leaves_every_other_segment_bit_identi
     masks[2][0:2, 20:24, 25:32] = 1
     for sid, mask in zip(ids, masks):
         slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, sid, ct)
+    keys = [segments.content_key(segmentation, sid) for sid in ids]
     seg.CollapseBinaryLabelmaps(False)  # non-overlapping segments share one labelmap, as the Segment Editor makes
     assert seg.GetNumberOfLayers() == 1
+    # the state fingerprint follows the voxels, not the layer, extent or label value they are stored with
+    assert [segments.content_key(segmentation, sid) for sid in ids] == keys and len(set(keys)) == 3
     before = _segment_masks(segmentation, ct)
     patch = np.ones((4, 10, 12), np.uint8)  # overlaps "neighbour"
     patch[:, 0, :] = 0
     result = SegmentationResult(1, "target", (2, 6, 6, 16, 5, 17), patch)
     history = undo.SegmentationUndo(segmentation, undo.new_editor_logic(slicer.mrmlScene, segmentation))
     assert segments.write_result(segmentation, ids[0], ct, result, history.save)
+    # hashing only the written slices again gives the whole fingerprint
+    assert segments.content_key(segmentation, ids[0], keys[0], (2, 6)) == segments.content_key(segmentation, ids[0])
+    assert segments.content_key(segmentation, ids[0]) != keys[0]
     after = _segment_masks(segmentation, ct)
     for sid in ids[1:]:
         assert after[sid].dtype == before[sid].dtype and np.array_equal(after[sid], before[sid])
