@@ -164,7 +164,8 @@ class Controller:
 
     def _update_selection(self) -> None:
         self.state.update(segment_selected=self.current_segment is not None,
-                          segment_has_object=self.current_segment in self.objects, can_undo=self.can_undo)
+                          segment_has_object=self.current_segment in self.objects, can_undo=self.can_undo,
+                          can_redo=self.can_redo)
 
     # ----- helpers
     def _start(self, name: str, run: Callable[[Job], Any], on_done: Callable[[Any], None],
@@ -267,17 +268,28 @@ class Controller:
     def can_undo(self) -> bool:
         return self.undo_history is not None and any(t.undoable for t in self._tracks.values())
 
+    @property
+    def can_redo(self) -> bool:
+        return self.undo_history is not None and any(t.redoable for t in self._tracks.values())
+
     def undo(self) -> None:
         """Undo the last write in Slicer's history (as the Segment Editor's Undo does); ``sync`` then undoes the
         session's matching steps."""
+        self._walk("undo", self.can_undo)
+
+    def redo(self) -> None:
+        """Redo in Slicer's history (as the Segment Editor's Redo does); ``sync`` then redoes the session's steps."""
+        self._walk("redo", self.can_redo)
+
+    def _walk(self, direction: str, possible: bool) -> None:
         if self.session is None:
             raise InputError("no model session: start the server (or connect) and select a CT volume first")
-        if not self.can_undo:
-            raise InputError("nothing to undo")
+        if not possible:
+            raise InputError(f"nothing to {direction}")
         if self.state.busy:
             self.message.emit(f"busy with {self.state.busy_job}; wait or press Cancel")
             return
-        self.undo_history.undo()  # main thread: MRML; the segmentation's events start ``sync``
+        getattr(self.undo_history, direction)()  # main thread: MRML; the segmentation's events start ``sync``
 
     def reset(self, segment_id: str) -> Job | None:
         obj = self._known(segment_id)

@@ -25,7 +25,7 @@ CAPABILITY_HINTS = {
 # Every control whose enabled state the panel computes (objectNames in the .ui file).
 CONTROLS = (
     "startServerButton", "stopServerButton", "pointButton", "boxButton", "lassoButton", "scribbleButton",
-    "negativeButton", "runTextButton", "propagateButton", "undoButton", "resetButton", "nextSegmentButton",
+    "negativeButton", "runTextButton", "propagateButton", "undoButton", "redoButton", "resetButton", "nextSegmentButton",
     "cancelButton",
     "askButton", "stopAnswerButton", "reportButton", "copyReportButton", "saveReportButton",
 )
@@ -58,6 +58,7 @@ class PanelState:
         self.segment_selected = False
         self.segment_has_object = False  # the selected segment is known to the session
         self.can_undo = False  # the segmentation history holds a step this panel wrote
+        self.can_redo = False  # ... and one undone that can be taken again
         self.text_prompt = ""
         self.question = ""
         self.report_text = ""
@@ -139,6 +140,7 @@ class PanelState:
             "runTextButton": self.ready and idle and self.segmentation_selected and bool(self.text_prompt.strip()),
             "propagateButton": prompt_ready and self.segment_has_object,
             "undoButton": self.ready and idle and self.can_undo,
+            "redoButton": self.ready and idle and self.can_redo,
             "resetButton": prompt_ready and self.segment_has_object,
             "nextSegmentButton": idle and self.segmentation_selected,
             "cancelButton": self.busy and self.cancellable and self.busy_job not in STREAMING_JOBS,

@@ -111,6 +111,10 @@ class Track:
     def undoable(self) -> bool:
         return self.pos > 0
 
+    @property
+    def redoable(self) -> bool:
+        return self.pos < len(self.keys) - 1
+
     def wrote(self, before, after) -> None:
         """The session took one step; ``before``/``after`` = the segment's content around the write (same when
         no voxel changed)."""

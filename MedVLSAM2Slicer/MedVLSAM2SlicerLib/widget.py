@@ -84,6 +84,7 @@ class MedVLSAM2Panel(VTKObservationMixin):
         u.cancelButton.connect("clicked()", c.cancel)
         u.stopAnswerButton.connect("clicked()", c.cancel)
         u.undoButton.connect("clicked()", lambda: self._run(c.undo))
+        u.redoButton.connect("clicked()", lambda: self._run(c.redo))
         u.resetButton.connect("clicked()", lambda: self._run(c.reset, self._segmentId()))
         u.nextSegmentButton.connect("clicked()", self.onNextSegment)
         u.questionEdit.connect("textChanged(QString)", lambda text: self.state.update(question=text))

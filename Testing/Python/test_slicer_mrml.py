@@ -321,6 +321,14 @@ def test_one_write_is_one_undo_step_and_undo_restores_the_segment_and_the_sessio
         # the session undid both of its steps after the visible one, so it shows what the segment shows
         assert c.session.undone == [c.objects[target]] * 2
         assert np.array_equal(c.session.masks_by_obj[c.objects[target]], after[target])
+        assert c.state.enabled("redoButton")
+        c.redo()  # the panel's Redo: Slicer's history, then the session
+        worker.wait_all()
+        assert c.session.redone == [c.objects[target]] * 2 and not c.state.enabled("redoButton")
+        assert segments.segment_array(segmentation, target, ct).sum() == 2
+        c.undo()
+        worker.wait_all()
+        assert np.array_equal(c.session.masks_by_obj[c.objects[target]], after[target])
         c.undo()
         worker.wait_all()
         assert segments.segment_array(segmentation, target, ct).sum() == 0 and not c.state.enabled("undoButton")
