@@ -64,7 +64,10 @@ def main() -> None:
     skip = set(args.skip.split(","))
 
     def timed_propagation(session: Session, stop: bool) -> tuple[float, int, float]:
-        seg.config = default_cfg if stop else dataclasses.replace(default_cfg, stop_after_slices=10**6)
+        # without: the run to the volume's ends a user had before (memory propagation, no stop rule); with: the
+        # model's own settings (the demo bundle's box chain ends where the object's mask ends)
+        seg.config = default_cfg if stop else dataclasses.replace(default_cfg, stop_after_slices=10**6,
+                                                                  propagation="memory")
         obj = session.add_object()
         t = time.perf_counter()
         session.add_points(obj, click, [1])
