@@ -87,7 +87,7 @@ class SegmenterConfig:
     # size; components not touching the previous mask are dropped outside a 3D box). "box" suits weights
     # whose memory path is weakly trained (the demo bundle); text-prompted objects always use memory + [SEG].
     propagation: str = "memory"
-    box_margin: float = 0.1
+    box_margin: float = 0.03  # chosen on unseen training-range phantoms 20400-20409 (0.03 / 0.05 / 0.075 / 0.1)
 
 
 @dataclass

@@ -247,6 +247,7 @@ def _scripted_box_decoder(session, monkeypatch):
 
 def test_box_propagation_takes_the_candidate_that_continues_the_object(session, monkeypatch):
     truth = _scripted_box_decoder(session, monkeypatch)
+    monkeypatch.setattr(session.predictor.config, "box_margin", 0.1)  # room for this ellipsoid's growth per slice
     obj = session.add_object()
     session.add_box(obj, (6, 7, 2, 26, 25, 14))
     session.propagate(obj)
