@@ -369,7 +369,6 @@ class Session:
         planned = set().union(*(range(st, st + m + 1) if not rev else range(st - m, st + 1) for rev, st, m, _, _ in passes))
         writes: dict[int, np.ndarray] = {}
         scores: dict[int, float] = {}
-        seen: set[int] = set()
         if cfg.propagation not in ("memory", "box"):
             raise InputError(f"segmenter propagation must be 'memory' or 'box', got {cfg.propagation!r}")
         if cfg.propagation == "box" and o.tokens is None:
@@ -377,8 +376,21 @@ class Session:
                 self._box_chain(o, start, -1 if reverse else 1, count, last_dirty, clicked, writes, scores, cancel)
                 if progress:
                     progress(len(set(writes) | clicked & planned), len(planned))
-            o.dirty.clear()
-            return self._commit(obj, writes, o.prompts, scores, o.bound)
+        else:
+            self._memory_passes(o, passes, (a, b), clicked, planned, writes, scores, progress, cancel)
+        if progress and planned:
+            progress(len(planned), len(planned))
+        o.dirty.clear()
+        return self._commit(obj, writes, o.prompts, scores, o.bound)
+
+    def _memory_passes(self, o: _Object, passes: list, span: tuple[int, int], clicked: set[int], planned: set[int],
+                       writes: dict[int, np.ndarray], scores: dict[int, float], progress: Progress | None,
+                       cancel: CancelToken | None) -> None:
+        """SAM2's own propagation (memory attention, the object's tokens on every slice) over ``passes``, with the
+        early stop outside a 3D box and the settle rule of ``propagate``."""
+        cfg = self.predictor.config
+        a, b = span
+        seen: set[int] = set()
         with self.predictor.extra_prompt_tokens(o.tokens):
             for reverse, start, count, last_prompt, last_dirty in passes:
                 ended = settled = 0
@@ -402,15 +414,9 @@ class Session:
                             writes.update({r: np.zeros_like(new) for r in rest if o.mask[r].any() or r in writes})
                             break
                     if cfg.settle_slices > 0 and (k < last_dirty if reverse else k > last_dirty):
-                        old = o.mask[k]
-                        if old.any() or new.any():
-                            settled = settled + 1 if _unchanged(old, new) else 0
-                            if settled >= cfg.settle_slices:
-                                break
-        if progress and planned:
-            progress(len(planned), len(planned))
-        o.dirty.clear()
-        return self._commit(obj, writes, o.prompts, scores, o.bound)
+                        settled = _settle_count(settled, o.mask[k], new)
+                        if settled >= cfg.settle_slices:
+                            break
 
     def _grown_box(self, mask: np.ndarray, points=()) -> tuple[float, float, float, float]:
         """(i0, j0, i1, j1) around ``mask`` [H, W] and ``points`` (i, j), grown by ``box_margin`` of its size."""
@@ -476,8 +482,8 @@ class Session:
                     new = np.isin(parts, touching[touching > 0])
             if new.any() or old.any() or k in writes:
                 writes[k] = new.astype(np.uint8)
-            if cfg.settle_slices > 0 and (k > last_dirty if step > 0 else k < last_dirty) and (old.any() or new.any()):
-                settled = settled + 1 if _unchanged(old, new) else 0
+            if cfg.settle_slices > 0 and (k > last_dirty if step > 0 else k < last_dirty):
+                settled = _settle_count(settled, old, new)
                 if settled >= cfg.settle_slices:
                     break
             prev = new
@@ -667,6 +673,13 @@ def _crop(mask: np.ndarray, bbox: BBox | None) -> np.ndarray:
         return np.zeros((0, 0, 0), mask.dtype)
     k0, k1, j0, j1, i0, i1 = bbox
     return mask[k0:k1, j0:j1, i0:i1]
+
+
+def _settle_count(count: int, old: np.ndarray, new: np.ndarray) -> int:
+    """Slices in a row past the corrected ones whose mask did not change (an empty slice that stays empty is skipped)."""
+    if not (old.any() or new.any()):
+        return count
+    return count + 1 if _unchanged(old, new) else 0
 
 
 def _unchanged(old: np.ndarray, new: np.ndarray) -> bool:

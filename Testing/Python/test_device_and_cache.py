@@ -4,26 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from medvlsam2.config import tiny
 from medvlsam2.errors import InputError
-from medvlsam2.io.volume import Volume
-from medvlsam2.modeling.medvlsam2 import MedVLSAM2
 from medvlsam2.session import Session
 from medvlsam2.utils.device import OOM_ADVICE, autocast_dtype, cpu_has_native_bf16, resolve_device, translate_oom
+
+from phantoms import ellipsoid_volume
 
 K = 8
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return MedVLSAM2.from_config(tiny()).eval()
-
-
 def _volume():
-    k, j, i = np.mgrid[:K, :32, :32]
-    inside = ((k - 4) / 3.5) ** 2 + ((j - 16) / 8) ** 2 + ((i - 16) / 9) ** 2 < 1
-    return Volume(np.where(inside, 150, -900).astype(np.int16))
+    return ellipsoid_volume((K, 32, 32), (4, 16, 16), (3.5, 8, 9))
 
 
 def _segment(session):

@@ -22,6 +22,8 @@ from medvlsam2.report.measurements import measure
 from medvlsam2.report.writer import draft_report
 from medvlsam2.session import Session
 
+from phantoms import ellipsoid_volume
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -124,9 +126,7 @@ def _scripted(monkeypatch, model, absent: set[str]):
 
 
 def _volume():
-    k, j, i = np.mgrid[:8, :32, :32]
-    inside = ((k - 4) / 3.5) ** 2 + ((j - 16) / 9) ** 2 + ((i - 16) / 9) ** 2 < 1
-    return Volume(np.where(inside, 150, -900).astype(np.int16), (1.0, 1.0, 2.0))
+    return ellipsoid_volume((8, 32, 32), (4, 16, 16), (3.5, 9, 9), (1.0, 1.0, 2.0))
 
 
 def test_an_absent_target_gives_no_object_and_says_so(model, monkeypatch):

@@ -16,12 +16,6 @@ from medvlsam2.modeling.vision_encoder import build_vision_encoder
 from medvlsam2.utils.cancel import CancelToken
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return MedVLSAM2.from_config(tiny()).eval()
-
-
 def batch(model, n=2):
     ids, labels = build_inputs(model.tokenizer, model.num_image_tokens, segment_question("liver"), seg_answer("liver"))
     torch.manual_seed(1)

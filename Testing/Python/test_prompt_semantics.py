@@ -7,27 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from medvlsam2.config import tiny
 from medvlsam2.errors import InputError
 from medvlsam2.io.volume import Volume
-from medvlsam2.modeling.medvlsam2 import MedVLSAM2
 from medvlsam2.session import Session
 
+from phantoms import ellipsoid, ellipsoid_volume, hu
+
 K, H, W = 16, 32, 32
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return MedVLSAM2.from_config(tiny()).eval()
 
 
 @pytest.fixture
 def session(model, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    k, j, i = np.mgrid[:K, :H, :W]
-    inside = ((k - 8) / 7) ** 2 + ((j - 16) / 9) ** 2 + ((i - 16) / 10) ** 2 < 1
-    return Session(model, Volume(np.where(inside, 150, -900).astype(np.int16), (0.8, 0.8, 2.0)))
+    return Session(model, ellipsoid_volume((K, H, W), (8, 16, 16), (7, 9, 10), (0.8, 0.8, 2.0)))
 
 
 @pytest.fixture
@@ -270,9 +262,9 @@ def test_box_propagation_a_correction_that_empties_a_slice_keeps_its_neighbours(
 def test_box_propagation_from_a_click_runs_to_the_object_ends_and_not_into_a_neighbour(model, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     k, j, i = np.mgrid[:K, :H, :W]
-    organ = ((k - 8) / 7) ** 2 + ((j - 16) / 6) ** 2 + ((i - 10) / 5) ** 2 < 1
+    organ = ellipsoid((K, H, W), (8, 16, 10), (7, 6, 5))
     other = (np.abs(j - 16) < 3) & (np.abs(i - 22) < 2) & (k >= 9)  # a neighbour that joins the box later
-    session = Session(model, Volume(np.where(organ | other, 150, -900).astype(np.int16), (0.8, 0.8, 2.0)))
+    session = Session(model, hu(organ | other, (0.8, 0.8, 2.0)))
     _scripted_box_decoder(session, monkeypatch)
     obj = session.add_object()
     session.add_points(obj, [[10, 16, 8]], [1])  # a click: no box bound, the object may run to both ends

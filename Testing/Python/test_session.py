@@ -2,29 +2,19 @@
 
 import numpy as np
 import pytest
-import torch
 
-from medvlsam2.config import tiny
 from medvlsam2.errors import Cancelled, InputError, UnknownObjectError
-from medvlsam2.io.volume import Volume
-from medvlsam2.modeling.medvlsam2 import MedVLSAM2
 from medvlsam2.session import Session
 from medvlsam2.utils.cancel import CancelToken
+
+from phantoms import ellipsoid_volume
 
 K, H, W = 10, 40, 48
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return MedVLSAM2.from_config(tiny()).eval()
-
-
 @pytest.fixture
 def session(model):
-    k, j, i = np.mgrid[:K, :H, :W]
-    inside = ((k - 5) / 4.5) ** 2 + ((j - 20) / 10) ** 2 + ((i - 24) / 12) ** 2 < 1
-    return Session(model, Volume(np.where(inside, 150, -900).astype(np.int16), (0.8, 0.8, 2.0)))
+    return Session(model, ellipsoid_volume((K, H, W), (5, 20, 24), (4.5, 10, 12), (0.8, 0.8, 2.0)))
 
 
 def test_click_changes_only_its_slice_and_bbox_covers_every_change(session):

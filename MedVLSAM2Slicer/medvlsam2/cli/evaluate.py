@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..data import HELD_OUT_FIRST_SEED
 from ..errors import InputError
-
-HELD_OUT_FIRST_SEED = 100000  # synthetic seeds below this are reserved for training
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data import HELD_OUT_FIRST_SEED
 from .seg_metrics import dice
 from .vqa import closed_correct
 
@@ -41,7 +42,6 @@ HELD_OUT_TEMPLATES = {
 }
 ABSENT_ORGANS = ["gallbladder"]
 MULTI_TARGET_PROMPTS = ["liver and spleen", "right kidney and left kidney"]
-HELD_OUT_FIRST_SEED = 100000
 
 
 def held_out_findings(seed: int) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..data import HELD_OUT_FIRST_SEED
 from ..errors import InputError
 
 READERS = ("msd", "m3d_seg", "m3d_cap", "ct_rate", "m3d_vqa", "m3d_refseg", "synthetic")
@@ -25,7 +26,6 @@ _READER_KEYS: dict[str, tuple[str, ...]] = {
     "m3d_vqa": ("root",), "m3d_refseg": ("root",), "synthetic": ("seeds", "shape"),
 }
 _COMMON_KEYS = ("reader", "path", "name", "weight", "tasks", "split", "spacing")
-HELD_OUT_FIRST_SEED = 100000  # synthetic seeds from here on are reserved for evaluation
 
 
 @dataclass
