@@ -88,6 +88,11 @@ class SegmenterConfig:
     # whose memory path is weakly trained (the demo bundle); text-prompted objects always use memory + [SEG].
     propagation: str = "memory"
     box_margin: float = 0.03  # chosen on unseen training-range phantoms 20400-20409 (0.03 / 0.05 / 0.075 / 0.1)
+    # "box" outside a 3D box: the chain has left its object (the organ ended and a neighbour of another density
+    # filled the box) once the mask's median HU is this far from the object's (its mask before the propagation,
+    # the prompted slice on a first one); 0 turns it off.
+    # 50 chosen on phantoms 20400-20409 (single-click starts: 20-100 HU tried, 40-80 equally good).
+    end_hu_change: float = 50.0
 
 
 @dataclass

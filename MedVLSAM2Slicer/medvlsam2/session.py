@@ -288,8 +288,11 @@ class Session:
                     self.predictor.seed_slice_mask(o.state, p.k, torch.from_numpy(old > 0)):
                 logits = self._add(o, p)
             pred = (logits[0, 0] > 0).cpu().numpy()
-            if self.predictor.config.propagation == "box" and o.tokens is None and p.points is not None and old.any():
-                pred = self._clicks_in_box(o, p, old > 0)
+            if self.predictor.config.propagation == "box" and o.tokens is None and p.points is not None:
+                near = old > 0
+                if not near.any():  # a click next to the object extends it: decode it in its neighbours' box
+                    near = (o.mask[max(p.k - 1, 0)] > 0) | (o.mask[min(p.k + 1, len(o.mask) - 1)] > 0)
+                pred = self._clicks_in_box(o, p, near) if near.any() else self._first_clicks(o, p)
             new = _refine(old > 0, pred, p)
             self.predictor.set_slice_mask(o.state, p.k, torch.from_numpy(new))
             writes[p.k] = new.astype(np.uint8)
@@ -429,32 +432,64 @@ class Session:
         return (max(0.0, ii.min() - gi), max(0.0, jj.min() - gj), min(w - 1.0, ii.max() + gi), min(h - 1.0, jj.max() + gj))
 
     def _clicks_in_box(self, o: _Object, p: _Prompt, old: np.ndarray) -> np.ndarray:
-        """``propagation == "box"``: SAM2's answer to clicks on a slice that holds a mask, decoded with the box around
-        that mask (and the positive clicks) plus the clicks; of its candidates, the one that obeys the most
-        clicks, then overlaps the current mask most."""
+        """``propagation == "box"``: SAM2's answer to clicks on a slice that holds a mask ``old`` (or, when it holds
+        none, next to slices that do: their masks), decoded with the box around that mask (and the positive
+        clicks) plus the clicks (with a negative click, plus a positive anchor at ``old``'s innermost pixel, so
+        SAM2 removes the clicked part rather than the object); of its candidates, the one that obeys the most
+        clicks, then overlaps ``old`` most."""
+        from scipy import ndimage
+
         positive = [pt for pt, label in zip(p.points, p.labels) if label == 1]
         box = self._grown_box(old, positive)
-        candidates, _, _ = self.predictor.decode_box_without_memory(o.state, p.k, box, p.points, p.labels)
+        points, labels = list(p.points), list(p.labels)
+        if 0 in labels:  # anchor the object with a positive point at the mask's innermost pixel, away from the clicks
+            depth = ndimage.distance_transform_edt(np.pad(old, 1))[1:-1, 1:-1]
+            j, i = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            if min(np.hypot(x - i, y - j) for x, y in p.points) > ANCHOR_CLEARANCE_PX:
+                points, labels = points + [[float(i), float(j)]], labels + [1]
+        candidates, _, _ = self.predictor.decode_without_memory(o.state, p.k, box, points, labels)
         masks = (candidates > 0).cpu().numpy()
-        clicks = [(int(round(y)), int(round(x)), label) for (x, y), label in zip(p.points, p.labels)]
-        def rank(m):
-            obeyed = sum(bool(m[j, i]) == (label == 1) for j, i, label in clicks)
-            return obeyed, (m & old).sum() / max(1, (m | old).sum())
-        return max(masks, key=rank)
+        return max(masks, key=lambda m: (_obeyed(m, p), _iou(m, old)))
+
+    def _first_clicks(self, o: _Object, p: _Prompt) -> np.ndarray:
+        """``propagation == "box"``: SAM2's answer to clicks on a slice with no mask yet. Of its three candidates
+        (often part of the organ, the organ, the organ with a neighbour), weakly trained IoU heads rank poorly, so
+        keep the one that obeys the most clicks, then scores best on SAM's stability score (the IoU of the mask
+        at logit thresholds -1 and +1) times how well SAM2 gives it back when asked with its own box and the
+        clicks (measured on phantoms 20400-20409 in Testing/Benchmarks/RESULTS.md)."""
+        from sam2.utils.amg import calculate_stability_score
+
+        candidates, _, _ = self.predictor.decode_without_memory(o.state, p.k, None, p.points, p.labels)
+        stability = torch.nan_to_num(calculate_stability_score(candidates.float(), 0.0, 1.0)).tolist()
+        masks = (candidates > 0).cpu().numpy()
+        positive = [pt for pt, label in zip(p.points, p.labels) if label == 1]
+
+        def returned(m: np.ndarray) -> float:
+            if not m.any():
+                return 0.0
+            again, _, _ = self.predictor.decode_without_memory(o.state, p.k, self._grown_box(m, positive), p.points,
+                                                               p.labels)
+            return max(_iou(a, m) for a in (again > 0).cpu().numpy())
+
+        return max(zip(masks, stability), key=lambda ms: (_obeyed(ms[0], p), ms[1] * returned(ms[0])))[0]
 
     def _box_chain(self, o: _Object, start: int, step: int, count: int, last_dirty: int, clicked: set[int],
                    writes: dict[int, np.ndarray], scores: dict[int, float], cancel: CancelToken | None) -> None:
         """``SegmenterConfig.propagation == "box"``: from ``start``, ``count`` slices in direction ``step``, each
         slice decoded from a box around the previous slice's mask; a prompted slice keeps its own mask and
-        restarts the chain. Outside a 3D box only the parts touching the previous mask are kept. After an empty
-        slice a slice keeps the mask it has (so a first propagation ends there, and a correction that empties
-        a slice does not erase its neighbours). Stops once ``settle_slices`` slices past the
-        last changed slice come out unchanged."""
+        restarts the chain. Outside a 3D box, only the parts of SAM2's candidates touching the previous mask count,
+        and only candidates whose median HU lies within ``end_hu_change`` of the object's (its mask before this
+        propagation): none left means the object has ended. After an empty slice a slice keeps the mask it has
+        (so a first propagation ends there, and a correction that empties a slice does not erase its
+        neighbours). Stops once ``settle_slices`` slices past the last changed slice come out unchanged."""
         from scipy import ndimage
 
         cfg = self.predictor.config
         h, w = self.volume.shape[1:]
+        hu = self.volume.array
         prev = writes.get(start, o.mask[start]) > 0
+        held = o.mask > 0
+        object_hu = np.median(hu[held]) if held.any() else None  # what the object is made of so far
         settled = 0
         for k in range(start + step, start + step * (count + 1), step):
             check(cancel)
@@ -467,19 +502,22 @@ class Session:
                 new = old
             else:
                 box = self._grown_box(prev)
-                candidates, _, scores[k] = self.predictor.decode_box_without_memory(o.state, k, box)
+                candidates, _, scores[k] = self.predictor.decode_without_memory(o.state, k, box)
                 if scores[k] >= cfg.stop_score:
                     i0, j0, i1, j1 = (int(round(v)) for v in box)
                     inside = np.zeros((h, w), bool)
                     inside[j0:j1 + 1, i0:i1 + 1] = True
+                    masks = list((candidates > 0).cpu().numpy() & inside)
+                    if o.bound is None:  # the object continues from the previous slice, in its own density, or has ended
+                        grown = ndimage.binary_dilation(prev, structure=_BLOB)
+                        masks = [_touching(m, grown) for m in masks]
+                        if cfg.end_hu_change > 0 and object_hu is not None:
+                            masks = [m for m in masks if m.any() and abs(np.median(hu[k][m]) - object_hu)
+                                     <= cfg.end_hu_change]
                     # a large box is ambiguous (liver or liver + stomach): take the candidate that best continues
-                    # the previous slice's mask rather than SAM2's own IoU choice
-                    masks = (candidates > 0).cpu().numpy() & inside
-                    new = max(masks, key=lambda m: (m & prev).sum() / max(1, (m | prev).sum()))
-                if o.bound is None and new.any():  # the object continues from the previous slice or has ended
-                    parts, _ = ndimage.label(new, structure=_BLOB)
-                    touching = np.unique(parts[ndimage.binary_dilation(prev, structure=_BLOB) & new])
-                    new = np.isin(parts, touching[touching > 0])
+                    # the previous slice's mask rather than SAM2's own IoU choice; on a re-propagation the slice's
+                    # mask competes too, so a correction changes a neighbour only where a decode continues it better
+                    new = max(masks + ([old] if old.any() else []), key=lambda m: _iou(m, prev), default=new)
             if new.any() or old.any() or k in writes:
                 writes[k] = new.astype(np.uint8)
             if cfg.settle_slices > 0 and (k > last_dirty if step > 0 else k < last_dirty):
@@ -673,6 +711,27 @@ def _crop(mask: np.ndarray, bbox: BBox | None) -> np.ndarray:
         return np.zeros((0, 0, 0), mask.dtype)
     k0, k1, j0, j1, i0, i1 = bbox
     return mask[k0:k1, j0:j1, i0:i1]
+
+
+ANCHOR_CLEARANCE_PX = 3  # a negative click closer than this to the mask's innermost pixel gets no anchor
+
+
+def _touching(mask: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """The 8-connected components of ``mask`` [H, W] that overlap ``near``."""
+    from scipy import ndimage
+
+    parts, _ = ndimage.label(mask, structure=_BLOB)
+    hit = np.unique(parts[near & mask])
+    return np.isin(parts, hit[hit > 0])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def _obeyed(mask: np.ndarray, p: _Prompt) -> int:
+    """How many of prompt ``p``'s clicks ``mask`` [j, i] obeys (holds the positive ones, not the negative ones)."""
+    return sum(bool(mask[int(round(y)), int(round(x))]) == (label == 1) for (x, y), label in zip(p.points, p.labels))
 
 
 def _settle_count(count: int, old: np.ndarray, new: np.ndarray) -> int:

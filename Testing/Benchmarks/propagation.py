@@ -43,7 +43,7 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
     from medvlsam2.data.synthetic import generate_case
-    from medvlsam2.evaluation.interactive import _innermost
+    from medvlsam2.evaluation.interactive import initial_click
     from medvlsam2.evaluation.seg_metrics import dice
     from medvlsam2.factory import load_model
     from medvlsam2.session import Session
@@ -54,11 +54,7 @@ def main() -> None:
     case = generate_case(args.seed)
     ref = case.mask(args.structure) > 0
     slices = np.flatnonzero(ref.any(axis=(1, 2)))
-    k_mid = int(slices[len(slices) // 2])
-    plane = np.zeros_like(ref)
-    plane[k_mid] = ref[k_mid]
-    _, j, i = _innermost(plane, case.volume.spacing)
-    click = [[i, j, k_mid]]
+    click = [list(initial_click(ref, case.volume.spacing))]  # the interactive protocol's click start
     out = {"model": args.model, "structure": args.structure, "object_slices": [int(slices[0]), int(slices[-1])],
            "volume_slices": int(case.volume.shape[0]), "load_before": os.getloadavg()}
     skip = set(args.skip.split(","))

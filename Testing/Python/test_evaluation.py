@@ -184,6 +184,22 @@ def test_protocol_gives_box_then_corrective_clicks_and_scores_each_step():
     assert result.steps[1].dice > result.steps[0].dice
 
 
+def test_protocol_click_start_clicks_the_middle_slice_inside_and_propagates_unbounded():
+    from medvlsam2.evaluation.interactive import run_interactive
+
+    ref = np.zeros((10, 16, 16), np.uint8)
+    ref[2:8, 3:9, 3:9] = 1
+    ref[4] = 0
+    ref[4, 4:11, 6:13] = 1  # the middle slice (round(4.5) = 4): a 7x7 square whose centre is innermost in 2D
+    session = BoxThenClickSession(ref.shape)
+    result = run_interactive(session, ref, "organ", clicks=1, start="click")
+    assert session.calls[0] == ("click", (9, 7, 4), 1) and session.calls[1] == ("propagate", None)
+    assert session.calls[3] == ("propagate", None)  # corrections are not bounded either
+    assert [s.kind for s in result.steps] == ["click", "click"] and result.steps[0].prompt == [9, 7, 4]
+    with pytest.raises(InputError, match="starts with one of box, click"):
+        run_interactive(session, ref, start="lasso")
+
+
 def test_auc_is_trapezoidal_over_steps():
     assert auc([0.5, 0.7, 0.9]) == pytest.approx(0.6 + 0.8)
     assert auc([1.0]) == 0.0

@@ -219,20 +219,25 @@ def test_background_encoding_fills_the_cache_within_its_budget(model, session):
 
 def _scripted_box_decoder(session, monkeypatch):
     """SAM2 scripted on the phantom ellipsoid: a prompt answers the true slice mask; a box decode offers three
-    candidates (everything in the box, the object, nothing) with SAM2 preferring the first."""
+    candidates (everything in the box, the object, nothing) with SAM2 preferring the first; clicks alone offer
+    (the object's left half, the object, nothing)."""
     truth = session.volume.array > 0
 
     def logits(m):
         return torch.from_numpy(np.where(m, 10.0, -10.0).astype(np.float32))
 
-    def decode(state, k, box, points=(), labels=()):
-        i0, j0, i1, j1 = (int(round(v)) for v in box)
-        boxed = np.zeros_like(truth[k])
-        boxed[j0:j1 + 1, i0:i1 + 1] = True
-        return torch.stack([logits(boxed), logits(truth[k]), logits(np.zeros_like(boxed))]), torch.tensor([0.9, 0.5, 0.1]), 5.0
+    def decode(state, k, box=None, points=(), labels=()):
+        first = truth[k].copy()
+        if box is None:
+            first[:, first.shape[1] // 2:] = False
+        else:
+            i0, j0, i1, j1 = (int(round(v)) for v in box)
+            first[:] = False
+            first[j0:j1 + 1, i0:i1 + 1] = True
+        return torch.stack([logits(first), logits(truth[k]), logits(np.zeros_like(first))]), torch.tensor([0.9, 0.5, 0.1]), 5.0
 
     monkeypatch.setattr(session, "_add", lambda o, p: logits(truth[p.k])[None, None])
-    monkeypatch.setattr(session.predictor, "decode_box_without_memory", decode)
+    monkeypatch.setattr(session.predictor, "decode_without_memory", decode)
     monkeypatch.setattr(session.predictor.config, "propagation", "box")
     return truth
 
@@ -268,6 +273,27 @@ def test_box_propagation_from_a_click_runs_to_the_object_ends_and_not_into_a_nei
     _scripted_box_decoder(session, monkeypatch)
     obj = session.add_object()
     session.add_points(obj, [[10, 16, 8]], [1])  # a click: no box bound, the object may run to both ends
+    assert ((session.mask(obj)[8] > 0) == organ[8]).all()  # the stable candidate SAM2 gives back, not the part
     session.propagate(obj)
     mask = session.mask(obj) > 0
     assert (mask[organ]).all() and not mask[other & ~organ].any()
+
+
+def test_box_propagation_from_a_click_ends_where_a_touching_neighbour_of_another_density_begins(model, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    organ = ellipsoid((K, H, W), (6, 16, 12), (5, 6, 5))  # slices 2..10
+    neighbour = np.zeros_like(organ)
+    neighbour[11:16, 8:24, 4:20] = True  # fills the box past the organ's last slice, at 60 HU
+    array = np.where(organ, 150, np.where(neighbour, 60, -900)).astype(np.int16)
+    session = Session(model, Volume(array, (0.8, 0.8, 2.0)))
+    _scripted_box_decoder(session, monkeypatch)
+    obj = session.add_object()
+    session.add_points(obj, [[12, 16, 6]], [1])
+    session.propagate(obj)
+    mask = session.mask(obj) > 0
+    assert mask[organ].all() and not mask[11:].any()
+    monkeypatch.setattr(session.predictor.config, "end_hu_change", 0)  # the rule off: the chain runs on into the neighbour
+    session.reset(obj)
+    session.add_points(obj, [[12, 16, 6]], [1])
+    session.propagate(obj)
+    assert (session.mask(obj)[11:] > 0).any()

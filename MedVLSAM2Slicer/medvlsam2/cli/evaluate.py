@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--structures", help="comma list of target names (default: every structure of the data)")
     p.add_argument("--interactive-structures", help="comma list for the interactive protocol (default: --structures)")
     p.add_argument("--clicks", type=int, default=5, help="simulated corrective clicks after the box (default 5)")
+    p.add_argument("--interactive-start", choices=["box", "click"], default="box",
+                   help="step 0 of the interactive protocol: the reference's 3D box (default), or one click at its "
+                        "innermost voxel on the middle slice with unbounded propagation")
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument("--conventions", default="m3d,ct_rate", help="text-metric conventions: m3d, ct_rate")
     p.add_argument("--bertscore-model", metavar="LOCAL_FOLDER",
@@ -195,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
             cases = itertools.islice(cases, args.limit)
         total = min(len(cases), args.limit or len(cases)) if hasattr(cases, "__len__") else args.limit
     options = EvalOptions(tasks=tasks, structures=structures, clicks=args.clicks, tolerance_mm=args.tolerance_mm,
+                          interactive_start=args.interactive_start,
                           interactive_structures=_names(args.interactive_structures), conventions=conventions,
                           bertscore_model=args.bertscore_model, max_questions=args.max_questions)
     if args.model in ("tiny", "base", "paper"):

@@ -3,6 +3,9 @@
 Step 0: a box. Its in-plane extent is the reference's 2D bounding box on the reference's middle slice;
 its z-range is the reference's slice range. It is given as the 3D box ``(i0, j0, k0, i1, j1, k1)``
 (the Session prompts the middle slice) and propagated within the z-range.
+With ``start="click"`` step 0 is instead one positive click at the innermost voxel of the reference on
+that middle slice, and every propagation runs over the whole volume (nothing bounds the object, so
+how propagation ends an object is scored too).
 Steps 1..N (N = 5 by default): one simulated click at the largest error region: the largest
 6-connected component of the false negatives (click +1) or of the false positives (click -1), at its
 innermost voxel (the voxel farthest, in mm, from the component's boundary, so the click lies inside
@@ -29,7 +32,7 @@ DEFAULT_CLICKS = 5
 class Step:
     """One interaction: what was given (box or click), the scores after it, and how long it took."""
 
-    kind: str  # "box" or "click"
+    kind: str  # "box" or "click" ("none": no error left to click)
     prompt: list[int]  # box (i0, j0, k0, i1, j1, k1) or click (i, j, k)
     label: int  # +1 / -1 for clicks, +1 for the box
     dice: float
@@ -72,16 +75,20 @@ def initial_box(ref: np.ndarray) -> tuple[int, int, int, int, int, int]:
     one voxel wide is widened by one voxel, since a box needs nonzero width and height.
     """
     ref = np.asarray(ref) > 0
-    slices = np.flatnonzero(ref.any(axis=(1, 2)))
-    if len(slices) == 0:
-        raise InputError("the reference mask is empty; the interactive protocol needs a structure to segment")
-    k0, k1 = int(slices[0]), int(slices[-1])
-    mid = int(round((k0 + k1) / 2))
-    k_box = int(slices[np.argmin(np.abs(slices - mid))])
+    k0, k_box, k1 = _prompt_slices(ref)
     jj, ii = np.nonzero(ref[k_box])
     i0, i1 = _widen(int(ii.min()), int(ii.max()), ref.shape[2])
     j0, j1 = _widen(int(jj.min()), int(jj.max()), ref.shape[1])
     return i0, j0, k0, i1, j1, k1
+
+
+def _prompt_slices(ref: np.ndarray) -> tuple[int, int, int]:
+    """(first, prompted, last) slice of ``ref``: the prompted one is the non-empty slice nearest the middle."""
+    slices = np.flatnonzero(ref.any(axis=(1, 2)))
+    if len(slices) == 0:
+        raise InputError("the reference mask is empty; the interactive protocol needs a structure to segment")
+    k0, k1 = int(slices[0]), int(slices[-1])
+    return k0, int(slices[np.argmin(np.abs(slices - int(round((k0 + k1) / 2))))]), k1
 
 
 def _widen(lo: int, hi: int, size: int) -> tuple[int, int]:
@@ -132,8 +139,23 @@ def next_click(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float] =
     return (i, j, k), best[2]
 
 
+def initial_click(ref: np.ndarray, spacing_ijk: Sequence[float]) -> tuple[int, int, int]:
+    """(i, j, k): on the slice ``initial_box`` prompts, the voxel of ``ref`` farthest (mm, in-plane) from its
+    outline."""
+    from scipy import ndimage
+
+    ref = np.asarray(ref) > 0
+    k = _prompt_slices(ref)[1]
+    depth = ndimage.distance_transform_edt(np.pad(ref[k], 1), sampling=[float(spacing_ijk[1]), float(spacing_ijk[0])])
+    j, i = np.unravel_index(int(np.argmax(np.where(ref[k], depth[1:-1, 1:-1], -np.inf))), ref[k].shape)
+    return int(i), int(j), k
+
+
+STARTS = ("box", "click")
+
+
 def run_interactive(session, ref: np.ndarray, name: str = "target", clicks: int = DEFAULT_CLICKS,
-                    tolerance_mm: float = NSD_TOLERANCE_MM) -> InteractiveResult:
+                    tolerance_mm: float = NSD_TOLERANCE_MM, start: str = "box") -> InteractiveResult:
     """Run the protocol for one structure on ``session`` (a ``medvlsam2.session.Session``) and score it.
 
     The object it creates is removed afterwards, so the session can be reused for the next structure.
@@ -143,30 +165,37 @@ def run_interactive(session, ref: np.ndarray, name: str = "target", clicks: int 
     spacing = session.volume.spacing
     if ref.shape != tuple(session.volume.shape):
         raise InputError(f"reference shape {ref.shape} differs from the volume's {session.volume.shape}")
+    if start not in STARTS:
+        raise InputError(f"the interactive protocol starts with one of {', '.join(STARTS)}, got {start!r}")
     box = initial_box(ref)
-    z_range = (box[2], box[5])
+    z_range = (box[2], box[5]) if start == "box" else None
     result = InteractiveResult()
     obj = session.add_object(name)
     try:
-        start = time.perf_counter()
-        session.add_box(obj, box)
+        t0 = time.perf_counter()
+        if start == "box":
+            session.add_box(obj, box)
+            first = list(box)
+        else:
+            first = list(initial_click(ref, spacing))
+            session.add_points(obj, [first], [1])
         session.propagate(obj, k_range=z_range)
         pred = session.mask(obj)
-        result.steps.append(Step("box", list(box), 1, dice(pred, ref), nsd(pred, ref, spacing, tolerance_mm),
-                                 time.perf_counter() - start))
+        result.steps.append(Step(start, first, 1, dice(pred, ref), nsd(pred, ref, spacing, tolerance_mm),
+                                 time.perf_counter() - t0))
         for _ in range(clicks):
             click = next_click(pred, ref, spacing)
             if click is None:
                 last = result.steps[-1]
                 result.steps.append(Step("none", [], 0, last.dice, last.nsd, 0.0))
                 continue
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             point, label = click
             session.add_points(obj, [point], [label])
             session.propagate(obj, k_range=z_range)
             pred = session.mask(obj)
             result.steps.append(Step("click", list(point), label, dice(pred, ref),
-                                     nsd(pred, ref, spacing, tolerance_mm), time.perf_counter() - start))
+                                     nsd(pred, ref, spacing, tolerance_mm), time.perf_counter() - t0))
     finally:
         session.remove(obj)
     return result

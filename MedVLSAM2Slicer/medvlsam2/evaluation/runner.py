@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .interactive import DEFAULT_CLICKS, run_interactive
+from .interactive import DEFAULT_CLICKS, STARTS, run_interactive
 from .seg_metrics import NSD_TOLERANCE_MM, dice, nsd
 from .text_metrics import CONVENTIONS, text_scores
 from .vqa import closed_accuracy, closed_correct, open_scores
@@ -32,6 +32,7 @@ class EvalOptions:
     structures: dict[str, list[int]] | None = None
     interactive_structures: Sequence[str] | None = None  # None = the same as ``structures``
     clicks: int = DEFAULT_CLICKS
+    interactive_start: str = "box"  # step 0 of the interactive protocol: "box" or "click" (evaluation/interactive.py)
     tolerance_mm: float = NSD_TOLERANCE_MM
     conventions: Sequence[str] = CONVENTIONS
     bertscore_model: str | None = None
@@ -41,6 +42,9 @@ class EvalOptions:
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise InputError(f"unknown or no evaluation task(s) {sorted(unknown)}; choose from {','.join(TASKS)}")
+        if self.interactive_start not in STARTS:
+            raise InputError(f"the interactive protocol starts with one of {', '.join(STARTS)}, "
+                             f"got {self.interactive_start!r}")
         bad = set(self.conventions) - set(CONVENTIONS)
         if bad:
             raise InputError(f"unknown text-metric convention(s) {sorted(bad)}; choose from {CONVENTIONS}")
@@ -94,7 +98,7 @@ def evaluate_case(model, case, options: EvalOptions) -> dict:
         for name, ref in targets.items():
             if wanted is not None and name not in wanted:
                 continue
-            res = run_interactive(session, ref, name, options.clicks, options.tolerance_mm)
+            res = run_interactive(session, ref, name, options.clicks, options.tolerance_mm, options.interactive_start)
             record["interactive"].append({"structure": name, **res.to_dict()})
     if "report" in options.tasks and case.report:
         record["report"] = {"reference": case.report, "generated": _text(session.report())}
@@ -136,7 +140,7 @@ def summarise(records: Sequence[dict], options: EvalOptions) -> dict:
         for r in records:
             for s in r.get("interactive", []):
                 rows.setdefault(s["structure"], []).append(s)
-        out["interactive"] = {}
+        out["interactive"], out["interactive_start"] = {}, options.interactive_start
         for name, v in rows.items():
             steps = len(v[0]["steps"])
             out["interactive"][name] = {
@@ -217,7 +221,7 @@ def to_markdown(summary: dict, title: str = "Evaluation") -> str:
     inter = summary.get("interactive")
     if inter:
         steps = max(len(v["dice_per_step"]) for v in inter.values())
-        head = ["box"] + [f"+{i} click" for i in range(1, steps)]
+        head = [summary.get("interactive_start", "box")] + [f"+{i} click" for i in range(1, steps)]
         lines += ["Interactive protocol (Dice after each step):", "",
                   "| Structure | " + " | ".join(head) + " | final NSD | Dice AUC | NSD AUC | s/case | n |",
                   "|" + "---|" * (len(head) + 6)]

@@ -123,17 +123,21 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
         return float(out["object_score_logits"].flatten()[0])
 
     @torch.inference_mode()
-    def decode_box_without_memory(self, state: dict, frame_idx: int, box, points=(), labels=()
-                                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """SAM2's candidate masks for a box (i0, j0, i1, j1) and optional clicks (x=i, y=j; labels 1 / 0), in slice
+    def decode_without_memory(self, state: dict, frame_idx: int, box=None, points=(), labels=()
+                              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """SAM2's candidate masks for an optional box (i0, j0, i1, j1) and clicks (x=i, y=j; labels 1 / 0), in slice
         pixels, on one slice, decoded without memory as a first prompt is: (candidate logits [C, H, W] at the
         original slice size, predicted IoUs [C], object-score logit). C = 3 (multimask), so the caller can pick
         the candidate that continues its neighbour slice or obeys the clicks."""
         _, _, feats, pos, sizes = self._get_image_feature(state, frame_idx, batch_size=1)
         scale = torch.tensor([state["video_width"], state["video_height"]], dtype=torch.float32, device=self.device)
-        xy = torch.tensor([[box[0], box[1]], [box[2], box[3]], *points], dtype=torch.float32, device=self.device)
+        corners = [] if box is None else [[box[0], box[1]], [box[2], box[3]]]
+        xy = torch.tensor([*corners, *points], dtype=torch.float32, device=self.device).reshape(-1, 2)
+        if len(xy) == 0:
+            raise ValueError("decode_without_memory needs a box or at least one click")
         points = {"point_coords": (xy / scale * self.image_size)[None],  # SAM2's box labels 2, 3 come first
-                  "point_labels": torch.tensor([[2, 3, *labels]], dtype=torch.int32, device=self.device)}
+                  "point_labels": torch.tensor([[2, 3][:len(corners)] + list(labels)], dtype=torch.int32,
+                                               device=self.device)}
         high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *size) for x, size in zip(feats[:-1], sizes[:-1])]
         pix_feat = self._prepare_memory_conditioned_features(
             frame_idx=frame_idx, is_init_cond_frame=True, current_vision_feats=feats[-1:],
