@@ -297,3 +297,27 @@ def test_box_propagation_from_a_click_ends_where_a_touching_neighbour_of_another
     session.add_points(obj, [[12, 16, 6]], [1])
     session.propagate(obj)
     assert (session.mask(obj)[11:] > 0).any()
+
+
+def test_box_mode_clicks_decode_in_the_objects_box_and_a_negative_click_keeps_an_anchor(session, monkeypatch):
+    truth = _scripted_box_decoder(session, monkeypatch)
+    scripted = session.predictor.decode_without_memory
+    calls = []
+
+    def recording(state, k, box=None, points=(), labels=()):
+        calls.append((k, box, [list(map(float, pt)) for pt in points], list(labels)))
+        return scripted(state, k, box, points, labels)
+
+    monkeypatch.setattr(session.predictor, "decode_without_memory", recording)
+    obj = session.add_object()
+    session.add_box(obj, (6, 7, 8, 26, 25, 8))  # one slice: 8
+    calls.clear()
+    session.add_points(obj, [[16, 16, 9]], [1])  # slice 9 is empty, next to slice 8's mask
+    k, box, points, labels = calls[0]
+    jj, ii = np.nonzero(session.mask(obj)[8])
+    assert k == 9 and box is not None and box[0] <= ii.min() and box[2] >= ii.max() and labels == [1]
+    calls.clear()
+    session.add_points(obj, [[11, 16, 8]], [-1])  # near the mask's edge: SAM2 also gets its innermost pixel, +1
+    k, box, points, labels = calls[0]
+    depth_centre = [16.0, 16.0]  # the scripted ellipsoid's slice is centred at (i, j) = (16, 16)
+    assert k == 8 and labels == [0, 1] and np.hypot(*(np.subtract(points[1], depth_centre))) <= 1.5
