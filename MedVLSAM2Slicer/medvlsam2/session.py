@@ -27,6 +27,7 @@ from .modeling.prompting import FORCED, REPORT_QUESTION, split_targets
 from .results import BBox, SegmentationResult, changed_region, union_box
 from .utils.cancel import CancelToken, check
 from .utils.device import translate_oom
+from .utils.masks import innermost
 
 Progress = Callable[[int, int], None]
 HISTORY_MB = 256.0  # default undo budget of one Session (all objects together)
@@ -375,8 +376,12 @@ class Session:
         if cfg.propagation not in ("memory", "box"):
             raise InputError(f"segmenter propagation must be 'memory' or 'box', got {cfg.propagation!r}")
         if cfg.propagation == "box" and o.tokens is None:
+            held = o.mask > 0  # what the object is made of so far, for the chain's end rule outside a 3D box
+            object_hu = (float(np.median(self.volume.array[held])) if o.bound is None and cfg.end_hu_change > 0
+                         and held.any() else None)
             for reverse, start, count, _, last_dirty in passes:
-                self._box_chain(o, start, -1 if reverse else 1, count, last_dirty, clicked, writes, scores, cancel)
+                self._box_chain(o, start, -1 if reverse else 1, count, last_dirty, clicked, object_hu, writes, scores,
+                                cancel)
                 if progress:
                     progress(len(set(writes) | clicked & planned), len(planned))
         else:
@@ -437,14 +442,11 @@ class Session:
         clicks) plus the clicks (with a negative click, plus a positive anchor at ``old``'s innermost pixel, so
         SAM2 removes the clicked part rather than the object); of its candidates, the one that obeys the most
         clicks, then overlaps ``old`` most."""
-        from scipy import ndimage
-
         positive = [pt for pt, label in zip(p.points, p.labels) if label == 1]
         box = self._grown_box(old, positive)
         points, labels = list(p.points), list(p.labels)
         if 0 in labels:  # anchor the object with a positive point at the mask's innermost pixel, away from the clicks
-            depth = ndimage.distance_transform_edt(np.pad(old, 1))[1:-1, 1:-1]
-            j, i = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            j, i = innermost(old)
             if min(np.hypot(x - i, y - j) for x, y in p.points) > ANCHOR_CLEARANCE_PX:
                 points, labels = points + [[float(i), float(j)]], labels + [1]
         candidates, _, _ = self.predictor.decode_without_memory(o.state, p.k, box, points, labels)
@@ -474,12 +476,13 @@ class Session:
         return max(zip(masks, stability), key=lambda ms: (_obeyed(ms[0], p), ms[1] * returned(ms[0])))[0]
 
     def _box_chain(self, o: _Object, start: int, step: int, count: int, last_dirty: int, clicked: set[int],
-                   writes: dict[int, np.ndarray], scores: dict[int, float], cancel: CancelToken | None) -> None:
+                   object_hu: float | None, writes: dict[int, np.ndarray], scores: dict[int, float],
+                   cancel: CancelToken | None) -> None:
         """``SegmenterConfig.propagation == "box"``: from ``start``, ``count`` slices in direction ``step``, each
         slice decoded from a box around the previous slice's mask; a prompted slice keeps its own mask and
         restarts the chain. Outside a 3D box, only the parts of SAM2's candidates touching the previous mask count,
-        and only candidates whose median HU lies within ``end_hu_change`` of the object's (its mask before this
-        propagation): none left means the object has ended. After an empty slice a slice keeps the mask it has
+        and only candidates whose median HU lies within ``end_hu_change`` of ``object_hu`` (the object's before this
+        propagation; None: no such rule): none left means the object has ended. After an empty slice a slice keeps the mask it has
         (so a first propagation ends there, and a correction that empties a slice does not erase its
         neighbours). Stops once ``settle_slices`` slices past the last changed slice come out unchanged."""
         from scipy import ndimage
@@ -488,8 +491,6 @@ class Session:
         h, w = self.volume.shape[1:]
         hu = self.volume.array
         prev = writes.get(start, o.mask[start]) > 0
-        held = o.mask > 0
-        object_hu = np.median(hu[held]) if held.any() else None  # what the object is made of so far
         settled = 0
         for k in range(start + step, start + step * (count + 1), step):
             check(cancel)
@@ -511,7 +512,7 @@ class Session:
                     if o.bound is None:  # the object continues from the previous slice, in its own density, or has ended
                         grown = ndimage.binary_dilation(prev, structure=_BLOB)
                         masks = [_touching(m, grown) for m in masks]
-                        if cfg.end_hu_change > 0 and object_hu is not None:
+                        if object_hu is not None:
                             masks = [m for m in masks if m.any() and abs(np.median(hu[k][m]) - object_hu)
                                      <= cfg.end_hu_change]
                     # a large box is ambiguous (liver or liver + stomach): take the candidate that best continues

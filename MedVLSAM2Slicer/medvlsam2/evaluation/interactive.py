@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..utils.masks import innermost
 from .seg_metrics import NSD_TOLERANCE_MM, dice, nsd
 
 DEFAULT_CLICKS = 5
@@ -104,16 +105,6 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(n)
 
 
-def _innermost(component: np.ndarray, spacing_ijk: Sequence[float]) -> tuple[int, int, int]:
-    """(k, j, i) of the voxel farthest (mm) from the component's outside; the array border counts as outside."""
-    from scipy import ndimage
-
-    padded = np.pad(component.astype(bool), 1)
-    depth = ndimage.distance_transform_edt(padded, sampling=[float(s) for s in reversed(tuple(spacing_ijk))])
-    depth = np.where(component, depth[1:-1, 1:-1, 1:-1], -np.inf)
-    return tuple(int(v) for v in np.unravel_index(int(np.argmax(depth)), depth.shape))
-
-
 def next_click(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float] = (1.0, 1.0, 1.0)
                ) -> tuple[tuple[int, int, int], int] | None:
     """The simulated correction: ``((i, j, k), +1 or -1)`` at the largest error component, or None if no error.
@@ -135,20 +126,17 @@ def next_click(pred: np.ndarray, ref: np.ndarray, spacing_ijk: Sequence[float] =
             best = (int(sizes[largest - 1]), comps == largest, label)
     if best is None:
         return None
-    k, j, i = _innermost(best[1], spacing_ijk)
+    k, j, i = innermost(best[1], spacing_ijk)
     return (i, j, k), best[2]
 
 
 def initial_click(ref: np.ndarray, spacing_ijk: Sequence[float]) -> tuple[int, int, int]:
     """(i, j, k): on the slice ``initial_box`` prompts, the voxel of ``ref`` farthest (mm, in-plane) from its
     outline."""
-    from scipy import ndimage
-
     ref = np.asarray(ref) > 0
     k = _prompt_slices(ref)[1]
-    depth = ndimage.distance_transform_edt(np.pad(ref[k], 1), sampling=[float(spacing_ijk[1]), float(spacing_ijk[0])])
-    j, i = np.unravel_index(int(np.argmax(np.where(ref[k], depth[1:-1, 1:-1], -np.inf))), ref[k].shape)
-    return int(i), int(j), k
+    j, i = innermost(ref[k], spacing_ijk)
+    return i, j, k
 
 
 STARTS = ("box", "click")
