@@ -3,6 +3,7 @@
 
     python Testing/Benchmarks/propagation.py [--model Resources/DemoWeights] [--seed 100000]
         [--structure "right kidney"] [--clicks 1000] [--propagations 100] [--out propagation.json]
+    python Testing/Benchmarks/propagation.py --head-ct [--image-size 512] --skip memory --out head.json
 
 1. Early stop: one click on the structure's middle slice, then a whole-volume propagation, with the
    default stop rule and with it disabled (fresh Session each, features included).
@@ -10,8 +11,11 @@
    same in a fresh Session without prefetch (early stop disabled in both, so the same slices run).
 3. Memory: ``--clicks`` clicks and ``--propagations`` propagations on one object of the 32x128x128
    phantom; engine RSS growth (ru_maxrss and the current RSS from /proc) after the first call.
-Early stop needs object scores that fall where the organ ends, so this uses trained weights (the demo
-bundle) on a phantom rather than random weights.
+Early stop needs a model that says where the object ends, so this uses trained weights (the demo bundle).
+``--head-ct`` runs parts 1-2 on the benchmarks' real head CT (``headct.py``, 108 slices) at ``--image-size``
+instead: the object is the right eyeball (about a fifth of the slices), its reference the connected
+-20..40 HU component around ``--head-seed`` after a 2-voxel opening (vitreous against orbital fat; an
+approximate reference, good enough to tell a chain that followed the globe from one that left it).
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def head_ct_object(seed_ijk: tuple[int, int, int]):
+    """(head CT Volume, boolean reference [K, J, I]) of the -20..40 HU component holding ``seed_ijk``."""
+    from scipy import ndimage
+
+    from headct import ensure_head_ct
+    from medvlsam2.io.volume import read_volume
+
+    volume = read_volume(ensure_head_ct())
+    hu = volume.array
+    i, j, k = seed_ijk
+    labels, _ = ndimage.label(ndimage.binary_opening((hu > -20) & (hu < 40), iterations=2))
+    if labels[k, j, i] == 0:
+        raise SystemExit(f"--head-seed {i},{j},{k} is not inside a -20..40 HU component; pick a voxel inside the object")
+    return volume, labels == labels[k, j, i]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="Resources/DemoWeights")
@@ -38,6 +58,9 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=1000)
     parser.add_argument("--propagations", type=int, default=100)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: stop,prefetch,memory")
+    parser.add_argument("--head-ct", action="store_true", help="the real head CT's right eyeball, not a phantom")
+    parser.add_argument("--head-seed", default="101,185,39", help="i,j,k of a voxel inside the head CT's object")
+    parser.add_argument("--image-size", type=int, default=512, help="SAM2 input size with --head-ct")
     parser.add_argument("--out")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -48,15 +71,20 @@ def main() -> None:
     from medvlsam2.factory import load_model
     from medvlsam2.session import Session
 
-    model = load_model(args.model)
+    if args.head_ct:
+        model = load_model(args.model, image_size=args.image_size)
+        volume, ref = head_ct_object(tuple(int(v) for v in args.head_seed.split(",")))
+        structure = "right eyeball (head CT)"
+    else:
+        model = load_model(args.model)
+        case = generate_case(args.seed)
+        volume, ref, structure = volume, case.mask(args.structure) > 0, args.structure
     seg = model.segmenter
     default_cfg = seg.config
-    case = generate_case(args.seed)
-    ref = case.mask(args.structure) > 0
     slices = np.flatnonzero(ref.any(axis=(1, 2)))
-    click = [list(initial_click(ref, case.volume.spacing))]  # the interactive protocol's click start
-    out = {"model": args.model, "structure": args.structure, "object_slices": [int(slices[0]), int(slices[-1])],
-           "volume_slices": int(case.volume.shape[0]), "load_before": os.getloadavg()}
+    click = [list(initial_click(ref, volume.spacing))]  # the interactive protocol's click start
+    out = {"model": args.model, "structure": structure, "object_slices": [int(slices[0]), int(slices[-1])],
+           "volume_slices": int(volume.shape[0]), "image_size": seg.image_size, "load_before": os.getloadavg()}
     skip = set(args.skip.split(","))
 
     def timed_propagation(session: Session, stop: bool) -> tuple[float, int, float]:
@@ -73,8 +101,8 @@ def main() -> None:
         return seconds, len(result.scores), dice(session.mask(obj), ref)
 
     if "stop" not in skip:
-        with_stop = timed_propagation(Session(model, case.volume), stop=True)
-        without = timed_propagation(Session(model, case.volume), stop=False)
+        with_stop = timed_propagation(Session(model, volume), stop=True)
+        without = timed_propagation(Session(model, volume), stop=False)
         out["early_stop"] = {"with_s": with_stop[0], "with_slices": with_stop[1], "with_dice": with_stop[2],
                              "without_s": without[0], "without_slices": without[1], "without_dice": without[2],
                              "ratio": with_stop[0] / without[0]}
@@ -82,17 +110,17 @@ def main() -> None:
               f"{without[0]:.2f} s over {without[1]} slices (Dice {without[2]:.3f}): ratio {with_stop[0] / without[0]:.2f}")
 
     if "prefetch" not in skip:
-        warm = Session(model, case.volume, prefetch=True)
+        warm = Session(model, volume, prefetch=True)
         warm._prefetcher.join()
         after_prefetch = timed_propagation(warm, stop=False)
-        cold = timed_propagation(Session(model, case.volume), stop=False)
+        cold = timed_propagation(Session(model, volume), stop=False)
         out["prefetch"] = {"after_prefetch_s": after_prefetch[0], "without_s": cold[0], "ratio": after_prefetch[0] / cold[0]}
         print(f"first propagation after background encoding {after_prefetch[0]:.2f} s vs without {cold[0]:.2f} s: "
               f"ratio {after_prefetch[0] / cold[0]:.2f}")
         warm.close()
 
     if "memory" not in skip:
-        session = Session(model, case.volume)
+        session = Session(model, volume)
         obj = session.add_object()
         rng = np.random.default_rng(0)
         inside, outside = np.argwhere(ref), np.argwhere(~ref)

@@ -130,6 +130,10 @@ def test_target_weights_oversample_and_lr_multipliers_scale_groups(tmp_path):
     plans = [plan_step(0, s, pool, 2, 1, 4, 0, 2, 2, target_weights={"spleen": 1000.0}) for s in range(10)]
     phrases = [clip.target.phrase for plan in plans for clip in plan.seg]
     assert phrases.count("spleen") >= 0.85 * len(phrases)  # uniform: about one in three
+    # a referring expression takes its structure's weight: "largest organ" names the liver's label
+    plans = [plan_step(0, s, pool, 2, 1, 4, 0, 2, 2, target_weights={"liver": 1000.0}) for s in range(10)]
+    phrases = [clip.target.phrase for plan in plans for clip in plan.seg]
+    assert {"liver", "largest organ"} == set(phrases)
     model = MedVLSAM2.from_config(tiny())
     set_trainable(model, ["llm", "bridge"])
     cfg = small_config(tmp_path, lr_multipliers={"llm": 10.0})

@@ -25,10 +25,12 @@ from ..modeling.prompting import (IGNORE, REPORT_QUESTION, build_inputs, no_obje
 
 @dataclass
 class Target:
-    """A segmentation target: the phrase after "Segment the", and the label values it covers."""
+    """A segmentation target: the phrase after "Segment the", the label values it covers, and for a referring
+    expression the structure whose values it names ("" when none does, e.g. an absent one's label 0)."""
 
     phrase: str
     values: tuple[int, ...]
+    structure: str = ""
 
 
 @dataclass
@@ -63,12 +65,13 @@ def case_targets(case: CTCase, structure_labels: dict[str, Iterable[int]]) -> tu
     present_values = set(np.unique(case.labels).tolist()) - {0} if case.labels is not None else set()
     present, absent = [], []
     for name, values in structure_labels.items():
-        t = Target(name, tuple(int(v) for v in values))
+        t = Target(name, tuple(int(v) for v in values), name)
         (present if present_values & set(t.values) else absent).append(t)
+    named = {tuple(int(v) for v in values): name for name, values in structure_labels.items()}
     for ref in case.referring:
         phrase = ref.expression.strip().rstrip(".")
         phrase = phrase[4:] if phrase.lower().startswith("the ") else phrase  # "Segment the" adds it back
-        t = Target(phrase, (int(ref.label),))
+        t = Target(phrase, (int(ref.label),), named.get((int(ref.label),), ""))
         (present if ref.label in present_values else absent).append(t)
     return present, absent
 
@@ -232,7 +235,7 @@ def _clip(rng: np.random.Generator, case: CaseTensors, index: int, target: Targe
 def _pick(rng: np.random.Generator, targets: list[Target], weights: dict[str, float] | None) -> Target:
     if not weights:
         return targets[int(rng.integers(len(targets)))]
-    w = np.array([weights.get(t.phrase, 1.0) for t in targets], dtype=np.float64)
+    w = np.array([weights.get(t.phrase, weights.get(t.structure, 1.0)) for t in targets], dtype=np.float64)
     return targets[int(rng.choice(len(targets), p=w / w.sum()))]
 
 
@@ -241,7 +244,8 @@ def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, tex
               target_weights: dict[str, float] | None = None, clicks: ClickSchedule | None = None) -> StepPlan:
     """Everything random about one step, drawn from a generator seeded by (seed, step).
 
-    ``target_weights`` oversamples text-prompted targets by phrase (e.g. the harder kidneys); ``clicks`` shapes
+    ``target_weights`` oversamples text-prompted targets by phrase or structure (e.g. the harder kidneys; a
+    referring expression takes its structure's weight unless its phrase has one); ``clicks`` shapes
     the box/click clips (default: ``clip_len`` slices, one correction on the prompted and one tracked slice).
     ``absent_rate`` is 0 by default: an absent target is a language row ("There is no X.", no [SEG]), and
     SAM2 learns negative object scores from the probes on slices without the target."""

@@ -75,7 +75,9 @@ class TrainConfig:
     edge_start_rate: float = 0.0  # share prompted on the target's first or last slice (its thin end)
     thin_end_weight: float = 1.0  # object-score loss weight of slices holding < 25% of the organ's largest area
     probes: int = 4  # single-slice decodes without memory per text-prompted clip (present and absent)
-    target_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per target phrase (default 1)
+    # sampling weight per target phrase or structure name (default 1); a referring expression ("the lesion in the
+    # liver") takes its structure's ("liver lesion") unless its phrase has its own
+    target_weights: dict[str, float] = field(default_factory=dict)
     # share of text-prompted clips that ask for a target the case lacks: "It is [SEG] X." with an all-negative
     # object score on every slice, so the segmenter (which sees the CT at full resolution) learns absence; > 0
     # also turns the "There is no X." language rows into "It is [SEG] X." (the LLM grounds every request and
