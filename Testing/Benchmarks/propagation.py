@@ -13,7 +13,7 @@
    phantom; engine RSS growth (ru_maxrss and the current RSS from /proc) after the first call.
 Early stop needs a model that says where the object ends, so this uses trained weights (the demo bundle).
 ``--head-ct`` runs parts 1-2 on the benchmarks' real head CT (``headct.py``, 108 slices) at ``--image-size``
-instead: the object is the right eyeball (about a fifth of the slices), its reference the connected
+instead: the object is one eyeball (about a fifth of the slices), its reference the connected
 -20..40 HU component around ``--head-seed`` after a 2-voxel opening (vitreous against orbital fat; an
 approximate reference, good enough to tell a chain that followed the globe from one that left it).
 """
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=1000)
     parser.add_argument("--propagations", type=int, default=100)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: stop,prefetch,memory")
-    parser.add_argument("--head-ct", action="store_true", help="the real head CT's right eyeball, not a phantom")
+    parser.add_argument("--head-ct", action="store_true", help="an eyeball of the real head CT, not a phantom")
     parser.add_argument("--head-seed", default="101,185,39", help="i,j,k of a voxel inside the head CT's object")
     parser.add_argument("--image-size", type=int, default=512, help="SAM2 input size with --head-ct")
     parser.add_argument("--out")
@@ -74,11 +74,11 @@ def main() -> None:
     if args.head_ct:
         model = load_model(args.model, image_size=args.image_size)
         volume, ref = head_ct_object(tuple(int(v) for v in args.head_seed.split(",")))
-        structure = "right eyeball (head CT)"
+        structure = "eyeball (head CT)"
     else:
         model = load_model(args.model)
         case = generate_case(args.seed)
-        volume, ref, structure = volume, case.mask(args.structure) > 0, args.structure
+        volume, ref, structure = case.volume, case.mask(args.structure) > 0, args.structure
     seg = model.segmenter
     default_cfg = seg.config
     slices = np.flatnonzero(ref.any(axis=(1, 2)))
