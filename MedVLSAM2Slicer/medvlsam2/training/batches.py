@@ -64,10 +64,10 @@ def case_targets(case: CTCase, structure_labels: dict[str, Iterable[int]]) -> tu
     """Semantic targets (``structure_labels``) and referring expressions, split into present / absent."""
     present_values = set(np.unique(case.labels).tolist()) - {0} if case.labels is not None else set()
     present, absent = [], []
-    for name, values in structure_labels.items():
-        t = Target(name, tuple(int(v) for v in values), name)
+    structures = [Target(name, tuple(int(v) for v in values), name) for name, values in structure_labels.items()]
+    for t in structures:
         (present if present_values & set(t.values) else absent).append(t)
-    named = {tuple(int(v) for v in values): name for name, values in structure_labels.items()}
+    named = {t.values: t.structure for t in structures}
     for ref in case.referring:
         phrase = ref.expression.strip().rstrip(".")
         phrase = phrase[4:] if phrase.lower().startswith("the ") else phrase  # "Segment the" adds it back
