@@ -13,6 +13,8 @@ from typing import Any
 
 from .errors import InputError
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # inference autocast choices (utils.device.autocast_dtype)
+
 
 @dataclass
 class VisionConfig:

@@ -166,23 +166,34 @@ def _read_json(path: Path) -> dict:
 
 
 # ----- loading ---------------------------------------------------------------------------------
-def load_model(spec: str, device: str = "cpu", image_size: int | None = None, window: str | None = None):
+def load_model(spec: str, device: str = "cpu", image_size: int | None = None, window: str | None = None,
+               precision: str = "auto"):
     """Load ``spec`` (see the module docstring) on ``device`` in eval mode.
 
     ``image_size`` overrides the segmenter's SAM2 input size (default: native, e.g. MedSAM2 512,
-    SAM2.1 1024, a bundle's own); ``window`` overrides a released segmenter's CT window (default abdomen).
+    SAM2.1 1024, a bundle's own); ``window`` overrides a released segmenter's CT window (default abdomen);
+    ``precision`` (auto | fp32 | bf16 | fp16) is the segmenter's inference autocast (``utils.device``).
     The model has ``.capabilities``, ``.provenance`` and ``.description``.
     """
+    import torch
+
+    from .utils.device import autocast_dtype
+
     if image_size is not None and (int(image_size) != image_size or not 64 <= image_size <= 2048 or image_size % 16):
         raise InputError(f"--image-size must be a multiple of 16 between 64 and 2048, got {image_size}")
+    autocast_dtype(torch.device(device), precision)  # an unusable precision fails before any weights are read
     info = describe(spec)
     if info.kind == "recipe":
-        return _load_recipe(info, device, image_size, window)
-    if info.kind == "segmenter":
-        return load_segmenter(info, device, image_size, window)
-    if info.kind == "med3dvlm":
-        return _load_med3dvlm(info, device)
-    return _load_medvlsam2(info, device, image_size)
+        model = _load_recipe(info, device, image_size, window)
+    elif info.kind == "segmenter":
+        model = load_segmenter(info, device, image_size, window)
+    elif info.kind == "med3dvlm":
+        model = _load_med3dvlm(info, device)
+    else:
+        model = _load_medvlsam2(info, device, image_size)
+    if getattr(model, "segmenter", None) is not None:  # Med3DVLM has none
+        model.segmenter.precision = precision
+    return model
 
 
 def _load_medvlsam2(info: ModelInfo, device: str, image_size: int | None):

@@ -6,7 +6,6 @@ cancelled or failed call leaves the object's mask as it was; ``undo`` restores t
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import weakref
@@ -26,7 +25,7 @@ from .modeling.key_slices import choose_key_slices
 from .modeling.prompting import FORCED, REPORT_QUESTION, split_targets
 from .results import BBox, SegmentationResult, changed_region, union_box
 from .utils.cancel import CancelToken, check
-from .utils.device import translate_oom
+from .utils.device import autocast, autocast_dtype, translate_oom
 from .utils.masks import innermost
 
 Progress = Callable[[int, int], None]
@@ -88,10 +87,13 @@ class _Object:
 
 
 def _foreground(method):
-    """Run a model call under the predictor's gate: background encoding yields to it between batches."""
+    """Run a model call under the predictor's gate (background encoding yields to it between batches) and
+    at the predictor's precision."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with self.predictor.gate.foreground() if self.predictor is not None else contextlib.nullcontext():
+        if self.predictor is None:
+            return method(self, *args, **kwargs)
+        with self.predictor.gate.foreground(), autocast(self.predictor.device, self.autocast_dtype):
             return method(self, *args, **kwargs)
     return wrapper
 
@@ -112,8 +114,9 @@ class Session:
             if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
                 raise InputError(f"{name} must be a positive number of megabytes, got {value}")
         self.predictor = getattr(model, "segmenter", None)
-        self.frames = self.hw = self.feature_cache = None
+        self.frames = self.hw = self.feature_cache = self.autocast_dtype = None
         if self.predictor is not None:
+            self.autocast_dtype = autocast_dtype(self.predictor.device, self.predictor.precision)  # None: fp32
             self.feature_cache = FeatureCache(cache_mb if cache_mb is not None else self.predictor.cache_mb)
             self.frames, self.hw = volume_to_frames(volume, self.predictor.image_size, model.segmenter_window)
         self.history_bytes_budget = int((history_mb if history_mb is not None else HISTORY_MB) * 2**20)
@@ -130,7 +133,7 @@ class Session:
                 target=_prefetch, name="medvlsam2-prefetch", daemon=True,
                 args=(self.predictor, {"images": self.frames, "device": self.predictor.device,
                                        "feature_cache": self.feature_cache},
-                      max(1, int(self.predictor.config.prefetch_batch)), self._stop))
+                      max(1, int(self.predictor.config.prefetch_batch)), self._stop, self.autocast_dtype))
             self._prefetcher.start()
 
     def close(self) -> None:
@@ -786,17 +789,18 @@ def _refine(old: np.ndarray, pred: np.ndarray, p: _Prompt) -> np.ndarray:
     return new
 
 
-def _prefetch(predictor, state: dict, batch: int, stop: threading.Event) -> None:
+def _prefetch(predictor, state: dict, batch: int, stop: threading.Event, dtype: torch.dtype | None) -> None:
     """Background thread: encode every slice, middle first, while the feature budget has room.
 
     Holds no reference to the Session (so it can be collected); each batch runs under the gate and
-    yields to foreground calls between batches; ``stop`` ends it before the next batch.
+    yields to foreground calls between batches; ``stop`` ends it before the next batch. Autocast is per
+    thread, so the thread enters the Session's own (``dtype``).
     """
     cache: FeatureCache = state["feature_cache"]
     n = len(state["images"])
     order = sorted(range(n), key=lambda k: (abs(k - n // 2), k))
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(state["device"], dtype):
             for first in range(0, n, batch):
                 with predictor.gate.background(stop) as go:
                     if not go:

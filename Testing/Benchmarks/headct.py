@@ -2,6 +2,8 @@
 
 ``ensure_head_ct()`` returns a NIfTI path, fetching the package with ``apt-get download`` on first
 use (an explicit user action: the benchmark was asked for) and converting InVesalius' raw matrix.
+``read_ct(path)`` reads a CT for the benchmarks: that head CT by default, or a ``.npz`` (``hu`` [k, j, i],
+``spacing`` x, y, z), the form ``scripts/gpu_prepare.sh`` writes for the GPU machine, which has no SimpleITK.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ def ensure_head_ct(dest: Path = DATA_DIR / "head_ct.nii.gz") -> Path:
 
         sitk.WriteImage(Volume(array, tuple(meta["spacing"])).to_sitk(), str(dest), useCompression=True)
     return dest
+
+
+def read_ct(path: str | Path | None = None):
+    """A ``Volume`` from ``path`` (any format ``read_volume`` reads, or ``.npz``); default: the head CT."""
+    from medvlsam2.io.volume import Volume, read_volume
+
+    path = Path(path) if path else ensure_head_ct()
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return Volume(data["hu"], tuple(float(v) for v in data["spacing"]))
+    return read_volume(path)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,21 @@ def test_segment_writes_a_mask_with_the_input_geometry(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(out)]) == 1
 
 
+def test_segment_runs_at_the_precision_asked_and_refuses_one_the_device_lacks(tmp_path, capsys):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medvlsam2.io.volume import Volume
+
+    sitk.WriteImage(Volume(np.full((4, 32, 32), -50, np.int16)).to_sitk(), str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "mask.seg.nrrd"
+    args = ["segment", str(tmp_path / "ct.nii.gz"), "--point", "16,16,2,+", "-o", str(out), "--model", "tiny",
+            "--device", "cpu"]
+    assert main(args + ["--precision", "fp16"]) == 1
+    assert "fp16 runs only on a CUDA GPU" in capsys.readouterr().err and not out.exists()
+    assert main(args + ["--precision", "bf16"]) in (0, 3) and out.exists()
+
+
 def test_segment_takes_a_2d_box_on_a_slice(tmp_path, capsys):
     import numpy as np
     import SimpleITK as sitk

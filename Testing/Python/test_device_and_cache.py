@@ -1,4 +1,4 @@
-"""Device choice, the GPU out-of-memory message, and the megabyte-bounded bf16 feature cache."""
+"""Device choice, inference precision, the GPU out-of-memory message, and the megabyte-bounded bf16 feature cache."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 from medvlsam2.errors import InputError
 from medvlsam2.session import Session
-from medvlsam2.utils.device import OOM_ADVICE, autocast_dtype, cpu_has_native_bf16, resolve_device, translate_oom
+from medvlsam2.factory import load_model
+from medvlsam2.utils.device import OOM_ADVICE, autocast_dtype, resolve_device, translate_oom
 
 from phantoms import ellipsoid_volume
 
@@ -62,12 +63,39 @@ def test_device_choice():
             resolve_device("cuda")
 
 
-def test_bf16_only_on_cpus_that_compute_it(tmp_path):
-    plain, amx = tmp_path / "plain", tmp_path / "amx"
-    plain.write_text("flags : fpu sse avx2 avx512f\n")
-    amx.write_text("flags : fpu avx512f avx512_bf16 amx_bf16\n")
-    assert not cpu_has_native_bf16(plain) and cpu_has_native_bf16(amx)
-    assert autocast_dtype(torch.device("cpu")) in (None, torch.bfloat16)
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu) is None and autocast_dtype(cpu, "fp32") is None  # auto is fp32 on a CPU
+    assert autocast_dtype(cpu, "bf16") == torch.bfloat16
+    if torch.cuda.is_available():
+        assert autocast_dtype(torch.device("cuda")) in (torch.bfloat16, torch.float16)
+    with pytest.raises(InputError, match="fp16 runs only on a CUDA GPU"):
+        autocast_dtype(cpu, "fp16")
+    with pytest.raises(InputError, match="precision must be one of"):
+        autocast_dtype(cpu, "half")
+
+
+def test_load_model_sets_and_checks_the_precision(tmp_path):
+    assert load_model("tiny", precision="bf16").segmenter.precision == "bf16"
+    with pytest.raises(InputError, match="fp16 runs only"):  # refused before any file is read
+        load_model(str(tmp_path / "missing.pt"), precision="fp16")
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_session_computes_at_the_models_precision(model, monkeypatch, precision, dtype):
+    """Clicks and background encoding (its own thread: autocast is per thread) both run under the precision:
+    the image encoder's output dtype, kept with each cached slice, says which."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setattr(model.segmenter, "precision", precision)
+    with Session(model, _volume()) as session:
+        obj = session.add_object()
+        session.add_points(obj, [[16, 16, 4]], [1])
+        assert session.feature_cache.get(4).dtype == dtype
+        assert session.mask(obj).dtype == np.uint8
+    with Session(model, _volume(), prefetch=True) as session:
+        session._prefetcher.join()
+        assert session.feature_cache.encoder_calls == K
+        assert {session.feature_cache.get(k).dtype for k in range(K)} == {dtype}
 
 
 def test_out_of_memory_becomes_advice():

@@ -419,7 +419,7 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, monkeypatch, capsys
     import medvlsam2.factory
     from medvlsam2.cli import main
 
-    monkeypatch.setattr(medvlsam2.factory, "load_model", lambda spec, device="cpu": tiny_model)
+    monkeypatch.setattr(medvlsam2.factory, "load_model", lambda spec, device="cpu", **kw: tiny_model)
 
     # The command's own wiring, with a stand-in generator: seeds -> cases, structures, tasks, outputs.
     seen = []

@@ -6,8 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import PRECISIONS
+
 RANDOM_WARNING = "weights are random: masks and text are meaningless"
 TRAINED_NOTE = "trained on synthetic phantoms; not for clinical images"
+PRECISION_HELP = ("inference precision: auto (bf16 on CUDA, fp32 on CPU and MPS), fp32, bf16 (GPUs, and CPUs with "
+                  "native bf16), fp16 (CUDA)")
 
 
 def demo_weights_folder() -> Path:
@@ -24,6 +28,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None,
                    help="SAM2 input size in px (default: the model's native size, MedSAM2 512, SAM2.1 1024)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--cache-mb", type=float, default=None, help="feature-cache budget in MB (lower it on small GPUs)")
 
 
@@ -34,7 +39,8 @@ def load_model_for(args: argparse.Namespace):
     from ..utils.device import resolve_device
 
     spec = args.model or str(demo_weights_folder())
-    model = load_model(spec, str(resolve_device(args.device)), image_size=getattr(args, "image_size", None))
+    model = load_model(spec, str(resolve_device(args.device)), image_size=getattr(args, "image_size", None),
+                       precision=args.precision)
     print(model_line(model, spec), file=sys.stderr)
     return model, model.provenance != "random"
 

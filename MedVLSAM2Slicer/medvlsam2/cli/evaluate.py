@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..config import PRECISIONS
 from ..data import HELD_OUT_FIRST_SEED
 from ..errors import InputError
+from .common import PRECISION_HELP
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -68,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-questions", type=int, help="at most this many closed and open questions per case")
     p.add_argument("--limit", type=int, help="evaluate only the first N cases of --dataset")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes, each with its own model copy (CPU: cores are split between them)")
     p.set_defaults(func=run)
@@ -104,13 +107,13 @@ class _SyntheticCase:
 _WORKER: dict = {}
 
 
-def _init_worker(model_spec: str, device: str, options, threads: int) -> None:
+def _init_worker(model_spec: str, device: str, precision: str, options, threads: int) -> None:
     import torch
 
     from ..factory import load_model
 
     torch.set_num_threads(threads)
-    _WORKER["model"], _WORKER["options"] = load_model(model_spec, device), options
+    _WORKER["model"], _WORKER["options"] = load_model(model_spec, device, precision=precision), options
 
 
 def _evaluate_item(item) -> dict:
@@ -223,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
 
         if args.jobs == 1:
-            model = load_model(args.model, args.device)
+            model = load_model(args.model, args.device, precision=args.precision)
             for case in cases:
                 case = keep_wanted(case)
                 done(evaluate_case(model, case.make() if isinstance(case, _SyntheticCase) else case, options))
@@ -234,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
             threads = max(1, torch.get_num_threads() // args.jobs) if args.device == "cpu" else 1
             context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
             with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker,
-                                     initargs=(args.model, args.device, options, threads)) as pool:
+                                     initargs=(args.model, args.device, args.precision, options, threads)) as pool:
                 for record in pool.map(_evaluate_item, (keep_wanted(c) for c in cases)):
                     done(record)
     if not records:

@@ -14,7 +14,9 @@ import secrets
 import sys
 from pathlib import Path
 
+from ..config import PRECISIONS
 from ..errors import InputError
+from .common import PRECISION_HELP
 
 TOKEN_ENV = "MEDVLSAM2_SERVER_TOKEN"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="bearer token (visible in process lists: prefer --token-file or $%s)" % TOKEN_ENV)
     p.add_argument("--token-file", help="file holding the token; created with a fresh token (mode 600) if missing")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--seed", type=int, help="torch seed before building a named config (reproducible random weights)")
     p.add_argument("--lease-s", type=float, default=600.0,
                    help="idle seconds (no real call; heartbeats do not count) before a session is closed")
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.manual_seed(args.seed)
     spec = args.model or str(demo_weights_folder())
-    model = load_model(spec, device, image_size=args.image_size)
+    model = load_model(spec, device, image_size=args.image_size, precision=args.precision)
     print(model_line(model, spec), file=sys.stderr, flush=True)
     info = {"model": Path(spec).name if Path(spec).exists() else spec,
             "config": getattr(getattr(model, "config", None), "name", None), "device": device,

@@ -37,6 +37,7 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
         self.cache_mb = cache_mb  # default budget of a Session's FeatureCache
         self.cache_dtype = cache_dtype  # features are stored in this dtype and restored for compute
         self.gate = ComputeGate()  # orders foreground and background model work of all Sessions
+        self.precision = "auto"  # Sessions run model calls under this autocast (utils.device.autocast_dtype)
         self.config = SegmenterConfig()  # propagation settings (stop, settle, prefetch); build_segmenter sets its own
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self._extra_tokens: torch.Tensor | None = None

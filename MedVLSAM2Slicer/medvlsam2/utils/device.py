@@ -1,13 +1,13 @@
-"""Device choice (auto | cuda | mps | cpu), the autocast dtype each supports, and a readable GPU OOM error."""
+"""Device choice (auto | cuda | mps | cpu), the inference precision (autocast dtype), and a readable GPU OOM error."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from pathlib import Path
 
 import torch
 
+from ..config import PRECISIONS
 from ..errors import InputError
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -31,22 +31,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is slower than fp32."""
-    try:
-        flags = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for inference at ``precision`` on ``device`` (None: fp32, no autocast).
+
+    ``auto`` is bf16 on CUDA (fp16 on GPUs without bf16) and fp32 on CPU and MPS (see docs/ARCHITECTURE.md).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise InputError("this GPU cannot compute in bf16; use --precision fp16 or fp32")
+    if precision == "fp16" and not cuda:
+        raise InputError(f"fp16 runs only on a CUDA GPU, not on {device.type}; use --precision fp32 (or bf16 on a CPU "
+                         "with native bf16)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype worth using on ``device`` (None: stay in fp32)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` at ``dtype``, or nothing for fp32 (None)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def translate_oom(fn):
