@@ -52,6 +52,17 @@ def test_click_then_propagate_both_ways_with_feature_reuse(predictor, volume):
     assert state["feature_cache"].encoder_calls == calls  # every slice was seen: no new image-encoder call
 
 
+def test_memory_of_stored_slices_alone_runs_in_fp32(predictor, volume, monkeypatch):
+    """SAM2 stores each slice's memory in bf16 and relies on CUDA autocast; in fp32 on a CPU a slice whose memory
+    holds no object pointer (here: none used at all) must still propagate (it raised a dtype error)."""
+    monkeypatch.setattr(predictor, "use_obj_ptrs_in_encoder", False)
+    state = new_state(predictor, volume)
+    predictor.add_new_points_or_box(state, 6, 1, points=[[28, 24]], labels=[1])
+    seen = [k for k, _ in predictor.propagate(state, 6, direction="forward")]
+    assert seen[0] == 6 and seen[-1] == K - 1
+    assert state["output_dict_per_obj"][0]["non_cond_frame_outputs"][7]["maskmem_features"].dtype == torch.bfloat16
+
+
 def test_cancel_stops_within_one_slice(predictor, volume):
     state = new_state(predictor, volume)
     predictor.add_new_points_or_box(state, 6, 1, points=[[28, 24]], labels=[1])

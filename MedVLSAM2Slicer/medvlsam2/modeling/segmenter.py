@@ -29,6 +29,20 @@ DIRECTIONS = {"forward": (False,), "backward": (True,), "both": (False, True)}
 MASK_LOGIT = 10.0  # a confident mask logit, for SAM2 logits made to agree with a mask the Session kept
 
 
+def _memory_in_compute_dtype(module, args, kwargs):
+    """Memory attention's inputs in the dtype of the current slice's features.
+
+    Upstream stores every slice's memory in bf16 and relies on CUDA autocast; in fp32 (a CPU) a memory made of
+    those alone (no fp32 object pointer concatenated to it) reached a fp32 linear layer and raised.
+    """
+    curr = kwargs.get("curr")
+    dtype = (curr[0] if isinstance(curr, list) else curr).dtype if curr is not None else None
+    for key in ("memory", "memory_pos"):
+        if dtype is not None and kwargs.get(key) is not None and kwargs[key].dtype != dtype:
+            kwargs[key] = kwargs[key].to(dtype)
+    return args, kwargs
+
+
 class SAM2VolumePredictor(SAM2VideoPredictor):
     """SAM2 video predictor over the slices of one CT volume (see module docstring)."""
 
@@ -42,6 +56,7 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self._extra_tokens: torch.Tensor | None = None
         self.sam_prompt_encoder.register_forward_hook(self._append_extra_tokens)
+        self.memory_attention.register_forward_pre_hook(_memory_in_compute_dtype, with_kwargs=True)
 
     # ----- prompt tokens from the language model --------------------------------------------
     def _append_extra_tokens(self, module, inputs, output):
