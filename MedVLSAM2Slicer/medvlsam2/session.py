@@ -79,7 +79,8 @@ class _Object:
     tokens: torch.Tensor | None = None  # [SEG] prompt tokens of a text-prompted object
     prompts: list[_Prompt] = field(default_factory=list)
     bound: tuple[int, int] | None = None  # (k0, k1) of a 3D box: the object lives only there
-    dirty: set[int] = field(default_factory=set)  # slices prompted since the last propagation
+    # slices prompted since the last propagation -> each one's mask before those prompts (None: not known, after undo)
+    dirty: dict[int, np.ndarray | None] = field(default_factory=dict)
     extent: BBox | None = None  # union of every box written: holds all of the mask
     history: deque[_Step] = field(default_factory=deque)
     dropped: int = 0  # oldest steps dropped to stay within the history budget
@@ -300,7 +301,7 @@ class Session:
             new = _refine(old > 0, pred, p)
             self.predictor.set_slice_mask(o.state, p.k, torch.from_numpy(new))
             writes[p.k] = new.astype(np.uint8)
-            o.dirty.add(p.k)
+            o.dirty.setdefault(p.k, old > 0)
         scores = {p.k: self.predictor.object_score(o.state, p.k) for p in prompts}
         return self._commit(obj, writes, o.prompts + prompts, scores, bound)
 
@@ -487,7 +488,10 @@ class Session:
         and only candidates whose median HU lies within ``end_hu_change`` of ``object_hu`` (the object's before this
         propagation; None: no such rule): none left means the object has ended. After an empty slice a slice keeps the mask it has
         (so a first propagation ends there, and a correction that empties a slice does not erase its
-        neighbours). Stops once ``settle_slices`` slices past the last changed slice come out unchanged."""
+        neighbours). A slice with a mask keeps it when the previous slice's change (a correction, or the chain's
+        own rewrite) leaves the mask overlapping it at least as well as before: a correction changes its
+        neighbours only as far as it implies. Stops once ``settle_slices`` slices past the last changed slice
+        come out unchanged."""
         from scipy import ndimage
 
         cfg = self.predictor.config
@@ -502,8 +506,11 @@ class Session:
                 continue
             old = o.mask[k] > 0
             new = np.zeros((h, w), bool)
+            before = o.dirty.get(k - step) if k - step in o.dirty else o.mask[k - step] > 0  # the neighbour before
             if not prev.any():  # emptiness does not spread: a slice after an empty one keeps its mask
                 new = old
+            elif old.any() and before is not None and _iou(old, prev) >= _iou(old, before):
+                new = old  # the neighbour's change leaves this slice continuing it as well as before: nothing implied
             else:
                 box = self._grown_box(prev)
                 candidates, _, scores[k] = self.predictor.decode_without_memory(o.state, k, box)
@@ -608,7 +615,7 @@ class Session:
                     self.predictor.add_prompt_tokens(o.state, p.k, 1, o.tokens)
                 else:
                     self._add(o, p)
-        o.dirty = {p.k for p in o.prompts}
+        o.dirty = {p.k: None for p in o.prompts}
         for k in o.dirty:
             self.predictor.set_slice_mask(o.state, k, torch.from_numpy(o.mask[k] > 0))
 
