@@ -506,10 +506,9 @@ class Session:
                 continue
             old = o.mask[k] > 0
             new = np.zeros((h, w), bool)
-            before = o.dirty.get(k - step) if k - step in o.dirty else o.mask[k - step] > 0  # the neighbour before
             if not prev.any():  # emptiness does not spread: a slice after an empty one keeps its mask
                 new = old
-            elif old.any() and before is not None and _iou(old, prev) >= _iou(old, before):
+            elif old.any() and (before := _before(o, k - step)) is not None and _iou(old, prev) >= _iou(old, before):
                 new = old  # the neighbour's change leaves this slice continuing it as well as before: nothing implied
             else:
                 box = self._grown_box(prev)
@@ -715,6 +714,11 @@ class Session:
     def report(self, cancel: CancelToken | None = None) -> Iterator[str]:
         require(self.model, LANGUAGE)
         return self.model.stream_text(self.visual_tokens(), REPORT_QUESTION, cancel=cancel)
+
+
+def _before(o: _Object, k: int) -> np.ndarray | None:
+    """Slice ``k``'s mask before the prompts since the last propagation (None: not known), as the chain compares it."""
+    return o.dirty[k] if k in o.dirty else o.mask[k] > 0
 
 
 def _crop(mask: np.ndarray, bbox: BBox | None) -> np.ndarray:

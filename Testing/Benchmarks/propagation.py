@@ -38,10 +38,9 @@ def head_ct_object(seed_ijk: tuple[int, int, int]):
     """(head CT Volume, boolean reference [K, J, I]) of the -20..40 HU component holding ``seed_ijk``."""
     from scipy import ndimage
 
-    from headct import ensure_head_ct
-    from medvlsam2.io.volume import read_volume
+    from headct import read_ct
 
-    volume = read_volume(ensure_head_ct())
+    volume = read_ct()
     hu = volume.array
     i, j, k = seed_ijk
     labels, _ = ndimage.label(ndimage.binary_opening((hu > -20) & (hu < 40), iterations=2))

@@ -76,7 +76,6 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     from medvlsam2.factory import load_model
     from medvlsam2.config import get_config
-    from medvlsam2.io.volume import read_volume
 
     if args.image_size and not Path(args.model).is_dir():
         cfg = get_config(args.model)
@@ -88,9 +87,9 @@ def main() -> None:
     else:
         model = load_model(args.model)
     if args.head_ct:
-        from headct import ensure_head_ct
+        from headct import read_ct
 
-        volume, window, click = read_volume(ensure_head_ct()), "brain", None
+        volume, window, click = read_ct(), "brain", None
     else:
         from medvlsam2.data.synthetic import generate_case
 

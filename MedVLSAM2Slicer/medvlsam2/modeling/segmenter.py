@@ -35,11 +35,11 @@ def _memory_in_compute_dtype(module, args, kwargs):
     Upstream stores every slice's memory in bf16 and relies on CUDA autocast; in fp32 (a CPU) a memory made of
     those alone (no fp32 object pointer concatenated to it) reached a fp32 linear layer and raised.
     """
-    curr = kwargs.get("curr")
-    dtype = (curr[0] if isinstance(curr, list) else curr).dtype if curr is not None else None
+    curr = kwargs["curr"]  # sam2_base passes every input by keyword
+    dtype = (curr[0] if isinstance(curr, list) else curr).dtype
     for key in ("memory", "memory_pos"):
-        if dtype is not None and kwargs.get(key) is not None and kwargs[key].dtype != dtype:
-            kwargs[key] = kwargs[key].to(dtype)
+        if kwargs.get(key) is not None:
+            kwargs[key] = kwargs[key].to(dtype)  # a no-op when it already has that dtype
     return args, kwargs
 
 
