@@ -251,3 +251,22 @@ def test_python_example_names_exist():
     results = (ENGINE / "medvlsam2" / "results.py").read_text(encoding="utf-8")
     for name in result_fields:
         assert re.search(rf"^    {name}: ", results, re.M), name
+
+
+def test_server_doc_states_the_serve_defaults():
+    """docs/server.md (linked from the README) lists the limits of `medvlsam2 serve` with their defaults."""
+    import inspect
+
+    from medvlsam2 import protocol
+    from medvlsam2.client import Client
+
+    doc = (REPO / "docs" / "server.md").read_text(encoding="utf-8")
+    defaults = {o: a.default for a in _subcommands()["serve"]._actions for o in a.option_strings}
+    stated = re.findall(r"`(--[a-z-]+)` \[([0-9^]+)\]", doc) + re.findall(r"`(--[a-z-]+)` \(default ([0-9]+) s\)", doc)
+    assert len(stated) >= 11, stated
+    for flag, value in stated:
+        base, _, power = value.partition("^")
+        assert defaults[flag] == int(base) ** int(power or 1), flag
+    assert "after every 5 silent seconds" in " ".join(doc.split()) and protocol.PING_S == 5
+    silence = inspect.signature(Client).parameters["stream_silence_s"].default
+    assert f"`stream_silence_s` (default {silence:g} s)" in " ".join(doc.split())
