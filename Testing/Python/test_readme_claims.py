@@ -270,3 +270,15 @@ def test_server_doc_states_the_serve_defaults():
     assert "after every 5 silent seconds" in " ".join(doc.split()) and protocol.PING_S == 5
     silence = inspect.signature(Client).parameters["stream_silence_s"].default
     assert f"`stream_silence_s` (default {silence:g} s)" in " ".join(doc.split())
+
+
+def test_data_doc_states_the_generator_version_and_labels():
+    """docs/data.md names the phantom generator's version and label values; a stale one misleads trained-weight users."""
+    doc = " ".join((REPO / "docs" / "data.md").read_text(encoding="utf-8").split())
+    tree = ast.parse((ENGINE / "medvlsam2" / "data" / "synthetic.py").read_text(encoding="utf-8"))
+    values = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+              for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+              if isinstance(t, ast.Name) and t.id in ("GENERATOR_VERSION", "ORGANS")}
+    assert f"`GENERATOR_VERSION` (now {values['GENERATOR_VERSION']})" in doc
+    stated = ", ".join(f"{k} {v}" for k, v in values["ORGANS"].items())
+    assert f"(`ORGANS`: {stated})" in doc
