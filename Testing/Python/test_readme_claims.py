@@ -132,6 +132,32 @@ def _subcommands() -> dict:
     return action.choices
 
 
+def _check_command_lines(text: str) -> int:
+    """Every ``medvlsam2 COMMAND --flag`` line of the bash blocks names a real command and real flags."""
+    subs = _subcommands()
+    commands = 0
+    for lang, block in FENCE.findall(text):
+        for line in block.replace("\\\n", " ").splitlines() if lang == "bash" else ():
+            words = shlex.split(line.split("#")[0])
+            if words and words[0].endswith("medvlsam2"):
+                assert words[1] in subs, line
+                flags = {o for a in subs[words[1]]._actions for o in a.option_strings}
+                choices = next((a.choices for a in subs[words[1]]._actions if isinstance(a.choices, dict)), {})
+                for word in words[2:]:
+                    if word in choices:  # a sub-sub-command (`weights import ...`): its own flags count too
+                        flags |= {o for a in choices[word]._actions for o in a.option_strings}
+                used = {w.split("=")[0] for w in words[2:] if w.startswith("-")}
+                assert used <= flags, (line, used - flags)
+                commands += 1
+    return commands
+
+
+def test_commands_in_the_linked_docs_exist():
+    docs = sorted({(README.parent / t.partition("#")[0]).resolve() for t in relative_links(README)
+                   if t.startswith("docs/") and t.partition("#")[0].endswith(".md")})
+    assert sum(_check_command_lines(d.read_text(encoding="utf-8")) for d in docs) >= 10
+
+
 def test_commands_and_flags_named_in_the_readme_exist():
     subs = _subcommands()
     text = readme()
@@ -139,17 +165,7 @@ def test_commands_and_flags_named_in_the_readme_exist():
     assert others, "the README no longer lists the other commands"
     named = re.findall(r"`(\w+)`", others.group(1))
     assert named and set(named) <= set(subs), set(named) - set(subs)
-    commands = 0
-    for lang, block in FENCE.findall(text):
-        for line in block.splitlines() if lang == "bash" else ():
-            words = shlex.split(line.split("#")[0])
-            if words and words[0].endswith("medvlsam2"):
-                assert words[1] in subs, line
-                flags = {o for a in subs[words[1]]._actions for o in a.option_strings}
-                used = {w for w in words[2:] if w.startswith("-")}
-                assert used <= flags, (line, used - flags)
-                commands += 1
-    assert commands, "the README shows no medvlsam2 command"
+    assert _check_command_lines(text), "the README shows no medvlsam2 command"
     segment_flags = {o for a in subs["segment"]._actions for o in a.option_strings}
     for flag in ("--point", "--box"):
         assert f"`{flag} " in text and flag in segment_flags, flag
