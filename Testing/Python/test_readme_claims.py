@@ -219,10 +219,23 @@ def test_demo_weights_size_as_stated():
     assert abs(size_mib - stated) < 1.0, size_mib
 
 
-def _defined_names(module: str) -> set[str]:
-    path = ENGINE / Path(*module.split("."))
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def _module_file(module: str, root: Path = ENGINE) -> Path:
+    path = root / Path(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _resolve(module: str, source: str | None, level: int, is_package: bool) -> str:
+    """The absolute module name of ``from <dots><source> import ...`` written in ``module``."""
+    if not level:
+        return source or ""
+    parts = module.split(".")
+    base = parts if is_package else parts[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([source] if source else []))
+
+
+def _defined_names(module: str, root: Path = ENGINE) -> set[str]:
+    tree = ast.parse(_module_file(module, root).read_text(encoding="utf-8"))
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
@@ -234,22 +247,31 @@ def _defined_names(module: str) -> set[str]:
     return names
 
 
-def _methods(module: str, cls: str) -> set[str]:
-    """Methods of ``cls`` in ``module``, with those of base classes the package defines."""
-    path = ENGINE / Path(*module.split("."))
-    tree = ast.parse(path.with_suffix(".py").read_text(encoding="utf-8"))
-    imports = {a.asname or a.name: (n.module, n.level) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-               for a in n.names}
-    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+def _methods(module: str, cls: str, root: Path = ENGINE) -> set[str]:
+    """Methods of ``cls`` as ``module`` exposes it: defined there or re-exported from a package module, with
+    those of base classes the package defines."""
+    path = _module_file(module, root)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imports = {a.asname or a.name: (_resolve(module, n.module, n.level, path.name == "__init__.py"), a.name)
+               for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+    if node is None:
+        source, name = imports[cls]  # KeyError: the module does not expose cls
+        return _methods(source, name, root)
     names = {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
     for base in node.bases:
-        if isinstance(base, ast.Name) and base.id in imports:
-            src, level = imports[base.id]
-            parent = module.rsplit(".", level)[0] if level else ""
-            target = f"{parent}.{src}" if level and src else (parent if level else src)
-            if target and target.startswith("medvlsam2"):
-                names |= _methods(target, base.id)
+        if isinstance(base, ast.Name) and base.id in imports and imports[base.id][0].startswith("medvlsam2"):
+            names |= _methods(*imports[base.id], root)
     return names
+
+
+def test_method_lookup_follows_packages_and_bases(tmp_path):
+    pkg = tmp_path / "medvlsam2" / "s"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .core import Session\n")
+    (pkg / "core.py").write_text("from .base import Base\nclass Session(Base):\n    def ask(self): ...\n")
+    (pkg / "base.py").write_text("class Base:\n    def close(self): ...\n")
+    assert _methods("medvlsam2.s", "Session", tmp_path) == {"ask", "close"}
 
 
 def test_python_example_names_exist():
