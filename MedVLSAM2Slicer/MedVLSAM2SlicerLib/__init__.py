@@ -2,5 +2,6 @@
 
 Qt-free at import: panel state, signals, shortcuts, connection and ``logic`` are pure Python; the MRML
 adapters import ``slicer`` inside their functions, so they can be tested without the Slicer application.
-Two files need Slicer and are imported only inside it: ``widget`` (the panel) and ``selftest``.
+Three files need Slicer and are imported only inside it: ``widget`` and ``widget_language`` (the panel) and
+``selftest``.
 """

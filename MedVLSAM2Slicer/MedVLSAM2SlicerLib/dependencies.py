@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
+from typing import Iterable
 
 # import name -> pip requirement
 CLIENT_REQUIREMENTS: dict[str, str] = {"numpy": "numpy>=1.24", "httpx": "httpx>=0.27", "zstandard": "zstandard>=0.22"}
@@ -57,8 +58,8 @@ class InstallStep:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def missing(requirements: dict[str, str]) -> list[str]:
-    """Import names of ``requirements`` whose module cannot be found (without importing it)."""
+def missing(requirements: Iterable[str]) -> list[str]:
+    """Import names among ``requirements`` (a requirements dict: its keys) whose module cannot be found (not imported)."""
     return [name for name in requirements if importlib.util.find_spec(name) is None]
 
 
