@@ -91,16 +91,17 @@ class MedVLSAM2SlicerLogic(ScriptedLoadableModuleLogic, MedVLSAM2Logic):
 
 
 class MedVLSAM2SlicerTest(ScriptedLoadableModuleTest):
-    """Loads the panel, runs point, box, scribble, undo and text prompts on the tiny model with a synthetic CT."""
+    """Builds the panel, presses Start (demo bundle), clicks, undoes, runs a text prompt and a question, comparing
+    each result with a reference session; a missing package, panel or server fails with its name."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
         self.setUp()
-        self.test_prompts_and_undo()
+        self.test_panel_end_to_end()
 
-    def test_prompts_and_undo(self) -> None:
-        from MedVLSAM2SlicerLib.selftest import prompts_and_undo
+    def test_panel_end_to_end(self) -> None:
+        from MedVLSAM2SlicerLib.selftest import module_self_test
 
-        prompts_and_undo(self, MedVLSAM2SlicerLogic)
+        module_self_test(self)
