@@ -7,6 +7,7 @@ list against the server's real imports). Three need care:
 - sam2 is installed with ``SAM2_BUILD_CUDA=0 --no-build-isolation --no-deps``: its declared torchvision
   would pull a second, CUDA-sized torch, a build environment would download torch again, and the video
   predictor needs neither; its own runtime packages (hydra-core, iopath, pillow, tqdm) are listed here;
+  its files are then checked against the SAM2 authors' repository (``sam2_provenance``) before use;
 - everything else goes through ``slicer.packaging.pip_ensure`` (Slicer >= 5.11, own consent dialog) or
   ``slicer.util.pip_install`` (older; main thread). Nothing is installed at import time.
 """
@@ -22,7 +23,7 @@ from typing import Iterable
 CLIENT_REQUIREMENTS: dict[str, str] = {"numpy": "numpy>=1.24", "httpx": "httpx>=0.27", "zstandard": "zstandard>=0.22"}
 SERVER_REQUIREMENTS: dict[str, str] = {
     "torch": "torch>=2.5.1",
-    "sam2": "sam2>=1.1",
+    "sam2": "sam2==1.1.0",  # the release whose files sam2_provenance checks against the SAM2 authors' repository
     "hydra": "hydra-core>=1.3.2",  # sam2's config system (sam2 is installed --no-deps)
     "iopath": "iopath>=0.1.10",
     "PIL": "pillow>=9.4",
@@ -132,4 +133,10 @@ def install(names: list[str], slicer_module=None) -> list[str]:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+        if step.requirements == [SERVER_REQUIREMENTS["sam2"]]:
+            from . import sam2_provenance
+
+            importlib.invalidate_caches()
+            sam2_provenance.verify()  # a file that differs from the authors' release stops the installation here
+            used.append("sam2_provenance")
     return used

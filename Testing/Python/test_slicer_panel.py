@@ -238,9 +238,15 @@ def test_dependency_install_uses_the_pytorch_extension_sam2_without_deps_and_pip
     monkeypatch.setattr(dependencies, "has_pytorch_extension", lambda: True)
     monkeypatch.delenv("SAM2_BUILD_CUDA", raising=False)
     assert dependencies.install(["torch", "sam2", "monai"], new) == ["PyTorchUtils", "pip_ensure", "pip_ensure",
-                                                                     "pip_install"]
+                                                                     "pip_install", "sam2_provenance"]
     assert calls == [("pytorch", True), ("ensure", ["monai>=1.4"]), ("ensure", ["setuptools", "wheel"]),
-                     ("install", "--no-build-isolation --no-deps sam2>=1.1", "0")]
+                     ("install", "--no-build-isolation --no-deps sam2==1.1.0", "0")]
+    from MedVLSAM2SlicerLib import sam2_provenance
+
+    with monkeypatch.context() as m:  # a sam2 that differs from the authors' release stops the installation
+        m.setattr(sam2_provenance, "problems", lambda *a, **k: ["sam2/__init__.py: modified"])
+        with pytest.raises(sam2_provenance.Sam2ProvenanceError, match="sam2/__init__.py: modified"):
+            dependencies.install(["sam2"], new)
     assert "SAM2_BUILD_CUDA" not in os.environ  # set only for sam2's build
     calls.clear()
     assert dependencies.install(["httpx"], old) == ["pip_install"] and calls == [("install", "httpx>=0.27", None)]
