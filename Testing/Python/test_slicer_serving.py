@@ -51,7 +51,7 @@ def test_bad_choices_are_refused_with_what_to_change():
         serving.plan_start("remote", SLICER_5_10, "  ")
     with pytest.raises(ValueError, match="unknown server mode"):
         serving.plan_start("cloud", SLICER_5_10)
-    assert offered((3, 8, 10)) == []  # Slicer 5.2: nothing works, and each mode says so
+    assert offered((3, 8, 10)) == []  # a Slicer 4 Python: nothing works, and each mode says so
     assert all("5.6" in m.reason for m in serving.server_modes((3, 8, 10)))
 
 

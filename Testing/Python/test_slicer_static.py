@@ -256,3 +256,23 @@ def test_the_slicer_smoke_script_exists_is_listed_in_the_cmake_tests_and_run_by_
     assert "Testing/Slicer/smoke.py" in test_block and "--no-main-window" in test_block and "add_test(" in test_block
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "make test" in ci and "command -v Slicer" in ci and "Testing/Slicer/smoke.py" in ci and "skipped" in ci
+
+
+# the fields slicer-extension-catalog-entry-schema-v1.0.1 allows (additionalProperties: false) and requires
+CATALOG_FIELDS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                  "build_subdirectory", "enabled", "tier"}
+
+
+def test_the_catalog_entry_is_in_the_current_json_format_and_agrees_with_the_cmakelists():
+    import json
+
+    assert not list(ROOT.glob("*.s4ext")), "the superseded .s4ext format: the index takes the JSON entry"
+    entry = json.loads((ROOT / "MedVLSAM2Slicer.json").read_text(encoding="utf-8"))
+    assert set(entry) <= CATALOG_FIELDS and {"$schema", "category", "scm_url"} <= set(entry)
+    assert "slicer-extension-catalog-entry-schema-v1.0" in entry["$schema"] and 1 <= entry["tier"] <= 5
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in text
+    depends = re.search(r'set\(EXTENSION_DEPENDS\s+"([^"]*)"\)', text).group(1).split()
+    assert entry["build_dependencies"] == depends  # the index builds PyTorch first
+    description = re.search(r'set\(EXTENSION_DESCRIPTION\s+"([^"]*)"\)', text).group(1)
+    assert "Slicer 5.10" in description and "5.8" in description  # what serving.py offers on each
