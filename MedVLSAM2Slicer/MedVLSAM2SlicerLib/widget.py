@@ -41,6 +41,7 @@ class MedVLSAM2Panel(LanguagePanel, VTKObservationMixin):
         self._freehand = None  # the scribble tool: strokes painted with the mouse (freehand.FreehandStroke)
         self._activeTool = ""
         self._streamTarget = "transcript"  # where streamed text goes: the Q&A transcript or the report
+        self._install = None  # a running PackageInstall
 
     # ----- lifecycle
     def setup(self) -> None:
@@ -306,8 +307,23 @@ class MedVLSAM2Panel(LanguagePanel, VTKObservationMixin):
         self.settings.set("serverMode", plan.mode)
         self.settings.set("remoteUrl", remote or self.settings.get("remoteUrl"))
         needed = dependencies.missing(plan.needs)
-        if needed and not self._installWithConsent(needed):
+        if needed:  # installed in the background; Start goes on when it has finished
+            from .widget_install import PackageInstall
+
+            self._install = PackageInstall(self.parent, needed, lambda: self._start(model, remote), self._installFailed)
+            if not self._install.start():
+                self._install = None
             return
+        self._start(model, remote)
+
+    def _installFailed(self, message: str) -> None:
+        self._install = None
+        self.state.set_error(message)
+        if "cancelled" not in message:
+            slicer.util.errorDisplay(f"Installing Python packages failed.\n\n{message}", windowTitle="MedVLSAM2")
+
+    def _start(self, model: str, remote: str) -> None:
+        self._install = None
         start = lambda: self.logic.start(model, self.ui.deviceSelector.currentText, remote, self.ui.remoteTokenEdit.text,
                                          self.settings.get("pythonExecutable"), on_ready=self._openSession)
         if not remote and not self.logic.weights_ready(model):
@@ -319,20 +335,6 @@ class MedVLSAM2Panel(LanguagePanel, VTKObservationMixin):
             return
         self.state.update(connection="starting")
         start()
-
-    def _installWithConsent(self, needed) -> bool:
-        from . import dependencies
-
-        if not dependencies.has_pip_ensure() and not slicer.util.confirmOkCancelDisplay(
-                dependencies.consent_message(needed), windowTitle="MedVLSAM2: install Python packages"):
-            return False
-        try:
-            with slicer.util.tryWithErrorDisplay("Installing Python packages failed.", waitCursor=True):
-                dependencies.install(needed)
-        except Exception:
-            return False
-        still = dependencies.missing({**dependencies.CLIENT_REQUIREMENTS, **dependencies.SERVER_REQUIREMENTS})
-        return not set(still) & set(needed)
 
     def onImportWeights(self) -> None:
         from medvlsam2 import weights
