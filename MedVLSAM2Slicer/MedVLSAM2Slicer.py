@@ -33,6 +33,14 @@ class MedVLSAM2Slicer(ScriptedLoadableModule):
             "Research use only, not for diagnosis.")
         self.parent.acknowledgementText = (
             "Builds on SAM2 (Meta, Apache-2.0) and the MedVL-SAM2 method (arXiv 2601.09879).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """A phantom CT with findings in the Sample Data module (shipped with the extension, no download)."""
+    from MedVLSAM2SlicerLib.sample_data import register
+
+    register()
 
 
 @parameterNodeWrapper
