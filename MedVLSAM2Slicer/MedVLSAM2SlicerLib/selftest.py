@@ -11,12 +11,11 @@ Called from ``MedVLSAM2SlicerTest`` (Developer Tools > Reload and Test) and ``Te
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import slicer
 import vtk
 
-REQUIRED_PACKAGES = ("torch", "sam2", "transformers")  # the local server's model; the rest follow from them
 MODEL = "demo"  # the panel's model entry: the shipped bundle (connection.demo_weights)
 SHAPE, SPACING = (8, 64, 64), (5.6, 5.6, 5.0)
 CLICKS = (((32, 32, 4), 1), ((20, 44, 4), 1))  # (i, j, k), label: the second (it grows the mask) is undone
@@ -32,11 +31,11 @@ class SelfTestFailure(AssertionError):
         self.piece = piece
 
 
-def require_packages(find_spec: Callable[[str], Any] | None = None) -> None:
-    import importlib.util
+def require_packages() -> None:
+    """Everything the local server imports must be there: Start would otherwise ask to install it."""
+    from .dependencies import CLIENT_REQUIREMENTS, SERVER_REQUIREMENTS, missing as missing_packages
 
-    find_spec = find_spec or importlib.util.find_spec
-    missing = [name for name in REQUIRED_PACKAGES if find_spec(name) is None]
+    missing = missing_packages({**CLIENT_REQUIREMENTS, **SERVER_REQUIREMENTS})
     if missing:
         raise SelfTestFailure("packages", f"{', '.join(missing)} not installed in this Python: press Start in "
                                           "the MedVLSAM2 module once (it offers to install them), then run again")
