@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from medvlsam2.api import SessionAPI
 from medvlsam2.errors import Cancelled, InputError
 
 from . import report_node, segments
@@ -31,7 +32,7 @@ class Controller:
     def __init__(self, worker: ModelWorker, state: PanelState | None = None) -> None:
         self.worker = worker
         self.state = state or PanelState()
-        self.session: Any = None
+        self.session: SessionAPI | None = None
         self.volume_node = None
         self.segmentation_node = None
         self.objects: dict[str, int] = {}  # segment id -> session object id

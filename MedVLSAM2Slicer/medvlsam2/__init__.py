@@ -5,4 +5,4 @@ This package must stay light at import time: the torch-free parts (``protocol``,
 """
 
 __version__ = "0.1.0"
-API_VERSION = 2  # 2: streams carry {"alive": true} pings
+API_VERSION = 3  # 2: streams carry {"alive": true} pings; 3: routes from api.OPERATIONS (bound, ends, force)

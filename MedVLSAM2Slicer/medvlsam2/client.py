@@ -1,17 +1,18 @@
-"""Torch-free client of ``medvlsam2 serve`` with the local ``Session``'s method names.
+"""Torch-free client of ``medvlsam2 serve`` behind the ``SessionAPI`` (``medvlsam2.api``).
 
 ``Client(url, token).open_session(volume)`` uploads the volume once (skipped when the server already
 holds the same content hash) and returns a ``RemoteSession``; use it as a context manager (or call
-``close()``) so the server frees it at once. The session keeps one local mask per object and writes
-each result's changed box into it in place, only after the call succeeded, so a failed, cancelled or
-interrupted call leaves the caller's previous mask unchanged. When the server forgot the session
-(lease expired or restart), the session re-uploads if needed, replays the calls that built its
-objects, and retries. A stream that sends nothing (not even its ``alive`` pings) for
-``stream_silence_s`` is treated like a dead server.
+``close()``) so the server frees it at once. The session holds no copy of any mask: results (the changed
+box and its patch) go to the caller only after the call succeeded, so a failed, cancelled or interrupted
+call leaves the caller's masks unchanged. When the server forgot the session (lease expired or restart),
+the call raises ``SessionExpired`` after opening a new session; nothing is replayed behind the caller's back.
+A stream that sends nothing (not even its ``alive`` pings, every ``PING_S``) for ``stream_silence_s`` is
+treated like a dead server.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
@@ -21,13 +22,11 @@ import numpy as np
 
 from . import API_VERSION
 from .errors import Cancelled, InputError
+from .api import OPERATIONS, STREAM, TOKENS, Operation, Progress, SessionAPI
 from .protocol import (JSONL, PING_S, VOLUME_MEDIA_TYPE, RemoteError, ServerBusy, ServerUnavailable, SessionExpired,
-                       check_api_version, decode_mask, decode_result, decode_text_result, encode_mask, pack_volume, raise_for_error,
-                       volume_id)
+                       check_api_version, pack_volume, raise_for_error, volume_id)
 from .results import SegmentationResult, TextResult
 from .utils.cancel import CancelToken
-
-Progress = Callable[[int, int], None]
 
 
 def _httpx():
@@ -45,7 +44,7 @@ class Client:
     ``PING_S`` seconds)."""
 
     def __init__(self, url: str, token: str, timeout: float = 60.0, retries: int = 3, backoff_s: float = 0.25,
-                 heartbeat: bool = True, stream_silence_s: float = 6 * PING_S) -> None:
+                 heartbeat: bool = True, stream_silence_s: float = 4 * PING_S) -> None:
         httpx = _httpx()
         self.url, self.timeout, self.retries, self.backoff_s = url.rstrip("/"), timeout, retries, backoff_s
         self.heartbeat, self.stream_silence_s = heartbeat, stream_silence_s
@@ -186,30 +185,31 @@ class Client:
         self.uploads += 1
         return got.get("volume_id", vid2)
 
-    def open_session(self, volume) -> "RemoteSession":
-        """Upload (once) and open a session on ``volume`` (a ``medvlsam2.io.volume.Volume``)."""
+    def open_session(self, volume, on_result: Callable[[SegmentationResult], None] | None = None) -> "RemoteSession":
+        """Upload (once) and open a session on ``volume`` (a ``medvlsam2.io.volume.Volume``); ``on_result`` gets
+        every successful result (e.g. to write its patch into the caller's labelmap)."""
         if not self._version_checked:
             self.version()
-        return RemoteSession(self, volume)
+        return RemoteSession(self, volume, on_result)
 
     def close(self) -> None:
         self._http.close()
 
 
 class RemoteSession:
-    """A server-side ``Session`` with the same method names and return types.
+    """A server-side ``Session`` behind the same ``SessionAPI``: its methods are made from ``api.OPERATIONS``.
 
-    A context manager: ``with client.open_session(volume) as s: ...`` closes the server session at the
-    end. Heartbeats (every ``liveness_s / 4``) only tell the server the client is alive; a session
-    without real calls for the server's ``lease_s`` is closed there all the same."""
+    It keeps no mask: each result's patch goes to the caller (the return value, and ``on_result`` when given,
+    e.g. writing into the caller's own labelmap array), and ``mask(obj)`` asks the server. A context manager:
+    ``with client.open_session(volume) as s: ...`` closes the server session at the end. Heartbeats (every
+    ``liveness_s / 4``) only tell the server the client is alive; a session without real calls for the server's
+    ``lease_s`` is closed there all the same, and the next call raises ``SessionExpired`` after opening a new one
+    (``reopened`` counts them): the caller's masks are kept, the new session's objects start empty."""
 
-    def __init__(self, client: Client, volume) -> None:
-        self._c, self.volume = client, volume
+    def __init__(self, client: Client, volume, on_result: Callable[[SegmentationResult], None] | None = None) -> None:
+        self._c, self.volume, self.on_result = client, volume, on_result
         self.capabilities = client.capabilities  # same attribute as a local model's
         self.shape = tuple(int(s) for s in np.shape(volume.array))
-        self._masks: dict[int, np.ndarray] = {}
-        self._names: dict[int, str] = {}
-        self._journal: list[tuple[str, tuple]] = []  # successful state-changing calls, to re-seed a new session
         self._lock = threading.RLock()
         self.reopened = 0
         self.sid = ""
@@ -247,157 +247,58 @@ class RemoteSession:
         while not self._closed.wait(max(0.2, self.liveness_s / 4)):
             try:
                 self._c.request("POST", f"/v1/sessions/{self.sid}/heartbeat")
-            except Exception:  # the next real call recovers
+            except Exception:  # the next real call reports what happened
                 pass
 
     def _path(self, tail: str) -> str:
         return f"/v1/sessions/{self.sid}{tail}"
 
-    def _raw(self, op: str, args: tuple, cancel=None, progress=None, on_token=None) -> Any:
-        """One server call for ``op`` (no local state changes)."""
-        def items(item: dict) -> None:
-            if "progress" in item and progress is not None:
-                progress(int(item["progress"][0]), int(item["progress"][1]))
-            if "token" in item and on_token is not None:
-                on_token(item["token"])
-
-        req = self._c.request
-        if op == "add_object":
-            return req("POST", self._path("/objects"), json_body={"name": args[0]}, idempotent=False)["object_id"]
-        if op == "points":
-            body = {"points": args[1], "labels": args[2]}
-            return decode_result(req("POST", self._path(f"/objects/{args[0]}/points"), json_body=body, idempotent=False)["result"])
-        if op == "box":
-            body = {"box": args[1], "k": args[2]}
-            return decode_result(req("POST", self._path(f"/objects/{args[0]}/box"), json_body=body, idempotent=False)["result"])
-        if op == "mask_prompt":
-            body = {"k": args[1], "shape": list(args[2].shape), "mask": encode_mask(args[2])}
-            return decode_result(req("POST", self._path(f"/objects/{args[0]}/mask_prompt"), json_body=body,
-                                     idempotent=False)["result"])
-        if op in ("undo", "redo", "reset"):
-            return decode_result(req("POST", self._path(f"/objects/{args[0]}/{op}"), idempotent=False)["result"])
-        if op == "remove":
-            return req("DELETE", self._path(f"/objects/{args[0]}"), idempotent=False)
-        if op == "propagate":
-            body = {"k_range": list(args[1]) if args[1] is not None else None, "direction": args[2]}
-            got = self._c.stream(self._path(f"/objects/{args[0]}/propagate"), body, items, cancel, self.sid)
-            return decode_result(got["result"])
-        if op == "text":
-            got = self._c.stream(self._path("/text"), {"prompt": args[0]}, items, cancel, self.sid)
-            return decode_text_result(got)
-        raise AssertionError(op)
-
-    def _call(self, op: str, args: tuple, cancel=None, progress=None) -> Any:
-        """Run ``op``; after SessionExpired re-open, re-seed from the journal and retry once."""
-        with self._lock:
-            self._check_open()
-            try:
-                out = self._raw(op, args, cancel, progress)
-            except SessionExpired:
-                self._reseed()
-                out = self._raw(op, args, cancel, progress)
-            self._journal.append((op, args))
-            return out
-
     def _check_open(self) -> None:
         if self._closed.is_set():
             raise InputError("this session was closed; open a new one with Client.open_session(volume)")
 
-    def _reseed(self) -> None:
+    def _expired(self) -> SessionExpired:
+        """The server forgot this session: open a new one now and say so (the caller's masks are untouched)."""
         self._open()
         self.reopened += 1
-        for op, args in self._journal:
-            self._raw(op, args)
+        return SessionExpired(f"the server had closed this session (no call for its lease of {self.lease_s:g} s, or it "
+                              "restarted); a new session is open: your masks are kept, its objects start empty. "
+                              "Add the object again and repeat the last step", "unknown_session")
 
-    def _apply(self, r: SegmentationResult) -> SegmentationResult:
-        """Write the (already decoded, so successful) result's patch into the object's mask in place."""
+    def _invoke(self, op: Operation, obj: int | None, body: dict, cancel: CancelToken | None = None,
+                progress: Progress | None = None) -> Any:
+        """One call of ``op``; a result is checked, then handed to ``on_result``, only once it succeeded."""
+        path = op.path.replace("{obj}", str(obj))
+        if op.kind == TOKENS:
+            return self._tokens(path, body, cancel)
+
+        def items(item: dict) -> None:
+            if "progress" in item and progress is not None:
+                progress(int(item["progress"][0]), int(item["progress"][1]))
+
+        with self._lock:
+            self._check_open()
+            try:
+                if op.kind == STREAM:
+                    got = self._c.stream(self._path(path), body, items, cancel, self.sid)
+                else:
+                    got = self._c.request(op.http, self._path(path), json_body=body if op.http == "POST" else None,
+                                          idempotent=op.http == "GET")
+            except SessionExpired:
+                raise self._expired() from None
+        out = op.decode(got)
+        for r in out.found if isinstance(out, TextResult) else [out] if isinstance(out, SegmentationResult) else []:
+            self._deliver(r)
+        return out
+
+    def _deliver(self, r: SegmentationResult) -> None:
         if r.bbox is not None:
             k0, k1, j0, j1, i0, i1 = r.bbox
             if not (0 <= k0 <= k1 <= self.shape[0] and 0 <= j0 <= j1 <= self.shape[1] and 0 <= i0 <= i1 <= self.shape[2]):
                 raise RemoteError(f"the server sent a box {r.bbox} outside the volume {self.shape}; your previous "
                                   "result is kept", "bad_response")
-        mask = self._masks.get(r.object_id)
-        if mask is None:
-            mask = self._masks[r.object_id] = np.zeros(self.shape, np.uint8)
-        r.apply_to(mask)
-        self._names[r.object_id] = r.name
-        return r
-
-    def _known(self, obj: int) -> int:
-        obj = int(obj)
-        if obj not in self._masks:
-            from .errors import UnknownObjectError
-
-            raise UnknownObjectError(f"unknown object {obj}; existing objects: {sorted(self._masks) or 'none'}")
-        return obj
-
-    # ----- Session API ----------------------------------------------------------------------------
-    def add_object(self, name: str | None = None) -> int:
-        obj = int(self._call("add_object", (name,)))
-        self._masks[obj], self._names[obj] = np.zeros(self.shape, np.uint8), name or f"Segment_{obj}"
-        return obj
-
-    def objects(self) -> dict[int, str]:
-        return dict(self._names)
-
-    def mask(self, obj: int) -> np.ndarray:
-        """The local copy of the object's mask (no round trip)."""
-        return self._masks[self._known(obj)].copy()
-
-    def fetch_mask(self, obj: int) -> np.ndarray:
-        """The server's mask of ``obj`` (to check the local copy)."""
-        with self._lock:
-            self._check_open()
-            try:
-                got = self._c.request("GET", self._path(f"/objects/{int(obj)}/mask"))
-            except SessionExpired:
-                self._reseed()
-                got = self._c.request("GET", self._path(f"/objects/{int(obj)}/mask"))
-        return decode_mask(got["mask"], tuple(got["shape"]))
-
-    def remove(self, obj: int) -> None:
-        self._call("remove", (int(obj),))
-        self._masks.pop(int(obj), None)
-        self._names.pop(int(obj), None)
-
-    def add_points(self, obj: int, points_ijk, labels) -> SegmentationResult:
-        pts = np.asarray(points_ijk, dtype=np.float64).reshape(-1, 3).tolist()
-        lab = [int(v) for v in np.asarray(labels).reshape(-1)]
-        return self._apply(self._call("points", (int(obj), pts, lab)))
-
-    def add_mask(self, obj: int, k: int, mask2d) -> SegmentationResult:
-        return self._apply(self._call("mask_prompt", (int(obj), int(k), np.asarray(mask2d, dtype=np.uint8))))
-
-    def add_box(self, obj: int, box, k: int | None = None) -> SegmentationResult:
-        return self._apply(self._call("box", (int(obj), [float(v) for v in box], None if k is None else int(k))))
-
-    def propagate(self, obj: int, k_range: tuple[int, int] | None = None, direction: str = "both",
-                  cancel: CancelToken | None = None, progress: Progress | None = None) -> SegmentationResult:
-        k_range = None if k_range is None else (int(k_range[0]), int(k_range[1]))
-        return self._apply(self._call("propagate", (int(obj), k_range, direction), cancel, progress))
-
-    def segment_text(self, prompt: str, cancel: CancelToken | None = None,
-                     progress: Progress | None = None) -> TextResult:
-        out = self._call("text", (prompt,), cancel, progress)
-        for r in out.found:
-            self._apply(r)
-        return out
-
-    def undo(self, obj: int) -> SegmentationResult:
-        return self._apply(self._call("undo", (int(obj),)))
-
-    def redo(self, obj: int) -> SegmentationResult:
-        return self._apply(self._call("redo", (int(obj),)))
-
-    def reset(self, obj: int) -> SegmentationResult:
-        return self._apply(self._call("reset", (int(obj),)))
-
-    def ask(self, question: str, context: dict | None = None, cancel: CancelToken | None = None) -> Iterator[str]:
-        """Stream the answer token by token; ``cancel`` stops the server between tokens."""
-        return self._tokens("/ask", {"question": question, "context": context}, cancel)
-
-    def report(self, cancel: CancelToken | None = None) -> Iterator[str]:
-        return self._tokens("/report", {}, cancel)
+        if self.on_result is not None:
+            self.on_result(r)
 
     def _tokens(self, tail: str, body: dict, cancel: CancelToken | None) -> Iterator[str]:
         """Tokens arrive through a queue filled by a reader thread, so the caller iterates lazily."""
@@ -413,8 +314,7 @@ class RemoteSession:
                     try:
                         self._c.stream(self._path(tail), body, lambda it: q.put(it["token"]), cancel, self.sid)
                     except SessionExpired:
-                        self._reseed()
-                        self._c.stream(self._path(tail), body, lambda it: q.put(it["token"]), cancel, self.sid)
+                        raise self._expired() from None
                 q.put(end)
             except BaseException as exc:  # handed to the iterating thread
                 q.put(exc)
@@ -445,6 +345,29 @@ class RemoteSession:
             self._c.request("DELETE", self._path(""))  # repeatable: a second DELETE only finds it gone
         except (SessionExpired, ServerUnavailable):
             pass
+
+
+def _remote(op: Operation):
+    """``RemoteSession``'s method for ``op``, with the signature and docs of ``SessionAPI``'s."""
+    spec = getattr(SessionAPI, op.name)
+    sig = inspect.signature(spec)
+
+    def method(self: RemoteSession, *args, **kwargs):
+        given = sig.bind(self, *args, **kwargs)
+        given.apply_defaults()
+        a = dict(given.arguments)
+        del a["self"]
+        cancel, progress = a.pop("cancel", None), a.pop("progress", None)
+        obj = int(a.pop("obj")) if op.takes_object else None
+        return self._invoke(op, obj, op.request(**a), cancel, progress)
+
+    method.__name__ = method.__qualname__ = op.name
+    method.__signature__, method.__doc__ = sig, spec.__doc__
+    return method
+
+
+for _op in OPERATIONS.values():
+    setattr(RemoteSession, _op.name, _remote(_op))
 
 
 __all__ = ["Client", "RemoteSession", "RemoteError", "SessionExpired", "ServerUnavailable", "ServerBusy", "Cancelled",

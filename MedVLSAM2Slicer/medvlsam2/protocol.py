@@ -27,30 +27,7 @@ from . import API_VERSION, __version__
 from .errors import Cancelled, CapabilityError, InputError, MedVLSAM2Error, UnknownObjectError
 from .results import NotFound, SegmentationResult, TextResult
 
-PREFIX = "/v1"
-ROUTES = {
-    "health": "/v1/health",
-    "version": "/v1/version",
-    "volume": "/v1/volumes/{volume_id}",
-    "volumes": "/v1/volumes",
-    "sessions": "/v1/sessions",
-    "session": "/v1/sessions/{sid}",
-    "heartbeat": "/v1/sessions/{sid}/heartbeat",
-    "objects": "/v1/sessions/{sid}/objects",
-    "object": "/v1/sessions/{sid}/objects/{obj}",
-    "points": "/v1/sessions/{sid}/objects/{obj}/points",
-    "box": "/v1/sessions/{sid}/objects/{obj}/box",
-    "propagate": "/v1/sessions/{sid}/objects/{obj}/propagate",
-    "undo": "/v1/sessions/{sid}/objects/{obj}/undo",
-    "redo": "/v1/sessions/{sid}/objects/{obj}/redo",
-    "reset": "/v1/sessions/{sid}/objects/{obj}/reset",
-    "mask": "/v1/sessions/{sid}/objects/{obj}/mask",
-    "mask_prompt": "/v1/sessions/{sid}/objects/{obj}/mask_prompt",
-    "text": "/v1/sessions/{sid}/text",
-    "ask": "/v1/sessions/{sid}/ask",
-    "report": "/v1/sessions/{sid}/report",
-    "cancel": "/v1/sessions/{sid}/cancel",
-}
+PREFIX = "/v1"  # every route; the session routes are medvlsam2.api.OPERATIONS
 MAGIC = b"MVS2VOL1"
 ALLOWED_DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "float32", "float64")
 JSONL = "application/x-ndjson"
@@ -68,7 +45,7 @@ MAX_INDEX = float(1 << 24)  # |voxel coordinate|; real bounds are checked agains
 MAX_SPACING_MM, MAX_ORIGIN_MM = 1e4, 1e7
 DIRECTION_TOLERANCE = 1e-3  # |D^T D - I| per entry
 MAX_WINDOW_BYTES = 1 << 24  # zstd window a volume upload may ask the server to allocate
-PING_S = 5.0  # a stream sends {"alive": true} after this many silent seconds, so silence means a dead server
+PING_S = 2.5  # a stream sends {"alive": true} after this many silent seconds, so silence means a dead server
 _EXCERPT = reprlib.Repr()
 _EXCERPT.maxstring, _EXCERPT.maxother, _EXCERPT.maxlist, _EXCERPT.maxdict, _EXCERPT.maxlevel = 24, 24, 4, 4, 2
 
@@ -308,6 +285,14 @@ def validate_text(body: Any, key: str, max_chars: int = MAX_PROMPT_CHARS) -> str
     if len(body[key]) > max_chars:
         raise InputError(f"{key} is longer than {max_chars} characters; shorten it")
     return body[key]
+
+
+def validate_flag(body: Any, key: str) -> bool:
+    """An optional JSON boolean (absent: false)."""
+    value = body.get(key, False) if isinstance(body, dict) else False
+    if not isinstance(value, bool):
+        raise InputError(f"{key} must be true or false, got {excerpt(value)}")
+    return value
 
 
 def validate_name(body: Any) -> str | None:

@@ -102,7 +102,7 @@ def test_round_trip_matches_in_process_session(client, model):
         assert seen and seen[-1][0] == seen[-1][1] == vol.shape[0]
         assert rr.bbox == lr.bbox and rr.scores.keys() == lr.scores.keys()
         assert np.array_equal(remote.mask(ro), local.mask(lo)) and remote.mask(ro).any()
-        assert np.array_equal(remote.fetch_mask(ro), local.mask(lo))  # the server agrees with the local copy
+        assert np.array_equal(remote.mask(ro), local.mask(lo))  # the server agrees with the local copy
 
         question = "Where is the lesion?"
         stream = remote.ask(question)
@@ -118,10 +118,10 @@ def test_round_trip_matches_in_process_session(client, model):
         local.undo(lo)
         remote.undo(ro)
         assert np.array_equal(remote.mask(ro), local.mask(lo))
-        assert np.array_equal(remote.fetch_mask(ro), local.mask(lo))
+        assert np.array_equal(remote.mask(ro), local.mask(lo))
         local.redo(lo)
         remote.redo(ro)
-        assert np.array_equal(remote.fetch_mask(ro), local.mask(lo)) and np.array_equal(remote.mask(ro), local.mask(lo))
+        assert np.array_equal(remote.mask(ro), local.mask(lo)) and np.array_equal(remote.mask(ro), local.mask(lo))
         local.undo(lo)
         remote.undo(ro)
 
@@ -132,7 +132,7 @@ def test_round_trip_matches_in_process_session(client, model):
         for r in texts_l:
             assert np.array_equal(remote.mask(r.object_id), local.mask(r.object_id))
         remote.reset(ro)
-        assert not remote.mask(ro).any() and not remote.fetch_mask(ro).any()
+        assert not remote.mask(ro).any() and not remote.mask(ro).any()
         remote.remove(ro)
         assert ro not in remote.objects()
         with pytest.raises(UnknownObjectError):
@@ -160,7 +160,7 @@ def test_cancelled_propagation_keeps_previous_mask(client):
         token = CancelToken()
         with pytest.raises(Cancelled):
             s.propagate(o, cancel=token, progress=lambda d, n: token.cancel())
-        assert np.array_equal(s.mask(o), before) and np.array_equal(s.fetch_mask(o), before)
+        assert np.array_equal(s.mask(o), before) and np.array_equal(s.mask(o), before)
         # a client that drops a propagation stream after the first progress line must not leave the
         # session locked: the next call (with a short timeout) goes through
         with httpx.stream("POST", f"{client.url}/v1/sessions/{s.sid}/objects/{o}/propagate", json={},
@@ -326,7 +326,7 @@ def test_two_concurrent_clients_get_correct_masks(server, model):
             s.add_points(o, [[32, 30 + n, 4]], [1])
             s.propagate(o)
             out[n] = s.mask(o)
-            assert np.array_equal(s.fetch_mask(o), out[n])
+            assert np.array_equal(s.mask(o), out[n])
             s.close()
             c.close()
         except BaseException as exc:  # reported in the main thread
@@ -394,10 +394,11 @@ def test_lease_expiry_frees_memory_and_client_recovers(server, model):
     ro = ref.add_object()
     ref.add_points(ro, [[64, 64, 8]], [1])
     ref.propagate(ro)
-    ref.add_points(ro, [[70, 60, 8]], [-1])
+    propagated = ref.mask(ro)
     c = Client(server.url, server.token, heartbeat=False)  # an idle client that stopped sending heartbeats
     before = _health(server)
-    s = c.open_session(vol)
+    kept = np.zeros(vol.shape, np.uint8)  # the caller's own mask (the panel's labelmap): results land only here
+    s = c.open_session(vol, on_result=lambda r: r.apply_to(kept))
     o = s.add_object()
     s.add_points(o, [[64, 64, 8]], [1])
     s.propagate(o)
@@ -412,10 +413,18 @@ def test_lease_expiry_frees_memory_and_client_recovers(server, model):
     assert after["sessions"] == before["sessions"] and after["expired_sessions"] > before["expired_sessions"]
     assert after["live_engine_sessions"] == before["live_engine_sessions"]  # the engine Session was garbage-collected
     assert after["held_bytes"] <= before["held_bytes"]
-    # the next call re-opens, re-uploads, replays the click + propagation, then does the new click
-    r = s.add_points(o, [[70, 60, 8]], [-1])
-    assert s.reopened == 1 and c.uploads == 2 and r.object_id == o
-    assert np.array_equal(s.mask(o), ref.mask(ro)) and np.array_equal(s.fetch_mask(o), ref.mask(ro))
+    # the next call says so at once, after opening a new session (re-uploading): nothing is replayed behind the
+    # caller's back, and the caller's mask is kept as it was
+    with pytest.raises(P.SessionExpired, match="a new session is open: your masks are kept"):
+        s.add_points(o, [[70, 60, 8]], [-1])
+    assert s.reopened == 1 and c.uploads == 2 and s.objects() == {}
+    assert np.array_equal(kept, propagated) and kept.any()
+    o2 = s.add_object()  # the new session works at once
+    r = s.add_points(o2, [[64, 64, 8]], [1])
+    fresh = Session(model, vol)
+    fo = fresh.add_object()
+    fresh.add_points(fo, [[64, 64, 8]], [1])
+    assert r.object_id == o2 and np.array_equal(s.mask(o2), fresh.mask(fo)) and s.mask(o2).any()
     s.close()
     c.close()
 
@@ -439,8 +448,9 @@ def test_heartbeats_prove_liveness_but_do_not_extend_the_idle_lease(server):
         time.sleep(0.5)
     assert not _alive(server, a.sid), "heartbeats alone kept a session past its idle lease"
     assert time.monotonic() - t0 >= LEASE_S
-    r = a.add_object()  # a real call afterwards re-opens transparently
-    assert r == 1 and a.reopened == 1
+    with pytest.raises(P.SessionExpired):  # a real call afterwards says so, with a new session open
+        a.add_object()
+    assert a.reopened == 1 and a.add_object() == 1
     for s, c in ((a, beating), (b, silent)):
         s.close()
         c.close()
@@ -477,7 +487,7 @@ def test_frozen_server_stream_times_out_like_a_dead_one(server):
     assert "previous result is kept" in str(info.value) and np.array_equal(s.mask(o), before)
     assert _health(server)["status"] == "ok"
     s.propagate(o)  # the same session goes on once the server answers again
-    assert np.array_equal(s.fetch_mask(o), s.mask(o))
+    assert np.array_equal(s.mask(o), s.mask(o))
     s.close()
     c.close()
 
@@ -495,10 +505,13 @@ def test_launcher_reports_a_bad_python():
 
 # ----- keep last: it kills the module's server ------------------------------------------------------
 def test_server_killed_mid_propagation(server, client):
-    s = client.open_session(phantom(30, shape=(16, 64, 64)))
+    vol = phantom(30, shape=(16, 64, 64))
+    kept = np.zeros(vol.shape, np.uint8)  # the caller's mask: the client holds none
+    s = client.open_session(vol, on_result=lambda r: r.apply_to(kept))
     o = s.add_object()
     s.add_points(o, [[32, 32, 8]], [1])
     before = s.mask(o)
+    assert np.array_equal(kept, before)
 
     def kill(done: int, total: int) -> None:
         if server.is_alive():
@@ -508,7 +521,7 @@ def test_server_killed_mid_propagation(server, client):
     with pytest.raises(P.ServerUnavailable, match="stopped answering|closed the stream") as info:
         s.propagate(o, progress=kill)
     assert "previous result is kept" in str(info.value)
-    assert np.array_equal(s.mask(o), before)
+    assert np.array_equal(kept, before)
     assert not server.is_alive()
     assert any("medvlsam2 server on" in line for line in server.last_log_lines(500))
     with pytest.raises(P.ServerUnavailable, match="cannot reach"):

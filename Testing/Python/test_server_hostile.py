@@ -302,7 +302,7 @@ def test_a_timed_out_call_is_cancelled_and_commits_nothing(server, client):
     with client.open_session(phantom(2, shape=(64, 64, 64))) as s:
         o = s.add_object()
         s.add_points(o, [[32, 32, 32]], [1])
-        before = s.fetch_mask(o)
+        before = s.mask(o)
         url = f"{server.url}/v1/sessions/{s.sid}/objects/{o}"
         lines = _lines(httpx.post(url + "/propagate", json={"timeout_s": 0.02}, headers=_auth(server), timeout=60))
         err = lines[-1]["error"]
@@ -310,7 +310,7 @@ def test_a_timed_out_call_is_cancelled_and_commits_nothing(server, client):
         r = httpx.post(url + "/points", json={"points": [[20, 20, 32]], "labels": [1], "timeout_s": 0.001},
                        headers=_auth(server), timeout=60)
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
-        assert np.array_equal(s.fetch_mask(o), before)
+        assert np.array_equal(s.mask(o), before)
         undone = httpx.post(url + "/undo", headers=_auth(server), timeout=60).json()["result"]
         assert undone["bbox"] is not None  # the one committed step (the first click) is what undo takes back
         r = httpx.post(url + "/undo", headers=_auth(server), timeout=60)

@@ -616,11 +616,15 @@ def test_writes_change_only_the_box_and_grow_the_labelmap_only_when_needed(segme
 
 
 class FakeSession:
-    """Session stand-in whose answers are known exactly (the real one is used in the last test)."""
+    """Session stand-in whose answers are known exactly (the real one is used in the last test); it keeps the
+    ``medvlsam2.api.SessionAPI`` (Testing/Python/test_conformance.py runs the shared scenario on it)."""
+
+    capabilities = frozenset({"interactive", "text_segmentation", "language"})
 
     def __init__(self) -> None:
         self.next_id = 0
         self.names: dict[int, str] = {}
+        self.bounds: dict[int, tuple[int, int] | None] = {}
         self.gate = threading.Event()
         self.closed = False
         self.masks: list[tuple[int, int, np.ndarray]] = []  # mask prompts received
@@ -633,8 +637,15 @@ class FakeSession:
     def close(self):
         self.closed = True
 
+    def _known(self, obj):
+        from medvlsam2.errors import UnknownObjectError
+
+        if obj not in self.names:
+            raise UnknownObjectError(f"unknown object {obj}")
+        return obj
+
     def _commit(self, obj, bbox, patch):
-        mask = self.masks_by_obj.setdefault(obj, np.zeros(SHAPE, np.uint8))
+        mask = self.masks_by_obj.setdefault(self._known(obj), np.zeros(SHAPE, np.uint8))
         self.history.setdefault(obj, []).append(mask.copy())
         self.future[obj] = []
         k0, k1, j0, j1, i0, i1 = bbox
@@ -642,14 +653,17 @@ class FakeSession:
         return SegmentationResult(obj, self.names[obj], bbox, patch)
 
     def undo(self, obj):
-        self.undone.append(obj)
+        self.undone.append(self._known(obj))
         self.future[obj].append(self.masks_by_obj[obj])
         return self._restore(obj, self.history[obj].pop())
 
     def redo(self, obj):
-        self.redone.append(obj)
+        self.redone.append(self._known(obj))
         self.history[obj].append(self.masks_by_obj[obj])
         return self._restore(obj, self.future[obj].pop())
+
+    def reset(self, obj):
+        return self._commit(obj, (0, SHAPE[0], 0, SHAPE[1], 0, SHAPE[2]), np.zeros(SHAPE, np.uint8))
 
     def _restore(self, obj, mask):
         bbox = changed_region(self.masks_by_obj[obj], mask) or (0, 1, 0, 1, 0, 1)
@@ -669,15 +683,27 @@ class FakeSession:
         self.names[self.next_id] = name or f"object {self.next_id}"
         return self.next_id
 
-    def segment_text(self, prompt, cancel=None, progress=None):
+    def objects(self):
+        return dict(self.names)
+
+    def mask(self, obj):
+        return self.masks_by_obj.get(self._known(obj), np.zeros(SHAPE, np.uint8)).copy()
+
+    def bound(self, obj):
+        return self.bounds.get(self._known(obj))
+
+    def remove(self, obj):
+        del self.names[self._known(obj)]
+        self.masks_by_obj.pop(obj, None)
+
+    def segment_text(self, prompt, cancel=None, progress=None, force=False):
         out = TextResult()
         for n, name in enumerate(prompt.split(" and ")):
-            if name == "absent":
+            if name == "absent" and not force:
                 out.not_found.append(NotFound(name, "the model answered that there is no absent"))
                 continue
             obj = self.add_object(name)
-            patch = np.ones((1, 3, 3), np.uint8)
-            out.found.append(SegmentationResult(obj, name, (n, n + 1, 0, 3, 0, 3), patch))
+            out.found.append(self._commit(obj, (n, n + 1, 0, 3, 0, 3), np.ones((1, 3, 3), np.uint8)))
         return out
 
     def propagate(self, obj, k_range=None, direction="both", cancel=None, progress=None):
@@ -685,15 +711,25 @@ class FakeSession:
             progress(k, SHAPE[0])
             self.gate.wait(5)
             cancel.raise_if_cancelled()
-        return SegmentationResult(obj, self.names[obj], (0, SHAPE[0], 0, SHAPE[1], 0, SHAPE[2]), np.ones(SHAPE, np.uint8))
+        return self._commit(obj, (0, SHAPE[0], 0, SHAPE[1], 0, SHAPE[2]), np.ones(SHAPE, np.uint8))
 
-    def add_points(self, obj, points, labels):
-        i, j, k = points[0]
+    def add_points(self, obj, points_ijk, labels):
+        if any(label not in (1, -1) for label in labels):
+            raise InputError("point labels must be +1 (include) or -1 (exclude)")
+        i, j, k = (int(v) for v in points_ijk[0])
         return self._commit(obj, (k, k + 1, j, j + 1, i, i + 1), np.ones((1, 1, 1), np.uint8))
 
-    def add_box(self, obj, box):
-        i0, j0, k0, i1, j1, k1 = box
+    def add_box(self, obj, box, k=None, ends=False):
+        if len(box) == 4:
+            i0, j0, i1, j1 = (int(v) for v in box)
+            k0 = k1 = int(k)
+        else:
+            i0, j0, k0, i1, j1, k1 = (int(v) for v in box)
+            self.bounds[self._known(obj)] = (k0, k1)
         return self._commit(obj, (k0, k1 + 1, j0, j1 + 1, i0, i1 + 1), np.ones((k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1), np.uint8))
+
+    def ask(self, question, context=None, cancel=None):
+        yield from ["It ", "is ", "normal."]
 
     def report(self, cancel=None):
         yield from ["Liver: ", "normal. ", "Spleen: normal."]

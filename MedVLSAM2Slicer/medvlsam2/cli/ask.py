@@ -21,13 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io.volume import read_volume
+    from ..api import SessionAPI
     from ..session import Session
 
     if not args.question.strip():
         raise InputError("the question is empty")
     model, volume = load_model_for(args)[0], read_volume(args.image)
     warn_if_unfamiliar(model, volume)
-    session = Session(model, volume, cache_mb=args.cache_mb)
+    session: SessionAPI = Session(model, volume, cache_mb=args.cache_mb)
     context = None
     if args.about:
         found = session.segment_text(args.about).found

@@ -65,12 +65,13 @@ def process_case(model, image: Path, out: Path, prompts: list[str], report: bool
 
     from ..io.volume import read_volume, write_mask
     from ..results import label_map
+    from ..api import SessionAPI
     from ..session import Session
 
     volume = read_volume(image)
     if warn:
         warn_if_unfamiliar(model, volume)
-    session = Session(model, volume, cache_mb=cache_mb)
+    session: SessionAPI = Session(model, volume, cache_mb=cache_mb)
     per_prompt = []
     for prompt in prompts:  # one value per prompt: the union of the objects its [SEG] tokens produced
         masks = [session.mask(r.object_id) > 0 for r in session.segment_text(prompt).found]

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io.volume import write_mask
     from ..results import label_map
+    from ..api import SessionAPI
     from ..session import Session
 
     organs = [o.strip() for o in args.organs.split(",") if o.strip()]
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     case = generate_case(args.seed)
     print(f"phantom: seed {args.seed}, {case.volume.shape[0]} slices of {case.volume.shape[1]}x{case.volume.shape[2]}")
-    session = Session(model, case.volume, cache_mb=args.cache_mb)
+    session: SessionAPI = Session(model, case.volume, cache_mb=args.cache_mb)
 
     masks, scores = {}, {}
     for organ in tqdm(organs, desc="text prompts", unit="organ"):

@@ -46,11 +46,12 @@ def read_segments(path: str, volume) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..io.volume import read_volume
     from ..report.writer import write_report
+    from ..api import SessionAPI
     from ..session import Session
 
     model, volume = load_model_for(args)[0], read_volume(args.image)
     warn_if_unfamiliar(model, volume)
-    session = Session(model, volume, cache_mb=args.cache_mb)
+    session: SessionAPI = Session(model, volume, cache_mb=args.cache_mb)
     segments = read_segments(args.segmentation, volume) if args.segmentation else {}
     for prompt in args.prompt:
         text = session.segment_text(prompt)

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.volume import read_volume, write_mask
     from ..results import label_map
+    from ..api import SessionAPI
     from ..session import Session
 
     if sum(bool(x) for x in (args.prompt, args.point, args.box)) != 1:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     volume = read_volume(args.image)
     model = load_model_for(args)[0]
     warn_if_unfamiliar(model, volume)
-    session = Session(model, volume, cache_mb=args.cache_mb)
+    session: SessionAPI = Session(model, volume, cache_mb=args.cache_mb)
     with tqdm(total=volume.shape[0], desc="propagating", unit="slice") as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)

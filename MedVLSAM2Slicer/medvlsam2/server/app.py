@@ -12,26 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import API_VERSION, __version__
-from ..errors import Cancelled, MedVLSAM2Error
-from ..protocol import (JSONL, MAX_JSON_BYTES, MAX_POINTS, MAX_PROMPT_CHARS, PING_S, CallTimeout, RemoteError, dumps,
-                        encode_mask, encode_result, encode_text_result, error_body, excerpt, parse_json, unpack_volume, validate_box,
-                        validate_context, validate_mask_prompt, validate_name, validate_points, validate_propagate,
-                        validate_text, validate_timeout, validate_volume_id)
-from ..utils.cancel import CancelToken
+from ..errors import MedVLSAM2Error
+from ..protocol import (MAX_JSON_BYTES, MAX_POINTS, MAX_PROMPT_CHARS, RemoteError, error_body, excerpt, parse_json,
+                        unpack_volume, validate_volume_id)
+from .dispatch import Dispatcher
 from .guards import Guard
-from .worker import ModelWorker, ServerSession, SessionStore, check_object
+from .routes import register_operations
+from .worker import ModelWorker, SessionStore
 
 log = logging.getLogger("medvlsam2.server")
 
@@ -84,8 +82,6 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
     app.state.store, app.state.worker = store, worker
     app.add_middleware(Guard, token=token, max_upload_bytes=limits.max_upload_bytes,
                        max_json_bytes=limits.max_json_bytes, request_timeout_s=limits.request_timeout_s)
-    queued = {"calls": 0}
-    tasks: set[asyncio.Task] = set()  # streams still running after their client left
 
     @app.exception_handler(MedVLSAM2Error)
     async def engine_error(request: Request, exc: MedVLSAM2Error):
@@ -114,138 +110,13 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         code, message = _exc_body(exc)
         return _error(code, message, 500)
 
-    # ----- model calls ----------------------------------------------------------------------------
-    async def body_json(request: Request) -> Any:
-        return parse_json(await request.body())  # Guard has bounded the body already
-
-    def admit() -> None:
-        if queued["calls"] >= limits.max_queued_calls:
-            raise RemoteError(f"the server has {queued['calls']} model calls waiting; retry in a few seconds",
-                              "busy", 429, retry_after_s=2)
-
-    async def on_worker(s: ServerSession, fn: Callable[[Any, CancelToken], Any], rollback: Callable[[Any], Any] | None = None,
-                        cancel: CancelToken | None = None, timeout_s: float | None = None) -> Any:
-        """Run ``fn(engine, token)`` on the model worker; the caller holds ``s.lock``.
-
-        Past ``timeout_s`` (default ``call_timeout_s``; or on a user cancel) the token is set: a queued job never starts, the
-        engine stops at its next slice or token, and a job that cannot stop is taken back with
-        ``rollback(engine)`` when it ends. Either way nothing is committed and the answer says so."""
-        token, timed_out = cancel or CancelToken(), []
-
-        def expire() -> None:
-            timed_out.append(True)
-            token.cancel()
-
-        def job() -> Any:
-            out = fn(s.engine, token)
-            if token.cancelled and rollback is not None:
-                rollback(s.engine)
-                token.raise_if_cancelled()
-            return out
-
-        timeout_s = timeout_s or limits.call_timeout_s
-        timer = asyncio.get_running_loop().call_later(timeout_s, expire)
-        s.busy += 1
-        if cancel is None:  # a stream sets its own token for its whole length
-            s.cancel = token
-        try:
-            return await asyncio.wrap_future(worker.submit(job, token))
-        except Cancelled:
-            if timed_out:
-                raise CallTimeout(f"the call took longer than its time limit of {timeout_s:g} s (the server's "
-                                  "--call-timeout-s or the request's timeout_s) and was cancelled; nothing was "
-                                  "changed. Use a smaller slice range, or raise the limit") from None
-            raise
-        finally:
-            timer.cancel()
-            s.busy -= 1
-            if cancel is None:
-                s.cancel = None
-            s.touch()
-
-    async def call(sid: str, fn: Callable[[Any, CancelToken], Any], rollback: Callable[[Any], Any] | None = None,
-                   timeout_s: float | None = None) -> Any:
-        """One model call of session ``sid``, after the calls of this session before it."""
-        s = store.get(sid)
-        admit()
-        queued["calls"] += 1
-        try:
-            async with s.lock:
-                return await on_worker(s, fn, rollback, timeout_s=timeout_s)
-        finally:
-            queued["calls"] -= 1
-
-    def stream(sid: str, work: Callable[[Any, CancelToken, Callable[[dict], None]], dict] | None,
-               tokens: Callable[[Any, CancelToken], Any] | None = None, timeout_s: float | None = None) -> StreamingResponse:
-        """JSON lines: what ``work`` emits (progress), then its final dict or an error line, with
-        ``{"alive": true}`` after every ``PING_S`` silent seconds (while queued, too).
-
-        ``work(engine, cancel, emit)`` is one model call. For text, ``tokens(engine, cancel)`` makes a
-        token iterator and each token is its own model call, so other sessions' calls run in between.
-        """
-        s = store.get(sid)  # unknown session -> 404 before the stream starts
-        admit()
-        return StreamingResponse(_lines(s, work, tokens, timeout_s), media_type=JSONL)
-
-    async def _run_stream(s: ServerSession, work, tokens, cancel: CancelToken, put: Callable[[Any], None],
-                          timeout_s: float | None) -> None:
-        """The model side of a stream, a task of its own: it holds the session lock until the worker is done
-        even when the client has gone (then ``cancel`` is set and the engine stops at the next slice)."""
-        loop = asyncio.get_running_loop()
-
-        def emit(item: dict) -> None:  # called on the worker thread
-            loop.call_soon_threadsafe(put, item)
-
-        queued["calls"] += 1
-        try:
-            async with s.lock:
-                s.cancel = cancel
-                if tokens is None:
-                    put(await on_worker(s, lambda e, t: work(e, t, emit), cancel=cancel, timeout_s=timeout_s))
-                else:
-                    end = object()
-                    it = await on_worker(s, lambda e, t: iter(tokens(e, t)), cancel=cancel, timeout_s=timeout_s)
-                    while (token := await on_worker(s, lambda e, t: next(it, end), cancel=cancel,
-                                                    timeout_s=timeout_s)) is not end:
-                        put({"token": token})
-                    put({"done": True})
-        except BaseException as exc:  # sent to the client as the last line
-            put(error_body(*_exc_body(exc)))
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            queued["calls"] -= 1
-            if s.cancel is cancel:
-                s.cancel = None
-
-    async def _lines(s: ServerSession, work, tokens, timeout_s: float | None):
-        q: asyncio.Queue = asyncio.Queue()
-        cancel = CancelToken()
-        task = asyncio.create_task(_run_stream(s, work, tokens, cancel, q.put_nowait, timeout_s))
-        tasks.add(task)
-        task.add_done_callback(lambda t: (tasks.discard(t), q.put_nowait(None)))
-        finished = False
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(q.get(), PING_S)
-                except asyncio.TimeoutError:
-                    yield b'{"alive":true}\n'
-                    continue
-                if item is None:
-                    break
-                yield dumps(item) + b"\n"
-                if "error" in item or "result" in item or "results" in item or "done" in item:
-                    finished = True
-                    break
-        finally:
-            if not finished:  # the client went away: stop the model at the next slice / token
-                cancel.cancel()
+    dispatch = Dispatcher(store, worker, limits, _exc_body)
+    register_operations(app, dispatch)
 
     # ----- service: answered from the event loop, never behind model work ---------------------------
     @app.get("/v1/health")
     async def health() -> dict:
-        return {"status": "ok", "queue": worker.pending(), "waiting_calls": queued["calls"], "rss_bytes": _rss_bytes(),
+        return {"status": "ok", "queue": worker.pending(), "waiting_calls": dispatch.queued, "rss_bytes": _rss_bytes(),
                 **store.stats()}
 
     @app.get("/v1/version")
@@ -276,7 +147,7 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
     async def open_session(request: Request) -> dict:
         from ..session import Session
 
-        vid = validate_volume_id(await body_json(request))
+        vid = validate_volume_id(parse_json(await request.body()))  # Guard has bounded the body
         stored = store.reserve(vid)  # 404 unknown volume, 503 + Retry-After at capacity
         try:
             engine = await asyncio.wrap_future(worker.submit(lambda: Session(model, stored.volume)))
@@ -303,103 +174,6 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         if token is not None:
             token.cancel()
         return {"cancelled": token is not None}
-
-    @app.get("/v1/sessions/{sid}/objects")
-    async def objects(sid: str) -> dict:
-        return {"objects": {str(k): v for k, v in (await call(sid, lambda e, t: e.objects())).items()}}
-
-    @app.post("/v1/sessions/{sid}/objects")
-    async def add_object(sid: str, request: Request) -> dict:
-        name = validate_name(await body_json(request))
-        return {"object_id": await call(sid, lambda e, t: e.add_object(name), rollback=None)}
-
-    @app.delete("/v1/sessions/{sid}/objects/{obj}")
-    async def remove(sid: str, obj: int) -> dict:
-        check_object(obj)
-        await call(sid, lambda e, t: e.remove(obj))
-        return {"removed": obj}
-
-    @app.get("/v1/sessions/{sid}/objects/{obj}/mask")
-    async def mask(sid: str, obj: int) -> dict:
-        check_object(obj)
-        return await call(sid, lambda e, t: (lambda m: {"shape": list(m.shape), "mask": encode_mask(m)})(e.mask(obj)))
-
-    async def prompt(sid: str, obj: int, timeout_s: float, run) -> dict:
-        """One prompt on one object: a single model call, taken back with ``undo`` if it finishes past its timeout."""
-        check_object(obj)
-        return {"result": await call(sid, lambda e, t: encode_result(run(e)), rollback=lambda e: e.undo(obj),
-                                     timeout_s=timeout_s)}
-
-    @app.post("/v1/sessions/{sid}/objects/{obj}/points")
-    async def points(sid: str, obj: int, request: Request) -> dict:
-        body = await body_json(request)
-        pts, labels = validate_points(body, limits.max_points)
-        timeout_s = validate_timeout(body, limits.call_timeout_s)
-        return await prompt(sid, obj, timeout_s, lambda e: e.add_points(obj, pts, labels))
-
-    @app.post("/v1/sessions/{sid}/objects/{obj}/box")
-    async def box(sid: str, obj: int, request: Request) -> dict:
-        body = await body_json(request)
-        b, k = validate_box(body)
-        timeout_s = validate_timeout(body, limits.call_timeout_s)
-        return await prompt(sid, obj, timeout_s, lambda e: e.add_box(obj, b, k=k))
-
-    @app.post("/v1/sessions/{sid}/objects/{obj}/mask_prompt")
-    async def mask_prompt(sid: str, obj: int, request: Request) -> dict:
-        body = await body_json(request)
-        k, m = validate_mask_prompt(body)
-        timeout_s = validate_timeout(body, limits.call_timeout_s)
-        return await prompt(sid, obj, timeout_s, lambda e: e.add_mask(obj, k, m))
-
-    @app.post("/v1/sessions/{sid}/objects/{obj}/undo")
-    async def undo(sid: str, obj: int) -> dict:
-        check_object(obj)
-        return {"result": await call(sid, lambda e, t: encode_result(e.undo(obj)))}
-
-    @app.post("/v1/sessions/{sid}/objects/{obj}/redo")
-    async def redo(sid: str, obj: int) -> dict:
-        check_object(obj)
-        return {"result": await call(sid, lambda e, t: encode_result(e.redo(obj)))}
-
-    @app.post("/v1/sessions/{sid}/objects/{obj}/reset")
-    async def reset(sid: str, obj: int) -> dict:
-        check_object(obj)
-        return {"result": await call(sid, lambda e, t: encode_result(e.reset(obj)))}
-
-    @app.post("/v1/sessions/{sid}/objects/{obj}/propagate")
-    async def propagate(sid: str, obj: int, request: Request):
-        body = await body_json(request)
-        k_range, direction = validate_propagate(body)
-        timeout_s = validate_timeout(body, limits.call_timeout_s)
-        check_object(obj)
-
-        def work(engine, cancel, emit):
-            r = engine.propagate(obj, k_range, direction, cancel=cancel, progress=lambda d, n: emit({"progress": [d, n]}))
-            return {"result": encode_result(r)}
-        return stream(sid, work, timeout_s=timeout_s)
-
-    @app.post("/v1/sessions/{sid}/text")
-    async def segment_text(sid: str, request: Request):
-        body = await body_json(request)
-        prompt = validate_text(body, "prompt", limits.max_prompt_chars)
-        timeout_s = validate_timeout(body, limits.call_timeout_s)
-
-        def work(engine, cancel, emit):
-            return encode_text_result(engine.segment_text(prompt, cancel=cancel,
-                                                          progress=lambda d, n: emit({"progress": [d, n]})))
-        return stream(sid, work, timeout_s=timeout_s)
-
-    @app.post("/v1/sessions/{sid}/ask")
-    async def ask(sid: str, request: Request):
-        body = await body_json(request)
-        question = validate_text(body, "question", limits.max_prompt_chars)
-        context = validate_context(body.get("context"))
-        return stream(sid, None, lambda engine, cancel: engine.ask(question, context, cancel=cancel),
-                      validate_timeout(body, limits.call_timeout_s))
-
-    @app.post("/v1/sessions/{sid}/report")
-    async def report(sid: str):
-        return stream(sid, None, lambda engine, cancel: engine.report(cancel=cancel))
 
     return app
 
