@@ -45,7 +45,7 @@ MAX_INDEX = float(1 << 24)  # |voxel coordinate|; real bounds are checked agains
 MAX_SPACING_MM, MAX_ORIGIN_MM = 1e4, 1e7
 DIRECTION_TOLERANCE = 1e-3  # |D^T D - I| per entry
 MAX_WINDOW_BYTES = 1 << 24  # zstd window a volume upload may ask the server to allocate
-PING_S = 2.5  # a stream sends {"alive": true} after this many silent seconds, so silence means a dead server
+PING_S = 5.0  # a stream sends {"alive": true} after this many silent seconds, so silence means a dead server
 _EXCERPT = reprlib.Repr()
 _EXCERPT.maxstring, _EXCERPT.maxother, _EXCERPT.maxlist, _EXCERPT.maxdict, _EXCERPT.maxlevel = 24, 24, 4, 4, 2
 
