@@ -7,7 +7,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 stamp=.venv/.medvlsam2-installed
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/bootstrap.sh ]; then
+req=MedVLSAM2Slicer/medvlsam2/requirements.txt  # the one list (pyproject.toml reads it too)
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/bootstrap.sh ] && [ "$stamp" -nt "$req" ]; then
   exit 0
 fi
 python -m pip install -q setuptools wheel
@@ -19,9 +20,11 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q "torch==2.13.0" 2>/dev/null || python -m pip install -q "torch>=2.5.1"
   fi
 fi
-python -m pip install -q "hydra-core>=1.3.2" "iopath>=0.1.10" "tqdm>=4.66" "pillow>=9.4"
-# sam2: no CUDA extension build, no isolated build env (it would reinstall torch), no torchvision.
-python -c "import sam2" 2>/dev/null || SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation --no-deps "sam2==1.1.0"
+python -m pip install -q -r "$req"
+# "# no-deps:" lines (sam2): no CUDA extension build, no isolated build env (it would reinstall torch), no torchvision.
+nodeps=$(sed -n 's/^# no-deps: //p' "$req")
+python -c "import sam2, importlib.metadata as m, sys; sys.exit(f'sam2=={m.version(\"sam2\")}' not in sys.argv[1:])" $nodeps \
+  2>/dev/null || SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation --no-deps $nodeps
 # its files must equal the SAM2 authors' repository at the recorded commit (PyPI's sam2 is a third party's upload)
 python MedVLSAM2Slicer/MedVLSAM2SlicerLib/sam2_provenance.py
 python -m pip install -q -e ".[test,eval]"

@@ -16,7 +16,7 @@ from medvlsam2.errors import InputError
 
 
 NAMED_CONFIGS = ("tiny", "base")  # random weights, for trying the module; "paper" is too large for a panel default
-MODEL_FILE_SUFFIXES = (".pt", ".safetensors", ".yaml", ".yml")  # released checkpoints and recipe files
+from medvlsam2.factory import MODEL_FILE_SUFFIXES  # (one list with the engine: .pt, .pth, .safetensors, .yaml)
 READY_TIMEOUT_S = 300.0  # first start on a laptop CPU imports torch and builds the model
 
 

@@ -196,9 +196,10 @@ def get_config(name: str) -> ModelConfig:
         raise InputError(f"unknown config {name!r}; choose one of {sorted(NAMED_CONFIGS)} or pass a bundle folder") from None
 
 
-# Demo weights (Resources/DemoWeights): trained on 32x128x128 synthetic phantoms. Hiera shrunk to
-# embed_dim 48 / one head so that the whole bundle stays small; SAM2 runs at 256 px (2x the slice).
-_DEMO_SAM2_OVERRIDES = (
+# The architecture of the demo weights (Resources/DemoWeights, trained on 32x128x128 synthetic phantoms), as a named
+# config with random weights: "small". Hiera shrunk to embed_dim 48 / one head so that the whole bundle stays small;
+# SAM2 runs at 256 px (2x the slice). The spec "demo" always means the trained bundle (``factory.describe``).
+_SMALL_SAM2_OVERRIDES = (
     "++model.image_encoder.trunk.embed_dim=48",
     "++model.image_encoder.trunk.num_heads=1",
     "++model.image_encoder.trunk.stages=[1,1,1,1]",
@@ -208,20 +209,20 @@ _DEMO_SAM2_OVERRIDES = (
 )
 
 
-def demo() -> ModelConfig:
-    """Small trained-on-phantoms model: 32x128x128 encoder input, 32 visual tokens, 4-layer LM."""
+def small() -> ModelConfig:
+    """The demo bundle's architecture: 32x128x128 encoder input, 32 visual tokens, 4-layer LM."""
     return ModelConfig(
-        name="demo",
+        name="small",
         vision=VisionConfig(input_size=(32, 128, 128), patch_size=(4, 16, 16), hidden_size=128, mlp_dim=256,
                             num_layers=3, num_heads=4),
         projector=ProjectorConfig(kind="mlp", num_tokens=32),
         llm=LLMConfig(builtin=dict(hidden_size=192, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True),
                       lora_r=0, max_new_tokens=96),
-        segmenter=SegmenterConfig(image_size=256, hydra_overrides=_DEMO_SAM2_OVERRIDES),
+        segmenter=SegmenterConfig(image_size=256, hydra_overrides=_SMALL_SAM2_OVERRIDES),
         bridge_hidden=256,
         region_input=True,
     )
 
 
-NAMED_CONFIGS["demo"] = demo
+NAMED_CONFIGS["small"] = small

@@ -1,13 +1,14 @@
 """The one model factory: a model spec -> a loaded model that says what it can do.
 
 A spec is, tried in this order:
+- ``demo``: the project's trained demo bundle (Resources/DemoWeights);
 - a folder: a Med3DVLM folder (``config.json`` with ``model_type`` "vlm_qwen"), an M3D-LaMed ("lamed_phi3")
   or SegVol ("segvol") folder, or our MedVL-SAM2 bundle;
 - a ``.yaml``/``.yml`` recipe combining parts: ``segmenter: SPEC`` and/or ``language: SPEC``
   (optional ``image_size``, ``window``);
 - a released segmenter file: an official SAM2.1/MedSAM2 ``{"model": state_dict}`` ``.pt`` or a
   ``.safetensors`` file (architecture inferred from its shapes);
-- a named config (``tiny``, ``base``, ``paper``, ``demo``: random weights);
+- a named config (``tiny``, ``base``, ``paper``, ``small``: random weights; ``small`` is the demo bundle's shape);
 - an installed weights-manifest name (``medsam2-latest``, ``sam2.1-hiera-tiny``, ``med3dvlm-qwen2.5-7b``...).
 
 ``describe(spec)`` says what a spec is and can do without torch and without loading it (the Slicer panel
@@ -26,6 +27,8 @@ from .released.base import FOLDER_MODEL_TYPES, SIZES_FIELD
 
 SEGMENTER_SUFFIXES = (".pt", ".pth", ".safetensors")
 RECIPE_SUFFIXES = (".yaml", ".yml")
+MODEL_FILE_SUFFIXES = SEGMENTER_SUFFIXES + RECIPE_SUFFIXES  # every file a spec may name (the panel's chooser too)
+DEMO = "demo"  # the project's trained demo bundle, wherever it is installed
 RECIPE_KEYS = {"segmenter", "language", "image_size", "window"}
 NATIVE_SIZE_SAM2 = 1024  # SAM2.1 was trained at 1024 px; MedSAM2 at 512 (its manifest entry says so)
 
@@ -53,6 +56,10 @@ def describe(spec: str) -> ModelInfo:
     if not spec:
         raise InputError("the model spec is empty; give a bundle folder, a .pt/.safetensors file, a recipe .yaml, "
                          "a named config or an installed weights name")
+    if spec == DEMO:
+        from .resources import resource_path
+
+        spec = str(resource_path("DemoWeights", must_exist=True))
     p = Path(spec).expanduser()
     if p.is_dir():
         return _describe_folder(spec, p)
@@ -211,7 +218,6 @@ def load_model(spec: str, device: str = "cpu", image_size: int | None = None, wi
 def _load_medvlsam2(info: ModelInfo, device: str, image_size: int | None):
     from .checkpoint import load_bundle
     from .config import get_config
-    from .modeling.medvlsam2 import MedVLSAM2
 
     if info.kind == "bundle":
         model = load_bundle(info.path, device, image_size=image_size)
@@ -219,9 +225,25 @@ def _load_medvlsam2(info: ModelInfo, device: str, image_size: int | None):
         config = get_config(info.spec)
         if image_size:
             config.segmenter.image_size = image_size
-        model = MedVLSAM2.from_config(config).to(device).eval()
+        model = new_model(config).to(device).eval()
     model.capabilities, model.provenance, model.description = info.capabilities, info.provenance, info.description
     return model
+
+
+def new_model(config, tokenizer=None, meta: bool = False):
+    """A MedVL-SAM2 model of ``config`` with random weights (the LLM's own when ``config.llm.path`` names a local
+    folder), as training starts one. ``meta``: every part but SAM2 on PyTorch's meta device (shapes only, no memory;
+    SAM2's builder cannot run there, so it is built on the CPU first)."""
+    import torch
+
+    from .modeling.medvlsam2 import MedVLSAM2
+    from .modeling.segmenter import build_segmenter
+
+    if not meta:
+        return MedVLSAM2.from_config(config, tokenizer)
+    segmenter = build_segmenter(config.segmenter)
+    with torch.device("meta"):
+        return MedVLSAM2.from_config(config, tokenizer, segmenter=segmenter)
 
 
 def load_segmenter(info: ModelInfo, device: str = "cpu", image_size: int | None = None, window: str | None = None):

@@ -31,6 +31,7 @@ PREFIX = "/v1"  # every route; the session routes are medvlsam2.api.OPERATIONS
 MAGIC = b"MVS2VOL1"
 ALLOWED_DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "float32", "float64")
 JSONL = "application/x-ndjson"
+TOKEN_ENV = "MEDVLSAM2_SERVER_TOKEN"  # the bearer token, for ``medvlsam2 serve`` and the processes it starts
 VOLUME_MEDIA_TYPE = "application/x-medvlsam2-volume"
 
 

@@ -23,8 +23,8 @@ def demo_weights_folder() -> Path:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="bundle or Med3DVLM folder, SAM2.1/MedSAM2 .pt/.safetensors file, recipe .yaml, "
-                                   "installed weights name (medsam2-latest...) or named config tiny|base|paper|demo "
-                                   "(random weights); default: the project's demo weights")
+                                   "installed weights name (medsam2-latest...), named config tiny|base|paper|small "
+                                   "(random weights) or demo; default: demo, the project's demo weights")
     p.add_argument("--image-size", type=int, default=None,
                    help="SAM2 input size in px (default: the model's native size, MedSAM2 512, SAM2.1 1024)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, mps or cpu")

@@ -42,7 +42,8 @@ def _names(text: str | None) -> list[str] | None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a model: Dice/NSD, interactive protocol, report and VQA metrics")
-    p.add_argument("--model", default="tiny", help="named config (random weights) or bundle folder (default: tiny)")
+    p.add_argument("--model", help="bundle folder or any model spec `segment` takes; default: demo, the project's demo "
+                                   "weights")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic-seeds", help="held-out synthetic phantoms, e.g. 100000-100019 (seeds >= 100000)")
     src.add_argument("--dataset", help="folder of a public dataset layout (see medvlsam2.data.datasets)")
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "folder named roberta-large)")
     p.add_argument("--max-questions", type=int, help="at most this many closed and open questions per case")
     p.add_argument("--limit", type=int, help="evaluate only the first N cases of --dataset")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cuda, cuda:1, mps or cpu")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes, each with its own model copy (CPU: cores are split between them)")
@@ -167,7 +168,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..factory import load_model
     from ..evaluation.runner import EvalOptions, evaluate_case
+    from ..utils.device import resolve_device
+    from .common import demo_weights_folder
 
+    args.model = args.model or str(demo_weights_folder())  # the defaults of every other command
+    args.device = str(resolve_device(args.device))
     tasks = _names(args.tasks) or []
     conventions = _names(args.conventions) or []
     wanted = _names(args.structures)

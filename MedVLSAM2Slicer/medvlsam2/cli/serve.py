@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ..config import PRECISIONS
 from ..errors import InputError
+from ..protocol import TOKEN_ENV
 from .common import PRECISION_HELP
 
-TOKEN_ENV = "MEDVLSAM2_SERVER_TOKEN"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

@@ -38,7 +38,7 @@ class MedVLSAM2(nn.Module):
     provenance: str = "random"
     description: str = "MedVL-SAM2"
 
-    def __init__(self, config: ModelConfig, tokenizer) -> None:
+    def __init__(self, config: ModelConfig, tokenizer, segmenter: nn.Module | None = None) -> None:
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
         if config.region_input and REGION_TOKEN not in tokenizer.get_vocab():  # before the LLM is sized to it
@@ -48,7 +48,7 @@ class MedVLSAM2(nn.Module):
         width = self.llm.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, self.vision_encoder.output_shapes, width)
         self.bridge = SegBridge(width, config.bridge_hidden, config.num_seg_prompt_tokens, config.segmenter.prompt_dim)
-        self.segmenter = build_segmenter(config.segmenter)
+        self.segmenter = segmenter if segmenter is not None else build_segmenter(config.segmenter)  # given: factory.new_model
         # an empty module without region input, so old bundles load strictly and "region" is always a module
         self.region = RegionEncoder(config.vision, width) if config.region_input else nn.Module()
         self.seg_token_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
@@ -56,11 +56,11 @@ class MedVLSAM2(nn.Module):
         self.region_token_id = tokenizer.convert_tokens_to_ids(REGION_TOKEN) if config.region_input else None
 
     @classmethod
-    def from_config(cls, config: ModelConfig, tokenizer=None) -> "MedVLSAM2":
+    def from_config(cls, config: ModelConfig, tokenizer=None, segmenter: nn.Module | None = None) -> "MedVLSAM2":
         """Random weights (the LLM's own weights when ``config.llm.path`` names a local folder)."""
         if tokenizer is None:
             tokenizer = load_llm_tokenizer(config.llm.path) if config.llm.path else build_tokenizer()
-        return cls(config, tokenizer)
+        return cls(config, tokenizer, segmenter)
 
     @property
     def num_image_tokens(self) -> int:

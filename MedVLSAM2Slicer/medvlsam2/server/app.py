@@ -29,7 +29,7 @@ from ..protocol import (MAX_JSON_BYTES, MAX_POINTS, MAX_PROMPT_CHARS, RemoteErro
 from .dispatch import Dispatcher
 from .guards import Guard
 from .routes import register_operations
-from .worker import ModelWorker, SessionStore
+from .worker import ModelThread, SessionStore
 
 log = logging.getLogger("medvlsam2.server")
 
@@ -76,7 +76,7 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
                lease_s: float = 600.0, max_sessions: int = 16, liveness_s: float | None = None) -> FastAPI:
     """The HTTP app around one loaded model. ``info`` is reported by /v1/version (model, device...)."""
     limits = limits or Limits()
-    worker = ModelWorker()
+    worker = ModelThread()
     store = SessionStore(model, worker, lease_s, max_sessions, liveness_s)
     app = FastAPI(title="MedVL-SAM2 server", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store, app.state.worker = store, worker

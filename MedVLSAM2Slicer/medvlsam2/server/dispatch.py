@@ -12,14 +12,14 @@ from fastapi.responses import StreamingResponse
 from ..errors import Cancelled
 from ..protocol import JSONL, PING_S, CallTimeout, RemoteError, dumps, error_body
 from ..utils.cancel import CancelToken
-from .worker import ModelWorker, ServerSession, SessionStore
+from .worker import ModelThread, ServerSession, SessionStore
 
 Work = Callable[[Any, CancelToken, Callable[[dict], None]], dict]  # (engine, cancel, emit) -> final line
 Tokens = Callable[[Any, CancelToken], Any]  # (engine, cancel) -> token iterator
 
 
 class Dispatcher:
-    def __init__(self, store: SessionStore, worker: ModelWorker, limits, error_of: Callable[[BaseException], tuple[str, str]]
+    def __init__(self, store: SessionStore, worker: ModelThread, limits, error_of: Callable[[BaseException], tuple[str, str]]
                  ) -> None:
         self.store, self.worker, self.limits, self.error_of = store, worker, limits, error_of
         self.queued = 0  # model calls waiting or running, all sessions together

@@ -21,8 +21,8 @@ from collections import deque
 from pathlib import Path
 
 from ..errors import MedVLSAM2Error
+from ..protocol import TOKEN_ENV
 
-TOKEN_ENV = "MEDVLSAM2_SERVER_TOKEN"
 ENGINE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the medvlsam2 package
 
 

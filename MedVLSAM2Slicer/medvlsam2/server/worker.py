@@ -35,8 +35,9 @@ from ..utils.cancel import CancelToken
 log = logging.getLogger("medvlsam2.server")
 
 
-class ModelWorker:
-    """Runs submitted callables on one thread, first come first served."""
+class ModelThread:
+    """Runs submitted callables on one thread, first come first served (the server's; the Slicer panel's job
+    runner is ``MedVLSAM2SlicerLib.worker.ModelWorker``)."""
 
     def __init__(self) -> None:
         self._jobs: queue.Queue = queue.Queue()
@@ -109,7 +110,7 @@ class ServerSession:
 class SessionStore:
     """Volumes by content hash, sessions by random id, idle leases enforced by a reaper thread."""
 
-    def __init__(self, model: Any, worker: ModelWorker, lease_s: float, max_sessions: int,
+    def __init__(self, model: Any, worker: ModelThread, lease_s: float, max_sessions: int,
                  liveness_s: float | None = None) -> None:
         self.model, self.worker = model, worker
         self.lease_s, self.max_sessions = lease_s, max_sessions  # lease_s: the idle timeout

@@ -42,7 +42,7 @@ class TrainConfig:
     """
 
     stage: int = 2
-    model: str = "demo"  # named config (medvlsam2.config) for a fresh model
+    model: str = "small"  # named config (medvlsam2.config) for a fresh model
     init_from: str | None = None  # bundle folder to start from (e.g. the stage-1 output); overrides ``model``/``init``
     init: InitParts = field(default_factory=InitParts)
     datasets: tuple[DataSource, ...] = ()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch import nn
@@ -38,7 +37,7 @@ def _model_config(cfg: TrainConfig) -> ModelConfig:
 def meta_model(config: ModelConfig, tokenizer=None):
     """The model with every part but SAM2 on the meta device; a local LLM folder contributes its config.json
     and tokenizer only (no weights are read)."""
-    from ..modeling import medvlsam2 as mv
+    from ..factory import new_model
     from ..modeling.language import load_llm_tokenizer
     from ..modeling.tokenizer import build_tokenizer
     from .loop import qwen_kwargs
@@ -47,15 +46,7 @@ def meta_model(config: ModelConfig, tokenizer=None):
         tokenizer = tokenizer or load_llm_tokenizer(config.llm.path)
         llm = json.loads((Path(config.llm.path) / "config.json").read_text())
         config.llm.builtin, config.llm.path = qwen_kwargs(llm), None
-    tokenizer = tokenizer or build_tokenizer()
-    build = mv.build_segmenter
-
-    def on_cpu(seg_config):
-        with torch.device("cpu"):
-            return build(seg_config)
-
-    with torch.device("meta"), mock.patch.object(mv, "build_segmenter", on_cpu):
-        return mv.MedVLSAM2.from_config(config, tokenizer)
+    return new_model(config, tokenizer or build_tokenizer(), meta=True)
 
 
 def _elements(out) -> int:

@@ -87,8 +87,7 @@ def build_model(cfg: TrainConfig, corpus: Iterable[str]):
     - ``init.vlm``: a Med3DVLM folder (its DCFormer, mixer projector and Qwen2 LLM, architectures from its
       config.json) or its DCFormer_SigLIP encoder folder (into the config's DCFormer), loaded by ``modeling.med3dvlm``.
     """
-    from ..factory import load_model
-    from ..modeling.medvlsam2 import MedVLSAM2
+    from ..factory import load_model, new_model
     from ..modeling.segmenter import infer_sam2_config, load_sam2_state_dict, read_state_dict
     from ..modeling.tokenizer import DEFAULT_CORPUS, build_tokenizer
 
@@ -116,12 +115,12 @@ def build_model(cfg: TrainConfig, corpus: Iterable[str]):
         released = _read_config(Path(cfg.init.vlm))
         config.vision, config.projector = _vision_config(released), _projector_config(released)
         config.llm.path, config.llm.builtin = None, qwen_kwargs(med3dvlm.llm.config.to_dict())
-        model = MedVLSAM2.from_config(config, tokenizer=load_llm_tokenizer(cfg.init.vlm))
+        model = new_model(config, tokenizer=load_llm_tokenizer(cfg.init.vlm))
     elif cfg.init.llm:  # its own tokenizer and weights
         config.llm.path = str(cfg.init.llm)
-        model = MedVLSAM2.from_config(config)
+        model = new_model(config)
     else:
-        model = MedVLSAM2.from_config(config, tokenizer=build_tokenizer(list(DEFAULT_CORPUS) + list(corpus)))
+        model = new_model(config, tokenizer=build_tokenizer(list(DEFAULT_CORPUS) + list(corpus)))
     if med3dvlm is not None:
         med3dvlm.llm.resize_token_embeddings(len(model.tokenizer))  # + [SEG] and our image token
         base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
