@@ -7,6 +7,10 @@
   never re-run the image encoder on a slice the budget still holds;
 - ``extra_prompt_tokens`` appends the language model's ``[SEG]`` prompt tokens to SAM2's sparse
   prompt embeddings through a forward hook, which keeps official state-dict keys unchanged.
+
+This module is the one adapter to ``sam2``'s internals (its private ``_`` methods and state layout): the rest of
+the engine, training included, calls the public methods below. ``Testing/Python/test_upstream_parity.py`` checks it
+against upstream, and ``medvlsam2/requirements.txt`` pins sam2 to the version those tests pass on.
 """
 
 from __future__ import annotations
@@ -126,6 +130,30 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
         backbone_out = {"backbone_fpn": [f.to(entry.dtype).expand(batch_size, -1, -1, -1) for f in entry.fpn],
                         "vision_pos_enc": [p.expand(batch_size, -1, -1, -1) for p in entry.pos]}
         return (image.expand(batch_size, -1, -1, -1),) + self._prepare_backbone_features(backbone_out)
+
+    # ----- training: one decode with gradients, upstream's training-time steps ---------------------
+    def backbone_features(self, backbone_out: dict) -> tuple:
+        """(backbone_out, feats, pos, sizes) of ``forward_image``'s output, flattened as the decoder takes them."""
+        return self._prepare_backbone_features(backbone_out)
+
+    def decode_step(self, frame_idx: int, is_cond: bool, feats, pos, sizes, point_inputs, output_dict,
+                    num_frames: int) -> tuple:
+        """Upstream's ``_track_step`` (memory-conditioned decode, no memory encoding): (current, sam outputs,
+        high-res features, memory-conditioned features)."""
+        return self._track_step(frame_idx, is_cond, feats, pos, sizes, point_inputs, None, output_dict, num_frames,
+                                False, None)
+
+    def decode_again(self, pix_feat, points: dict, mask_inputs, high_res) -> tuple:
+        """Decode a slice again from its memory-conditioned features with new clicks and a mask input, as
+        ``add_new_points_or_box`` does; upstream's SAM head outputs."""
+        return self._forward_sam_heads(backbone_features=pix_feat, point_inputs=points, mask_inputs=mask_inputs,
+                                       high_res_features=high_res, multimask_output=self._use_multimask(False, points))
+
+    def remember(self, feats, sizes, points, current: dict) -> None:
+        """Encode the decoded slice ``current`` into memory (upstream's ``_encode_memory_in_output``) so later slices
+        attend to it."""
+        self._encode_memory_in_output(feats, sizes, points, True, current["pred_masks_high_res"],
+                                      current["object_score_logits"], current)
 
     # ----- decoding helpers ------------------------------------------------------------------
     @torch.inference_mode()

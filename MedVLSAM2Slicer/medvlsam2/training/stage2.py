@@ -35,7 +35,7 @@ from .stage1 import chat_forward
 def encode_frames(seg, pool: Sequence[CaseTensors], picks: Sequence[tuple[int, Sequence[int]]], device):
     """SAM2 image features for the (case, slices) ``picks``: (feats, pos, sizes) with feats[i] [HW, N, C]."""
     backbone = seg.forward_image(torch.cat([pool[c].frames[s] for c, s in picks]).to(device).float())
-    _, feats, pos, sizes = seg._prepare_backbone_features(backbone)
+    _, feats, pos, sizes = seg.backbone_features(backbone)
     return feats, pos, sizes
 
 
@@ -47,10 +47,10 @@ THIN_END_FRACTION = 0.25  # a slice whose target area is below this share of the
 
 
 def decode(seg, frame_idx: int, is_cond: bool, feats, pos, sizes, point_inputs, output_dict, num_frames: int):
-    """One SAM2 decode (``_track_step``) keeping the candidate masks, IoU predictions and object score;
+    """One SAM2 decode (``decode_step``) keeping the candidate masks, IoU predictions and object score;
     also returns (memory-conditioned features, high-res features) for corrective decodes of the same slice."""
-    current, sam_out, high_res, pix_feat = seg._track_step(frame_idx, is_cond, feats, pos, sizes, point_inputs, None,
-                                                           output_dict, num_frames, False, None)
+    current, sam_out, high_res, pix_feat = seg.decode_step(frame_idx, is_cond, feats, pos, sizes, point_inputs,
+                                                           output_dict, num_frames)
     _, high_multi, ious, low, high, obj_ptr, obj_logits = sam_out
     current.update(pred_masks=low, pred_masks_high_res=high, obj_ptr=obj_ptr, object_score_logits=obj_logits)
     return current, high_multi, ious, obj_logits, (pix_feat, high_res)
@@ -104,9 +104,7 @@ def _corrected(seg, conditioned, points: dict | None, current: dict, gt_cpu: tor
     if points is not None:
         xy, lab = torch.cat([points["point_coords"], xy], 1), torch.cat([points["point_labels"], lab], 1)
     points = {"point_coords": xy, "point_labels": lab}
-    sam_out = seg._forward_sam_heads(backbone_features=pix_feat, point_inputs=points,
-                                     mask_inputs=current["pred_masks"].detach(), high_res_features=high_res,
-                                     multimask_output=seg._use_multimask(False, points))
+    sam_out = seg.decode_again(pix_feat, points, current["pred_masks"].detach(), high_res)
     _, high_multi, ious, low, high, obj_ptr, obj_logits = sam_out
     current = {**current, "point_inputs": points, "pred_masks": low, "pred_masks_high_res": high, "obj_ptr": obj_ptr,
                "object_score_logits": obj_logits}
@@ -141,8 +139,7 @@ def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor 
             for _ in range(clicks):
                 points, current, multi, ious, obj = _corrected(seg, conditioned, points, current, gts[:, t], device)
                 losses.append(multimask_loss(multi, ious, obj, gt, object_weights=weights[:, t]))
-            seg._encode_memory_in_output(f, sizes, points, True, current["pred_masks_high_res"],
-                                         current["object_score_logits"], current)
+            seg.remember(f, sizes, points, current)
             out_dict["cond_frame_outputs" if t == 0 or clicks else "non_cond_frame_outputs"][t] = current
     return losses
 
