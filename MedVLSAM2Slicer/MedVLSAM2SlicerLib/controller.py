@@ -321,8 +321,8 @@ class Controller:
         return self._start("text", lambda job: self.session.segment_text(prompt, cancel=job.cancel, progress=job.progress),
                            lambda results: self._text_done(prompt, results))
 
-    def _text_done(self, prompt: str, results) -> None:
-        ids = []
+    def _text_done(self, prompt: str, text) -> None:
+        ids, results = [], text.found
         try:
             for result in results:
                 phrase = result.name if len(results) > 1 and result.name else prompt
@@ -336,8 +336,8 @@ class Controller:
             self._text_queue.clear()
             self.state.finish(error=str(exc))
             return
-        if not results:
-            self.message.emit(f"The model found nothing for '{prompt}'")
+        if text.not_found:
+            self.message.emit("Not found: " + "; ".join(f"{n.target} ({n.reason})" for n in text.not_found))
         self.state.finish()
         self.segments_written.emit(ids)
         if self._text_queue:

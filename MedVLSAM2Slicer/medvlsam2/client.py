@@ -22,9 +22,9 @@ import numpy as np
 from . import API_VERSION
 from .errors import Cancelled, InputError
 from .protocol import (JSONL, PING_S, VOLUME_MEDIA_TYPE, RemoteError, ServerBusy, ServerUnavailable, SessionExpired,
-                       check_api_version, decode_mask, decode_result, encode_mask, pack_volume, raise_for_error,
+                       check_api_version, decode_mask, decode_result, decode_text_result, encode_mask, pack_volume, raise_for_error,
                        volume_id)
-from .results import SegmentationResult
+from .results import SegmentationResult, TextResult
 from .utils.cancel import CancelToken
 
 Progress = Callable[[int, int], None]
@@ -284,7 +284,7 @@ class RemoteSession:
             return decode_result(got["result"])
         if op == "text":
             got = self._c.stream(self._path("/text"), {"prompt": args[0]}, items, cancel, self.sid)
-            return [decode_result(d) for d in got["results"]]
+            return decode_text_result(got)
         raise AssertionError(op)
 
     def _call(self, op: str, args: tuple, cancel=None, progress=None) -> Any:
@@ -377,8 +377,11 @@ class RemoteSession:
         return self._apply(self._call("propagate", (int(obj), k_range, direction), cancel, progress))
 
     def segment_text(self, prompt: str, cancel: CancelToken | None = None,
-                     progress: Progress | None = None) -> list[SegmentationResult]:
-        return [self._apply(r) for r in self._call("text", (prompt,), cancel, progress)]
+                     progress: Progress | None = None) -> TextResult:
+        out = self._call("text", (prompt,), cancel, progress)
+        for r in out.found:
+            self._apply(r)
+        return out
 
     def undo(self, obj: int) -> SegmentationResult:
         return self._apply(self._call("undo", (int(obj),)))

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import API_VERSION, __version__
 from .errors import Cancelled, CapabilityError, InputError, MedVLSAM2Error, UnknownObjectError
-from .results import SegmentationResult
+from .results import NotFound, SegmentationResult, TextResult
 
 PREFIX = "/v1"
 ROUTES = {
@@ -464,7 +464,8 @@ def encode_result(r: SegmentationResult) -> dict[str, Any]:
     patch = np.ascontiguousarray(r.patch, dtype=np.uint8)
     return {"object_id": int(r.object_id), "name": r.name, "bbox": list(r.bbox) if r.bbox else None,
             "patch": base64.b64encode(zstandard.ZstdCompressor(level=3).compress(patch.tobytes())).decode(),
-            "scores": {str(k): float(v) for k, v in r.scores.items() if v is not None and math.isfinite(v)}}
+            "scores": {str(k): float(v) for k, v in r.scores.items() if v is not None and math.isfinite(v)},
+            "warnings": [str(w) for w in r.warnings]}
 
 
 def decode_result(d: dict[str, Any]) -> SegmentationResult:
@@ -475,7 +476,18 @@ def decode_result(d: dict[str, Any]) -> SegmentationResult:
         raise InputError(f"the server sent an inverted box {bbox}")
     patch = decompress_exact(base64.b64decode(d["patch"]), np.empty(shape, np.uint8), "the result patch")
     return SegmentationResult(int(d["object_id"]), str(d["name"]), bbox, patch,
-                              {int(k): float(v) for k, v in d.get("scores", {}).items()})
+                              {int(k): float(v) for k, v in d.get("scores", {}).items()},
+                              [str(w) for w in d.get("warnings", [])])
+
+
+def encode_text_result(t: TextResult) -> dict[str, Any]:
+    return {"results": [encode_result(r) for r in t.found],
+            "not_found": [{"target": n.target, "reason": n.reason} for n in t.not_found]}
+
+
+def decode_text_result(d: dict[str, Any]) -> TextResult:
+    return TextResult([decode_result(r) for r in d["results"]],
+                      [NotFound(str(n["target"]), str(n["reason"])) for n in d.get("not_found", [])])
 
 
 def encode_mask(mask: np.ndarray) -> str:

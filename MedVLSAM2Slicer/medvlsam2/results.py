@@ -16,12 +16,27 @@ class SegmentationResult:
     bbox: BBox | None  # None: nothing changed
     patch: np.ndarray  # uint8 mask inside bbox
     scores: dict[int, float] = field(default_factory=dict)  # per-slice SAM2 object-score logits
+    warnings: list[str] = field(default_factory=list)  # one line each: what the product doubts about this result
 
     def apply_to(self, mask: np.ndarray) -> None:
         """Write the changed region into a full-volume mask in place."""
         if self.bbox is not None:
             k0, k1, j0, j1, i0, i1 = self.bbox
             mask[k0:k1, j0:j1, i0:i1] = self.patch
+
+
+@dataclass(frozen=True)
+class NotFound:
+    """A text target that gave no object, and why in one line (the model's answer, the gate, a failed check)."""
+    target: str
+    reason: str
+
+
+@dataclass
+class TextResult:
+    """What a text prompt returns: one result per object made, and every named target that gave none."""
+    found: list[SegmentationResult] = field(default_factory=list)
+    not_found: list[NotFound] = field(default_factory=list)
 
 
 def changed_region(before: np.ndarray, after: np.ndarray, offset: tuple[int, int, int] = (0, 0, 0)) -> BBox | None:

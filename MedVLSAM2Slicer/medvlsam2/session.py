@@ -23,7 +23,7 @@ from .io.volume import Volume
 from .modeling.feature_cache import FeatureCache
 from .modeling.key_slices import choose_key_slices
 from .modeling.prompting import FORCED, REPORT_QUESTION, split_targets
-from .results import BBox, SegmentationResult, changed_region, union_box
+from .results import BBox, NotFound, SegmentationResult, TextResult, changed_region, union_box
 from .utils.cancel import CancelToken, check
 from .utils.device import autocast, autocast_dtype, translate_oom
 from .utils.masks import innermost
@@ -158,7 +158,6 @@ class Session:
         if self.predictor is not None:
             total += self.frames.numel() * self.frames.element_size() + self.feature_cache.nbytes
         return total
-        self.last_not_found: list[str] = []  # targets of the last segment_text the model said are absent
 
     # ----- objects ----------------------------------------------------------------------------
     def add_object(self, name: str | None = None) -> int:
@@ -631,35 +630,38 @@ class Session:
     @translate_oom
     @_foreground
     def segment_text(self, prompt: str, cancel: CancelToken | None = None, progress: Progress | None = None,
-                     force: bool = False) -> list[SegmentationResult]:
+                     force: bool = False) -> TextResult:
         """Semantic or referring segmentation, one request per target the prompt names ("liver and spleen",
         one per line: ``split_targets``), one new object per [SEG] the model emits. A target the model says
         is not there ("There is no X."), or whose [SEG] tokens score below the segmenter's gate (``stop_score``) on
-        every probe slice, gives no object; ``last_not_found`` lists those targets. ``force``
-        segments it anyway (named "X (forced)"; for random-weight plumbing, never the default)."""
+        every probe slice, gives no object and a ``NotFound`` with the reason. ``force`` segments it anyway
+        (named "X (forced)"; for random-weight plumbing, never the default)."""
         require(self.model, TEXT_SEGMENTATION)
         targets = split_targets(prompt)
         if not targets:
             raise InputError("the text prompt is empty; type what to segment, e.g. 'liver'")
-        results: list[SegmentationResult] = []
-        self.last_not_found = []
+        out = TextResult()
         try:
             for target in targets:
-                found = self._segment_target(target, cancel, progress, force)
+                found, reason = self._segment_target(target, cancel, progress, force)
                 if not found:
-                    self.last_not_found.append(target)
-                results += found
+                    out.not_found.append(NotFound(target, reason))
+                out.found += found
         except BaseException:
-            for r in results:  # a cancelled or failed prompt leaves no objects behind
+            for r in out.found:  # a cancelled or failed prompt leaves no objects behind
                 self.remove(r.object_id)
             raise
-        return results
+        return out
 
     def _segment_target(self, prompt: str, cancel: CancelToken | None, progress: Progress | None, force: bool
-                        ) -> list[SegmentationResult]:
+                        ) -> tuple[list[SegmentationResult], str]:
+        """The target's results, and why there are none (empty when there are)."""
         results = []
         cfg = self.model.config.segmenter
-        for name, tokens in self.model.text_to_seg_prompts(self.visual_tokens(), prompt, cancel=cancel, force=force):
+        prompts = self.model.text_to_seg_prompts(self.visual_tokens(), prompt, cancel=cancel, force=force)
+        if not prompts:
+            return [], f"the model answered that there is no {prompt}"
+        for name, tokens in prompts:
             obj = self.add_object(name)
             o = self._objects[obj]
             o.tokens = tokens
@@ -681,7 +683,9 @@ class Session:
             except BaseException:
                 self.remove(obj)  # a cancelled text prompt leaves no half-made object
                 raise
-        return results
+        reason = "" if results else (f"the segmenter found no {prompt}: no slice scored above its presence "
+                                     f"gate ({cfg.stop_score:g})")
+        return results, reason
 
     def ask(self, question: str, context: dict | None = None, cancel: CancelToken | None = None) -> Iterator[str]:
         """Stream an answer; ``context`` {"object": id} or {"box": (i0, j0, k0, i1, j1, k1)} says what "this" is.

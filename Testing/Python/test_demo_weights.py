@@ -37,7 +37,7 @@ def test_the_answer_names_the_target_after_seg(demo):
 @pytest.mark.parametrize("side, other", [("left kidney", "right kidney"), ("right kidney", "left kidney")])
 def test_text_prompts_tell_left_from_right_kidney(demo, side, other):
     _, case, session = demo
-    (result,) = session.segment_text(side)
+    (result,) = session.segment_text(side).found
     mask = session.mask(result.object_id) > 0
     session.remove(result.object_id)
     assert dice(mask, _reference(case, side)) > 0.85

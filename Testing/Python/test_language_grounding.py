@@ -132,8 +132,9 @@ def _volume():
 def test_an_absent_target_gives_no_object_and_says_so(model, monkeypatch):
     _scripted(monkeypatch, model, {"gallbladder"})
     session = Session(model, _volume())
-    results = session.segment_text("gallbladder and liver")
-    assert [r.name for r in results] == ["liver"] and session.last_not_found == ["gallbladder"]
+    text = session.segment_text("gallbladder and liver")
+    assert [r.name for r in text.found] == ["liver"] and [n.target for n in text.not_found] == ["gallbladder"]
+    assert "the model answered that there is no gallbladder" in text.not_found[0].reason
     assert list(session.objects().values()) == ["liver"]
 
 
@@ -153,11 +154,12 @@ def test_a_target_the_segmenter_sees_on_no_slice_gives_no_object(model, monkeypa
         scored[name] = session._objects[obj].state
         return obj
     session.add_object = add_object
-    results = session.segment_text("liver and spleen")
-    assert [r.name for r in results] == ["liver"] and session.last_not_found == ["spleen"]
+    text = session.segment_text("liver and spleen")
+    assert [r.name for r in text.found] == ["liver"] and [n.target for n in text.not_found] == ["spleen"]
+    assert "presence gate" in text.not_found[0].reason
     assert list(session.objects().values()) == ["liver"] and len(seen) > 1
     forced = session.segment_text("spleen", force=True)  # force draws it anyway, flagged in its name
-    assert [r.name for r in forced] == ["spleen (forced)"]
+    assert [r.name for r in forced.found] == ["spleen (forced)"] and not forced.not_found
 
 
 def test_segment_cli_writes_every_target_with_names_colours_and_terminology(model, tmp_path, monkeypatch, capsys):
@@ -169,7 +171,7 @@ def test_segment_cli_writes_every_target_with_names_colours_and_terminology(mode
     argv = ["segment", str(ct), "--prompt", "liver and spleen", "--prompt", "left kidney\ngallbladder", "-o", str(out),
             "--model", "tiny"]
     assert main(argv) in (0, 3)  # 3: random SAM2 weights may leave the masks empty; the files are written either way
-    assert "found no gallbladder" in capsys.readouterr().err
+    assert "Not found: gallbladder (the model answered that there is no gallbladder)" in capsys.readouterr().err
     names = json.loads((tmp_path / "masks.labels.json").read_text(encoding="utf-8"))
     assert names == {"1": "liver", "2": "spleen", "3": "left kidney"}
     image = sitk.ReadImage(str(out))
@@ -179,7 +181,7 @@ def test_segment_cli_writes_every_target_with_names_colours_and_terminology(mode
     assert len(image.GetMetaData("Segment1_Color").split()) == 3
     _scripted(monkeypatch, model, {"gallbladder"})
     assert main(["segment", str(ct), "--prompt", "gallbladder", "-o", str(tmp_path / "none.nii.gz"), "--model", "tiny"]) == 3
-    assert "found no gallbladder" in capsys.readouterr().err
+    assert "Not found: gallbladder (the model answered that there is no gallbladder)" in capsys.readouterr().err
     assert not sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "none.nii.gz"))).any()
 
 

@@ -125,7 +125,9 @@ def test_round_trip_matches_in_process_session(client, model):
         local.undo(lo)
         remote.undo(ro)
 
-        texts_l, texts_r = local.segment_text("segment the liver"), remote.segment_text("segment the liver")
+        text_l, text_r = local.segment_text("segment the liver"), remote.segment_text("segment the liver")
+        assert text_r.not_found == text_l.not_found
+        texts_l, texts_r = text_l.found, text_r.found
         assert [(r.object_id, r.name, r.bbox) for r in texts_r] == [(r.object_id, r.name, r.bbox) for r in texts_l]
         for r in texts_l:
             assert np.array_equal(remote.mask(r.object_id), local.mask(r.object_id))

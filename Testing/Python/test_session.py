@@ -72,7 +72,7 @@ def test_cancel_keeps_previous_mask_and_undo_restores_exactly(session):
 
 
 def test_text_prompt_creates_named_objects_and_answers_stream(session):
-    results = session.segment_text("liver", force=True)  # random weights emit no [SEG]: forced, and named so
+    results = session.segment_text("liver", force=True).found  # random weights emit no [SEG]: forced, and named so
     assert [r.name for r in results] == ["liver (forced)"] and session.objects()[results[0].object_id] == "liver (forced)"
     pieces = list(session.ask("what is this?"))  # (tiny has no region input; test_language_grounding covers it)
     assert pieces and all(isinstance(p, str) for p in pieces)

@@ -24,7 +24,7 @@ from MedVLSAM2SlicerLib.controller import Controller  # noqa: E402
 from MedVLSAM2SlicerLib.worker import ModelWorker  # noqa: E402
 from medvlsam2.errors import Cancelled, InputError  # noqa: E402
 from medvlsam2.io import terminology as table  # noqa: E402
-from medvlsam2.results import SegmentationResult, changed_region  # noqa: E402
+from medvlsam2.results import NotFound, SegmentationResult, TextResult, changed_region  # noqa: E402
 from slicer_scene import scene_with_logics  # noqa: E402
 
 SHAPE = (8, 24, 32)  # k, j, i
@@ -665,12 +665,15 @@ class FakeSession:
         return self.next_id
 
     def segment_text(self, prompt, cancel=None, progress=None):
-        results = []
+        out = TextResult()
         for n, name in enumerate(prompt.split(" and ")):
+            if name == "absent":
+                out.not_found.append(NotFound(name, "the model answered that there is no absent"))
+                continue
             obj = self.add_object(name)
             patch = np.ones((1, 3, 3), np.uint8)
-            results.append(SegmentationResult(obj, name, (n, n + 1, 0, 3, 0, 3), patch))
-        return results
+            out.found.append(SegmentationResult(obj, name, (n, n + 1, 0, 3, 0, 3), patch))
+        return out
 
     def propagate(self, obj, k_range=None, direction="both", cancel=None, progress=None):
         for k in range(SHAPE[0]):
@@ -725,6 +728,16 @@ def test_text_prompts_create_named_coloured_segments_with_terminology(controller
     tumour = segments.segment_array(segmentation, seg.GetNthSegmentID(2), controller.volume_node)
     assert tumour.sum() == 9 and tumour[1, :3, :3].all()
     assert not controller.state.busy and controller.state.error == ""
+
+
+def test_a_target_not_found_reaches_the_panel_with_its_reason_and_no_segment(controller, segmentation):
+    messages = []
+    controller.message.connect(messages.append)
+    controller.segment_text("liver and absent")
+    controller.worker.wait_all()
+    seg = segmentation.GetSegmentation()
+    assert [seg.GetNthSegment(n).GetName() for n in range(seg.GetNumberOfSegments())] == ["liver and absent"]
+    assert messages and messages[-1] == "Not found: absent (the model answered that there is no absent)"
 
 
 def test_cancel_leaves_the_segmentation_unchanged(controller, segmentation, ct):

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     session = Session(model, volume, cache_mb=args.cache_mb)
     context = None
     if args.about:
-        found = session.segment_text(args.about)
+        found = session.segment_text(args.about).found
         if not found:
             raise InputError(f"the model found no {args.about} in this image, so there is nothing to ask about")
         context = {"object": found[0].object_id}

@@ -73,7 +73,7 @@ def process_case(model, image: Path, out: Path, prompts: list[str], report: bool
     session = Session(model, volume, cache_mb=cache_mb)
     per_prompt = []
     for prompt in prompts:  # one value per prompt: the union of the objects its [SEG] tokens produced
-        masks = [session.mask(r.object_id) > 0 for r in session.segment_text(prompt)]
+        masks = [session.mask(r.object_id) > 0 for r in session.segment_text(prompt).found]
         per_prompt.append(np.any(masks, axis=0) if masks else np.zeros(volume.shape, bool))  # none: the model found none
     labels = label_map(per_prompt) if prompts else np.zeros(volume.shape, np.uint8)
     out.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     masks, scores = {}, {}
     for organ in tqdm(organs, desc="text prompts", unit="organ"):
-        results = session.segment_text(organ)
+        results = session.segment_text(organ).found
         masks[organ] = session.mask(results[0].object_id) if results else np.zeros(case.volume.shape, np.uint8)
         scores[organ] = dice(masks[organ] > 0, np.isin(case.labels, STRUCTURE_LABELS[organ]))
     labels = label_map([masks[organ] for organ in organs])

@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     session = Session(model, volume, cache_mb=args.cache_mb)
     segments = read_segments(args.segmentation, volume) if args.segmentation else {}
     for prompt in args.prompt:
-        for r in session.segment_text(prompt):
+        text = session.segment_text(prompt)
+        for r in text.found:
             segments[r.name] = session.mask(r.object_id) > 0
-        for target in session.last_not_found:
-            print(f"The model found no {target}; it is not measured.", file=sys.stderr)
+        for miss in text.not_found:
+            print(f"Not found: {miss.target} ({miss.reason}); it is not measured.", file=sys.stderr)
     pieces = []
     for piece in session.report():
         pieces.append(piece)

@@ -100,10 +100,11 @@ def run(args: argparse.Namespace) -> int:
         if args.prompt:
             results, missing = [], []
             for prompt in args.prompt:
-                results += session.segment_text(prompt, progress=progress)
-                missing += session.last_not_found
-            for target in missing:
-                print(f"The model found no {target} in this image (not found; nothing is drawn for it).", file=sys.stderr)
+                text = session.segment_text(prompt, progress=progress)
+                results += text.found
+                missing += text.not_found
+            for miss in missing:
+                print(f"Not found: {miss.target} ({miss.reason}); nothing is drawn for it.", file=sys.stderr)
             labels = {i + 1: r.name for i, r in enumerate(results)}  # none found: an empty mask, exit code 3
             mask = label_map([session.mask(r.object_id) for r in results]) if results else np.zeros(volume.shape, np.uint8)
         else:

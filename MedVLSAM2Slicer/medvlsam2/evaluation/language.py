@@ -56,7 +56,7 @@ def held_out_findings(seed: int) -> dict:
 
 
 def _segment(session, prompt: str) -> tuple[np.ndarray, list]:
-    results = session.segment_text(prompt)
+    results = session.segment_text(prompt).found
     pred = np.zeros(session.volume.shape, bool)
     for r in results:
         pred |= session.mask(r.object_id) > 0
@@ -92,7 +92,7 @@ def evaluate_language(session, case, generated_report: str | None, structures: d
             out["referring"].append({"target": "renal cyst", "prompt": t.format(side=side), "dice": dice(pred, cyst),
                                      "objects": len(results)})
     for prompt in MULTI_TARGET_PROMPTS:
-        results = session.segment_text(prompt)
+        results = session.segment_text(prompt).found
         for target in prompt.split(" and "):
             ref = np.isin(labels, structures[target])
             mine = [r for r in results if r.name == target]

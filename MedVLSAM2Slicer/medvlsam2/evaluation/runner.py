@@ -84,7 +84,7 @@ def evaluate_case(model, case, options: EvalOptions) -> dict:
         record["seg"] = []
         for name, ref in targets.items():
             t0 = time.perf_counter()
-            results = session.segment_text(name)
+            results = session.segment_text(name).found
             pred = np.zeros(ref.shape, bool)
             for r in results:
                 pred |= session.mask(r.object_id) > 0

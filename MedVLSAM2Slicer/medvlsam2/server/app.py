@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from .. import API_VERSION, __version__
 from ..errors import Cancelled, MedVLSAM2Error
 from ..protocol import (JSONL, MAX_JSON_BYTES, MAX_POINTS, MAX_PROMPT_CHARS, PING_S, CallTimeout, RemoteError, dumps,
-                        encode_mask, encode_result, error_body, excerpt, parse_json, unpack_volume, validate_box,
+                        encode_mask, encode_result, encode_text_result, error_body, excerpt, parse_json, unpack_volume, validate_box,
                         validate_context, validate_mask_prompt, validate_name, validate_points, validate_propagate,
                         validate_text, validate_timeout, validate_volume_id)
 from ..utils.cancel import CancelToken
@@ -385,8 +385,8 @@ def create_app(model: Any, token: str, info: dict[str, Any], limits: Limits | No
         timeout_s = validate_timeout(body, limits.call_timeout_s)
 
         def work(engine, cancel, emit):
-            rs = engine.segment_text(prompt, cancel=cancel, progress=lambda d, n: emit({"progress": [d, n]}))
-            return {"results": [encode_result(r) for r in rs]}
+            return encode_text_result(engine.segment_text(prompt, cancel=cancel,
+                                                          progress=lambda d, n: emit({"progress": [d, n]})))
         return stream(sid, work, timeout_s=timeout_s)
 
     @app.post("/v1/sessions/{sid}/ask")
