@@ -30,7 +30,7 @@ NUMERIC_DTYPES = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", 
 
 
 def convert(source: str | os.PathLike, output: str | os.PathLike | None = None) -> dict:
-    """Convert ``source`` to ``output`` (default: the same name with ``.safetensors``); returns the record
+    """Convert ``source`` to ``output`` (default: ``default_output``); returns the record
     also written to ``<output>.json``. Raises ``CheckpointError``/``InputError`` and writes nothing on refusal."""
     from safetensors.torch import save_file
 
@@ -45,7 +45,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike | None = None) 
     size = src.stat().st_size
     if not 0 < size <= MAX_BYTES:
         raise CheckpointError(f"{src.name} has {size} bytes: empty or larger than {MAX_BYTES >> 30} GB")
-    out = Path(output) if output else src.with_suffix(".safetensors")
+    out = Path(output) if output else default_output(src)
     if out.suffix != ".safetensors" or out.resolve() == src.resolve():
         raise InputError(f"the output must be a new .safetensors file, got {out}")
     data = read_checkpoint(src)
@@ -64,6 +64,13 @@ def convert(source: str | os.PathLike, output: str | os.PathLike | None = None) 
         part.unlink(missing_ok=True)
     sidecar(out).write_text(json.dumps(record, indent=2))
     return record
+
+
+def default_output(source: Path) -> Path:
+    """Beside the source, Hugging Face's name for a ``pytorch_model*.bin`` (``model*.safetensors``), else the same
+    name with ``.safetensors``."""
+    name = Path(source).with_suffix(".safetensors").name
+    return Path(source).with_name("model" + name[len("pytorch_model"):] if name.startswith("pytorch_model") else name)
 
 
 def sidecar(output: Path) -> Path:

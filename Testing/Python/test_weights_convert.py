@@ -64,12 +64,12 @@ def test_segvol_bin_converts_to_identical_safetensors_with_sha256_record(tmp_pat
     state["model.tied.weight"] = state["model.text_encoder.dim_align.weight"]  # shared storage is written twice
     torch.save(state, src, _use_new_zipfile_serialization=zipped)
     record = convert(src)
-    out = tmp_path / "pytorch_model.safetensors"
+    out = tmp_path / "model.safetensors"  # Hugging Face's name for pytorch_model.bin's weights
     loaded = load_file(out)
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
     assert record["kept"] is None and record["tensors"] == 4 and record["dropped"] == {}
     assert record["sha256"] == sha(out) and record["source_sha256"] == sha(src)
-    assert json.loads((tmp_path / "pytorch_model.safetensors.json").read_text()) == record
+    assert json.loads((tmp_path / "model.safetensors.json").read_text()) == record
 
 
 def test_voxtell_nnunet_checkpoint_keeps_network_weights_and_records_scalars(tmp_path):
