@@ -216,3 +216,35 @@ def test_cli_segment_keeps_the_inputs_exact_geometry(folder, tmp_path, geometry)
     assert np.allclose(mask.origin, source.origin) and np.allclose(mask.direction, source.direction, atol=1e-6)
     expected = VoxTell(folder).segment_target(source, "liver").mask
     assert np.array_equal(mask.array > 0, expected > 0)
+
+
+def test_download_fetches_the_model_and_bank_with_progress_converts_and_installs(folder, tmp_path, monkeypatch):
+    """huggingface_hub is stood in for at its boundary: it lays out mrokuss/VoxTell's tree (the model folder with the
+    pickle, the bank under embeddings/) for the entry's file patterns and drives the progress bar."""
+    import huggingface_hub
+
+    monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path / "home"))
+    calls = []
+
+    def snapshot_download(repo_id, *, revision=None, local_dir=None, allow_patterns=None, tqdm_class=None, **_):
+        calls.append((repo_id, allow_patterns))
+        root = tmp_path / "staging-source"
+        shutil.copytree(folder, root / "voxtell_v1.1", ignore=shutil.ignore_patterns(
+            "checkpoint_final.safetensors*", "text_embeddings.npz", "Qwen3-Embedding-4B"))
+        (root / "embeddings" / "voxtell_v1.1").mkdir(parents=True)
+        shutil.copy(folder / "text_embeddings.npz", root / "embeddings" / "voxtell_v1.1")
+        bar = tqdm_class(total=100, unit="B", disable=True)
+        bar.update(60)
+        bar.update(40)
+        shutil.copytree(root, local_dir, dirs_exist_ok=True)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    seen = []
+    installed = weights.download("voxtell", progress=lambda done, total: seen.append((done, total)))
+    assert calls == [("mrokuss/VoxTell", ["voxtell_v1.1/*", "embeddings/voxtell_v1.1/*"])]
+    assert seen == [(60, 100), (100, 100)]
+    assert installed == weights.installed_path("voxtell") and (installed / CONVERTED).is_file()
+    model = factory.load_model("voxtell")
+    assert model.bank_size == len(BANK_PROMPTS) and not model.has_text_encoder  # the bank at ../embeddings/
+    assert weights.verify_file(weights.load_manifest()["voxtell"], installed) == "folder"

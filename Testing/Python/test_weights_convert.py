@@ -146,3 +146,24 @@ def test_cli_convert(tmp_path, capsys):
     torch.save(Boom(tmp_path / "pwned"), hostile)
     assert main(["weights", "convert", str(hostile)]) == 1
     assert "refused evil.pth" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
+
+
+def test_weights_import_of_a_segvol_release_converts_its_pickle_and_checks_every_tensor(tmp_path, monkeypatch):
+    from released_folders import write_segvol_folder
+
+    from medvlsam2 import weights
+
+    monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path / "home"))
+    release = write_segvol_folder(tmp_path / "SegVol")  # then made what BAAI/SegVol ships: pytorch_model.bin
+    torch.save(load_file(release / "model.safetensors"), release / "pytorch_model.bin")
+    (release / "model.safetensors").unlink()
+    installed = weights.import_file("segvol", release)
+    assert (installed / "model.safetensors").is_file() and not (installed / "pytorch_model.bin").exists()
+    assert json.loads((installed / "model.safetensors.json").read_text())["source"] == "pytorch_model.bin"
+    weights.verify_file(weights.load_manifest()["segvol"], installed)
+    state = load_file(installed / "model.safetensors")
+    state.popitem()
+    torch.save(state, release / "pytorch_model.bin")
+    with pytest.raises(CheckpointError):
+        weights.import_file("segvol", release)
+    assert (installed / "model.safetensors").is_file()  # the installed copy is kept
