@@ -1,0 +1,89 @@
+"""Text prompts and questions on a Session: one object per [SEG] the model emits, a region as model input."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from ..errors import CapabilityError, InputError
+from ..modeling.key_slices import choose_key_slices
+from ..modeling.prompting import FORCED
+from ..results import SegmentationResult
+from ..utils.cancel import CancelToken
+from .propagation import Progress
+from .state import Prompt
+
+if TYPE_CHECKING:
+    from .core import Session
+
+
+def segment_target(session: "Session", prompt: str, cancel: CancelToken | None, progress: Progress | None,
+                   force: bool) -> tuple[list[SegmentationResult], str]:
+    """The target's results, and why there are none (empty when there are)."""
+    results = []
+    predictor = session.predictor
+    cfg = session.model.config.segmenter
+    prompts = session.model.text_to_seg_prompts(session.visual_tokens(), prompt, cancel=cancel, force=force)
+    if not prompts:
+        return [], f"the model answered that there is no {prompt}"
+    for name, tokens in prompts:
+        obj = session.add_object(name)
+        o = session._objects[obj]
+        o.tokens = tokens
+        try:
+            with predictor.extra_prompt_tokens(tokens):
+                keys, scores = choose_key_slices(lambda k: predictor.object_score_without_memory(o.state, k),
+                                                 session.volume.shape[0], cfg.key_slice_stride, cfg.num_key_slices)
+            # The segmenter sees the image at full resolution: no probe slice scoring above the gate means
+            # the target is not there, whatever the language model answered (``force`` draws it anyway).
+            if max(scores.values()) < cfg.stop_score:
+                if not force:
+                    session.remove(obj)
+                    continue
+                o.name = name if name.endswith(FORCED) else f"{name} {FORCED}"
+            for k in keys:
+                predictor.add_prompt_tokens(o.state, k, 1, tokens)
+            o.prompts = [Prompt(k) for k in keys]
+            results.append(session.propagate(obj, cancel=cancel, progress=progress))
+        except BaseException:
+            session.remove(obj)  # a cancelled text prompt leaves no half-made object
+            raise
+    reason = "" if results else (f"the segmenter found no {prompt}: no slice scored above its presence "
+                                 f"gate ({cfg.stop_score:g})")
+    return results, reason
+
+
+def region_mask(session: "Session", context: dict | None) -> np.ndarray | None:
+    """The region ``context`` ({"object": id} or {"box": (i0, j0, k0, i1, j1, k1)}) names, as a [K, J, I] mask."""
+    if context and "object" in context:
+        mask = session._get(int(context["object"])).mask
+        if not mask.any():
+            raise InputError("this segment is empty; segment something before asking about it")
+        return mask
+    if context and "box" in context:
+        box = tuple(int(v) for v in context["box"])
+        shape = session.volume.shape
+        if len(box) != 6 or not all(0 <= box[a] <= box[a + 3] < n for a, n in enumerate(shape[::-1])):
+            raise InputError(f"a context box is (i0, j0, k0, i1, j1, k1) inside the volume {shape[::-1]} "
+                             f"(i, j, k); got {box}")
+        mask = np.zeros(shape, np.uint8)
+        mask[box[2]:box[5] + 1, box[1]:box[4] + 1, box[0]:box[3] + 1] = 1
+        return mask
+    return None
+
+
+def ask(session: "Session", question: str, context: dict | None, cancel: CancelToken | None) -> Iterator[str]:
+    """``Session.ask``: the question about the whole volume, or about the region ``context`` names."""
+    model, volume = session.model, session.volume
+    region = region_mask(session, context)
+    if region is None:
+        return model.stream_text(session.visual_tokens(), question, cancel=cancel)
+    if not getattr(model, "supports_region_input", False):
+        raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
+                              "(e.g. one trained with configs/train/demo_language_cpu.yaml) or ask without a region")
+    from ..io.encoder_input import to_encoder_tensor
+
+    images, _ = to_encoder_tensor(volume, model.vision_input_size, model.vision_window)
+    encoded = model.encode_region(images.to(next(model.parameters()).device), region, volume.spacing)
+    return model.stream_text(session.visual_tokens(), question, cancel=cancel, region=encoded)

@@ -1,0 +1,79 @@
+"""Per-slice rules: what a prompt leaves on its slice, and when a re-propagated slice counts as unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .state import Prompt
+
+SETTLE_TOLERANCE = 0.02  # a re-propagated slice "did not change" when it differs in <= 2% of its voxels
+BLOB = np.ones((3, 3), bool)  # 8-connected components on a slice
+
+
+def touching(mask: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """The 8-connected components of ``mask`` [H, W] that overlap ``near``."""
+    from scipy import ndimage
+
+    parts, _ = ndimage.label(mask, structure=BLOB)
+    hit = np.unique(parts[near & mask])
+    return np.isin(parts, hit[hit > 0])
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def obeyed(mask: np.ndarray, p: Prompt) -> int:
+    """How many of prompt ``p``'s clicks ``mask`` [j, i] obeys (holds the positive ones, not the negative ones)."""
+    return sum(bool(mask[int(round(y)), int(round(x))]) == (label == 1) for (x, y), label in zip(p.points, p.labels))
+
+
+def settle_count(count: int, old: np.ndarray, new: np.ndarray) -> int:
+    """Slices in a row past the corrected ones whose mask did not change (an empty slice that stays empty is skipped)."""
+    if not (old.any() or new.any()):
+        return count
+    return count + 1 if unchanged(old, new) else 0
+
+
+def unchanged(old: np.ndarray, new: np.ndarray) -> bool:
+    union = np.count_nonzero(old | new)
+    return np.count_nonzero(old != new) <= SETTLE_TOLERANCE * union
+
+
+def refine(old: np.ndarray, pred: np.ndarray, p: Prompt) -> np.ndarray:
+    """The slice mask a prompt leaves: ``old`` current mask, ``pred`` SAM2's answer (both [H, W] bool).
+
+    A box replaces the slice with SAM2's answer inside the box, a mask prompt with SAM2's answer. Negative clicks change only the blobs
+    (8-connected components of ``old``) they land in: there SAM2's answer is taken, and a blob that
+    is not the slice's largest is removed outright if SAM2 keeps the clicked voxel. Positive clicks
+    then add the components of SAM2's answer that hold them (all of it if none does); nothing else changes.
+    """
+    from scipy import ndimage
+
+    if p.mask is not None:
+        return pred  # a mask prompt replaces its slice, as a box does
+    if p.box is not None:
+        i0, j0, i1, j1 = (int(round(v)) for v in p.box)
+        inside = np.zeros_like(pred)
+        inside[j0:j1 + 1, i0:i1 + 1] = True
+        return pred & inside
+    clicks = [(int(round(y)), int(round(x)), label) for (x, y), label in zip(p.points, p.labels)]
+    new = old.copy()
+    negative = [(j, i) for j, i, label in clicks if label == 0]
+    if negative:
+        blobs, _ = ndimage.label(old, structure=BLOB)
+        sizes = np.bincount(blobs.ravel())
+        largest = int(np.argmax(sizes[1:])) + 1 if len(sizes) > 1 else 0
+        for c in sorted({int(blobs[j, i]) for j, i in negative} - {0}):
+            blob = blobs == c
+            kept = blob & pred
+            if c != largest and any(kept[j, i] for j, i in negative):
+                kept[:] = False
+            new[blob] = kept[blob]
+    positive = [(j, i) for j, i, label in clicks if label == 1]
+    if positive:
+        parts, _ = ndimage.label(pred, structure=BLOB)
+        hit = sorted({int(parts[j, i]) for j, i in positive} - {0})
+        # SAM2 answered off the click (weak weights): take its whole answer rather than ignore the click
+        new |= (np.isin(parts, hit) & (parts > 0)) if hit else pred
+    return new
