@@ -111,7 +111,7 @@ def _read_tensors(files: dict[str, Path], prefix: str) -> dict[str, torch.Tensor
     return out
 
 
-def check_layout(expected: dict[str, tuple], found: dict[str, tuple], where: str) -> None:
+def check_layout(expected: dict[str, tuple], found: dict[str, tuple], where: str, family: str = "Med3DVLM") -> None:
     """Every expected key present with its shape and nothing else; else CheckpointError naming the first
     offenders of each kind (keys as published)."""
     missing = sorted(set(expected) - set(found))
@@ -121,7 +121,7 @@ def check_layout(expected: dict[str, tuple], found: dict[str, tuple], where: str
                 + [f"{k} has shape {tuple(found[k])}, expected {tuple(expected[k])}" for k in wrong[:3]])
     if problems:
         counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong shape"
-        raise CheckpointError(f"{where} does not match Med3DVLM's layout ({counts}): {'; '.join(problems)}")
+        raise CheckpointError(f"{where} does not match {family}'s layout ({counts}): {'; '.join(problems)}")
 
 
 def _shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple]:
