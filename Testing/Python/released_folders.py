@@ -100,7 +100,7 @@ def segvol_template() -> Path:
     atexit.register(shutil.rmtree, folder.parent, True)
     folder.mkdir()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe(["<unk>", "<|startoftext|>", "<|endoftext|>"], "<|startoftext|>", "<|endoftext|>"),
+        tokenizer_object=_bpe(["<unk>", "<|endoftext|>", "<|startoftext|>"], "<|startoftext|>", "<|endoftext|>"),
         bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<unk>", pad_token="<|endoftext|>")
     fast.save_pretrained(str(folder))
     clip = dict(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
