@@ -213,3 +213,14 @@ def test_cancel_and_bad_input(model):
         model.segment_target(phantom(), "x" * 600)
     with pytest.raises(InputError, match="single intensity"):
         model.segment_target(Volume(np.zeros((4, 8, 8), np.float32)), "liver")
+
+
+def test_factory_describes_and_loads_the_folder(folder):
+    from medvlsam2.factory import describe, load_model
+    from medvlsam2.released.m3d_lamed import M3DLaMed
+
+    info = describe(str(folder))
+    assert (info.kind, info.provenance) == ("m3d-lamed", "random")
+    assert info.capabilities == {"text_segmentation", "language"}
+    model = load_model(str(folder))
+    assert isinstance(model, M3DLaMed) and model.provenance == "random"

@@ -122,3 +122,12 @@ def test_bad_targets_are_refused(model):
         model.segment_target(phantom(np.eye(3)), "")
     with pytest.raises(InputError, match="characters"):
         model.segment_target(phantom(np.eye(3)), "x" * 300)
+
+
+def test_factory_describes_and_loads_the_folder(folder):
+    from medvlsam2.factory import describe, load_model
+    from medvlsam2.released.segvol import SegVol
+
+    info = describe(str(folder))
+    assert (info.kind, info.provenance, info.capabilities) == ("segvol", "random", {"text_segmentation"})
+    assert isinstance(load_model(str(folder)), SegVol)
