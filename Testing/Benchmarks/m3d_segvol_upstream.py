@@ -63,13 +63,6 @@ def upstream_segvol(segvol: Path, device: str = "meta", image_size=(32, 256, 256
     """The HF ``SegVolModel`` layout: everything under ``model.`` (image/prompt/mask + text_encoder)."""
     _stub_torchvision()
     sys.path.insert(0, str(segvol))
-    sys.modules.setdefault("utils", types.ModuleType("utils"))
-    for name, attrs in (("utils.monai_inferers_utils", ("select_points", "generate_box")),
-                        ("utils.loss", ("BCELoss", "BinaryDiceLoss"))):
-        mod = types.ModuleType(name)
-        for a in attrs:
-            setattr(mod, a, type(a, (torch.nn.Module,), {}))
-        sys.modules[name] = mod
     import transformers
     from network import model as net
     from segment_anything_volumetric.build_sam import _build_sam
@@ -77,7 +70,7 @@ def upstream_segvol(segvol: Path, device: str = "meta", image_size=(32, 256, 256
     if clip_config is not None:  # a tiny CLIP text tower for parity runs
         cfg = transformers.CLIPTextConfig(**clip_config)
         net.CLIPTextConfig = lambda: cfg
-    net.BinaryDiceLoss = net.BCELoss = lambda: torch.nn.Identity()
+    net.BinaryDiceLoss = net.BCELoss = lambda: torch.nn.Identity()  # training losses call .cuda()
     with torch.device(device):
         sam = _build_sam("vit", 768, list(patch_size), None, list(image_size))
         seg = net.SegVol(sam.image_encoder, sam.mask_decoder, sam.prompt_encoder, str(segvol / "config" / "clip"),
@@ -145,19 +138,15 @@ def golden_affines():
     return {"lps": lps, "ras": ras, "oblique": oblique}
 
 
-def cmd_goldens(args) -> None:
-    """Upstream preprocessing on phantoms: M3D-Seg (normalize, (Z,Y,X), min-max, crop, resize) and SegVol's
-    demo (RAS, normalise, (Z,Y,X), min-max, pad, crop, zoom-out resize), at GOLDEN_SIZE."""
-    import numpy as np
-    import monai.transforms as mtf
-    from monai.data import set_track_meta
-
-    m3d, segvol, out = Path(args.m3d), Path(args.segvol), Path(args.out)
-    sys.path.insert(0, str(segvol))
+def segvol_demo(segvol: Path):
+    """SegVol's demo preprocessing module, runnable on monai 1.3."""
     import functools
 
+    import monai.transforms as mtf
+    import numpy as np
+
+    sys.path.insert(0, str(segvol))
     from data_process import demo_data_process as demo
-    from data_process.demo_data_process import ForegroundNormalization, process_ct_gt
 
     # Written for monai 0.9, whose LoadImage returned (image, meta); np.array() then drops the affine, so the
     # demo's Orientationd("RAS") sees an identity affine and changes nothing (training had it commented out).
@@ -169,6 +158,20 @@ def cmd_goldens(args) -> None:
             return {k: np.asarray(v) if k in self.keys else v for k, v in super().__call__(data, lazy).items()}
 
     demo.transforms.Orientationd = OrientationdNumpy
+    return demo
+
+
+def cmd_goldens(args) -> None:
+    """Upstream preprocessing on phantoms: M3D-Seg (normalize, (Z,Y,X), min-max, crop, resize) and SegVol's
+    demo (RAS, normalise, (Z,Y,X), min-max, pad, crop, zoom-out resize), at GOLDEN_SIZE."""
+    import numpy as np
+    import monai.transforms as mtf
+    from monai.data import set_track_meta
+
+    m3d, segvol, out = Path(args.m3d), Path(args.segvol), Path(args.out)
+    sys.path.insert(0, str(segvol))
+    demo = segvol_demo(segvol)
+    ForegroundNormalization, process_ct_gt = demo.ForegroundNormalization, demo.process_ct_gt
 
     # M3D-Seg: its prepare script's module-level transform, at the golden size (the file runs a job on import).
     source = (m3d / "Data/process/m3d_seg_data_prepare.py").read_text()
@@ -205,6 +208,7 @@ def cmd_goldens(args) -> None:
 
 # ----- parity: upstream (this interpreter) vs ours (the main venv, run as a subprocess) ---------------
 PARITY_IMAGE = (16, 64, 64)  # a small model input; the modules are the published 768-wide ones
+SEGVOL_IMAGE = (8, 32, 32)  # smaller than the phantom's crop along D: the zoom-in slides several windows
 QUESTION = "Can you segment the liver in this image?"
 ANSWER = "It is [SEG] and [SEG]."  # scripted: [SEG] twice (averaged), not first (upstream generate drops that)
 
@@ -235,9 +239,9 @@ class Scripted(torch.nn.Module):
         return out
 
 
-def _image(seed: int) -> torch.Tensor:
+def _image(seed: int, size=PARITY_IMAGE) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.avg_pool3d(torch.rand(1, 1, *PARITY_IMAGE, generator=g), 5, 1, 2)  # smooth, [0, 1]
+    x = torch.nn.functional.avg_pool3d(torch.rand(1, 1, *size, generator=g), 5, 1, 2)  # smooth, [0, 1]
     return (x - x.min()) / (x.max() - x.min())
 
 
@@ -285,7 +289,7 @@ def cmd_parity(args) -> None:
     segvol = work / "segvol"
     segvol.mkdir(exist_ok=True)
     torch.manual_seed(0)
-    net = upstream_segvol(Path(args.segvol), device="cpu", image_size=PARITY_IMAGE).model.eval()
+    net = upstream_segvol(Path(args.segvol), device="cpu", image_size=SEGVOL_IMAGE).model.eval()
     state = {"model." + k: v for k, v in net.state_dict().items()}
     pid = "model.text_encoder.clip_text_model.text_model.embeddings.position_ids"
     state.setdefault(pid, torch.arange(77)[None])
@@ -293,13 +297,33 @@ def cmd_parity(args) -> None:
     for f in (Path(args.segvol) / "config" / "clip").iterdir():
         if f.name != "config.json":
             (segvol / f.name).write_bytes(f.read_bytes())
-    (segvol / "config.json").write_text(json.dumps({"model_type": "segvol", "spatial_size": list(PARITY_IMAGE),
+    (segvol / "config.json").write_text(json.dumps({"model_type": "segvol", "spatial_size": list(SEGVOL_IMAGE),
                                                     "patch_size": [4, 16, 16], "test_mode": True}))
-    image = _image(2)
+    image = _image(2, SEGVOL_IMAGE)
     with torch.no_grad():
         logits = net(image, text=["liver"])
     np.savez(work / "segvol_upstream.npz", image=image.numpy(), logits=logits.numpy())
     results["segvol"] = _ours(args, "ours-segvol", str(segvol), str(work / "segvol_upstream.npz"), "liver")
+
+    # SegVol end to end on a phantom CT file: demo preprocessing, zoom-out, zoom-in sliding windows
+    from monai.data import set_track_meta
+
+    demo = segvol_demo(Path(args.segvol))
+    import inference_demo
+
+    ct = phantom_nifti(work, "oblique", golden_affines()["oblique"])
+    set_track_meta(True)
+    item = demo.process_ct_gt(str(ct), str(work / "oblique_label.nii.gz"), ["liver"], SEGVOL_IMAGE)
+    set_track_meta(False)
+    demo_args = types.SimpleNamespace(use_text_prompt=True, use_point_prompt=False, use_box_prompt=False,
+                                      use_zoom_in=True, spatial_size=SEGVOL_IMAGE, infer_overlap=0.5)
+    with torch.no_grad():
+        record = inference_demo.zoom_in_zoom_out(demo_args, net, item["image"].float()[None],
+                                                 item["zoom_out_image"].float()[None],
+                                                 torch.as_tensor(item["label"])[None].contiguous(),
+                                                 torch.as_tensor(item["zoom_out_label"])[None].contiguous(), ["liver"])
+    np.savez(work / "segvol_zoom_upstream.npz", logits=record["liver"][4].numpy())
+    results["segvol_zoom_in"] = _ours(args, "ours-segvol-zoom", str(segvol), str(ct), str(work / "segvol_zoom_upstream.npz"))
     print(json.dumps(results, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
@@ -360,6 +384,17 @@ def ours_segvol(folder: str, upstream: str, target: str) -> None:
     print(json.dumps(_compare(logits, up["logits"])))
 
 
+def ours_segvol_zoom(folder: str, ct: str, upstream: str) -> None:
+    import numpy as np
+
+    from medvlsam2.io.volume import read_volume
+    from medvlsam2.released.folders import load_segvol
+
+    model = load_segvol(folder)
+    logits, _ = model.crop_logits(read_volume(ct), "liver")
+    print(json.dumps(_compare(logits, np.load(upstream)["logits"])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -378,7 +413,8 @@ def main() -> None:
     p.add_argument("--ours-python", default="/work/main/.venv/bin/python")
     p.add_argument("--json", help="also write the numbers here")
     if len(sys.argv) > 1 and sys.argv[1].startswith("ours-"):  # the main-venv half of parity
-        {"ours-m3d-tokenizer": ours_m3d_tokenizer, "ours-m3d": ours_m3d, "ours-segvol": ours_segvol}[sys.argv[1]](*sys.argv[2:])
+        {"ours-m3d-tokenizer": ours_m3d_tokenizer, "ours-m3d": ours_m3d, "ours-segvol": ours_segvol,
+         "ours-segvol-zoom": ours_segvol_zoom}[sys.argv[1]](*sys.argv[2:])
         return
     args = ap.parse_args()
     {"keys": cmd_keys, "goldens": cmd_goldens, "parity": cmd_parity}[args.cmd](args)
