@@ -1,8 +1,9 @@
 """The one model factory: a model spec -> a loaded model that says what it can do.
 
 A spec is, tried in this order:
-- a folder: a Med3DVLM folder (``config.json`` with ``model_type`` "vlm_qwen"), a VoxTell folder (``plans.json`` +
-  ``fold_0/checkpoint_final``), or our MedVL-SAM2 bundle;
+- a folder: a Med3DVLM folder (``config.json`` with ``model_type`` "vlm_qwen"), an M3D-LaMed ("lamed_phi3")
+  or SegVol ("segvol") folder, a VoxTell folder (``plans.json`` + ``fold_0/checkpoint_final``), or our
+  MedVL-SAM2 bundle;
 - a ``.yaml``/``.yml`` recipe combining parts: ``segmenter: SPEC``, ``language: SPEC`` and/or
   ``text_segmenter: SPEC`` (a released text segmenter whose masks seed SAM2 objects; optional ``image_size``, ``window``);
 - a released segmenter file: an official SAM2.1/MedSAM2 ``{"model": state_dict}`` ``.pt`` or a
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from .capabilities import ALL, INTERACTIVE, LANGUAGE, PROVENANCES, TEXT_SEGMENTATION
 from .errors import CapabilityError, CheckpointError, InputError
+from .released.base import FOLDER_MODEL_TYPES, SIZES_FIELD
 
 SEGMENTER_SUFFIXES = (".pt", ".pth", ".safetensors")
 RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -32,7 +34,7 @@ NATIVE_SIZE_SAM2 = 1024  # SAM2.1 was trained at 1024 px; MedSAM2 at 512 (its ma
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a spec is, torch-free. ``kind``: bundle | named | segmenter | med3dvlm | recipe."""
+    """What a spec is, torch-free. ``kind``: bundle | named | segmenter | med3dvlm | m3d-lamed | segvol | recipe."""
 
     spec: str
     kind: str
@@ -79,6 +81,8 @@ def _describe_folder(spec: str, p: Path) -> ModelInfo:
     config = _read_json(p / "config.json")
     if config.get("model_type") == "vlm_qwen":
         return ModelInfo(spec, "med3dvlm", f"Med3DVLM {p.name}", frozenset({LANGUAGE}), "released", str(p))
+    if config.get("model_type") in FOLDER_MODEL_TYPES:  # M3D-LaMed, SegVol
+        return _describe_released_text(spec, p, config)
     if config.get("model_type") == "dec_clip":
         raise CapabilityError(f"{p.name} is Med3DVLM's DCFormer_SigLIP image encoder alone (for training): it cannot "
                               "segment or answer. Load the Med3DVLM-Qwen-2.5-7B folder for questions and reports")
@@ -88,6 +92,12 @@ def _describe_folder(spec: str, p: Path) -> ModelInfo:
     caps = frozenset(meta.get("capabilities", ALL)) & ALL
     return ModelInfo(spec, "bundle", str(meta.get("name") or f"MedVL-SAM2 bundle {p.name}"), caps,
                      _bundle_provenance(meta), str(p))
+
+
+def _describe_released_text(spec: str, p: Path, config: dict) -> ModelInfo:
+    kind, family, caps = FOLDER_MODEL_TYPES[config["model_type"]]
+    provenance = "random" if SIZES_FIELD in config else "released"  # our shrunk test folders say so
+    return ModelInfo(spec, kind, f"{family} {p.name} ({provenance})", caps, provenance, str(p))
 
 
 def _bundle_provenance(meta: dict) -> str:
@@ -198,6 +208,8 @@ def load_model(spec: str, device: str = "cpu", image_size: int | None = None, wi
         from .released.voxtell import load_voxtell
 
         model = load_voxtell(info.path, device)
+    elif info.kind in ("m3d-lamed", "segvol"):
+        model = _load_released_text(info, device)
     else:
         model = _load_medvlsam2(info, device, image_size)
     if getattr(model, "segmenter", None) is not None:  # Med3DVLM has none
@@ -254,6 +266,13 @@ def _load_med3dvlm(info: ModelInfo, device: str):
     model = load_med3dvlm(info.path, device)
     model.description = getattr(model, "description", None) or info.description
     return model
+
+
+def _load_released_text(info: ModelInfo, device: str):
+    from .released.folders import load_m3d_lamed, load_segvol
+
+    load = load_m3d_lamed if info.kind == "m3d-lamed" else load_segvol
+    return load(info.path, device, provenance=info.provenance)
 
 
 def _load_recipe(info: ModelInfo, device: str, image_size: int | None, window: str | None):

@@ -63,13 +63,6 @@ def upstream_segvol(segvol: Path, device: str = "meta", image_size=(32, 256, 256
     """The HF ``SegVolModel`` layout: everything under ``model.`` (image/prompt/mask + text_encoder)."""
     _stub_torchvision()
     sys.path.insert(0, str(segvol))
-    sys.modules.setdefault("utils", types.ModuleType("utils"))
-    for name, attrs in (("utils.monai_inferers_utils", ("select_points", "generate_box")),
-                        ("utils.loss", ("BCELoss", "BinaryDiceLoss"))):
-        mod = types.ModuleType(name)
-        for a in attrs:
-            setattr(mod, a, type(a, (torch.nn.Module,), {}))
-        sys.modules[name] = mod
     import transformers
     from network import model as net
     from segment_anything_volumetric.build_sam import _build_sam
@@ -77,7 +70,7 @@ def upstream_segvol(segvol: Path, device: str = "meta", image_size=(32, 256, 256
     if clip_config is not None:  # a tiny CLIP text tower for parity runs
         cfg = transformers.CLIPTextConfig(**clip_config)
         net.CLIPTextConfig = lambda: cfg
-    net.BinaryDiceLoss = net.BCELoss = lambda: torch.nn.Identity()
+    net.BinaryDiceLoss = net.BCELoss = lambda: torch.nn.Identity()  # training losses call .cuda()
     with torch.device(device):
         sam = _build_sam("vit", 768, list(patch_size), None, list(image_size))
         seg = net.SegVol(sam.image_encoder, sam.mask_decoder, sam.prompt_encoder, str(segvol / "config" / "clip"),
@@ -145,19 +138,15 @@ def golden_affines():
     return {"lps": lps, "ras": ras, "oblique": oblique}
 
 
-def cmd_goldens(args) -> None:
-    """Upstream preprocessing on phantoms: M3D-Seg (normalize, (Z,Y,X), min-max, crop, resize) and SegVol's
-    demo (RAS, normalise, (Z,Y,X), min-max, pad, crop, zoom-out resize), at GOLDEN_SIZE."""
-    import numpy as np
-    import monai.transforms as mtf
-    from monai.data import set_track_meta
-
-    m3d, segvol, out = Path(args.m3d), Path(args.segvol), Path(args.out)
-    sys.path.insert(0, str(segvol))
+def segvol_demo(segvol: Path):
+    """SegVol's demo preprocessing module, runnable on monai 1.3."""
     import functools
 
+    import monai.transforms as mtf
+    import numpy as np
+
+    sys.path.insert(0, str(segvol))
     from data_process import demo_data_process as demo
-    from data_process.demo_data_process import ForegroundNormalization, process_ct_gt
 
     # Written for monai 0.9, whose LoadImage returned (image, meta); np.array() then drops the affine, so the
     # demo's Orientationd("RAS") sees an identity affine and changes nothing (training had it commented out).
@@ -169,6 +158,20 @@ def cmd_goldens(args) -> None:
             return {k: np.asarray(v) if k in self.keys else v for k, v in super().__call__(data, lazy).items()}
 
     demo.transforms.Orientationd = OrientationdNumpy
+    return demo
+
+
+def cmd_goldens(args) -> None:
+    """Upstream preprocessing on phantoms: M3D-Seg (normalize, (Z,Y,X), min-max, crop, resize) and SegVol's
+    demo (RAS, normalise, (Z,Y,X), min-max, pad, crop, zoom-out resize), at GOLDEN_SIZE."""
+    import numpy as np
+    import monai.transforms as mtf
+    from monai.data import set_track_meta
+
+    m3d, segvol, out = Path(args.m3d), Path(args.segvol), Path(args.out)
+    sys.path.insert(0, str(segvol))
+    demo = segvol_demo(segvol)
+    ForegroundNormalization, process_ct_gt = demo.ForegroundNormalization, demo.process_ct_gt
 
     # M3D-Seg: its prepare script's module-level transform, at the golden size (the file runs a job on import).
     source = (m3d / "Data/process/m3d_seg_data_prepare.py").read_text()
@@ -203,6 +206,195 @@ def cmd_goldens(args) -> None:
     print({k: v.shape for k, v in goldens.items()})
 
 
+# ----- parity: upstream (this interpreter) vs ours (the main venv, run as a subprocess) ---------------
+PARITY_IMAGE = (16, 64, 64)  # a small model input; the modules are the published 768-wide ones
+SEGVOL_IMAGE = (8, 32, 32)  # smaller than the phantom's crop along D: the zoom-in slides several windows
+QUESTION = "Can you segment the liver in this image?"
+ANSWER = "It is [SEG] and [SEG]."  # scripted: [SEG] twice (averaged), not first (upstream generate drops that)
+
+
+def _ours(args, *argv) -> dict:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    env = {"PYTHONPATH": f"{root / 'MedVLSAM2Slicer'}:{root / 'Testing' / 'Python'}", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([args.ours_python, __file__, *argv], env=env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class Scripted(torch.nn.Module):
+    """An lm_head answering a fixed token sequence whatever the states (the states stay the model's own)."""
+
+    def __init__(self, weight, ids):
+        super().__init__()
+        self.weight, self.ids, self.i = weight, list(ids), 0
+
+    def forward(self, h):
+        token = self.ids[min(self.i, len(self.ids) - 1)]
+        self.i += 1
+        out = torch.zeros(*h.shape[:-1], self.weight.shape[0], dtype=h.dtype, device=h.device)
+        out[..., token] = 10.0
+        return out
+
+
+def _image(seed: int, size=PARITY_IMAGE) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool3d(torch.rand(1, 1, *size, generator=g), 5, 1, 2)  # smooth, [0, 1]
+    return (x - x.min()) / (x.max() - x.min())
+
+
+def _save(state: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+
+
+def cmd_parity(args) -> None:
+    import numpy as np
+
+    torch.cuda.is_available = lambda: False
+    torch.Tensor.cuda = lambda self, *a, **k: self  # upstream moves tokens and masks to CUDA unconditionally
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = {}
+
+    # M3D-LaMed: tiny Phi-3 (our tokenizer), published 768-wide vision tower and seg modules
+    m3d = work / "m3d"
+    m3d.mkdir(exist_ok=True)
+    tok = _ours(args, "ours-m3d-tokenizer", str(m3d), QUESTION, ANSWER)
+    config = {**M3D_CONFIG, "vocab_size": tok["vocab"], "hidden_size": 64, "intermediate_size": 128,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+              "max_position_embeddings": 1024, "bos_token_id": tok["bos"], "eos_token_id": tok["eos"],
+              "pad_token_id": tok["eos"], "image_size": list(PARITY_IMAGE), "seg_token_id": tok["seg"],
+              "sliding_window": None}
+    torch.manual_seed(0)
+    up = upstream_m3d(Path(args.m3d), config, device="cpu").eval()
+    up.config.save_pretrained(str(m3d))
+    cfg = json.loads((m3d / "config.json").read_text())
+    (m3d / "config.json").write_text(json.dumps({**cfg, "model_type": "lamed_phi3"}))
+    (m3d / "generation_config.json").write_text(json.dumps({"eos_token_id": tok["eos"], "max_new_tokens": 32}))
+    _save(up.state_dict(), m3d / "model.safetensors")
+    image = _image(1)
+    up.lm_head = Scripted(up.lm_head.weight, tok["answer"] + [tok["eos"]])
+    with torch.no_grad():
+        ids, logits = up.generate(image, torch.tensor([tok["prompt"]]), seg_enable=True, max_new_tokens=32,
+                                  do_sample=False)
+    np.savez(work / "m3d_upstream.npz", image=image.numpy(), logits=logits.numpy(), ids=ids.numpy())
+    ours = _ours(args, "ours-m3d", str(m3d), str(work / "m3d_upstream.npz"), QUESTION)
+    results["m3d"] = ours
+
+    # SegVol: the published module sizes, CLIP ViT-B/32 text tower and SegVol's own CLIP tokenizer
+    segvol = work / "segvol"
+    segvol.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    net = upstream_segvol(Path(args.segvol), device="cpu", image_size=SEGVOL_IMAGE).model.eval()
+    state = {"model." + k: v for k, v in net.state_dict().items()}
+    pid = "model.text_encoder.clip_text_model.text_model.embeddings.position_ids"
+    state.setdefault(pid, torch.arange(77)[None])
+    _save(state, segvol / "model.safetensors")
+    for f in (Path(args.segvol) / "config" / "clip").iterdir():
+        if f.name != "config.json":
+            (segvol / f.name).write_bytes(f.read_bytes())
+    (segvol / "config.json").write_text(json.dumps({"model_type": "segvol", "spatial_size": list(SEGVOL_IMAGE),
+                                                    "patch_size": [4, 16, 16], "test_mode": True}))
+    image = _image(2, SEGVOL_IMAGE)
+    with torch.no_grad():
+        logits = net(image, text=["liver"])
+    np.savez(work / "segvol_upstream.npz", image=image.numpy(), logits=logits.numpy())
+    results["segvol"] = _ours(args, "ours-segvol", str(segvol), str(work / "segvol_upstream.npz"), "liver")
+
+    # SegVol end to end on a phantom CT file: demo preprocessing, zoom-out, zoom-in sliding windows
+    from monai.data import set_track_meta
+
+    demo = segvol_demo(Path(args.segvol))
+    import inference_demo
+
+    ct = phantom_nifti(work, "oblique", golden_affines()["oblique"])
+    set_track_meta(True)
+    item = demo.process_ct_gt(str(ct), str(work / "oblique_label.nii.gz"), ["liver"], SEGVOL_IMAGE)
+    set_track_meta(False)
+    demo_args = types.SimpleNamespace(use_text_prompt=True, use_point_prompt=False, use_box_prompt=False,
+                                      use_zoom_in=True, spatial_size=SEGVOL_IMAGE, infer_overlap=0.5)
+    with torch.no_grad():
+        record = inference_demo.zoom_in_zoom_out(demo_args, net, item["image"].float()[None],
+                                                 item["zoom_out_image"].float()[None],
+                                                 torch.as_tensor(item["label"])[None].contiguous(),
+                                                 torch.as_tensor(item["zoom_out_label"])[None].contiguous(), ["liver"])
+    np.savez(work / "segvol_zoom_upstream.npz", logits=record["liver"][4].numpy())
+    results["segvol_zoom_in"] = _ours(args, "ours-segvol-zoom", str(segvol), str(ct), str(work / "segvol_zoom_upstream.npz"))
+    print(json.dumps(results, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _compare(ours: torch.Tensor, upstream) -> dict:
+    up = torch.as_tensor(upstream).float()
+    return {"max_abs_diff_logits": float((ours.float() - up).abs().max()), "logit_range": float(up.abs().max()),
+            "masks_identical": bool(torch.equal(ours > 0, up > 0)), "mask_voxels": int((up > 0).sum()),
+            "voxels": int(up.numel())}
+
+
+def ours_m3d_tokenizer(folder: str, question: str, answer: str) -> None:
+    from released_folders import _bpe
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=_bpe(["<unk>", "<s>", "<|endoftext|>"], "<s>", None),
+                                   bos_token="<s>", eos_token="<|endoftext|>", unk_token="<unk>", pad_token="<unk>")
+    fast.add_special_tokens({"additional_special_tokens": ["<im_patch>", "<bx_start>", "<bx_end>"]})
+    fast.add_tokens("[SEG]")
+    fast.save_pretrained(folder)
+    n = (PARITY_IMAGE[0] // 4 // 2) * (PARITY_IMAGE[1] // 16 // 2) * (PARITY_IMAGE[2] // 16 // 2)
+    print(json.dumps({"vocab": len(fast), "bos": fast.bos_token_id, "eos": fast.eos_token_id,
+                      "seg": fast.convert_tokens_to_ids("[SEG]"),
+                      "prompt": fast("<im_patch>" * n + " " + question)["input_ids"],
+                      "answer": fast(answer, add_special_tokens=False)["input_ids"]}))
+
+
+def ours_m3d(folder: str, upstream: str, question: str) -> None:
+    import numpy as np
+
+    from medvlsam2.released.folders import load_m3d_lamed
+
+    up = np.load(upstream)
+    model = load_m3d_lamed(folder)
+    answer = [int(t) for t in up["ids"][0]]
+    model.lm.lm_head = Scripted(model.lm.lm_head.weight, answer)
+    image = torch.from_numpy(up["image"])
+    with torch.no_grad():
+        ids, state = model.answer(image, question)
+        inner = model.lm.model
+        logits = inner.seg_module(image, inner.seg_projector(state))
+    out = _compare(logits, up["logits"])
+    out["generated_ids_identical"] = ids == answer[: len(ids)] and len(ids) == len(answer) - 1
+    print(json.dumps(out))
+
+
+def ours_segvol(folder: str, upstream: str, target: str) -> None:
+    import numpy as np
+
+    from medvlsam2.released.folders import load_segvol
+
+    up = np.load(upstream)
+    model = load_segvol(folder)
+    with torch.no_grad():
+        image = torch.from_numpy(up["image"])
+        logits = model.net.decode(model.net.encode(image), model.text_embedding(target))
+    print(json.dumps(_compare(logits, up["logits"])))
+
+
+def ours_segvol_zoom(folder: str, ct: str, upstream: str) -> None:
+    import numpy as np
+
+    from medvlsam2.io.volume import read_volume
+    from medvlsam2.released.folders import load_segvol
+
+    model = load_segvol(folder)
+    logits, _ = model.crop_logits(read_volume(ct), "liver")
+    print(json.dumps(_compare(logits, np.load(upstream)["logits"])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -214,8 +406,18 @@ def main() -> None:
     g.add_argument("--m3d", required=True)
     g.add_argument("--segvol", required=True)
     g.add_argument("--out", required=True)
+    p = sub.add_parser("parity")
+    p.add_argument("--m3d", required=True)
+    p.add_argument("--segvol", required=True)
+    p.add_argument("--work", required=True, help="scratch folder for the random-weight folders")
+    p.add_argument("--ours-python", default="/work/main/.venv/bin/python")
+    p.add_argument("--json", help="also write the numbers here")
+    if len(sys.argv) > 1 and sys.argv[1].startswith("ours-"):  # the main-venv half of parity
+        {"ours-m3d-tokenizer": ours_m3d_tokenizer, "ours-m3d": ours_m3d, "ours-segvol": ours_segvol,
+         "ours-segvol-zoom": ours_segvol_zoom}[sys.argv[1]](*sys.argv[2:])
+        return
     args = ap.parse_args()
-    {"keys": cmd_keys, "goldens": cmd_goldens}[args.cmd](args)
+    {"keys": cmd_keys, "goldens": cmd_goldens, "parity": cmd_parity}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
+
+from medvlsam2.io.volume import Volume
 
 from medvlsam2.released.folders import SIZES, build_m3d_meta, build_segvol
 from medvlsam2.released.keys import CLIP_PUBLISHED, POSITION_IDS, to_published
@@ -125,3 +129,25 @@ def write_m3d_folder(folder: Path) -> Path:
 def write_segvol_folder(folder: Path) -> Path:
     shutil.copytree(segvol_template(), folder, dirs_exist_ok=True)
     return Path(folder)
+
+
+def module_fixtures(write, load, name: str):
+    """``folder`` and ``model`` fixtures (module scope) for a family: its tiny folder and the loaded model."""
+
+    @pytest.fixture(scope="module")
+    def folder(tmp_path_factory):
+        return write(tmp_path_factory.mktemp(name) / f"{name}-tiny")
+
+    @pytest.fixture(scope="module")
+    def model(folder):
+        return load(folder, provenance="random")
+
+    return folder, model
+
+
+def phantom(direction=np.eye(3), seed: int = 0) -> Volume:
+    """Air around a soft-tissue box at [3:15, 8:34, 6:30] (K, J, I), with ``direction``."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(-800, 30, (18, 40, 36)).astype(np.float32)
+    a[3:15, 8:34, 6:30] = rng.normal(40, 20, (12, 26, 24))
+    return Volume(a, (0.8, 0.8, 2.5), (10.0, -5.0, 3.0), direction)

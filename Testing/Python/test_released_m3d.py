@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from released_folders import SHARDS, write_m3d_folder
+from released_folders import SHARDS, module_fixtures, phantom, write_m3d_folder
 from safetensors.torch import load_file, save_file
 
 from medvlsam2.errors import Cancelled, CheckpointError, InputError
@@ -34,21 +34,8 @@ def test_published_layout_matches_the_upstream_builder():
     assert sum(int(np.prod(s)) for s in ours.values()) == 4_049_101_904
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_m3d_folder(tmp_path_factory.mktemp("m3d") / "M3D-LaMed-tiny")
+folder, model = module_fixtures(write_m3d_folder, load_m3d_lamed, "m3d")
 
-
-@pytest.fixture(scope="module")
-def model(folder):
-    return load_m3d_lamed(folder, provenance="random")
-
-
-def _volume(direction=np.eye(3), seed=0):
-    rng = np.random.default_rng(seed)
-    a = rng.normal(-800, 30, (18, 40, 36)).astype(np.float32)
-    a[3:15, 8:34, 6:30] = rng.normal(40, 20, (12, 26, 24))
-    return Volume(a, (0.8, 0.8, 2.5), (10.0, -5.0, 3.0), direction)
 
 
 def test_every_published_tensor_is_loaded(model, folder):
@@ -112,7 +99,7 @@ def test_prompt_is_first_token_then_image_tokens_then_question(model):
     n = model.num_image_tokens
     assert ids[0] == model.tokenizer.bos_token_id and ids[1:1 + n] == [model.image_token_id] * n
     assert model.tokenizer.decode(ids[1 + n:]).strip() == question
-    image, _ = model.image_tensor(_volume().array)
+    image, _ = model.image_tensor(phantom().array)
     embeds = model.embed(model.prompt_ids(question), image)
     assert embeds.shape[1] == len(ids)
     words = model.lm.model.embed_tokens(torch.tensor(ids))
@@ -147,7 +134,7 @@ def script(model):
 
 def test_sorry_answer_gives_no_mask_and_the_reason(model, script):
     script("Sorry, there is no liver.")
-    result = model.segment_target(_volume(), "liver")
+    result = model.segment_target(phantom(), "liver")
     assert isinstance(result, TargetMask) and result.mask is None and not result.found
     assert result.reason == "the model answered: Sorry, there is no liver."
 
@@ -161,7 +148,7 @@ def _teacher_forced_states(model, image, question, answer_ids):
 def test_seg_state_is_the_state_that_predicts_seg(model, script):
     answer = script("It is [SEG].")
     question = SEGMENT_PROMPT.format("liver")
-    image, box = model.image_tensor(_volume().array)
+    image, box = model.image_tensor(phantom().array)
     ids, state = model.answer(image, question)
     assert ids == answer and model.seg_token_id in ids
     full, start = _teacher_forced_states(model, image, question, answer)
@@ -173,7 +160,7 @@ def test_seg_state_is_the_state_that_predicts_seg(model, script):
 def test_several_seg_are_averaged_and_a_first_token_seg_counts(model, script):
     answer = script("[SEG] and [SEG].")
     question = SEGMENT_PROMPT.format("spleen")
-    image, _ = model.image_tensor(_volume().array)
+    image, _ = model.image_tensor(phantom().array)
     _, state = model.answer(image, question)
     full, start = _teacher_forced_states(model, image, question, answer)
     positions = [start + i - 1 for i, t in enumerate(answer) if t == model.seg_token_id]
@@ -186,7 +173,7 @@ def test_several_seg_are_averaged_and_a_first_token_seg_counts(model, script):
                          ids=["lps", "ras", "oblique"])
 def test_seg_answer_gives_a_mask_in_the_input_grid(model, script, direction):
     script("Sure, [SEG].")
-    volume = _volume(direction)
+    volume = phantom(direction)
     result = model.segment_target(volume, "liver")
     assert result.answer == "Sure, [SEG]."
     _, box = model.image_tensor(volume.array)
@@ -202,7 +189,7 @@ def test_seg_answer_gives_a_mask_in_the_input_grid(model, script, direction):
 
 
 def test_paste_puts_logits_back_in_the_crop_box():
-    volume = _volume()
+    volume = phantom()
     image, box = m3d_input(volume.array, (16, 64, 64))
     assert box.shape == volume.shape and box.start == (3, 8, 6) and box.stop == (15, 34, 30)
     mask = m3d_paste(torch.ones(16, 64, 64), box)
@@ -212,17 +199,28 @@ def test_paste_puts_logits_back_in_the_crop_box():
 
 def test_ask_streams_the_answer(model, script):
     script("The liver is normal.")
-    assert "".join(model.ask(_volume(), "How is the liver?")) == "The liver is normal."
+    assert "".join(model.ask(phantom(), "How is the liver?")) == "The liver is normal."
 
 
 def test_cancel_and_bad_input(model):
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        model.segment_target(_volume(), "liver", cancel=token)
+        model.segment_target(phantom(), "liver", cancel=token)
     with pytest.raises(InputError, match="target is empty"):
-        model.segment_target(_volume(), "  ")
+        model.segment_target(phantom(), "  ")
     with pytest.raises(InputError, match="characters"):
-        model.segment_target(_volume(), "x" * 600)
+        model.segment_target(phantom(), "x" * 600)
     with pytest.raises(InputError, match="single intensity"):
         model.segment_target(Volume(np.zeros((4, 8, 8), np.float32)), "liver")
+
+
+def test_factory_describes_and_loads_the_folder(folder):
+    from medvlsam2.factory import describe, load_model
+    from medvlsam2.released.m3d_lamed import M3DLaMed
+
+    info = describe(str(folder))
+    assert (info.kind, info.provenance) == ("m3d-lamed", "random")
+    assert info.capabilities == {"text_segmentation", "language"}
+    model = load_model(str(folder))
+    assert isinstance(model, M3DLaMed) and model.provenance == "random"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from released_folders import write_segvol_folder
+from released_folders import module_fixtures, phantom, write_segvol_folder
 from safetensors.torch import load_file, save_file
 
 from medvlsam2.errors import CheckpointError, InputError
@@ -42,14 +42,7 @@ def test_key_renames_are_one_to_one():
             assert to_published(to_ours(key, "model."), "model.") == key
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_segvol_folder(tmp_path_factory.mktemp("segvol") / "SegVol-tiny")
-
-
-@pytest.fixture(scope="module")
-def model(folder):
-    return load_segvol(folder, provenance="random")
+folder, model = module_fixtures(write_segvol_folder, load_segvol, "segvol")
 
 
 def test_every_published_tensor_is_loaded(model, folder):
@@ -102,18 +95,12 @@ def test_text_tower_pools_the_end_of_text_state(model):
     assert tokens["input_ids"][0, -1] == model.tokenizer.eos_token_id
 
 
-def _volume(direction):
-    rng = np.random.default_rng(3)
-    a = rng.normal(-800, 30, (18, 40, 36)).astype(np.float32)
-    a[3:15, 8:34, 6:30] = rng.normal(40, 20, (12, 26, 24))
-    return Volume(a, (0.8, 0.8, 2.5), (1.0, 2.0, 3.0), direction)
-
 
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]),
                                        np.array([[0.955, -0.296, 0], [0.296, 0.955, 0], [0, 0, 1.0]])],
                          ids=["lps", "ras", "oblique"])
 def test_text_prompt_gives_a_mask_in_the_input_grid(model, direction, monkeypatch):
-    volume = _volume(direction)
+    volume = phantom(direction)
     result = model.segment_target(volume, "liver")
     assert result.name == "liver"
     if result.mask is not None:
@@ -126,12 +113,21 @@ def test_text_prompt_gives_a_mask_in_the_input_grid(model, direction, monkeypatc
 
 def test_empty_mask_is_not_found(model, monkeypatch):
     monkeypatch.setattr(model.net, "decode", lambda emb, text: -torch.ones(1, 1, *model.net.cfg.vit.image_size))
-    result = model.segment_target(_volume(np.eye(3)), "spleen")
+    result = model.segment_target(phantom(np.eye(3)), "spleen")
     assert result.mask is None and result.reason == "SegVol's mask for it is empty"
 
 
 def test_bad_targets_are_refused(model):
     with pytest.raises(InputError, match="target is empty"):
-        model.segment_target(_volume(np.eye(3)), "")
+        model.segment_target(phantom(np.eye(3)), "")
     with pytest.raises(InputError, match="characters"):
-        model.segment_target(_volume(np.eye(3)), "x" * 300)
+        model.segment_target(phantom(np.eye(3)), "x" * 300)
+
+
+def test_factory_describes_and_loads_the_folder(folder):
+    from medvlsam2.factory import describe, load_model
+    from medvlsam2.released.segvol import SegVol
+
+    info = describe(str(folder))
+    assert (info.kind, info.provenance, info.capabilities) == ("segvol", "random", {"text_segmentation"})
+    assert isinstance(load_model(str(folder)), SegVol)

@@ -16,8 +16,16 @@ if TYPE_CHECKING:
     from ..io.volume import Volume
     from ..utils.cancel import CancelToken
 
+from ..capabilities import LANGUAGE, TEXT_SEGMENTATION
+
 KINDS = ("m3d-lamed", "segvol", "voxtell")
 PROVENANCES = ("released", "random")  # "random": a file in the published layout with random weights (tests)
+SIZES_FIELD = "medvlsam2_sizes"  # ours, in a test folder's config.json: shrunk modules, random weights
+# config.json model_type of a released folder -> (kind, family name, capabilities); read without torch.
+FOLDER_MODEL_TYPES = {
+    "lamed_phi3": ("m3d-lamed", "M3D-LaMed", frozenset({TEXT_SEGMENTATION, LANGUAGE})),
+    "segvol": ("segvol", "SegVol", frozenset({TEXT_SEGMENTATION})),
+}
 
 
 @dataclass

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError
+from .base import SIZES_FIELD
 from .keys import POSITION_IDS, CLIP_PUBLISHED, check_folder_layout, check_position_ids, published_shapes, to_ours
 from .seg_decoder import SegConfig
 from .vit3d import ViTConfig
 
 M3D_MODEL_TYPE = "lamed_phi3"
 SEGVOL_MODEL_TYPE = "segvol"
-SIZES = "medvlsam2_sizes"
+SIZES = SIZES_FIELD
 SEGVOL_PREFIX = "model."
 M3D_PARTS = ("vision_tower", "mm_projector", "seg_projector", "seg_module")
 # LaMed fields whose published value is the only combination upstream trained and we implement.

@@ -7,8 +7,8 @@ voxels > 0 (MONAI ``CropForeground``).
   32x256x256 (MONAI ``Resize`` "bilinear" on a 3D volume). Upstream maps nothing back: we record the crop box,
   resize the logits trilinearly to the box and paste the thresholded mask into the input's grid.
 - SegVol: normalisation, (Z, Y, X), min-max, pad to at least 32x256x256, crop, nearest-exact resize to
-  32x256x256 (its zoom-out pass). Its logits come back by nearest resizing to the crop (as upstream), then
-  uncrop and unpad. Its demo names Orientationd("RAS"), but the array reaching it has lost its affine (monai
+  32x256x256 (its zoom-out pass). Its logits come back by nearest resizing to the crop (as upstream), are
+  refined by sliding windows over the region found (its zoom-in pass, segvol.py), then uncropped and unpadded. Its demo names Orientationd("RAS"), but the array reaching it has lost its affine (monai
   0.9's LoadImage returned (image, meta) and np.array() keeps the voxels only), so it changes nothing, and
   its training data code has the reorientation commented out: both families see the file's voxel order.
   Both were trained with random flips, so left/right words in prompts are unreliable.
@@ -113,8 +113,9 @@ class SegVolGeometry:
     box: tuple[tuple[int, int, int], tuple[int, int, int]]  # foreground crop in the padded array
 
 
-def segvol_input(array_kji: np.ndarray, size=MODEL_SIZE) -> tuple[torch.Tensor, SegVolGeometry]:
-    """The input array (K, J, I) -> SegVol's zoom-out input [D, H, W] and the way back."""
+def segvol_input(array_kji: np.ndarray, size=MODEL_SIZE) -> tuple[torch.Tensor, torch.Tensor, SegVolGeometry]:
+    """The input array (K, J, I) -> SegVol's zoom-out input [D, H, W], the native-resolution crop it came from
+    (for the zoom-in windows) and the way back."""
     _check(array_kji)
     x = min_max(foreground_normalise(array_kji))
     shape = tuple(x.shape)
@@ -123,14 +124,32 @@ def segvol_input(array_kji: np.ndarray, size=MODEL_SIZE) -> tuple[torch.Tensor, 
     padded = np.zeros(target, dtype=np.float32)
     padded[tuple(slice(b, b + s) for b, s in zip(before, shape))] = x
     box = foreground_box(padded)
-    zoom_out = _resize(_crop(padded, box), size, "nearest-exact")
-    return zoom_out, SegVolGeometry(shape, target, before, box)
+    crop = torch.from_numpy(np.ascontiguousarray(_crop(padded, box)))
+    return _resize(crop, size, "nearest-exact"), crop, SegVolGeometry(shape, target, before, box)
 
 
-def segvol_paste(logits: torch.Tensor, geo: SegVolGeometry) -> np.ndarray:
-    """[D, H, W] zoom-out logits -> uint8 mask (K, J, I) in the input grid (nearest, as upstream)."""
+def zoom_out_to_crop(logits: torch.Tensor, crop_shape) -> torch.Tensor:
+    """Zoom-out logits [D, H, W] -> the crop's grid, nearest (as upstream)."""
+    return _resize(logits.float(), tuple(crop_shape), "nearest")
+
+
+def zoom_in_roi(logits: torch.Tensor, window) -> tuple[slice, slice, slice] | None:
+    """SegVol's ``logits2roi_coor``: the box of voxels with logit > 0, widened towards one window where the
+    volume allows (half the shortfall on each side; its end index stays inclusive as upstream's)."""
+    idx = torch.nonzero(logits > 0)
+    if idx.shape[0] == 0:
+        return None
+    out = []
+    for axis, (w, n) in enumerate(zip(window, logits.shape)):
+        lo, hi = int(idx[:, axis].min()), int(idx[:, axis].max())
+        pad = max(0, w - (hi - lo + 1)) // 2
+        out.append(slice(max(0, lo - pad), min(n, hi + pad) + 1))
+    return tuple(out)
+
+
+def segvol_paste(logits_crop: torch.Tensor, geo: SegVolGeometry) -> np.ndarray:
+    """Logits on the crop's grid -> uint8 mask (K, J, I) in the input grid (uncrop, unpad)."""
     start, stop = geo.box
-    inside = _resize(logits.float().cpu(), tuple(b - a for a, b in zip(start, stop)), "nearest") > 0
     padded = np.zeros(geo.padded, dtype=np.uint8)
-    padded[tuple(slice(a, b) for a, b in zip(start, stop))] = inside.numpy()
+    padded[tuple(slice(a, b) for a, b in zip(start, stop))] = (logits_crop > 0).cpu().numpy()
     return np.ascontiguousarray(padded[tuple(slice(b, b + s) for b, s in zip(geo.pad_before, geo.shape))])
