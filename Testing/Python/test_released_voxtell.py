@@ -248,3 +248,27 @@ def test_download_fetches_the_model_and_bank_with_progress_converts_and_installs
     model = factory.load_model("voxtell")
     assert model.bank_size == len(BANK_PROMPTS) and not model.has_text_encoder  # the bank at ../embeddings/
     assert weights.verify_file(weights.load_manifest()["voxtell"], installed) == "folder"
+
+
+def test_serve_a_voxtell_folder_and_type_through_the_client(folder, voxtell):
+    from medvlsam2.capabilities import INTERACTIVE
+    from medvlsam2.client import Client
+    from medvlsam2.errors import CapabilityError
+    from medvlsam2.server.launcher import launch_server
+
+    volume = ct(GEOMETRIES["oblique"], shape=(8, 9, 8), seed=2)
+    srv = launch_server(model=str(folder), device="cpu")
+    try:
+        client = Client(srv.url, srv.token, timeout=300)
+        assert client.capabilities == frozenset({TEXT_SEGMENTATION}) and client.version()["provenance"] == "random"
+        session = client.open_session(volume)
+        result = session.segment_text("liver")
+        assert result.not_found == [] and len(result.found) == 1
+        obj = result.found[0].object_id
+        assert np.array_equal(session.mask(obj), voxtell.segment_target(volume, "liver").mask)
+        with pytest.raises(CapabilityError, match=INTERACTIVE):
+            session.add_points(obj, [[1, 1, 1]], [1])
+        session.close()
+        client.close()
+    finally:
+        srv.stop()
