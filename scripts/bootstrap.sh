@@ -22,7 +22,7 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/
 fi
 python -m pip install -q setuptools wheel
 if ! python -c "import torch" 2>/dev/null; then
-  if [ "$GPU" = 1 ]; then
+  if [ "$GPU" = 1 ]; then  # --gpu: the default (CUDA where the platform has it) build
     python -m pip install -q "torch>=2.5.1"
   else
     # CPU wheel: small and enough for tests and the demo; use --gpu for a CUDA build.
