@@ -247,9 +247,7 @@ def import_file(name: str, source: str | os.PathLike, manifest: dict[str, Weight
         raise InputError(f"no such file or folder: {src}")
     if entry.model_dir and src.is_dir() and not (src / entry.model_dir).is_dir():
         src = _as_tree(entry, src)  # the model folder itself was given: place it where the tree has it
-    if not entry.convert:
-        verify_file(entry, src / (entry.model_dir or "") if src.is_dir() else src)
-    return _install(entry, src, move=False)
+    return _install(entry, src, move=False)  # verified in its staging copy, before it replaces anything
 
 
 def _as_tree(entry: WeightEntry, model_folder: Path) -> Path:

@@ -183,7 +183,11 @@ class VoxTell:
 
         root = Path(folder)
         network, patch, _ = build(root, "cpu")
-        network.load_state_dict(load_file(str(root / CONVERTED)), strict=True)  # shapes checked by build
+        try:
+            network.load_state_dict(load_file(str(root / CONVERTED)), strict=True)  # keys and shapes checked by build
+        except Exception as exc:  # safetensors' own error types for corrupt data
+            raise CheckpointError(f"{root.name}/{CONVERTED} cannot be read ({type(exc).__name__}: {exc}); convert or "
+                                  "download it again") from None
         bank_path, encoder = find_bank(root), find_text_encoder(root)
         bank = adapter.load_bank(str(bank_path)) if bank_path else None
         self.provenance = provenance_of(root)

@@ -19,7 +19,6 @@ from ..errors import Cancelled, CapabilityError, CheckpointError
 
 INSTALL = "pip install 'medvlsam2[voxtell]' (or scripts/bootstrap.sh --voxtell)"
 LOCATABLE = ("torch.nn.", "dynamic_network_architectures.")  # plans.json may name classes from these only
-TEXT_HIDDEN = 2048  # fixed inside VoxTellModel (project_text_embed's hidden width)
 
 
 def require_package() -> None:
