@@ -33,6 +33,14 @@ class MedVLSAM2Slicer(ScriptedLoadableModule):
             "Research use only, not for diagnosis.")
         self.parent.acknowledgementText = (
             "Builds on SAM2 (Meta, Apache-2.0) and the MedVL-SAM2 method (arXiv 2601.09879).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """A phantom CT with findings in the Sample Data module (shipped with the extension, no download)."""
+    from MedVLSAM2SlicerLib.sample_data import register
+
+    register()
 
 
 @parameterNodeWrapper
@@ -91,16 +99,17 @@ class MedVLSAM2SlicerLogic(ScriptedLoadableModuleLogic, MedVLSAM2Logic):
 
 
 class MedVLSAM2SlicerTest(ScriptedLoadableModuleTest):
-    """Loads the panel, runs point, box, scribble, undo and text prompts on the tiny model with a synthetic CT."""
+    """Builds the panel, presses Start (demo bundle), clicks, undoes, runs a text prompt and a question, comparing
+    each result with a reference session; a missing package, panel or server fails with its name."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
         self.setUp()
-        self.test_prompts_and_undo()
+        self.test_panel_end_to_end()
 
-    def test_prompts_and_undo(self) -> None:
-        from MedVLSAM2SlicerLib.selftest import prompts_and_undo
+    def test_panel_end_to_end(self) -> None:
+        from MedVLSAM2SlicerLib.selftest import module_self_test
 
-        prompts_and_undo(self, MedVLSAM2SlicerLogic)
+        module_self_test(self)

@@ -31,7 +31,9 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 python -m pip install -q "hydra-core>=1.3.2" "iopath>=0.1.10" "tqdm>=4.66" "pillow>=9.4"
 # sam2: no CUDA extension build, no isolated build env (it would reinstall torch), no torchvision.
-python -c "import sam2" 2>/dev/null || SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation --no-deps "sam2>=1.1.0"
+python -c "import sam2" 2>/dev/null || SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation --no-deps "sam2==1.1.0"
+# its files must equal the SAM2 authors' repository at the recorded commit (PyPI's sam2 is a third party's upload)
+python MedVLSAM2Slicer/MedVLSAM2SlicerLib/sam2_provenance.py
 python -m pip install -q -e ".[test,eval]"
 if [ "$VOXTELL" = 1 ]; then
   pin=$(mktemp)

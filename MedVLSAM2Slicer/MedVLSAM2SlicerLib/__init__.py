@@ -2,5 +2,6 @@
 
 Qt-free at import: panel state, signals, shortcuts, connection and ``logic`` are pure Python; the MRML
 adapters import ``slicer`` inside their functions, so they can be tested without the Slicer application.
-Two files need Slicer and are imported only inside it: ``widget`` (the panel) and ``selftest``.
+Four files need Slicer and are imported only inside it: ``widget``, ``widget_language`` and
+``widget_install`` (the panel) and ``selftest``.
 """

@@ -5,7 +5,9 @@ Works with any object that has the Session's method names (local ``medvlsam2.ses
 a segment is one step of Slicer's segmentation undo history (``undo.SegmentationUndo``). Whoever undoes or
 redoes it (this panel, the Segment Editor's buttons and keys), the segment's restored content is matched to
 the session steps that made it (``undo.Track``) and the session undoes or redoes them too, so the next
-prompt starts from what the user sees.
+prompt starts from what the user sees. A segment painted or erased by hand (Segment Editor) is sent to the
+session as mask prompts on the slices where it differs from the session's mask, so the next propagation
+keeps the edit.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class Controller:
         if undo_history is not None:
             self._observed.append(undo_history.observe(lambda *_: self._changed and self.sync()))
 
-    def sync(self) -> None:
+    def sync(self, absorb: bool = True) -> None:
         """Match each changed segment to the state it now shows and undo/redo the session's steps to it.
 
         Runs on the main thread; the session calls queue on the worker, so a prompt given after an undo
@@ -137,9 +139,39 @@ class Controller:
             if delta:
                 self._move_session(track.obj, delta)
             elif not track.in_step:
-                self.message.emit(f"'{self._segment_name(segment_id)}' was edited outside MedVLSAM2: the model keeps its "
-                                  "own mask, and its next result replaces the box it changes (Reset to start over)")
+                self._edited_by_hand(segment_id, track, absorb)
         self._update_selection()
+
+    def _edited_by_hand(self, segment_id: str, track: Track, absorb: bool) -> None:
+        """Give the session each axial slice where the hand-edited segment differs from its mask, as a mask
+        prompt (SAM2 keeps a prompted slice's mask through propagation); these session steps belong to the
+        edited state, so undoing the edit in Slicer undoes them too. Not when a newer result is arriving
+        (``absorb`` False): the session has moved on from the edited state."""
+        session, obj, state = self.session, track.obj, track.pos
+        if session is None or not hasattr(session, "add_mask") or not absorb:
+            self.message.emit(f"'{self._segment_name(segment_id)}' was edited outside MedVLSAM2: the model keeps its "
+                              "own mask, and its next result replaces the box it changes (Reset to start over)")
+            return
+        painted = segments.segment_array(self.segmentation_node, segment_id, self.volume_node)  # main thread: MRML
+
+        def run(job: Job) -> int:
+            current = session.mask(obj)
+            ks = [k for k in range(painted.shape[0]) if not np.array_equal(current[k], painted[k])]
+            for k in ks:
+                job.cancel.raise_if_cancelled()
+                session.add_mask(obj, k, painted[k])
+            return len(ks)
+
+        def done(steps: int) -> None:
+            if track.pos == state and len(track.steps) > state:
+                track.steps[state] = steps  # the edit is now a state the session can undo and redo
+            if steps:
+                self.message.emit(f"Hand edit of '{self._segment_name(segment_id)}' sent to the model as {steps} "
+                                  "slice prompt(s); the next propagation keeps it")
+            self._update_selection()
+
+        self.worker.submit(Job("hand edit", run, on_done=done, on_error=lambda exc: self.state.set_error(
+            f"the model did not take the hand edit ({exc}); Reset this segment to start over")))
 
     def _move_session(self, obj: int, delta: int) -> None:
         """Undo (delta < 0) or redo (delta > 0) ``abs(delta)`` session steps of ``obj`` on the worker thread."""
@@ -175,6 +207,8 @@ class Controller:
         if not self.state.begin(name):
             self.message.emit(f"busy with {self.state.busy_job}; wait or press Cancel")
             return None
+        if self._changed:
+            self.sync()  # a hand edit not synced yet reaches the session before this call
         job = Job(name, run, on_done=on_done, on_error=self._failed, on_partial=on_partial,
                   on_progress=self.state.set_progress)
         return self.worker.submit(job)
@@ -199,7 +233,7 @@ class Controller:
     def _write(self, segment_id: str, result) -> None:
         """Write ``result`` into the segment as one undo step (none when nothing changed) and track its state."""
         if self._changed:
-            self.sync()  # an outside edit not seen yet is a state of its own, before this write
+            self.sync(absorb=False)  # an outside edit not seen yet is a state of its own, before this write
         node, obj = self.segmentation_node, result.object_id
         track = self._tracks.get(segment_id)
         before = track.keys[track.pos] if track is not None and track.obj == obj else segments.content_key(node, segment_id)

@@ -1,27 +1,33 @@
-"""First-use dependency check and installation, only after the user agreed.
+"""First-use dependency check and the installation plan, shown to the user before anything is installed.
 
 Every package the local model server imports is listed (Testing/Python/test_slicer_static.py checks the
-list against the server's real imports). Three need care:
-- torch comes from the PyTorch extension's installer (``PyTorchUtils``, EXTENSION_DEPENDS) when it is
-  there: it picks the build that matches the computer's CUDA driver;
+list against the server's real imports). ``plan`` turns the missing ones into commands that run in a child
+process of Slicer's Python (``installer.InstallRun``: off the main thread, with progress and Cancel, after
+one consent dialog that lists every package with its approximate download size). Three need care:
+- torch is installed by light-the-torch, the tool the PyTorch extension (``PyTorchUtils``) uses to pick the
+  build that matches the computer's CUDA driver, but with torch alone: ``PyTorchUtils.installTorch`` always
+  adds torchvision, which MedVLSAM2 does not use;
 - sam2 is installed with ``SAM2_BUILD_CUDA=0 --no-build-isolation --no-deps``: its declared torchvision
   would pull a second, CUDA-sized torch, a build environment would download torch again, and the video
   predictor needs neither; its own runtime packages (hydra-core, iopath, pillow, tqdm) are listed here;
-- everything else goes through ``slicer.packaging.pip_ensure`` (Slicer >= 5.11, own consent dialog) or
-  ``slicer.util.pip_install`` (older; main thread). Nothing is installed at import time.
+  then its files are checked against the SAM2 authors' repository (``sam2_provenance``);
+- ``slicer.packaging.pip_ensure`` (Slicer >= 5.11) is not used: it takes no per-package flags (sam2's) and
+  shows its own dialog, so the user would see two lists and never the sam2 step.
+Nothing is installed at import time.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
 
 # import name -> pip requirement
 CLIENT_REQUIREMENTS: dict[str, str] = {"numpy": "numpy>=1.24", "httpx": "httpx>=0.27", "zstandard": "zstandard>=0.22"}
 SERVER_REQUIREMENTS: dict[str, str] = {
     "torch": "torch>=2.5.1",
-    "sam2": "sam2>=1.1",
+    "sam2": "sam2==1.1.0",  # the release whose files sam2_provenance checks against the SAM2 authors' repository
     "hydra": "hydra-core>=1.3.2",  # sam2's config system (sam2 is installed --no-deps)
     "iopath": "iopath>=0.1.10",
     "PIL": "pillow>=9.4",
@@ -41,24 +47,31 @@ SERVER_REQUIREMENTS: dict[str, str] = {
 }
 SAM2_ENV = {"SAM2_BUILD_CUDA": "0"}
 SAM2_FLAGS = ("--no-build-isolation", "--no-deps")
+TORCH_INSTALLER = "light-the-torch>=0.5"
+# approximate download in MB (the wheel for this platform; torch: a CUDA build with its NVIDIA libraries,
+# about 200 MB for a CPU build); shown in the consent dialog so the user knows what to expect
+DOWNLOAD_MB = {"numpy": 20, "httpx": 1, "zstandard": 5, "torch": 2500, "sam2": 1, "hydra": 1, "iopath": 1,
+               "PIL": 5, "tqdm": 1, "transformers": 12, "tokenizers": 3, "peft": 1, "safetensors": 1,
+               "huggingface_hub": 1, "monai": 3, "einops": 1, "SimpleITK": 55, "yaml": 1, "fastapi": 1,
+               "starlette": 1, "uvicorn": 1}
 CONSENT_TEXT = ("MedVLSAM2 needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
-                "They will be downloaded from the Python Package Index into Slicer's Python "
-                "(torch through the PyTorch extension; a few hundred MB to a few GB; Slicer may need a restart). "
+                "About {total} MB in all, downloaded from the Python Package Index (torch from download.pytorch.org "
+                "in the build that matches this computer's GPU driver) into Slicer's Python. The installation runs "
+                "in the background with progress and a Cancel button; Slicer may need a restart afterwards. "
                 "Install now?")
 
 
 @dataclass
 class InstallStep:
-    """One installer call: ``via`` is "pytorch" (the PyTorch extension) or "pip"."""
+    """One command run by Slicer's Python: ``args`` follow the interpreter (``-m pip install ...``)."""
 
-    via: str
-    requirements: list[str]
-    flags: tuple[str, ...] = ()
+    label: str
+    args: list[str]
     env: dict[str, str] = field(default_factory=dict)
 
 
-def missing(requirements: dict[str, str]) -> list[str]:
-    """Import names of ``requirements`` whose module cannot be found (without importing it)."""
+def missing(requirements: Iterable[str]) -> list[str]:
+    """Import names among ``requirements`` (a requirements dict: its keys) whose module cannot be found (not imported)."""
     return [name for name in requirements if importlib.util.find_spec(name) is None]
 
 
@@ -68,67 +81,32 @@ def requirement_strings(names: list[str]) -> list[str]:
 
 
 def consent_message(names: list[str]) -> str:
-    return CONSENT_TEXT.format(packages="\n".join(f"  - {r}" for r in requirement_strings(names)))
+    """The one consent dialog: every package with its approximate size, and the total."""
+    lines = [f"  - {req}  (about {DOWNLOAD_MB.get(n, 1)} MB)" for n, req in zip(names, requirement_strings(names))]
+    return CONSENT_TEXT.format(packages="\n".join(lines), total=sum(DOWNLOAD_MB.get(n, 1) for n in names))
 
 
-def has_pip_ensure(slicer_module=None) -> bool:
-    """True on Slicer >= 5.11, whose ``pip_ensure`` shows its own consent and progress dialog."""
-    if slicer_module is None:
-        import slicer as slicer_module
-    return hasattr(getattr(slicer_module, "packaging", None), "pip_ensure")
+def pip(*args: str) -> list[str]:
+    return ["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *args]
 
 
-def has_pytorch_extension() -> bool:
-    return importlib.util.find_spec("PyTorchUtils") is not None
-
-
-def plan(names: list[str], pytorch_extension: bool) -> list[InstallStep]:
-    """Installer calls for the missing import ``names``: torch first (sam2 builds against it), sam2 last."""
+def plan(names: list[str], have_torch_installer: bool | None = None) -> list[InstallStep]:
+    """Commands for the missing import ``names``: torch first (sam2 builds against it), sam2 last, then its check."""
     steps: list[InstallStep] = []
     rest = [n for n in names if n not in ("torch", "sam2")]
     if "torch" in names:
-        steps.append(InstallStep("pytorch" if pytorch_extension else "pip", [SERVER_REQUIREMENTS["torch"]]))
+        if have_torch_installer is None:
+            have_torch_installer = importlib.util.find_spec("light_the_torch") is not None
+        if not have_torch_installer:
+            steps.append(InstallStep("light-the-torch (picks the torch build for this GPU)", pip(TORCH_INSTALLER)))
+        steps.append(InstallStep("torch", ["-m", "light_the_torch", "install", SERVER_REQUIREMENTS["torch"]]))
     if rest:
-        steps.append(InstallStep("pip", requirement_strings(rest)))
+        steps.append(InstallStep(", ".join(requirement_strings(rest)), pip(*requirement_strings(rest))))
     if "sam2" in names:
         # --no-build-isolation builds against the installed torch, so the build tools must be there
-        steps.append(InstallStep("pip", ["setuptools", "wheel"]))
-        steps.append(InstallStep("pip", [SERVER_REQUIREMENTS["sam2"]], SAM2_FLAGS, dict(SAM2_ENV)))
+        steps.append(InstallStep("setuptools, wheel (to build sam2)", pip("setuptools", "wheel")))
+        steps.append(InstallStep(SERVER_REQUIREMENTS["sam2"], pip(*SAM2_FLAGS, SERVER_REQUIREMENTS["sam2"]),
+                                 dict(SAM2_ENV)))
+        checker = Path(__file__).with_name("sam2_provenance.py")
+        steps.append(InstallStep("sam2 compared with the SAM2 authors' release", [str(checker)]))
     return steps
-
-
-def install(names: list[str], slicer_module=None) -> list[str]:
-    """Run the installer calls for ``names`` (call on the main thread, after consent); returns the helpers used.
-
-    Without ``pip_ensure`` call only after the user agreed to ``consent_message`` (``pip_ensure`` and the
-    PyTorch installer ask by themselves).
-    """
-    if slicer_module is None:
-        import slicer as slicer_module
-    used = []
-    for step in plan(list(names), has_pytorch_extension()):
-        if step.via == "pytorch":
-            import PyTorchUtils
-
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
-            if torch is None:
-                raise RuntimeError("PyTorch was not installed (cancelled or failed); open the PyTorch Utils module "
-                                   "to install it, then press Start again")
-            used.append("PyTorchUtils")
-            continue
-        saved = {k: os.environ.get(k) for k in step.env}
-        os.environ.update(step.env)
-        try:
-            if not step.flags and has_pip_ensure(slicer_module):
-                slicer_module.packaging.pip_ensure(step.requirements, requester="MedVLSAM2Slicer")
-                used.append("pip_ensure")
-            else:
-                slicer_module.util.pip_install(" ".join([*step.flags, *step.requirements]))
-                used.append("pip_install")
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    return used

@@ -8,7 +8,8 @@ PREFIX = "MedVLSAM2Slicer/"
 DEFAULTS: dict[str, Any] = {
     "model": "demo",          # "demo" (shipped trained bundle), "tiny"/"base" (random) or a bundle folder
     "device": "auto",         # auto, cuda, mps, cpu
-    "remoteUrl": "",          # empty: start a local server
+    "serverMode": "",         # "local" or "remote" (serving.py); empty: the first mode this Slicer supports
+    "remoteUrl": "",          # the server "remote" mode connects to
     "serverPort": 0,          # 0: pick a free port
     "pythonExecutable": "",   # empty: Slicer's own Python
     "weightsDir": "",         # empty: the engine's default cache

@@ -14,13 +14,14 @@ import qt
 import slicer
 from slicer.util import VTKObservationMixin
 
+from .widget_language import ASK_CONTEXTS, LanguagePanel
+
 DELIVER_INTERVAL_MS = 50  # how often the main thread picks up worker results
-ASK_CONTEXTS = ("Whole CT", "Current segment", "Box (ROI)")
 # drawing tools (one at a time): button -> prompt kind
 TOOLS = (("pointButton", "point"), ("boxButton", "box"), ("lassoButton", "lasso"), ("scribbleButton", "scribble"))
 
 
-class MedVLSAM2Panel(VTKObservationMixin):
+class MedVLSAM2Panel(LanguagePanel, VTKObservationMixin):
     """Panel: mirrors PanelState onto the buttons, turns clicks into logic calls.
 
     ``host`` is the module's ScriptedLoadableModuleWidget (layout, resourcePath, parent); ``logic`` is
@@ -40,6 +41,7 @@ class MedVLSAM2Panel(VTKObservationMixin):
         self._freehand = None  # the scribble tool: strokes painted with the mouse (freehand.FreehandStroke)
         self._activeTool = ""
         self._streamTarget = "transcript"  # where streamed text goes: the Q&A transcript or the report
+        self._install = None  # a running PackageInstall
 
     # ----- lifecycle
     def setup(self) -> None:
@@ -68,11 +70,13 @@ class MedVLSAM2Panel(VTKObservationMixin):
         self._fillModels(self.settings.get("model"))
         u.deviceSelector.currentText = self.settings.get("device")
         u.remoteUrlEdit.text = self.settings.get("remoteUrl")
+        self._fillServerModes()
 
         u.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onVolumeChanged)
         u.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onSegmentationChanged)
         u.segmentSelector.connect("currentSegmentChanged(QString)", self._onSegmentChanged)
         u.modelSelector.connect("activated(int)", self._onModelActivated)
+        u.serverModeSelector.connect("currentIndexChanged(int)", lambda _: self._onServerModeChanged())
         u.startServerButton.connect("clicked()", self.onStart)
         u.stopServerButton.connect("clicked()", self.logic.stop)
         u.importWeightsButton.connect("clicked()", self.onImportWeights)
@@ -256,18 +260,70 @@ class MedVLSAM2Panel(VTKObservationMixin):
             path = os.path.dirname(path)
         self._fillModels(path or self.settings.get("model"))
 
-    def onStart(self) -> None:
-        from . import dependencies
+    def _fillServerModes(self) -> None:
+        """Offer only the modes this Slicer's Python supports; say why another is not offered."""
+        import sys
 
-        model, remote = self._model(), self.ui.remoteUrlEdit.text.strip()
+        from . import serving
+
+        modes = serving.server_modes(tuple(sys.version_info), self.settings.get("pythonExecutable"))
+        selector = self.ui.serverModeSelector
+        selector.clear()
+        for mode in modes:
+            if mode.available:
+                selector.addItem(mode.label, mode.name)
+        saved = self.settings.get("serverMode") or (serving.REMOTE if self.settings.get("remoteUrl") else "")
+        index = selector.findData(saved)
+        selector.currentIndex = index if index >= 0 else 0
+        self.ui.serverModeNote.text = "\n".join(m.reason for m in modes if not m.available)
+        self._onServerModeChanged()
+
+    def _serverMode(self) -> str:
+        return self.ui.serverModeSelector.currentData or ""
+
+    def _onServerModeChanged(self) -> None:
+        from .serving import LOCAL, REMOTE
+
+        remote = self._serverMode() == REMOTE
+        for widget in (self.ui.remoteUrlEdit, self.ui.remoteTokenEdit):
+            widget.enabled = remote
+        self.ui.modelSelector.enabled = self.ui.deviceSelector.enabled = self._serverMode() == LOCAL
+
+    def onStart(self) -> None:
+        import sys
+
+        from . import dependencies, serving
+
+        model, mode = self._model(), self._serverMode()
+        try:  # decided before anything is installed: an unsupported mode downloads nothing
+            plan = serving.plan_start(mode, tuple(sys.version_info), self.ui.remoteUrlEdit.text,
+                                      self.settings.get("pythonExecutable"))
+        except ValueError as exc:
+            self.state.set_error(str(exc))
+            return
+        remote = plan.remote_url
         self.settings.set("model", model)
         self.settings.set("device", self.ui.deviceSelector.currentText)
-        self.settings.set("remoteUrl", remote)
-        needed = dependencies.missing(dependencies.CLIENT_REQUIREMENTS)
-        if not remote and not self.settings.get("pythonExecutable"):
-            needed += dependencies.missing(dependencies.SERVER_REQUIREMENTS)
-        if needed and not self._installWithConsent(needed):
+        self.settings.set("serverMode", plan.mode)
+        self.settings.set("remoteUrl", remote or self.settings.get("remoteUrl"))
+        needed = dependencies.missing(plan.needs)
+        if needed:  # installed in the background; Start goes on when it has finished
+            from .widget_install import PackageInstall
+
+            self._install = PackageInstall(self.parent, needed, lambda: self._start(model, remote), self._installFailed)
+            if not self._install.start():
+                self._install = None
             return
+        self._start(model, remote)
+
+    def _installFailed(self, message: str) -> None:
+        self._install = None
+        self.state.set_error(message)
+        if "cancelled" not in message:
+            slicer.util.errorDisplay(f"Installing Python packages failed.\n\n{message}", windowTitle="MedVLSAM2")
+
+    def _start(self, model: str, remote: str) -> None:
+        self._install = None
         start = lambda: self.logic.start(model, self.ui.deviceSelector.currentText, remote, self.ui.remoteTokenEdit.text,
                                          self.settings.get("pythonExecutable"), on_ready=self._openSession)
         if not remote and not self.logic.weights_ready(model):
@@ -279,20 +335,6 @@ class MedVLSAM2Panel(VTKObservationMixin):
             return
         self.state.update(connection="starting")
         start()
-
-    def _installWithConsent(self, needed) -> bool:
-        from . import dependencies
-
-        if not dependencies.has_pip_ensure() and not slicer.util.confirmOkCancelDisplay(
-                dependencies.consent_message(needed), windowTitle="MedVLSAM2: install Python packages"):
-            return False
-        try:
-            with slicer.util.tryWithErrorDisplay("Installing Python packages failed.", waitCursor=True):
-                dependencies.install(needed)
-        except Exception:
-            return False
-        still = dependencies.missing({**dependencies.CLIENT_REQUIREMENTS, **dependencies.SERVER_REQUIREMENTS})
-        return not set(still) & set(needed)
 
     def onImportWeights(self) -> None:
         from medvlsam2 import weights
@@ -420,63 +462,3 @@ class MedVLSAM2Panel(VTKObservationMixin):
     def _onSegmentsWritten(self, segmentIds) -> None:
         if segmentIds:
             self.ui.segmentSelector.setCurrentSegmentID(segmentIds[-1])
-
-    # ----- language
-    def onAsk(self) -> None:
-        question = self.ui.questionEdit.text.strip()
-        context = None
-        choice = self.ui.askContextSelector.currentText
-        if choice == ASK_CONTEXTS[1] and self._segmentId() in self.logic.controller.objects:
-            context = {"object": self.logic.controller.objects[self._segmentId()]}
-        elif choice == ASK_CONTEXTS[2]:
-            from . import markups
-
-            try:
-                context = {"box": markups.roi_to_box(self.logic.prompt_node(slicer.mrmlScene, "box"),
-                                                     self.ui.inputVolumeSelector.currentNode())}
-            except Exception as exc:
-                self.state.set_error(str(exc))
-                return
-        import html
-
-        self.ui.transcriptView.append(f"<b>Q:</b> {html.escape(question)}")
-        self.ui.transcriptView.append("<b>A:</b> ")
-        self._streamTarget = "transcript"
-        self._run(self.logic.controller.ask, question, context)
-
-    def onReport(self) -> None:
-        self._streamTarget = "report"
-        self.ui.reportEdit.plainText = ""
-        self._run(self.logic.controller.report)
-
-    def _onAnswerChunk(self, text: str) -> None:
-        view = self.ui.transcriptView if self._streamTarget == "transcript" else self.ui.reportEdit
-        cursor = view.textCursor()
-        cursor.movePosition(qt.QTextCursor.End)
-        cursor.insertText(text)
-
-    def _onAnswerDone(self, job: str, text: str) -> None:
-        if job == "report":
-            self.ui.reportEdit.plainText = text
-
-    def _onReportEdited(self) -> None:
-        from . import report_node
-
-        text = self.ui.reportEdit.plainText
-        self.state.update(report_text=text)
-        node = report_node.report_text_node(slicer.mrmlScene, create=False)
-        if node is not None and not self.state.busy:
-            node.SetText(text)
-
-    def onSaveReport(self) -> None:
-        from . import report_node
-
-        path = qt.QFileDialog.getSaveFileName(self.parent, "Save draft report", "report.md", "Markdown (*.md)")
-        if not path:
-            return
-        try:
-            with slicer.util.tryWithErrorDisplay("Saving the report failed."):
-                saved = report_node.save_markdown(self.ui.reportEdit.plainText, path)
-        except Exception:
-            return  # already shown to the user
-        slicer.util.showStatusMessage(f"Report saved to {saved}", 5000)

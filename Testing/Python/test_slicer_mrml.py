@@ -384,18 +384,20 @@ def test_undo_and_redo_by_slicers_own_history_keep_the_session_in_step(scene, se
         mask = segments.segment_array(segmentation, target, ct)
         assert mask[3, 7, 6] == 0 and mask[4, 11, 10] == 1 and mask.sum() == 2 and in_step()
         assert not logic.CanRedo()  # a new step ends the redo branch, in Slicer and in the session
-        # an edit outside the module is a state no session step made: undoing it leaves the session alone
+        # an edit outside the module becomes a mask prompt on the slice it changed; undoing it undoes that step
         logic.SaveStateForUndo()  # what a Segment Editor effect does before it paints
         painted = mask.copy()
         painted[0, 0, 0] = 1
         slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentation, target, ct)
         while loop:
             loop.pop(0)()
-        assert messages and "edited outside MedVLSAM2" in messages[-1]
+        worker.wait_all()
+        assert messages and "1 slice prompt" in messages[-1] and in_step()
+        assert [(o, k) for o, k, _ in session.masks] == [(obj, 0)] and np.array_equal(session.masks[0][2], painted[0])
         calls = len(session.undone)
         logic.Undo()
         worker.wait_all()
-        assert len(session.undone) == calls and in_step()
+        assert session.undone[calls:] == [obj] and in_step()
         logic.Undo()  # back past the click given after the undo
         worker.wait_all()
         assert in_step() and segments.segment_array(segmentation, target, ct).sum() == 1
@@ -654,6 +656,9 @@ class FakeSession:
         self.masks_by_obj[obj] = mask
         k0, k1, j0, j1, i0, i1 = bbox
         return SegmentationResult(obj, self.names[obj], bbox, mask[k0:k1, j0:j1, i0:i1].copy())
+
+    def mask(self, obj):
+        return self.masks_by_obj.get(obj, np.zeros(SHAPE, np.uint8)).copy()
 
     def add_mask(self, obj, k, mask2d):
         self.masks.append((obj, k, mask2d))
@@ -954,7 +959,8 @@ def test_the_logic_creates_the_panels_nodes_and_turns_drawn_prompts_into_calls(m
             nodes["lasso"].AddControlPoint(vtk.vtkVector3d(*p))
         logic.submit_drawn_prompt("lasso", nodes["lasso"], first, negative=True)
         logic.controller.worker.wait_all()
-        (_, k, sent), = session.masks
+        hand, (_, k, sent) = session.masks  # the hand-painted slice went to the session first, as a mask prompt
+        assert hand[1] == 3 and np.array_equal(hand[2], mask[3])
         expected = mask[3].copy()
         expected[2:10, 2:7] = 0
         assert k == 3 and np.array_equal(sent, expected) and logic.controller.state.error == ""
@@ -963,7 +969,7 @@ def test_the_logic_creates_the_panels_nodes_and_turns_drawn_prompts_into_calls(m
             nodes["lasso"].AddControlPoint(vtk.vtkVector3d(*p))
         logic.submit_drawn_prompt("lasso", nodes["lasso"], first, negative=True)
         logic.controller.worker.wait_all()
-        assert seen[-1] == ([[5, 5, 2], [5, 5, 3], [5, 5, 4]], [-1, -1, -1]) and len(session.masks) == 1
+        assert seen[-1] == ([[5, 5, 2], [5, 5, 3], [5, 5, 4]], [-1, -1, -1]) and len(session.masks) == 2
     finally:
         logic.shutdown()
 

@@ -222,34 +222,6 @@ def test_settings_round_trip_and_never_store_secrets():
     assert not any("token" in k.lower() for k in store)
 
 
-def test_dependency_install_uses_the_pytorch_extension_sam2_without_deps_and_pip_ensure(monkeypatch):
-    import os
-    import types
-
-    calls = []
-    new = SimpleNamespace(packaging=SimpleNamespace(pip_ensure=lambda reqs, requester: calls.append(("ensure", reqs))),
-                          util=SimpleNamespace(pip_install=lambda args: calls.append(
-                              ("install", args, os.environ.get("SAM2_BUILD_CUDA")))))
-    old = SimpleNamespace(util=new.util)
-    torch_utils = types.ModuleType("PyTorchUtils")
-    torch_utils.PyTorchUtilsLogic = lambda: SimpleNamespace(
-        installTorch=lambda askConfirmation: calls.append(("pytorch", askConfirmation)) or "torch")
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
-    monkeypatch.setattr(dependencies, "has_pytorch_extension", lambda: True)
-    monkeypatch.delenv("SAM2_BUILD_CUDA", raising=False)
-    assert dependencies.install(["torch", "sam2", "monai"], new) == ["PyTorchUtils", "pip_ensure", "pip_ensure",
-                                                                     "pip_install"]
-    assert calls == [("pytorch", True), ("ensure", ["monai>=1.4"]), ("ensure", ["setuptools", "wheel"]),
-                     ("install", "--no-build-isolation --no-deps sam2>=1.1", "0")]
-    assert "SAM2_BUILD_CUDA" not in os.environ  # set only for sam2's build
-    calls.clear()
-    assert dependencies.install(["httpx"], old) == ["pip_install"] and calls == [("install", "httpx>=0.27", None)]
-    assert dependencies.install([], old) == []
-    steps = dependencies.plan(["torch", "einops"], pytorch_extension=False)  # no PyTorch extension: pip
-    assert [(s.via, s.requirements) for s in steps] == [("pip", ["torch>=2.5.1"]), ("pip", ["einops>=0.7"])]
-    assert dependencies.has_pip_ensure(new) and not dependencies.has_pip_ensure(old)
-
-
 def test_the_dependency_check_reports_monai_missing_when_it_is(monkeypatch):
     import importlib.util
 

@@ -2,9 +2,11 @@
 
     Slicer --no-main-window --python-script Testing/Slicer/smoke.py
 
-Exits 0 when the self-test passed, 1 otherwise (CI runs it when a ``Slicer`` executable is on the PATH).
-The self-test uses the tiny random-weight model and a synthetic phantom: nothing is downloaded. Needs
-torch, sam2 and the server's packages in Slicer's Python (press Start in the module once, or install them).
+Exits 0 only when the self-test ran every step and passed, 1 otherwise, naming the missing piece
+(packages, widget, server, point, undo, text, question); nothing is skipped. CI runs it when a ``Slicer``
+executable is on the PATH. The self-test starts a local server with the shipped demo bundle on a
+synthetic phantom (nothing is downloaded), so Slicer's Python needs torch, sam2 and the server's packages
+(press Start in the module once, or install them).
 """
 
 import sys
@@ -36,8 +38,9 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         code = main()
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
+        print(f"smoke: FAILED ({getattr(exc, 'piece', type(exc).__name__)}): {exc}", file=sys.stderr)
         code = 1
     import slicer
 
