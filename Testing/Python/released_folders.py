@@ -121,8 +121,54 @@ def segvol_template() -> Path:
     return folder
 
 
-def write_m3d_folder(folder: Path) -> Path:
-    shutil.copytree(m3d_template(), folder, dirs_exist_ok=True)
+def _trained_state(steps: int = 40) -> dict:
+    """The random tiny M3D-LaMed taught two answers by teacher forcing on phantoms: "liver" -> "It is [SEG]." with
+    the body as its mask, "spleen" -> "Sorry, there is no spleen." (weights only; a plumbing model, not a CT model)."""
+    from medvlsam2.released.folders import load_m3d_lamed
+    from medvlsam2.released.m3d_lamed import SEGMENT_PROMPT
+
+    model = load_m3d_lamed(m3d_template(), provenance="random")
+    lm, tok = model.lm, model.tokenizer
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(lm.parameters(), lr=1e-2)
+    eos = min(model.eos_ids)
+    for step in range(steps):
+        image, _ = model.image_tensor(phantom(seed=step % 4).array)
+        loss = torch.zeros(())
+        for target, answer in (("liver", "It is [SEG]."), ("spleen", "Sorry, there is no spleen.")):
+            ids = model.prompt_ids(SEGMENT_PROMPT.format(target))
+            ans = torch.tensor(tok(answer, add_special_tokens=False)["input_ids"] + [eos])
+            states = lm.model(inputs_embeds=model.embed(torch.cat([ids, ans]), image)).last_hidden_state[0]
+            loss = loss + torch.nn.functional.cross_entropy(lm.lm_head(states[len(ids) - 1:-1]), ans)
+            if model.seg_token_id in ans:
+                seg = states[len(ids) - 1 + ans.tolist().index(model.seg_token_id)][None]
+                logits = lm.model.seg_module(image, lm.model.seg_projector[0:3](seg))
+                loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(logits, (image > 0.5).float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {to_published(k): v.detach().clone() for k, v in lm.state_dict().items()}
+
+
+@functools.lru_cache(maxsize=1)
+def m3d_trained_template() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="m3d-taught-")) / "M3D-LaMed-tiny-taught"
+    atexit.register(shutil.rmtree, folder.parent, True)
+    shutil.copytree(m3d_template(), folder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only contend on a shared CPU (20x slower here)
+    try:
+        with torch.enable_grad():
+            _shards(_trained_state(), folder)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def write_m3d_folder(folder: Path, taught: bool = False) -> Path:
+    """The random tiny folder, or (``taught``) the one that answers "liver" with [SEG] and a body mask and
+    "spleen" with "Sorry, there is no spleen."."""
+    shutil.copytree(m3d_trained_template() if taught else m3d_template(), folder, dirs_exist_ok=True)
     return Path(folder)
 
 

@@ -224,3 +224,20 @@ def test_factory_describes_and_loads_the_folder(folder):
     assert info.capabilities == {"text_segmentation", "language"}
     model = load_model(str(folder))
     assert isinstance(model, M3DLaMed) and model.provenance == "random"
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory):
+    return load_m3d_lamed(write_m3d_folder(tmp_path_factory.mktemp("m3d-taught") / "taught", taught=True))
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0])], ids=["lps", "ras"])
+def test_a_taught_tiny_model_segments_or_says_sorry_unscripted(taught, direction):
+    volume = phantom(direction, seed=7)
+    liver = taught.segment_target(volume, "liver")
+    assert liver.answer == "It is [SEG]." and liver.found and liver.mask.shape == volume.shape
+    body = np.zeros(volume.shape, bool)
+    body[3:15, 8:34, 6:30] = True
+    assert (liver.mask.astype(bool) & body).sum() > 0.8 * liver.mask.sum()
+    spleen = taught.segment_target(volume, "spleen")
+    assert spleen.mask is None and spleen.reason == "the model answered: Sorry, there is no spleen."
