@@ -1,15 +1,15 @@
 """``medvlsam2 segment``/``batch`` on random-weight SegVol and M3D-LaMed folders in the published layout: exit 0,
 the mask in the input's exact geometry (LPS, RAS, oblique), the family's not-found reason when it finds nothing.
-With random weights the decoders' answers are replaced (every voxel of the decoded window, or an empty one) and
-M3D-LaMed's language head answers "It is [SEG]."; everything around them (preprocessing, text tower, paste back
-into the input grid, Session, CLI, file writing) is the real path."""
+The M3D-LaMed folder is the taught tiny one (it answers "liver" with [SEG] and "spleen" with "Sorry, there is no
+spleen."); the decoders' answers are replaced (every voxel of the decoded window, or none) so that the geometry
+checks mean something; everything around them (preprocessing, text and language towers, paste back into the
+input grid, Session, CLI, file writing) is the real path."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 from released_folders import phantom, write_m3d_folder, write_segvol_folder
-from test_released_m3d import Scripted
 
 from medvlsam2 import factory
 from medvlsam2.cli import main
@@ -23,7 +23,7 @@ DIRECTIONS = {"lps": np.eye(3), "ras": np.diag([-1.0, -1.0, 1.0]),
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("released-cli")
-    return {"segvol": write_segvol_folder(root / "SegVol"), "m3d": write_m3d_folder(root / "M3D-LaMed-Phi-3-4B")}
+    return {"segvol": write_segvol_folder(root / "SegVol"), "m3d": write_m3d_folder(root / "M3D-LaMed-Phi-3-4B", taught=True)}
 
 
 @pytest.fixture
@@ -36,21 +36,6 @@ def decoder(monkeypatch):
     return answer
 
 
-@pytest.fixture
-def seg_answer(monkeypatch):
-    """M3D-LaMed loaded by the factory answers "It is [SEG]." (its states stay real)."""
-    load = factory._load_released_text
-
-    def scripted(info, device):
-        model = load(info, device)
-        if info.kind == "m3d-lamed":
-            ids = model.tokenizer("It is [SEG].", add_special_tokens=False)["input_ids"]
-            model.lm.lm_head = Scripted(model.lm.lm_head, ids, min(model.eos_ids))
-        return model
-
-    monkeypatch.setattr(factory, "_load_released_text", scripted)
-
-
 def write(volume, path):
     sitk.WriteImage(volume.to_sitk(), str(path))
     return path
@@ -58,7 +43,7 @@ def write(volume, path):
 
 @pytest.mark.parametrize("family", ["segvol", "m3d"])
 @pytest.mark.parametrize("geometry", sorted(DIRECTIONS))
-def test_segment_exits_0_with_the_inputs_exact_geometry(folders, decoder, seg_answer, tmp_path, family, geometry):
+def test_segment_exits_0_with_the_inputs_exact_geometry(folders, decoder, tmp_path, family, geometry):
     image = write(phantom(DIRECTIONS[geometry]), tmp_path / "ct.nii.gz")
     out = tmp_path / "liver.nii.gz"
     assert main(["segment", str(image), "--model", str(folders[family]), "--prompt", "liver", "-o", str(out)]) == 0
@@ -69,7 +54,7 @@ def test_segment_exits_0_with_the_inputs_exact_geometry(folders, decoder, seg_an
     assert not mask.array[:2].any()  # nothing in the air slices above it
 
 
-def test_batch_and_not_found(folders, decoder, seg_answer, tmp_path, capsys):
+def test_batch_and_not_found(folders, decoder, tmp_path, capsys):
     cases = tmp_path / "cases"
     cases.mkdir()
     write(phantom(DIRECTIONS["oblique"]), cases / "a.nii.gz")
@@ -81,10 +66,13 @@ def test_batch_and_not_found(folders, decoder, seg_answer, tmp_path, capsys):
     assert main(["segment", str(cases / "a.nii.gz"), "--model", str(folders["segvol"]), "--prompt", "spleen",
                  "-o", str(out)]) == 3
     assert "SegVol's mask for it is empty" in capsys.readouterr().err and not read_volume(out).array.any()
+    decoder(1.0)
+    assert main(["segment", str(cases / "a.nii.gz"), "--model", str(folders["m3d"]), "--prompt", "spleen",
+                 "-o", str(out)]) == 3
+    assert "Sorry, there is no spleen." in capsys.readouterr().err and not read_volume(out).array.any()
 
 
-def test_a_recipe_refines_an_m3d_text_mask_with_a_sam2_click_and_undoes_it_exactly(folders, decoder, seg_answer,
-                                                                                     tmp_path):
+def test_a_recipe_refines_an_m3d_text_mask_with_a_sam2_click_and_undoes_it_exactly(folders, decoder, tmp_path):
     from official_sam2 import write_official_checkpoint
 
     from medvlsam2.session import Session
