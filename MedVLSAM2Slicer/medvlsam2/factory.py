@@ -34,7 +34,7 @@ NATIVE_SIZE_SAM2 = 1024  # SAM2.1 was trained at 1024 px; MedSAM2 at 512 (its ma
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a spec is, torch-free. ``kind``: bundle | named | segmenter | med3dvlm | m3d-lamed | segvol | recipe."""
+    """What a spec is, torch-free. ``kind``: bundle | named | segmenter | med3dvlm | m3d-lamed | segvol | voxtell | recipe."""
 
     spec: str
     kind: str
