@@ -3,9 +3,11 @@
 ``plans.json`` has nnU-Net's structure (``configurations.3d_fullres.{patch_size, architecture}`` with the
 ResidualEncoderUNet ``arch_kwargs`` and ``_kw_requires_import``) at a small size: six stages, stride 1,
 1x1x1 kernels in the deep stages, a 6^3 patch. VoxTellModel fixes the widths of the stages it reads (32 and 64
-for the two fused stages, 320 for memory layer 5, whose map is 6^3); the others are narrow here. The weights come from upstream's ``VoxTellModel``, saved as nnU-Net's ``checkpoint_final.pth`` (the published
-layout) and converted by ``weights convert``; ``metadata.json`` marks the folder "random"; ``Qwen3-Embedding-4B/`` is a tiny Qwen3 with an offline tokenizer;
-``text_embeddings.npz`` is a bank in the published format (``labels``, float16 ``embeddings``).
+for the two fused stages, 320 for memory layer 5, whose map is 6^3); the others are narrow here. The weights
+come from upstream's ``VoxTellModel``, saved as nnU-Net's ``checkpoint_final.pth`` (the published layout) and
+converted by ``weights convert``; ``metadata.json`` marks the folder "random"; ``Qwen3-Embedding-4B/`` is a tiny
+Qwen3 with an offline tokenizer; ``text_embeddings.npz`` is a bank in the published format (``labels``, float16
+``embeddings``).
 """
 
 from __future__ import annotations
