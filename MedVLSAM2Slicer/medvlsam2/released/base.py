@@ -66,7 +66,7 @@ class LanguageAnswerer(Protocol):
     """Optional, for families with LANGUAGE: stream the answer to a free question about the volume."""
 
     def ask(self, volume: "Volume", question: str, cancel: "CancelToken | None" = None,
-            max_new_tokens: int = 256) -> Iterator[str]:
+            max_new_tokens: int | None = None) -> Iterator[str]:
         ...
 
 

@@ -56,7 +56,7 @@ def check_folder_layout(expected: dict[str, tuple], root: Path, family: str) -> 
 
 
 def read_state(files: dict[str, Path], prefix: str = "", drop: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """All tensors, renamed to ours; keys in ``drop`` (published names) are returned separately by the caller."""
+    """All tensors renamed to ours, except those in ``drop`` (published names the caller checks on its own)."""
     from safetensors import safe_open
 
     by_file: dict[Path, list[str]] = {}
