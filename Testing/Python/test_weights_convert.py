@@ -106,30 +106,30 @@ def test_numpy_arrays_and_object_scalars_are_refused(tmp_path):
     assert nothing_written(tmp_path, "model")
 
 
-def test_a_file_without_a_state_dict_or_not_a_checkpoint_is_refused(tmp_path):
-    src = tmp_path / "notes.pth"
-    torch.save({"epoch": 3, "name": "x"}, src)
-    with pytest.raises(CheckpointError, match="holds no state dict"):
-        convert(src)
-    junk = tmp_path / "junk.bin"
-    junk.write_bytes(b"not a pickle at all")
-    with pytest.raises(CheckpointError, match="refused junk.bin"):
-        convert(junk)
-    truncated = tmp_path / "cut.bin"
-    torch.save(segvol_state(), truncated)
-    truncated.write_bytes(truncated.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match="refused cut.bin"):
-        convert(truncated)
-    assert nothing_written(tmp_path, "notes") and nothing_written(tmp_path, "junk") and nothing_written(tmp_path, "cut")
+def _truncated(path):
+    torch.save(segvol_state(), path)
+    path.write_bytes(path.read_bytes()[:5000])
 
 
-def test_bad_arguments_say_what_to_give(tmp_path):
-    with pytest.raises(InputError, match="no such file"):
-        convert(tmp_path / "missing.bin")
-    st = tmp_path / "m.safetensors"
-    st.write_bytes(b"x")
-    with pytest.raises(InputError, match="needs no conversion"):
-        convert(st)
+REFUSED = {  # file name -> (how it is made, error, message)
+    "notes.pth": (lambda p: torch.save({"epoch": 3, "name": "x"}, p), CheckpointError, "holds no state dict"),
+    "junk.bin": (lambda p: p.write_bytes(b"not a pickle at all"), CheckpointError, "refused junk.bin"),
+    "cut.bin": (_truncated, CheckpointError, "refused cut.bin"),
+    "missing.bin": (lambda p: None, InputError, "no such file"),
+    "m.safetensors": (lambda p: p.write_bytes(b"x"), InputError, "needs no conversion"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_what_is_not_a_checkpoint_is_refused_and_nothing_written(tmp_path, name):
+    make, error, message = REFUSED[name]
+    make(tmp_path / name)
+    with pytest.raises(error, match=message):
+        convert(tmp_path / name)
+    assert not list(tmp_path.glob("*.safetensors*")) or name == "m.safetensors"
+
+
+def test_the_output_must_be_a_new_safetensors_file(tmp_path):
     src = tmp_path / "m.bin"
     torch.save(segvol_state(), src)
     with pytest.raises(InputError, match="must be a new .safetensors"):
