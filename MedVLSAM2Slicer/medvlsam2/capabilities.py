@@ -19,8 +19,9 @@ PROVENANCES = ("random", "phantom-trained", "trained", "released")
 LOAD_INSTEAD = {
     INTERACTIVE: "a SAM2.1/MedSAM2 checkpoint (e.g. --model medsam2-latest, or a MedSAM2_latest.pt file) "
                  "or a MedVL-SAM2 bundle",
-    TEXT_SEGMENTATION: "a MedVL-SAM2 bundle trained for text prompts (e.g. the demo bundle, the default model); "
-                       "released segmenters and Med3DVLM cannot segment from text",
+    TEXT_SEGMENTATION: "a released text segmenter (--model voxtell, segvol or m3d-lamed-phi3-4b, or a recipe with a "
+                       "`text_segmenter:` part) or a MedVL-SAM2 bundle trained for text prompts (the demo bundle); "
+                       "SAM2/MedSAM2 and Med3DVLM cannot segment from text",
     LANGUAGE: "a Med3DVLM folder (--model med3dvlm-qwen2.5-7b), a recipe with a `language:` part, "
               "or a MedVL-SAM2 bundle",
 }

@@ -3,9 +3,10 @@
 A spec is, tried in this order:
 - ``demo``: the project's trained demo bundle (Resources/DemoWeights);
 - a folder: a Med3DVLM folder (``config.json`` with ``model_type`` "vlm_qwen"), an M3D-LaMed ("lamed_phi3")
-  or SegVol ("segvol") folder, or our MedVL-SAM2 bundle;
-- a ``.yaml``/``.yml`` recipe combining parts: ``segmenter: SPEC`` and/or ``language: SPEC``
-  (optional ``image_size``, ``window``);
+  or SegVol ("segvol") folder, a VoxTell folder (``plans.json`` + ``fold_0/checkpoint_final``), or our
+  MedVL-SAM2 bundle;
+- a ``.yaml``/``.yml`` recipe combining parts: ``segmenter: SPEC``, ``language: SPEC`` and/or
+  ``text_segmenter: SPEC`` (a released text segmenter whose masks seed SAM2 objects; optional ``image_size``, ``window``);
 - a released segmenter file: an official SAM2.1/MedSAM2 ``{"model": state_dict}`` ``.pt`` or a
   ``.safetensors`` file (architecture inferred from its shapes);
 - a named config (``tiny``, ``base``, ``paper``, ``small``: random weights; ``small`` is the demo bundle's shape);
@@ -21,7 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .capabilities import ALL, INTERACTIVE, LANGUAGE, PROVENANCES
+from .capabilities import ALL, INTERACTIVE, LANGUAGE, PROVENANCES, TEXT_SEGMENTATION
 from .errors import CapabilityError, CheckpointError, InputError
 from .released.base import FOLDER_MODEL_TYPES, SIZES_FIELD
 
@@ -29,13 +30,14 @@ SEGMENTER_SUFFIXES = (".pt", ".pth", ".safetensors")
 RECIPE_SUFFIXES = (".yaml", ".yml")
 MODEL_FILE_SUFFIXES = SEGMENTER_SUFFIXES + RECIPE_SUFFIXES  # every file a spec may name (the panel's chooser too)
 DEMO = "demo"  # the project's trained demo bundle, wherever it is installed
-RECIPE_KEYS = {"segmenter", "language", "image_size", "window"}
+RECIPE_PARTS = ("segmenter", "language", "text_segmenter")
+RECIPE_KEYS = {*RECIPE_PARTS, "image_size", "window"}
 NATIVE_SIZE_SAM2 = 1024  # SAM2.1 was trained at 1024 px; MedSAM2 at 512 (its manifest entry says so)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a spec is, torch-free. ``kind``: bundle | named | segmenter | med3dvlm | m3d-lamed | segvol | recipe."""
+    """What a spec is, torch-free. ``kind``: bundle | named | segmenter | med3dvlm | m3d-lamed | segvol | voxtell | recipe."""
 
     spec: str
     kind: str
@@ -79,6 +81,10 @@ def describe(spec: str) -> ModelInfo:
 
 
 def _describe_folder(spec: str, p: Path) -> ModelInfo:
+    from .released.voxtell import is_voxtell_folder, provenance_of
+
+    if is_voxtell_folder(p):
+        return ModelInfo(spec, "voxtell", f"VoxTell {p.name}", frozenset({TEXT_SEGMENTATION}), provenance_of(p), str(p))
     config = _read_json(p / "config.json")
     if config.get("model_type") == "vlm_qwen":
         return ModelInfo(spec, "med3dvlm", f"Med3DVLM {p.name}", frozenset({LANGUAGE}), "released", str(p))
@@ -113,12 +119,11 @@ def _bundle_provenance(meta: dict) -> str:
 
 def _describe_recipe(spec: str, p: Path) -> ModelInfo:
     recipe = read_recipe(p)
-    parts = {role: describe(recipe[role]) for role in ("segmenter", "language") if role in recipe}
+    parts = {role: describe(recipe[role]) for role in RECIPE_PARTS if role in recipe}
     caps = frozenset()
-    if "segmenter" in parts:
-        caps |= parts["segmenter"].capabilities & {INTERACTIVE}
-    if "language" in parts:
-        caps |= parts["language"].capabilities & {LANGUAGE}
+    for role, capability in zip(RECIPE_PARTS, (INTERACTIVE, LANGUAGE, TEXT_SEGMENTATION)):
+        if role in parts:
+            caps |= parts[role].capabilities & {capability}
     provenance = min((i.provenance for i in parts.values()), key=PROVENANCES.index)
     text = " + ".join(f"{role}: {i.description}" for role, i in parts.items())
     return ModelInfo(spec, "recipe", f"recipe {p.name} ({text})", caps, provenance, str(p))
@@ -132,12 +137,12 @@ def read_recipe(path: Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"cannot read the recipe {path.name}: {exc}") from None
-    if not isinstance(data, dict) or not ({"segmenter", "language"} & set(data)):
-        raise InputError(f"the recipe {path.name} needs `segmenter: SPEC` and/or `language: SPEC`")
+    if not isinstance(data, dict) or not (set(RECIPE_PARTS) & set(data)):
+        raise InputError(f"the recipe {path.name} needs `segmenter: SPEC`, `language: SPEC` and/or `text_segmenter: SPEC`")
     unknown = set(data) - RECIPE_KEYS
     if unknown:
         raise InputError(f"the recipe {path.name} has unknown key(s) {sorted(unknown)}; allowed: {sorted(RECIPE_KEYS)}")
-    for role in ("segmenter", "language"):
+    for role in RECIPE_PARTS:
         if role in data:
             value = str(data[role])
             candidate = (path.parent / value).expanduser()
@@ -166,7 +171,7 @@ def _describe_manifest_name(spec: str) -> ModelInfo:
                          f".safetensors file, a recipe .yaml, a named config ({', '.join(sorted(NAMED_CONFIGS))}) or a "
                          f"weights name ({', '.join(sorted(manifest))})")
     entry, path = manifest[spec], installed_path(spec, manifest)
-    if entry.kind == "med3dvlm":
+    if entry.kind != "sam2":  # a model folder (Med3DVLM, VoxTell, ...)
         return _describe_folder(spec, path)
     return ModelInfo(spec, "segmenter", f"released SAM2 segmenter {spec}", frozenset({INTERACTIVE}), "released",
                      str(path), entry.config, entry.image_size or NATIVE_SIZE_SAM2)
@@ -206,6 +211,10 @@ def load_model(spec: str, device: str = "cpu", image_size: int | None = None, wi
         model = load_segmenter(info, device, image_size, window)
     elif info.kind == "med3dvlm":
         model = _load_med3dvlm(info, device)
+    elif info.kind == "voxtell":
+        from .released.voxtell import load_voxtell
+
+        model = load_voxtell(info.path, device)
     elif info.kind in ("m3d-lamed", "segvol"):
         model = _load_released_text(info, device)
     else:
@@ -296,12 +305,30 @@ def _load_recipe(info: ModelInfo, device: str, image_size: int | None, window: s
     window = window or recipe.get("window")
     seg = load_model(recipe["segmenter"], device, image_size, window) if "segmenter" in recipe else None
     lang = load_model(recipe["language"], device) if "language" in recipe else None
+    text = load_model(recipe["text_segmenter"], device) if "text_segmenter" in recipe else None
     if seg is not None and INTERACTIVE not in seg.capabilities:
         raise CapabilityError(f"the recipe's segmenter {recipe['segmenter']!r} cannot segment from clicks or boxes")
     if lang is not None and LANGUAGE not in lang.capabilities:
         raise CapabilityError(f"the recipe's language part {recipe['language']!r} cannot answer questions")
+    if text is not None and not hasattr(text, "segment_target"):
+        raise CapabilityError(f"the recipe's text_segmenter {recipe['text_segmenter']!r} is not a released text "
+                              "segmenter (a VoxTell, SegVol or M3D-LaMed folder)")
     if seg is None or lang is None:
         model = seg if seg is not None else lang
-        model.description = info.description
-        return model
-    return RecipeModel(seg, lang, info.description).eval()
+    else:
+        model = RecipeModel(seg, lang, info.description).eval()
+    if text is not None:
+        model = with_text_segmenter(model, text)
+    model.description = info.description
+    return model
+
+
+def with_text_segmenter(model, text):
+    """``model`` (a SAM2 segmenter, a language model, both, or None) whose typed prompts go to ``text``: the
+    Session seeds an object from each of its masks (SAM2 refines it where the model has a segmenter)."""
+    if model is None:
+        return text
+    model.text_segmenter = text
+    model.capabilities = frozenset(model.capabilities) | {TEXT_SEGMENTATION}
+    model.provenance = min((model.provenance, text.provenance), key=PROVENANCES.index)
+    return model

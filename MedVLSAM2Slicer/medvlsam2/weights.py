@@ -36,11 +36,24 @@ class WeightEntry:
     license: str
     config: str | None = None  # sam2 config of a segmenter entry (its architecture)
     version: str | None = None
-    kind: str = "sam2"  # "sam2": one checkpoint file; "med3dvlm": a Hugging Face model folder
+    kind: str = "sam2"  # "sam2": one checkpoint file; any other kind (FOLDER_CHECKS): a model folder
     model_type: str | None = None  # folders: config.json's model_type (vlm_qwen, dec_clip)
     image_size: int | None = None  # native SAM2 input size (None: SAM2.1's 1024)
     repo: str | None = None  # Hugging Face repository id the file or folder is downloaded from
     revision: str | None = None  # pinned commit or tag (None: the repository's main branch)
+    files: tuple[str, ...] | None = None  # folders: the repository paths to fetch (glob patterns; None: all)
+    model_dir: str | None = None  # folders: where the model is inside the fetched tree (None: its top)
+    convert: tuple[str, ...] = ()  # pickles in the model folder replaced by .safetensors at install (convert.py)
+    gpu_memory: str | None = None  # what inference needs on a GPU, as the model card or our measurement says
+    serves: tuple[str, ...] = ()  # actions it serves (clicks, typed prompts, referring, questions, reports)
+
+
+# Folder kinds -> "module:function" that checks a folder's content against its architecture (keys and shapes).
+FOLDER_CHECKS = {"med3dvlm": "medvlsam2.modeling.med3dvlm:check_folder",
+                 "voxtell": "medvlsam2.released.voxtell:check_folder",
+                 "m3d-lamed": "medvlsam2.released.folders:check_m3d_folder",
+                 "segvol": "medvlsam2.released.folders:check_segvol_folder",
+                 "text-encoder": None}  # a Hugging Face model folder: config.json's model_type is the check
 
 
 def manifest_path() -> Path:
@@ -57,7 +70,9 @@ def load_manifest(path: str | os.PathLike | None = None) -> dict[str, WeightEntr
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot read the weights manifest {p}: {exc}") from None
     keys = {f for f in WeightEntry.__dataclass_fields__ if f != "name"}
-    return {name: WeightEntry(name=name, **{k: v for k, v in e.items() if k in keys}) for name, e in data.items()}
+    lists = {"files", "convert", "serves"}
+    return {name: WeightEntry(name=name, **{k: tuple(v) if k in lists and v is not None else v
+                                            for k, v in e.items() if k in keys}) for name, e in data.items()}
 
 
 def home_dir() -> Path:
@@ -79,8 +94,9 @@ def _entry(name: str, manifest: dict[str, WeightEntry] | None) -> WeightEntry:
 
 
 def weight_path(name: str, manifest: dict[str, WeightEntry] | None = None) -> Path:
-    """Where ``name`` is (or would be) installed: a file, or a folder for a Hugging Face model entry."""
-    return cache_dir() / _entry(name, manifest).file
+    """Where ``name`` is (or would be) installed: a file, or the model folder of a folder entry."""
+    entry = _entry(name, manifest)
+    return cache_dir() / entry.file / (entry.model_dir or "")
 
 
 def installed_path(name: str, manifest: dict[str, WeightEntry] | None = None) -> Path:
@@ -103,7 +119,7 @@ def sha256_of(path: Path) -> str:
 def verify_file(entry: WeightEntry, path: Path) -> str:
     """Raise ``CheckpointError`` unless ``path`` is this entry's weights; return its SHA-256 ("folder" for one)."""
     path = Path(path)
-    if entry.kind == "med3dvlm":
+    if entry.kind != "sam2":
         check_hf_folder(entry, path)
         return "folder"
     if not path.is_file():
@@ -141,11 +157,22 @@ def check_sam2_file(entry: WeightEntry, path: Path) -> None:
 
 
 def check_hf_folder(entry: WeightEntry, path: Path) -> None:
-    """A Hugging Face model folder: config.json with the entry's ``model_type`` and safetensors weights whose
+    """A model folder: config.json with the entry's ``model_type`` (when it has one) and safetensors weights whose
     keys and shapes match the architecture it describes (read from the safetensors headers: no 7B load)."""
+    import importlib
+
     if not path.is_dir():
-        raise CheckpointError(f"{path} is not a folder; {entry.name} is a Hugging Face model folder "
-                              f"(config.json, *.safetensors, tokenizer files)")
+        raise CheckpointError(f"{path} is not a folder; {entry.name} is a model folder ({entry.file})")
+    if entry.kind not in FOLDER_CHECKS:
+        raise CheckpointError(f"{entry.name} has kind {entry.kind!r}, which this version cannot check; update medvlsam2")
+    if entry.model_type or not FOLDER_CHECKS[entry.kind]:
+        _check_model_type(entry, path)
+    if FOLDER_CHECKS[entry.kind]:
+        module, function = FOLDER_CHECKS[entry.kind].split(":")
+        getattr(importlib.import_module(module), function)(path)  # every tensor's key and shape
+
+
+def _check_model_type(entry: WeightEntry, path: Path) -> None:
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
@@ -153,15 +180,15 @@ def check_hf_folder(entry: WeightEntry, path: Path) -> None:
     if entry.model_type and config.get("model_type") != entry.model_type:
         raise CheckpointError(f"{path.name}/config.json has model_type {config.get('model_type')!r}; {entry.name} "
                               f"needs {entry.model_type!r}")
-    from .modeling.med3dvlm import check_folder
-
-    check_folder(path)  # every tensor's key and shape against the architecture its config.json describes
+    if not any(path.glob("*.safetensors")):
+        raise CheckpointError(f"{path.name} has no .safetensors weights; {entry.name} is read from safetensors only")
 
 
 def list_weights(manifest: dict[str, WeightEntry] | None = None) -> list[dict]:
     manifest = manifest if manifest is not None else load_manifest()
-    return [{"name": e.name, "installed": (cache_dir() / e.file).exists(), "license": e.license, "kind": e.kind,
-             "size": e.size, "sha256": e.sha256 or "unknown", "url": e.url, "repo": e.repo} for e in manifest.values()]
+    return [{"name": e.name, "installed": weight_path(e.name, manifest).exists(), "license": e.license,
+             "kind": e.kind, "size": e.size, "sha256": e.sha256 or "unknown", "url": e.url, "repo": e.repo,
+             "gpu_memory": e.gpu_memory, "serves": list(e.serves)} for e in manifest.values()]
 
 
 def _progress_class(progress: Callable[[int, int | None], None] | None, cancel: CancelToken | None):
@@ -196,8 +223,9 @@ def download(name: str, progress: Callable[[int, int | None], None] | None = Non
     staging = cache_dir() / ".download" / name  # huggingface_hub keeps partial files here for resuming
     tqdm_class = _progress_class(progress, cancel)
     try:
-        if entry.kind == "med3dvlm":
+        if entry.kind != "sam2":
             got = huggingface_hub.snapshot_download(entry.repo, revision=entry.revision, local_dir=staging,
+                                                    allow_patterns=list(entry.files) if entry.files else None,
                                                     tqdm_class=tqdm_class)
         else:
             got = huggingface_hub.hf_hub_download(entry.repo, entry.file, revision=entry.revision, local_dir=staging,
@@ -208,13 +236,7 @@ def download(name: str, progress: Callable[[int, int | None], None] | None = Non
         raise CheckpointError(f"download of {name} from huggingface.co/{entry.repo} failed ({type(exc).__name__}: "
                               f"{str(exc)[:300]}); run the command again to resume, or obtain it by other means"
                               f"{f' ({entry.url})' if entry.url else ''} and run `medvlsam2 weights import {name} PATH`") from None
-    got = Path(got)
-    try:
-        verify_file(entry, got)
-    except CheckpointError:
-        _remove(got)
-        raise
-    return _install(entry, got, move=True)
+    return _install(entry, Path(got), move=True)
 
 
 def import_file(name: str, source: str | os.PathLike, manifest: dict[str, WeightEntry] | None = None) -> Path:
@@ -223,24 +245,55 @@ def import_file(name: str, source: str | os.PathLike, manifest: dict[str, Weight
     src = Path(source)
     if not src.exists():
         raise InputError(f"no such file or folder: {src}")
-    verify_file(entry, src)
-    return _install(entry, src, move=False)
+    if entry.model_dir and src.is_dir() and not (src / entry.model_dir).is_dir():
+        src = _as_tree(entry, src)  # the model folder itself was given: place it where the tree has it
+    return _install(entry, src, move=False)  # verified in its staging copy, before it replaces anything
+
+
+def _as_tree(entry: WeightEntry, model_folder: Path) -> Path:
+    """A staging tree holding ``model_folder`` at ``entry.model_dir`` (links, nothing copied yet)."""
+    tree = cache_dir() / ".import" / entry.name
+    _remove(tree)
+    (tree / entry.model_dir).parent.mkdir(parents=True)
+    (tree / entry.model_dir).symlink_to(model_folder.resolve(), target_is_directory=True)
+    return tree
 
 
 def _install(entry: WeightEntry, src: Path, move: bool) -> Path:
-    """Put ``src`` at the entry's place atomically (a ``.part`` copy renamed), replacing an older install."""
+    """Put ``src`` at the entry's place atomically (a ``.part`` copy renamed), replacing an older install. Pickles
+    the entry lists are converted to .safetensors (and removed) in the copy; the copy is verified before the rename."""
     final = cache_dir() / entry.file
     part = final.with_name(final.name + ".part")
     _remove(part)
-    if move:
-        shutil.move(str(src), part)
-    elif src.is_dir():
-        shutil.copytree(src, part, ignore=shutil.ignore_patterns(".cache"))
-    else:
-        shutil.copyfile(src, part)
+    try:
+        if move:
+            shutil.move(str(src), part)
+        elif src.is_dir():
+            shutil.copytree(src, part, symlinks=False, ignore=shutil.ignore_patterns(".cache"))
+        else:
+            shutil.copyfile(src, part)
+        model = part / (entry.model_dir or "") if part.is_dir() else part
+        for pickle_path in entry.convert:
+            _convert_in_place(model / pickle_path)
+        verify_file(entry, model)
+    except BaseException:
+        _remove(part)
+        raise
+    finally:
+        _remove(cache_dir() / ".import" / entry.name)
     _remove(final)
     part.replace(final)
-    return final
+    return final / (entry.model_dir or "")
+
+
+def _convert_in_place(path: Path) -> None:
+    """``path`` (a released pickle) -> .safetensors beside it (weights only; see ``convert``), then removed."""
+    from .convert import convert, default_output
+
+    if path.is_file():
+        if not default_output(path).is_file():
+            convert(path)
+        path.unlink()
 
 
 def _remove(path: Path) -> None:
@@ -252,8 +305,8 @@ def _remove(path: Path) -> None:
 
 def delete(name: str, manifest: dict[str, WeightEntry] | None = None) -> bool:
     """Remove the installed file or folder and any partial download; False when there was nothing."""
-    final = weight_path(name, manifest)
     removed = False
+    final = cache_dir() / _entry(name, manifest).file
     for p in (final, final.with_name(final.name + ".part"), cache_dir() / ".download" / name):
         if p.exists():
             _remove(p)

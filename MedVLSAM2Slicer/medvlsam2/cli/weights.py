@@ -1,4 +1,4 @@
-"""``medvlsam2 weights``: list, download (resumable, verified), import, verify, path, cache, delete.
+"""``medvlsam2 weights``: list, download (resumable, verified), import, convert, verify, path, cache, delete.
 
 ``path`` and ``verify`` exit 1 when the entry is not installed; ``import`` and ``verify`` refuse a file
 that does not load into the entry's architecture, naming the mismatch.
@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp = actions.add_parser("import", help="install a file (or model folder) obtained by other means (offline sites)")
     imp.add_argument("name")
     imp.add_argument("file", help="the checkpoint file, or the Hugging Face model folder of a Med3DVLM entry")
+    conv = actions.add_parser("convert", help="convert a released .bin/.pth checkpoint to .safetensors (weights only; "
+                              "refuses anything but tensors and plain values) and record its sha256")
+    conv.add_argument("file", help="the .bin/.pth file (e.g. SegVol's pytorch_model.bin, VoxTell's checkpoint_final.pth)")
+    conv.add_argument("-o", "--output", help="the .safetensors file to write (default: FILE with .safetensors)")
     p.set_defaults(func=run)
 
 
@@ -41,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"ok {args.name} sha256={weights.verify_file(weights.load_manifest()[args.name], path)}")
     elif args.action == "delete":
         print("deleted" if weights.delete(args.name) else "nothing to delete")
+    elif args.action == "convert":
+        from ..convert import convert
+
+        record = convert(args.file, args.output)
+        print(f"wrote {record['output']}: {record['tensors']} tensors, {record['parameters']} parameters, "
+              f"sha256={record['sha256']} (record: {record['output']}.json)")
     elif args.action == "import":
         print(weights.import_file(args.name, args.file))
     elif args.action == "download":

@@ -26,6 +26,7 @@ from ..utils.device import autocast, autocast_dtype, translate_oom
 from .box_chain import BoxChain
 from .history import History
 from .language import ask, segment_target
+from .text_masks import seed_from_text, text_segmenter_of
 from .prefetch import prefetch as prefetch_slices
 from .prompts import box_prompts, mask_prompt, point_prompts, slice_range, widened
 from .propagation import Progress, Run, memory_passes
@@ -67,6 +68,7 @@ class Session:
         self.capabilities = capabilities_of(model)
         _check_megabytes(cache_mb=cache_mb, history_mb=history_mb)
         self.predictor = getattr(model, "segmenter", None)
+        self.text_segmenter = text_segmenter_of(model)  # a released one (VoxTell...): its masks seed objects
         self.frames = self.hw = self.feature_cache = self.autocast_dtype = self.box_chain = None
         if self.predictor is not None:
             self.autocast_dtype = autocast_dtype(self.predictor.device, self.predictor.precision)  # None: fp32
@@ -238,6 +240,8 @@ class Session:
         since the last propagation, a pass stops once ``settle_slices`` slices in a row did not change.
         """
         o = self._get(obj)
+        if self.predictor is None:
+            require(self.model, INTERACTIVE)
         if not o.prompts:
             raise InputError("this object has no prompt yet: click, draw a box or give a text prompt first")
         n = self.volume.shape[0]
@@ -281,7 +285,8 @@ class Session:
     @_foreground
     def reset(self, obj: int) -> SegmentationResult:
         o = self._get(obj)
-        self.predictor.reset_state(o.state)
+        if self.predictor is not None:
+            self.predictor.reset_state(o.state)
         o.dirty.clear()
         ks = range(o.extent[0], o.extent[1]) if o.extent else range(0)
         return self._commit(obj, {k: np.zeros_like(o.mask[k]) for k in ks if o.mask[k].any()}, [], {}, None)
@@ -292,6 +297,8 @@ class Session:
         SAM2's logits on the prompted slices are then made to agree with the kept mask, and every prompted
         slice counts as new for the next propagation.
         """
+        if self.predictor is None:  # an object seeded by a text segmenter alone: its mask is all there is
+            return
         self.predictor.reset_state(o.state)
         with self.predictor.extra_prompt_tokens(o.tokens):
             for p in o.prompts:
@@ -321,7 +328,8 @@ class Session:
         one per line: ``split_targets``), one new object per [SEG] the model emits. A target the model says
         is not there ("There is no X."), or whose [SEG] tokens score below the segmenter's gate (``stop_score``) on
         every probe slice, gives no object and a ``NotFound`` with the reason. ``force`` segments it anyway
-        (named "X (forced)"; for random-weight plumbing, never the default)."""
+        (named "X (forced)"; for random-weight plumbing, never the default). A model with a released text
+        segmenter answers each target with its mask instead (``text_masks.seed_from_text``)."""
         require(self.model, TEXT_SEGMENTATION)
         targets = split_targets(prompt)
         if not targets:
@@ -329,7 +337,8 @@ class Session:
         out = TextResult()
         try:
             for target in targets:
-                found, reason = segment_target(self, target, cancel, progress, force)
+                found, reason = (seed_from_text(self, self.text_segmenter, target, cancel) if self.text_segmenter
+                                 else segment_target(self, target, cancel, progress, force))
                 if not found:
                     out.not_found.append(NotFound(target, reason))
                 out.found += found
