@@ -10,5 +10,7 @@ setup:
 run: setup
 	$(VENV)/medvlsam2 demo -o outputs/demo
 
-test: setup
+# The tests also cover VoxTell folders, whose packages are an extra (torch stays as installed).
+test:
+	bash scripts/bootstrap.sh --voxtell
 	$(VENV)/python -m pytest -q

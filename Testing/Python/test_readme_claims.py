@@ -120,7 +120,7 @@ def test_the_two_commands_are_what_make_and_ci_run():
     assert "make run" in text and "make test" in text
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     assert re.search(r"^run:.*\n\t\$\(VENV\)/medvlsam2 demo -o outputs/demo$", makefile, re.M)
-    assert re.search(r"^test:.*\n\t\$\(VENV\)/python -m pytest -q$", makefile, re.M)
+    assert re.search(r"^test:.*\n\tbash scripts/bootstrap\.sh --voxtell\n\t\$\(VENV\)/python -m pytest -q$", makefile, re.M)
     assert "`medvlsam2 demo -o outputs/demo`" in text and "`python -m pytest -q`" in text
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     assert "make test" in ci
