@@ -21,6 +21,7 @@ from ..io.encoder_input import to_encoder_tensor
 from ..io.slices import volume_to_frames
 from ..modeling.prompting import (IGNORE, REPORT_QUESTION, build_inputs, no_object_answer, region_question, seg_answer,
                                   segment_question)
+from .feature_cache import CachedFeatures
 
 
 @dataclass
@@ -45,6 +46,8 @@ class CaseTensors:
     absent: list[Target] = field(default_factory=list)
     z_extent: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # label values -> slices holding them
     interactive: bool = True  # its present targets may also be box/click clips (the source's ``tasks``)
+    # training from a feature cache: the frozen encoders' outputs (``frames`` then stays None)
+    features: CachedFeatures | None = None
 
     def slices_with(self, target: Target) -> list[int]:
         if target.values not in self.z_extent:

@@ -49,6 +49,11 @@ class TrainConfig:
     cases_per_step: int = 4  # cases read per step and rank; text rows and clips are drawn from them
     workers: int = 0  # DataLoader processes reading and preparing the next steps (0: the training process)
     cache_dir: str = "runs/cache"  # preprocessed cases (MONAI PersistentDataset), shared by runs
+    # frozen-encoder features of every training case, encoded once into this folder and read back each step
+    # (``training.feature_cache``); the 3D vision encoder, SAM2's image encoder and the decoder's conv_s0/conv_s1
+    # then stay frozen. A change of their weights or of the preprocessing re-encodes the cases.
+    feature_cache: str | None = None
+    feature_cache_dtype: str = "float16"  # float16, bfloat16 or float32 (exact, twice the size)
     lora_r: int | None = None  # LoRA rank of the LLM (None: the model config's; 0: no LoRA)
     gradient_checkpointing: bool = False  # in the LLM and the 3D vision encoder (memory for compute)
     output_dir: str = "runs/demo"
@@ -111,6 +116,16 @@ class TrainConfig:
         if bad:
             raise InputError(f"unknown trainable module(s) {bad}; choose from {list(MODULES)} or a part of one "
                              "(e.g. segmenter.sam_mask_decoder)")
+        if self.feature_cache:
+            from .feature_cache import STORE_DTYPES, covers_encoder
+
+            if self.feature_cache_dtype not in STORE_DTYPES:
+                raise InputError(f"feature_cache_dtype must be one of {sorted(STORE_DTYPES)}, "
+                                 f"got {self.feature_cache_dtype!r}")
+            bad = sorted(t for t in self.trainable if covers_encoder(t))
+            if bad:
+                raise InputError(f"feature_cache: the cached encoders stay frozen, but trainable lists {bad}; list "
+                                 "the trained parts instead (e.g. llm, projector, bridge, segmenter.sam_mask_decoder)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InputError("mixed_precision must be 'no', 'bf16' or 'fp16'")
         bad = sorted(set(self.lr_multipliers) - set(MODULES))

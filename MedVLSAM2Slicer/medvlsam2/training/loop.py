@@ -27,6 +27,7 @@ from ..config import get_config
 from ..errors import CheckpointError, InputError
 from .batches import CaseTensors
 from .config import MODULES, TrainConfig
+from .feature_cache import ENCODED_PARTS, TrainFeatureCache
 from .sources import HELD_OUT_FILE as HELD_OUT, OpenSource, held_out_record, open_sources
 from .stage1 import stage1_losses
 from .stage2 import stage2_losses
@@ -168,14 +169,16 @@ def enable_gradient_checkpointing(model) -> None:
         apply_activation_checkpointing(model.vision_encoder, check_fn=lambda m: id(m) in blocks)
 
 
-def set_trainable(model, trainable: Sequence[str]) -> list[nn.Parameter]:
-    """Freeze every module (or dotted part of one) not listed; returns the trainable parameters in a fixed order."""
+def set_trainable(model, trainable: Sequence[str], frozen: Sequence[str] = ()) -> list[nn.Parameter]:
+    """Freeze every module (or dotted part of one) not listed, and the parts in ``frozen`` even when listed;
+    returns the trainable parameters in a fixed order."""
     params = []
     lora = model.config.llm.lora_r > 0
     for name in MODULES:
         for pname, p in getattr(model, name).named_parameters():
             full = f"{name}.{pname}"
-            listed = any(full.startswith(t + ".") for t in trainable)
+            listed = any(full.startswith(t + ".") for t in trainable) and not any(full.startswith(f + ".")
+                                                                                for f in frozen)
             # with LoRA only the adapters of the LLM train; its released weights stay frozen
             p.requires_grad_(listed and not (lora and name == "llm" and "lora_" not in pname))
     for p in model.parameters():
@@ -302,9 +305,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         (out / HELD_OUT).write_text(json.dumps(held_out_record(sources), indent=1))
+    cache_stats = _feature_cache(cfg, accelerator, data, model, progress) if cfg.feature_cache else None
     data_s = time.time() - t0
 
-    params = set_trainable(model, cfg.trainable)
+    params = set_trainable(model, cfg.trainable, ENCODED_PARTS if cfg.feature_cache else ())
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
@@ -328,7 +332,23 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
         restore_signals()
     final = latest_checkpoint(out)
     return {"final": str(final) if final else None, "steps": step + 1 if stop > start else start, "started_at_step": start,
-            "data_seconds": round(data_s, 1), "seconds": round(time.time() - t0, 1), "held_out": str(out / HELD_OUT)}
+            "data_seconds": round(data_s, 1), "seconds": round(time.time() - t0, 1), "held_out": str(out / HELD_OUT),
+            **({"feature_cache": cache_stats} if cache_stats else {})}
+
+
+def _feature_cache(cfg: TrainConfig, accelerator, data: StepData, model, progress: bool) -> dict:
+    """Open ``cfg.feature_cache`` for this model's encoders, encode the training cases it lacks (main process; the
+    others wait) and let ``data`` read from it; returns the cache's counts."""
+    model.to(accelerator.device)
+    stats: dict = {}
+    if accelerator.is_main_process:
+        cache = TrainFeatureCache(cfg.feature_cache, model, cfg.feature_cache_dtype)
+        stats = cache.build(model, data, progress)
+    accelerator.wait_for_everyone()
+    data.features = TrainFeatureCache(cfg.feature_cache, model, cfg.feature_cache_dtype)
+    if not stats:
+        stats = {"cases": len(data.features.entries)}
+    return stats
 
 
 def _run(cfg, accelerator, step_module, optimizer, torch_optimizer, params, model, loader, bar, start: int, stop: int,

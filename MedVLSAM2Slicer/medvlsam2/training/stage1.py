@@ -20,7 +20,12 @@ def chat_forward(model, pool: Sequence[CaseTensors], rows: Sequence[tuple], devi
     ``REGION_TOKEN`` (one per row, in row order)."""
     cases = sorted({r[0] for r in rows})
     index = {c: i for i, c in enumerate(cases)}
-    patches = model.encode_patches(torch.stack([pool[c].encoder for c in cases]).to(device))
+    if all(pool[c].features is not None for c in cases):  # the frozen encoder's tokens, cached
+        parts = [torch.stack([pool[c].features.patches[i] for c in cases]).to(device).float()
+                 for i in range(len(pool[cases[0]].features.patches))]
+        patches = parts[0] if len(parts) == 1 else tuple(parts)
+    else:
+        patches = model.encode_patches(torch.stack([pool[c].encoder for c in cases]).to(device))
     visual = model.projector(patches)
     ids, labels, attn = text_rows(model.tokenizer, model.num_image_tokens, [(r[1], r[2]) for r in rows])
     row_visual = visual[torch.tensor([index[r[0]] for r in rows], device=device)]

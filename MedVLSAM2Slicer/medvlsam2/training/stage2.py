@@ -33,8 +33,14 @@ from .stage1 import chat_forward
 
 
 def encode_frames(seg, pool: Sequence[CaseTensors], picks: Sequence[tuple[int, Sequence[int]]], device):
-    """SAM2 image features for the (case, slices) ``picks``: (feats, pos, sizes) with feats[i] [HW, N, C]."""
-    backbone = seg.forward_image(torch.cat([pool[c].frames[s] for c, s in picks]).to(device).float())
+    """SAM2 image features for the (case, slices) ``picks``: (feats, pos, sizes) with feats[i] [HW, N, C]; from
+    the feature cache when the step's cases carry cached features, else through the image encoder."""
+    if pool[picks[0][0]].features is not None:
+        parts = [pool[c].features.backbone(s) for c, s in picks]
+        backbone = {key: [torch.cat(level).to(device) for level in zip(*(p[j] for p in parts))]
+                    for j, key in enumerate(("backbone_fpn", "vision_pos_enc"))}
+    else:
+        backbone = seg.forward_image(torch.cat([pool[c].frames[s] for c, s in picks]).to(device).float())
     _, feats, pos, sizes = seg.backbone_features(backbone)
     return feats, pos, sizes
 

@@ -27,6 +27,7 @@ from ..io.slices import volume_to_frames
 from ..io.volume import Volume
 from .batches import CaseTensors, StepPlan, plan_step
 from .config import TrainConfig
+from .feature_cache import TrainFeatureCache, entry_key
 from .sources import OpenSource
 
 
@@ -79,12 +80,16 @@ class StepData(Dataset):
         weights = np.array([s.spec.weight for s in self.sources], dtype=np.float64)
         self.p = weights / weights.sum()
         cache = Path(cfg.cache_dir)
-        self.cached = []
+        self.cached, self.keys = [], []
         for s in self.sources:
             spacing = tuple(s.spec.spacing) if s.spec.spacing else None
             key = f"{s.spec.reader}|{Path(s.spec.path).resolve() if s.spec.path else s.spec.seeds}|{s.spec.shape}|{spacing}"
             transform = None if s.spec.reader == "synthetic" else standardize_transform(spacing)
             self.cached.append(persistent_cases(s.cases, cache, key, transform))
+            self.keys.append(key)
+        # frozen-encoder features (``training.feature_cache``): set by the loop once built; steps then read the
+        # planned slices' SAM2 features and the 3D patch tokens instead of building frames
+        self.features: TrainFeatureCache | None = None
 
     def __len__(self) -> int:
         return self.cfg.max_steps * 1_000_000  # any data step (the sampler names them)
@@ -93,6 +98,10 @@ class StepData(Dataset):
         from ..data.transforms import record_case
 
         return _for_tasks(record_case(self.cached[source][index]), self.sources[source].spec.tasks)
+
+    def case_key(self, source: int, index: int) -> str:
+        """The feature-cache key of a case: its source's cache key and its id."""
+        return entry_key(self.keys[source], self.sources[source].cases.ids[index])
 
     def draw(self, data_step: int) -> list[tuple[int, int]]:
         """(source, case index) of the step's cases; a function of (seed, data step) only."""
@@ -106,7 +115,7 @@ class StepData(Dataset):
     def __getitem__(self, data_step: int) -> tuple[list[CaseTensors], StepPlan]:
         from .batches import prepare_case
 
-        pool, volumes = [], []
+        pool, volumes, keys = [], [], []
         for s, i in self.draw(data_step):
             case = self.case(s, i)
             src = self.sources[s]
@@ -116,6 +125,7 @@ class StepData(Dataset):
             tensors.interactive = "interactive" in src.spec.tasks
             pool.append(tensors)
             volumes.append(case.volume)
+            keys.append(self.case_key(s, i))
         cfg = self.cfg
         plan = plan_step(cfg.seed, data_step, pool, cfg.stage, cfg.text_cases, cfg.seg_clips, cfg.interactive_clips,
                          cfg.clip_len, cfg.probes, absent_rate=cfg.absent_rate, target_weights=cfg.target_weights,
@@ -124,6 +134,9 @@ class StepData(Dataset):
         seg = self.model_config.segmenter
         for c, (tensors, volume) in enumerate(zip(pool, volumes)):
             keep = sorted(used.get(c, ()))
+            if self.features is not None:
+                tensors.features = self.features.read(keys[c], keep)
+                continue
             k = tensors.labels.shape[0]
             frames = volume_to_frames(Volume(volume.array[keep]), seg.image_size, seg.window)[0].half() if keep else None
             tensors.frames = PlannedSlices(dict(zip(keep, frames)) if keep else {}, k,
