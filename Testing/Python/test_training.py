@@ -247,7 +247,8 @@ def test_export_half_bundle_loads_close_to_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["demo_stage1", "demo_stage2", "demo_stage1_cpu_seg_answer", "demo_stage2_cpu_seg_answer",
-                                  "demo_stage2_cpu_interactive", "paper_stage1", "paper_stage2"])
+                                  "demo_stage2_cpu_interactive", "demo_stage2_cpu_findings_cached", "paper_stage1",
+                                  "paper_stage2"])
 def test_shipped_configs_are_valid(name):
     from pathlib import Path
 
