@@ -1,7 +1,7 @@
 """Stage-2 step time from images vs from the feature cache (``feature_cache:``), and the cache's size per phantom.
 
     nice -n 10 python Testing/Benchmarks/train_cache.py [--config MedVLSAM2Slicer/configs/train/demo_stage2_cpu_findings.yaml]
-        [--seeds 20000 20006] [--steps 4] [--rounds 1] [--out train_cache.json]
+        [--seeds 20000 20006] [--steps 4] [--rounds 1] [--threads 1] [--out train_cache.json]
 
 Runs the recipe (from its ``init_from`` bundle, the demo weights by default) for ``--steps`` steps on a few training
 phantoms, once from images and once from a feature cache built for those phantoms (the build is timed apart),
@@ -11,7 +11,8 @@ time per step including data loading (differences of ``elapsed_s``), the process
 data (``cpu_per_step_s``: all threads; far less sensitive than wall time to other processes on shared cores) and
 the CPU time inside the encoder calls (``encoder_cpu_per_step_s``: the 3D encoder and SAM2's image encoder from
 images; from the cache, only the stacking of the read SAM2 features), which bounds what caching can save. ``uptime`` before and
-after. The cached run freezes the decoder's conv_s0/conv_s1 (their outputs are cached). Not a test.
+after. ``--threads 1`` (the default) makes the CPU time a measure of work: with several threads on busy cores,
+OpenMP threads spin while they wait and count that as CPU time. The cached run freezes the decoder's conv_s0/conv_s1 (their outputs are cached). Not a test.
 """
 
 from __future__ import annotations
@@ -92,10 +93,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs=2, default=[20000, 20006], help="training phantoms [first, last)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=1, help="image / cache runs alternated this many times")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="train_cache.json")
     args = ap.parse_args()
     import torch
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     instrument()
     result = {"config": args.config, "seeds": args.seeds, "steps": args.steps, "threads": torch.get_num_threads(),
               "uptime_before": uptime(), "images": [], "cached": []}
