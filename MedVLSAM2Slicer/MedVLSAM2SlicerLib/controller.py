@@ -18,6 +18,7 @@ import numpy as np
 
 from medvlsam2.api import SessionAPI
 from medvlsam2.errors import Cancelled, InputError
+from medvlsam2.protocol import SessionExpired
 
 from . import report_node, segments
 from .panel_state import PanelState
@@ -154,10 +155,17 @@ class Controller:
                               "own mask, and its next result replaces the box it changes (Reset to start over)")
             return
         painted = segments.segment_array(self.segmentation_node, segment_id, self.volume_node)  # main thread: MRML
+        # the session's mask is the content of the last state its steps reached: compare fingerprints, so a
+        # sync asks the server for nothing (RemoteSession keeps no mask; ``mask`` is a full-volume download)
+        reference = track.session_key()
+        known = None if reference is None else segments.differing_slices(
+            self.segmentation_node, self.volume_node, track.keys[track.pos], reference)
 
         def run(job: Job) -> int:
-            current = session.mask(obj)
-            ks = [k for k in range(painted.shape[0]) if not np.array_equal(current[k], painted[k])]
+            ks = known
+            if ks is None:  # the fingerprints cannot tell (history dropped, another grid): one mask download
+                current = session.mask(obj)
+                ks = [k for k in range(painted.shape[0]) if not np.array_equal(current[k], painted[k])]
             for k in ks:
                 job.cancel.raise_if_cancelled()
                 session.add_mask(obj, k, painted[k])
@@ -171,8 +179,10 @@ class Controller:
                                   "slice prompt(s); the next propagation keeps it")
             self._update_selection()
 
-        self.worker.submit(Job("hand edit", run, on_done=done, on_error=lambda exc: self.state.set_error(
-            f"the model did not take the hand edit ({exc}); Reset this segment to start over")))
+        def failed(exc: BaseException) -> None:
+            if not self._reopened(exc):
+                self.state.set_error(f"the model did not take the hand edit ({exc}); Reset this segment to start over")
+        self.worker.submit(Job("hand edit", run, on_done=done, on_error=failed))
 
     def _move_session(self, obj: int, delta: int) -> None:
         """Undo (delta < 0) or redo (delta > 0) ``abs(delta)`` session steps of ``obj`` on the worker thread."""
@@ -186,6 +196,8 @@ class Controller:
                 step(obj)
 
         def failed(exc: BaseException) -> None:
+            if self._reopened(exc):
+                return
             self.state.set_error(f"the model could not {'undo' if delta < 0 else 'redo'} with Slicer: {exc}; "
                                  "prompt again or Reset this segment")
         self.worker.submit(Job("undo" if delta < 0 else "redo", run, on_done=lambda _: self._update_selection(),
@@ -219,8 +231,57 @@ class Controller:
         if isinstance(exc, Cancelled):
             self.state.finish()
             self.message.emit("Cancelled; the segmentation is unchanged")
+        elif isinstance(exc, SessionExpired):
+            self.state.finish()
+            self._reopened(exc)
         else:
             self.state.finish(error=str(exc) or type(exc).__name__)
+
+    def _reopened(self, exc: BaseException) -> bool:
+        """After ``SessionExpired`` (the client has opened a new, empty session): give the new session each
+        segment this panel wrote, as mask prompts on the slices it covers, so the next prompt refines what the
+        user sees. The segmentation is not touched. Returns whether ``exc`` was that."""
+        if not isinstance(exc, SessionExpired):
+            return False
+        self._text_queue.clear()
+        node, session = self.segmentation_node, self.session
+        kept = {sid: (self._segment_name(sid), segments.segment_array(node, sid, self.volume_node))
+                for sid in self.objects if node is not None and node.GetSegmentation().GetSegment(sid) is not None}
+        self.objects.clear()
+        self._tracks.clear()  # the old session's steps are gone; Slicer's older states are now outside edits
+        self._changed.clear()
+        seed = hasattr(session, "add_mask")
+
+        def run(job: Job) -> dict[str, int]:
+            objects = {}
+            for sid, (name, mask) in kept.items():
+                ks = segments.covered_slices(mask)
+                if not ks or not seed:
+                    continue  # an empty segment gets its object with its next prompt
+                objects[sid] = obj = session.add_object(name)
+                for k in ks:
+                    session.add_mask(obj, k, mask[k])
+            return objects
+
+        began = self.state.begin("re-open", cancellable=False)  # False: a background sync's call expired mid-job
+
+        def done(objects: dict[str, int]) -> None:
+            if began:
+                self.state.finish()
+            for sid, obj in objects.items():
+                if node.GetSegmentation().GetSegment(sid) is not None:
+                    self.objects[sid] = obj
+                    self._tracks[sid] = Track.starting_at(obj, segments.content_key(node, sid), seeded=True)
+            self._update_selection()
+            self.message.emit("Session expired, re-opened, your segments are kept"
+                              + ("" if seed else " (this server takes no mask prompts: the next prompt starts afresh)"))
+
+        def failed(err: BaseException) -> None:
+            error = f"the model session expired and could not be re-created ({err}); select the volume again"
+            self.state.finish(error=error) if began else self.state.set_error(error)
+        self.worker.submit(Job("re-open", run, on_done=done, on_error=failed))
+        self._update_selection()
+        return True
 
     def _object_for(self, segment_id: str, name: str) -> int:
         """Session object for a segment, created on first use (runs on the worker thread)."""

@@ -198,6 +198,23 @@ def content_key(segmentation_node, segment_id: str, previous: tuple | None = Non
     return (head, tuple(sorted(digests.items()))) if digests else (None, ())  # empty: on any grid
 
 
+def differing_slices(segmentation_node, volume_node, key: tuple, other: tuple) -> list[int] | None:
+    """The volume's axial slices k where two ``content_key`` fingerprints of a segment differ, from the keys
+    alone (no voxel is read); None when a key is on another grid than the volume's (then compare voxels)."""
+    if segmentation_node.GetTransformNodeID() != volume_node.GetTransformNodeID():
+        return None
+    grid = tuple(_matrix(volume_node.GetIJKToRASMatrix).round(6).ravel())
+    if any(k[0] not in (None, grid) for k in (key, other)):
+        return None
+    a, b = dict(key[1]), dict(other[1])
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def covered_slices(mask: np.ndarray) -> list[int]:
+    """The axial slices k of a (k, j, i) mask that hold a voxel."""
+    return [int(k) for k in np.flatnonzero(np.asarray(mask).reshape(len(mask), -1).any(1))]
+
+
 def write_result(segmentation_node, segment_id: str, volume_node, result,
                  before_write: Callable[[], None] | None = None) -> bool:
     """Write a ``SegmentationResult`` (bbox + patch) into one segment; see ``write_patch``."""

@@ -97,15 +97,27 @@ class Track:
     keys: list = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     pos: int = 0
+    base: bool = True  # the session's mask is state 0's content (False: it never was, or is unknown)
 
     @classmethod
-    def starting_at(cls, obj: int, key) -> "Track":
-        return cls(obj, [key], [0], 0)
+    def starting_at(cls, obj: int, key, seeded: bool = False) -> "Track":
+        """A track from the segment's content ``key``; ``seeded``: the session object was given that content."""
+        return cls(obj, [key], [0], 0, seeded or key == (None, ()))
 
     @property
     def in_step(self) -> bool:
         """Whether the session's mask is what the segment shows (no outside edit since the last session step)."""
         return self.pos == 0 or self.steps[self.pos] > 0
+
+    def session_key(self):
+        """The content fingerprint of the state the session's mask is at (the last state reached by session
+        steps at or before ``pos``), so a hand edit is compared with it without asking the session for its
+        mask; None when unknown (that state was dropped from the history, or the segment held voxels before the
+        session's object existed)."""
+        for q in range(self.pos, 0, -1):
+            if self.steps[q] > 0:
+                return self.keys[q]
+        return self.keys[0] if self.base else None
 
     @property
     def undoable(self) -> bool:
@@ -147,6 +159,7 @@ class Track:
         self.keys.append(key)
         self.steps.append(steps)
         if len(self.keys) > MAX_UNDO_STATES + 1:  # Slicer dropped its oldest state too
+            self.base = self.steps[1] > 0  # the new first state: was it reached by session steps?
             del self.keys[0], self.steps[0]
             self.steps[0] = 0
         self.pos = len(self.keys) - 1

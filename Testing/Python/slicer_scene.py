@@ -24,3 +24,18 @@ def scene_with_logics():
     slicer.modules = SimpleNamespace(**{n.lower(): SimpleNamespace(logic=lambda l=l: l) for n, l in logics.items()})
     scene._keep = (app, logics)  # keep the logics alive as long as the scene
     return scene
+
+
+def phantom_with_segment(scene):
+    """An (8, 64, 64) ellipsoid CT volume node with 2.5 mm slices and a segmentation on its grid holding one
+    empty segment 'organ': (volume node, segmentation node, segment id). Needs the tests' phantoms module."""
+    import numpy as np
+    import slicer
+    from phantoms import ellipsoid_volume
+
+    phantom = ellipsoid_volume((8, 64, 64), (4, 32, 32), (3, 14, 18))
+    ct = slicer.util.addVolumeFromArray(phantom.array, np.diag([1.0, 1.0, 2.5, 1.0]), "ct")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    return ct, node, node.GetSegmentation().AddEmptySegment("organ")

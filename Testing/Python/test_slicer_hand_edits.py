@@ -18,8 +18,7 @@ sys.path.insert(0, str(ROOT / "MedVLSAM2Slicer"))
 from MedVLSAM2SlicerLib import geometry, segments, undo  # noqa: E402
 from MedVLSAM2SlicerLib.controller import Controller  # noqa: E402
 from MedVLSAM2SlicerLib.worker import ModelWorker  # noqa: E402
-from phantoms import ellipsoid_volume  # noqa: E402
-from slicer_scene import scene_with_logics  # noqa: E402
+from slicer_scene import phantom_with_segment, scene_with_logics  # noqa: E402
 
 EDITED = 2  # the hand-painted slice
 # SAM2 keeps a mask prompt's slice as its output after resampling it to its 256-px mask grid, which rounds
@@ -42,12 +41,7 @@ def tiny_session(volume):
 def test_a_hand_painted_slice_becomes_a_mask_prompt_and_survives_the_next_propagation(monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     scene = scene_with_logics()
-    phantom = ellipsoid_volume((8, 64, 64), (4, 32, 32), (3, 14, 18))
-    ct = slicer.util.addVolumeFromArray(phantom.array, np.diag([1.0, 1.0, 2.5, 1.0]), "ct")
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(ct)
-    sid = node.GetSegmentation().AddEmptySegment("organ")
+    ct, node, sid = phantom_with_segment(scene)
     volume = geometry.volume_from_node(ct)
     session, worker = tiny_session(volume), ModelWorker()
     try:
