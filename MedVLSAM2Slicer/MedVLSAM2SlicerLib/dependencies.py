@@ -1,7 +1,7 @@
 """First-use dependency check and the installation plan, shown to the user before anything is installed.
 
-Every package the local model server imports is listed (Testing/Python/test_slicer_static.py checks the
-list against the server's real imports). ``plan`` turns the missing ones into commands that run in a child
+The packages are the engine's one requirements list, ``medvlsam2/requirements.txt`` (installed with the
+module; Testing/Python/test_slicer_static.py checks it against the server's real imports). ``plan`` turns the missing ones into commands that run in a child
 process of Slicer's Python (``installer.InstallRun``: off the main thread, with progress and Cancel, after
 one consent dialog that lists every package with its approximate download size). Three need care:
 - torch is installed by light-the-torch, the tool the PyTorch extension (``PyTorchUtils``) uses to pick the
@@ -19,41 +19,42 @@ Nothing is installed at import time.
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-# import name -> pip requirement
-CLIENT_REQUIREMENTS: dict[str, str] = {"numpy": "numpy>=1.24", "httpx": "httpx>=0.27", "zstandard": "zstandard>=0.22"}
-SERVER_REQUIREMENTS: dict[str, str] = {
-    "torch": "torch>=2.5.1",
-    "sam2": "sam2==1.1.0",  # the release whose files sam2_provenance checks against the SAM2 authors' repository
-    "hydra": "hydra-core>=1.3.2",  # sam2's config system (sam2 is installed --no-deps)
-    "iopath": "iopath>=0.1.10",
-    "PIL": "pillow>=9.4",
-    "tqdm": "tqdm>=4.66",
-    "transformers": "transformers>=5.0",
-    "tokenizers": "tokenizers>=0.20",
-    "peft": "peft>=0.13",
-    "safetensors": "safetensors>=0.4",
-    "huggingface_hub": "huggingface_hub>=0.30",
-    "monai": "monai>=1.4",
-    "einops": "einops>=0.7",
-    "SimpleITK": "SimpleITK>=2.3",
-    "yaml": "pyyaml>=6",
-    "fastapi": "fastapi>=0.110",
-    "starlette": "starlette>=0.37",
-    "uvicorn": "uvicorn>=0.30",
-}
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "medvlsam2" / "requirements.txt"  # the engine's one list
+# pip name -> import name, where they differ (``missing`` looks for the module, which needs no metadata)
+IMPORT_NAMES = {"hydra-core": "hydra", "pillow": "PIL", "pyyaml": "yaml", "rouge-score": "rouge_score"}
+CLIENT_PACKAGES = ("numpy", "httpx", "zstandard")  # what the torch-free client imports (any Slicer's Python)
+
+
+def read_requirements(path: Path = REQUIREMENTS_FILE) -> dict[str, str]:
+    """Import name -> pip requirement, from the engine's requirements file; its ``# no-deps:`` lines (sam2) too."""
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("# no-deps:"):
+            line = line.split(":", 1)[1].strip()
+        elif not line or line.startswith("#"):
+            continue
+        name = re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0]
+        out[IMPORT_NAMES.get(name.lower(), name)] = line
+    return out
+
+
+_ALL = read_requirements()
+CLIENT_REQUIREMENTS: dict[str, str] = {n: _ALL[n] for n in CLIENT_PACKAGES}
+SERVER_REQUIREMENTS: dict[str, str] = {n: r for n, r in _ALL.items() if n not in CLIENT_PACKAGES}
 SAM2_ENV = {"SAM2_BUILD_CUDA": "0"}
 SAM2_FLAGS = ("--no-build-isolation", "--no-deps")
 TORCH_INSTALLER = "light-the-torch>=0.5"
 # approximate download in MB (the wheel for this platform; torch: a CUDA build with its NVIDIA libraries,
 # about 200 MB for a CPU build); shown in the consent dialog so the user knows what to expect
-DOWNLOAD_MB = {"numpy": 20, "httpx": 1, "zstandard": 5, "torch": 2500, "sam2": 1, "hydra": 1, "iopath": 1,
-               "PIL": 5, "tqdm": 1, "transformers": 12, "tokenizers": 3, "peft": 1, "safetensors": 1,
-               "huggingface_hub": 1, "monai": 3, "einops": 1, "SimpleITK": 55, "yaml": 1, "fastapi": 1,
-               "starlette": 1, "uvicorn": 1}
+# (by import name; a package not named here counts 1 MB)
+DOWNLOAD_MB = {"numpy": 20, "zstandard": 5, "torch": 2500, "PIL": 5, "transformers": 12, "tokenizers": 3,
+               "monai": 3, "SimpleITK": 55, "scipy": 40, "nltk": 2}
 CONSENT_TEXT = ("MedVLSAM2 needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
                 "About {total} MB in all, downloaded from the Python Package Index (torch from download.pytorch.org "
                 "in the build that matches this computer's GPU driver) into Slicer's Python. The installation runs "

@@ -33,7 +33,18 @@ def test_the_one_consent_dialog_lists_every_package_with_its_size_and_the_total(
     text = dependencies.consent_message(["torch", "sam2", "SimpleITK"])
     assert "torch>=2.5.1  (about 2500 MB)" in text and "sam2==1.1.0  (about 1 MB)" in text
     assert "SimpleITK>=2.3  (about 55 MB)" in text and "About 2556 MB in all" in text and "Cancel" in text
-    assert set(dependencies.DOWNLOAD_MB) == set(dependencies.CLIENT_REQUIREMENTS) | set(dependencies.SERVER_REQUIREMENTS)
+    assert set(dependencies.DOWNLOAD_MB) <= set(dependencies.CLIENT_REQUIREMENTS) | set(dependencies.SERVER_REQUIREMENTS)
+
+
+def test_the_packages_are_the_engines_one_requirements_list(tmp_path):
+    listed = {**dependencies.CLIENT_REQUIREMENTS, **dependencies.SERVER_REQUIREMENTS}
+    lines = [line for line in dependencies.REQUIREMENTS_FILE.read_text().splitlines() if line and line[0] != "#"]
+    assert sorted(listed.values()) == sorted(lines + ["sam2==1.1.0"])  # every line, and sam2 from its no-deps line
+    req = tmp_path / "requirements.txt"
+    req.write_text("# a comment\nnumpy>=2\npyyaml>=6 ; python_version>'3.8'\nhydra-core[extra]>=1.3\n\n"
+                   "# no-deps: sam2==9.9\n")
+    assert dependencies.read_requirements(req) == {"numpy": "numpy>=2", "yaml": "pyyaml>=6 ; python_version>'3.8'",
+                                                   "hydra": "hydra-core[extra]>=1.3", "sam2": "sam2==9.9"}
 
 
 def drive(run: installer.InstallRun, runner: installer.SubprocessRunner, until, timeout: float = 60.0) -> None:
