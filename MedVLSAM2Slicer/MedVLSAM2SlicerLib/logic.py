@@ -13,12 +13,12 @@ from typing import Callable
 
 from medvlsam2.errors import InputError
 
-from . import markups, segments, undo
+from . import markups, model_list, segments, undo
 from .connection import NAMED_CONFIGS, Connection, ServerInfo, ServerOptions, demo_weights, installed
 from .controller import Controller
+from .model_list import OTHER, Choice  # noqa: F401 (OTHER: the widget's "Other file or folder..." test)
 from .worker import Job, ModelWorker
 
-OTHER = "other"  # the model list's "Other file or folder..." entry
 PROMPT_ATTRIBUTE = "MedVLSAM2.prompt"
 # prompt kind -> (markups class, name, colour)
 PROMPT_NODES = {
@@ -55,23 +55,9 @@ class MedVLSAM2Logic:
 
     # ----- models ---------------------------------------------------------------------------------
     @staticmethod
-    def model_choices() -> list[tuple[str, str]]:
-        """(value, label) of the model list: the demo bundle, released weights, random configs, then "Other...".
-
-        Weights that are not on this computer are listed as downloads.
-        """
-        from medvlsam2 import weights
-
-        choices = [("demo", "Demo bundle (trained on phantoms)")] if demo_weights() is not None else []
-        try:
-            entries = weights.list_weights()
-        except Exception as exc:  # a broken manifest must not break the panel
-            logging.warning("MedVLSAM2: cannot read the weights manifest: %s", exc)
-            entries = []
-        for entry in sorted(entries, key=lambda e: not e["installed"]):
-            choices.append((entry["name"], entry["name"] if entry["installed"] else f"{entry['name']} (download)"))
-        choices += [(name, f"{name} (random weights)") for name in NAMED_CONFIGS]
-        return choices + [(OTHER, "Other file or folder...")]
+    def model_choices() -> list[Choice]:
+        """(value, label, details) of the model list (``model_list.choices``)."""
+        return model_list.choices()
 
     @staticmethod
     def weights_ready(name: str) -> bool:

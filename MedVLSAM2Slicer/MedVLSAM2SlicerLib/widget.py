@@ -76,6 +76,7 @@ class MedVLSAM2Panel(LanguagePanel, VTKObservationMixin):
         u.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onSegmentationChanged)
         u.segmentSelector.connect("currentSegmentChanged(QString)", self._onSegmentChanged)
         u.modelSelector.connect("activated(int)", self._onModelActivated)
+        u.modelSelector.connect("currentIndexChanged(int)", self._showModelDetails)
         u.serverModeSelector.connect("currentIndexChanged(int)", lambda _: self._onServerModeChanged())
         u.startServerButton.connect("clicked()", self.onStart)
         u.stopServerButton.connect("clicked()", self.logic.stop)
@@ -239,12 +240,22 @@ class MedVLSAM2Panel(LanguagePanel, VTKObservationMixin):
     def _fillModels(self, current: str) -> None:
         selector = self.ui.modelSelector
         selector.clear()
-        for value, label in self.logic.model_choices():
+        for value, label, details in self.logic.model_choices():
             selector.addItem(label, value)
+            selector.setItemData(selector.count - 1, details, qt.Qt.ToolTipRole)  # size, licence, GPU, serves
         if current and selector.findData(current) < 0:  # a file or folder chosen earlier
+            from .model_list import spec_details
+
             selector.insertItem(selector.count - 1, os.path.basename(current.rstrip("/")) or current, current)
+            selector.setItemData(selector.count - 2, spec_details(current), qt.Qt.ToolTipRole)
         index = selector.findData(current)
         selector.currentIndex = index if index >= 0 else 0
+        self._showModelDetails()
+
+    def _showModelDetails(self, *_) -> None:
+        """The selector's own tooltip is the chosen entry's details (the list's entries have theirs)."""
+        selector = self.ui.modelSelector
+        selector.toolTip = selector.itemData(selector.currentIndex, qt.Qt.ToolTipRole) or "Model served by the local server"
 
     def _model(self) -> str:
         return self.ui.modelSelector.currentData or ""

@@ -896,7 +896,7 @@ def module_file(monkeypatch):
 def test_module_logic_drives_a_session_and_reports_connection_errors(module_file, segmentation, ct):
     logic = module_file.MedVLSAM2SlicerLogic()
     try:
-        assert {"base", "tiny"} <= {v for v, _ in logic.model_choices()} and logic.weights_ready("tiny")
+        assert {"base", "tiny"} <= {c.value for c in logic.model_choices()} and logic.weights_ready("tiny")
         sid = segmentation.GetSegmentation().AddEmptySegment("organ")
         logic.use_session(FakeSession(), ct, segmentation)
         logic.controller.add_points(sid, [[5, 6, 3]], [1])

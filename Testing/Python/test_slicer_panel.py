@@ -328,17 +328,19 @@ def test_model_list_shows_the_demo_bundle_released_weights_random_configs_and_ot
     names = list(weights.load_manifest())
     assert "medsam2-latest" in names
     choices = MedVLSAM2Logic.model_choices()
-    values = [v for v, _ in choices]
-    assert values[0] == "demo" and values[-1] == OTHER and choices[-1][1] == "Other file or folder..."
+    values = [c.value for c in choices]
+    assert values[0] == "demo" and values[-1] == OTHER and choices[-1].label == "Other file or folder..."
     assert set(names) <= set(values) and values.index("tiny") > max(values.index(n) for n in names)
-    assert dict(choices)["medsam2-latest"] == "medsam2-latest (download)"  # nothing installed yet
+    labels = {c.value: c.label for c in choices}
+    assert labels["medsam2-latest"] == "medsam2-latest (download)"  # nothing installed yet; no published size
+    assert labels["m3d-lamed-phi3-4b"] == "m3d-lamed-phi3-4b (download, 16.2 GB)"
     assert MedVLSAM2Logic.weights_ready("demo") and MedVLSAM2Logic.weights_ready("tiny")
     assert not MedVLSAM2Logic.weights_ready("medsam2-latest")
     # once installed, an entry moves up, loses "(download)" and is served by its name
     weights.weight_path("medsam2-latest").parent.mkdir(parents=True, exist_ok=True)
     weights.weight_path("medsam2-latest").write_bytes(b"x")
     choices = MedVLSAM2Logic.model_choices()
-    assert choices[1] == ("medsam2-latest", "medsam2-latest") and MedVLSAM2Logic.weights_ready("medsam2-latest")
+    assert choices[1][:2] == ("medsam2-latest", "medsam2-latest") and "(installed)" in choices[1].details and MedVLSAM2Logic.weights_ready("medsam2-latest")
     assert connection.model_spec("medsam2-latest") == "medsam2-latest"
     # a Hugging Face entry installs as a folder
     assert not MedVLSAM2Logic.weights_ready("med3dvlm-qwen2.5-7b")
@@ -354,6 +356,29 @@ def test_model_list_shows_the_demo_bundle_released_weights_random_configs_and_ot
         connection.model_spec(str(text))
     monkeypatch.setattr(resources, "SEARCH_DIRS", (tmp_path / "a", tmp_path / "b"))  # extension without demo weights
     assert MedVLSAM2Logic.model_choices()[0][0] != "demo" and not MedVLSAM2Logic.weights_ready("demo")
+
+
+def test_each_model_says_its_size_licence_gpu_memory_and_what_it_serves_before_download(monkeypatch, tmp_path):
+    from medvlsam2 import weights
+    from MedVLSAM2SlicerLib import model_list
+
+    monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path))
+    rows = {r["name"]: r for r in weights.list_weights()}
+    details = {c.value: c.details for c in model_list.choices()}
+    for name in ("m3d-lamed-phi3-4b", "segvol", "voxtell"):  # the weight manager's row, line by line
+        row = rows[name]
+        assert details[name].splitlines()[1:] == [f"Licence: {row['license']}", f"GPU memory: {row['gpu_memory']}",
+                                                  "Serves: " + ", ".join(row["serves"])]
+    assert details["m3d-lamed-phi3-4b"].splitlines()[0] == "m3d-lamed-phi3-4b (download: 16.2 GB)"
+    assert details["segvol"].splitlines()[0] == "segvol (download: 724 MB)"
+    assert "size not published" in details["voxtell"] and "GPU memory: not published" in details["medsam2-latest"]
+    # no manifest row: factory.describe says what it is, reading no weights
+    assert details["tiny"] == ("config 'tiny' with random weights\nWeights: random\nServes: segment from clicks or "
+                               "boxes; answer questions or write reports; segment from a text prompt")
+    assert details["demo"].startswith("MedVL-SAM2 demo weights") and "Weights: phantom-trained" in details["demo"]
+    (tmp_path / "notes.txt").write_text("x")
+    assert "not a model file" in model_list.spec_details(str(tmp_path / "notes.txt"))
+    assert model_list.size_text(None) == "size not published" and model_list.size_text(5 * 10**5) == "1 MB"
 
 
 def test_logic_runs_one_worker_even_when_slicer_calls_init_twice():
