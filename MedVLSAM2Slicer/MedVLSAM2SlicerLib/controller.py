@@ -245,7 +245,8 @@ class Controller:
             return False
         self._text_queue.clear()
         node, session = self.segmentation_node, self.session
-        kept = {sid: (self._segment_name(sid), segments.segment_array(node, sid, self.volume_node))
+        kept = {sid: (self._segment_name(sid), segments.segment_array(node, sid, self.volume_node),
+                      segments.content_key(node, sid))
                 for sid in self.objects if node is not None and node.GetSegmentation().GetSegment(sid) is not None}
         self.objects.clear()
         self._tracks.clear()  # the old session's steps are gone; Slicer's older states are now outside edits
@@ -254,7 +255,7 @@ class Controller:
 
         def run(job: Job) -> dict[str, int]:
             objects = {}
-            for sid, (name, mask) in kept.items():
+            for sid, (name, mask, _) in kept.items():
                 ks = segments.covered_slices(mask)
                 if not ks or not seed:
                     continue  # an empty segment gets its object with its next prompt
@@ -268,10 +269,16 @@ class Controller:
         def done(objects: dict[str, int]) -> None:
             if began:
                 self.state.finish()
+            if self.session is not session or self.segmentation_node is not node:
+                return  # another volume or segmentation was chosen meanwhile: its own session and objects
             for sid, obj in objects.items():
                 if node.GetSegmentation().GetSegment(sid) is not None:
                     self.objects[sid] = obj
-                    self._tracks[sid] = Track.starting_at(obj, segments.content_key(node, sid), seeded=True)
+                    self._tracks[sid] = Track.starting_at(obj, kept[sid][2], seeded=True)  # what the session got
+                    if segments.content_key(node, sid) != kept[sid][2]:
+                        self._changed.add(sid)  # edited while the objects were re-created: send that edit too
+            if self._changed:
+                self.sync()
             self._update_selection()
             self.message.emit("Session expired, re-opened, your segments are kept"
                               + ("" if seed else " (this server takes no mask prompts: the next prompt starts afresh)"))

@@ -140,3 +140,20 @@ def test_an_expired_session_gets_the_segments_back_and_the_segmentation_does_not
     c.add_points(sid, [[32, 32, 4]], [1])  # prompting goes on from what the user sees
     settle()
     assert c.state.error == "" and dice(segments.segment_array(node, sid, ct), before) >= 0.5
+
+
+def test_an_edit_made_while_the_objects_are_re_created_reaches_the_new_session(panel):
+    c, session, node, ct, sid, editor, settle, messages = panel
+    session.expire()
+    c.propagate(sid)
+    while c.state.busy_job != "re-open":  # the expired call came back; the objects are being re-created
+        c.worker.deliver(timeout=0.05)
+    assert not c.objects  # not re-created yet (its SAM2 calls take far longer than the rest of deliver)
+    painted = segments.segment_array(node, sid, ct)
+    painted[6] = 0
+    painted[6, 40:52, 8:20] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(painted, node, sid, ct)
+    settle()
+    assert c.state.error == "" and np.array_equal(segments.segment_array(node, sid, ct), painted)
+    assert "1 slice prompt" in messages[-1] and session.mask_calls == 0
+    assert dice(session.inner.mask(c.objects[sid])[6], painted[6]) >= KEPT_DICE
