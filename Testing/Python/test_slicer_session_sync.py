@@ -157,3 +157,51 @@ def test_an_edit_made_while_the_objects_are_re_created_reaches_the_new_session(p
     assert c.state.error == "" and np.array_equal(segments.segment_array(node, sid, ct), painted)
     assert "1 slice prompt" in messages[-1] and session.mask_calls == 0
     assert dice(session.inner.mask(c.objects[sid])[6], painted[6]) >= KEPT_DICE
+
+
+@pytest.mark.skipif(__import__("os").environ.get("MEDVLSAM2_SERVER_TESTS") != "1",
+                    reason="starts a real tiny server (~45 s on 2 busy cores); set MEDVLSAM2_SERVER_TESTS=1")
+def test_the_same_with_a_real_server_whose_lease_runs_out(monkeypatch):
+    import time
+
+    from medvlsam2.client import Client
+    from medvlsam2.server.launcher import launch_server
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    scene = scene_with_logics()
+    ct, node, sid = phantom_with_segment(scene)
+    server = launch_server(model="tiny", device="cpu", extra_args=["--seed", "0", "--lease-s", "3", "--liveness-s", "2"])
+    client, worker = Client(server.url, server.token, heartbeat=False), ModelWorker()
+    session = client.open_session(geometry.volume_from_node(ct))
+    downloads = []
+    monkeypatch.setattr(session, "mask", lambda obj, _real=session.mask: downloads.append(obj) or _real(obj))
+    try:
+        c = Controller(worker)
+        c.attach(session, ct, node, undo.SegmentationUndo(node, undo.new_editor_logic(scene, node)))
+        messages, pending = [], []
+        c.message.connect(messages.append)
+        c.defer = pending.append
+        c.add_points(sid, [[32, 32, 4]], [1])
+        worker.wait_all(timeout=120)
+        painted = np.zeros_like(segments.segment_array(node, sid, ct))
+        painted[2:6, 20:44, 16:48] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(painted, node, sid, ct)  # a hand edit
+        pending.pop()()
+        worker.wait_all(timeout=120)
+        assert c.state.error == "" and "slice prompt" in messages[-1] and downloads == []
+        time.sleep(8)  # past the server's lease and liveness: it forgets the session
+        c.propagate(sid)
+        worker.wait_all(timeout=120)
+        assert session.reopened == 1 and messages[-1].startswith("Session expired, re-opened, your segments are kept")
+        assert c.state.error == "" and np.array_equal(segments.segment_array(node, sid, ct), painted)
+        assert downloads == []
+        assert dice(session.mask(c.objects[sid]), painted) >= KEPT_DICE  # the new server session has the segment
+        c.propagate(sid)
+        worker.wait_all(timeout=120)
+        after = segments.segment_array(node, sid, ct)  # the re-created prompts hold their slices through it
+        assert c.state.error == "" and dice(after[2:6], painted[2:6]) >= KEPT_DICE
+    finally:
+        worker.stop()
+        session.close()
+        client.close()
+        server.stop()
