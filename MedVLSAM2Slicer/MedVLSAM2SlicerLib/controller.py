@@ -2,12 +2,9 @@
 
 Works with any object that has the Session's method names (local ``medvlsam2.session.Session`` or
 ``medvlsam2.client.RemoteSession``). A failed or cancelled call changes no segment. Each write that changes
-a segment is one step of Slicer's segmentation undo history (``undo.SegmentationUndo``). Whoever undoes or
-redoes it (this panel, the Segment Editor's buttons and keys), the segment's restored content is matched to
-the session steps that made it (``undo.Track``) and the session undoes or redoes them too, so the next
-prompt starts from what the user sees. A segment painted or erased by hand (Segment Editor) is sent to the
-session as mask prompts on the slices where it differs from the session's mask, so the next propagation
-keeps the edit.
+a segment is one step of Slicer's segmentation undo history (``undo.SegmentationUndo``); keeping the session
+in step with Slicer's undo, redo and hand edits is this class's ``undo.SessionUndoSync`` part. After the server
+forgot a remote session (``SessionExpired``), the segments the panel wrote are given to the new one.
 """
 
 from __future__ import annotations
@@ -23,11 +20,11 @@ from medvlsam2.protocol import SessionExpired
 from . import report_node, segments
 from .panel_state import PanelState
 from .signals import Signal
-from .undo import SegmentationUndo, Track
+from .undo import SegmentationUndo, SessionUndoSync, Track
 from .worker import Job, ModelWorker
 
 
-class Controller:
+class Controller(SessionUndoSync):
     """Glue between the panel state, one session, the worker and the segmentation node."""
 
     def __init__(self, worker: ModelWorker, state: PanelState | None = None) -> None:
@@ -94,114 +91,6 @@ class Controller:
                 close()
             except Exception:
                 pass
-
-    def _observe(self, segmentation_node, undo_history: SegmentationUndo | None) -> None:
-        """Watch the segmentation for changes made by anyone else (Slicer's undo/redo, the Segment Editor).
-
-        A restore modifies a segment several times (it is empty in between), so the content is read only
-        once the burst is over: on the deferred call, or when the undo history says it has restored.
-        """
-        for obj, tag in self._observed:
-            obj.RemoveObserver(tag)
-        self._observed.clear()
-        if segmentation_node is None:
-            return
-        import slicer
-        import vtk
-
-        @vtk.calldata_type(vtk.VTK_STRING)
-        def modified(caller, event, segment_id) -> None:
-            if not self._writing and segment_id in self._tracks:
-                self._changed.add(segment_id)
-                if self.defer is not None and not self._sync_pending:
-                    self._sync_pending = True
-                    self.defer(self.sync)
-        segmentation = segmentation_node.GetSegmentation()
-        self._observed.append((segmentation, segmentation.AddObserver(slicer.vtkSegmentation.SegmentModified, modified)))
-        if undo_history is not None:
-            self._observed.append(undo_history.observe(lambda *_: self._changed and self.sync()))
-
-    def sync(self, absorb: bool = True) -> None:
-        """Match each changed segment to the state it now shows and undo/redo the session's steps to it.
-
-        Runs on the main thread; the session calls queue on the worker, so a prompt given after an undo
-        refines the restored mask. A content no state had (an edit outside this module) leaves the session
-        as it is, with a message.
-        """
-        self._sync_pending = False
-        changed, self._changed = self._changed, set()
-        for segment_id in sorted(changed):
-            track = self._tracks.get(segment_id)
-            if track is None:
-                continue
-            if self.segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
-                del self._tracks[segment_id]  # the segment is gone; its session object stays unused
-                continue
-            delta = track.moved(segments.content_key(self.segmentation_node, segment_id))
-            if delta:
-                self._move_session(track.obj, delta)
-            elif not track.in_step:
-                self._edited_by_hand(segment_id, track, absorb)
-        self._update_selection()
-
-    def _edited_by_hand(self, segment_id: str, track: Track, absorb: bool) -> None:
-        """Give the session each axial slice where the hand-edited segment differs from its mask, as a mask
-        prompt (SAM2 keeps a prompted slice's mask through propagation); these session steps belong to the
-        edited state, so undoing the edit in Slicer undoes them too. Not when a newer result is arriving
-        (``absorb`` False): the session has moved on from the edited state."""
-        session, obj, state = self.session, track.obj, track.pos
-        if session is None or not hasattr(session, "add_mask") or not absorb:
-            self.message.emit(f"'{self._segment_name(segment_id)}' was edited outside MedVLSAM2: the model keeps its "
-                              "own mask, and its next result replaces the box it changes (Reset to start over)")
-            return
-        painted = segments.segment_array(self.segmentation_node, segment_id, self.volume_node)  # main thread: MRML
-        # the session's mask is the content of the last state its steps reached: compare fingerprints, so a
-        # sync asks the server for nothing (RemoteSession keeps no mask; ``mask`` is a full-volume download)
-        reference = track.session_key()
-        known = None if reference is None else segments.differing_slices(
-            self.segmentation_node, self.volume_node, track.keys[track.pos], reference)
-
-        def run(job: Job) -> int:
-            ks = known
-            if ks is None:  # the fingerprints cannot tell (history dropped, another grid): one mask download
-                current = session.mask(obj)
-                ks = [k for k in range(painted.shape[0]) if not np.array_equal(current[k], painted[k])]
-            for k in ks:
-                job.cancel.raise_if_cancelled()
-                session.add_mask(obj, k, painted[k])
-            return len(ks)
-
-        def done(steps: int) -> None:
-            if track.pos == state and len(track.steps) > state:
-                track.steps[state] = steps  # the edit is now a state the session can undo and redo
-            if steps:
-                self.message.emit(f"Hand edit of '{self._segment_name(segment_id)}' sent to the model as {steps} "
-                                  "slice prompt(s); the next propagation keeps it")
-            self._update_selection()
-
-        def failed(exc: BaseException) -> None:
-            if not self._reopened(exc):
-                self.state.set_error(f"the model did not take the hand edit ({exc}); Reset this segment to start over")
-        self.worker.submit(Job("hand edit", run, on_done=done, on_error=failed))
-
-    def _move_session(self, obj: int, delta: int) -> None:
-        """Undo (delta < 0) or redo (delta > 0) ``abs(delta)`` session steps of ``obj`` on the worker thread."""
-        session = self.session
-        if session is None:
-            return
-        step = session.undo if delta < 0 else session.redo
-
-        def run(job: Job) -> None:
-            for _ in range(abs(delta)):
-                step(obj)
-
-        def failed(exc: BaseException) -> None:
-            if self._reopened(exc):
-                return
-            self.state.set_error(f"the model could not {'undo' if delta < 0 else 'redo'} with Slicer: {exc}; "
-                                 "prompt again or Reset this segment")
-        self.worker.submit(Job("undo" if delta < 0 else "redo", run, on_done=lambda _: self._update_selection(),
-                               on_error=failed))
 
     def select_segment(self, segment_id: str | None) -> None:
         self.current_segment = segment_id or None
@@ -366,33 +255,6 @@ class Controller:
         return self._start("propagate", lambda job: self.session.propagate(obj, k_range, direction, cancel=job.cancel,
                                                                            progress=job.progress),
                            self._written(segment_id))
-
-    @property
-    def can_undo(self) -> bool:
-        return self.undo_history is not None and any(t.undoable for t in self._tracks.values())
-
-    @property
-    def can_redo(self) -> bool:
-        return self.undo_history is not None and any(t.redoable for t in self._tracks.values())
-
-    def undo(self) -> None:
-        """Undo the last write in Slicer's history (as the Segment Editor's Undo does); ``sync`` then undoes the
-        session's matching steps."""
-        self._walk("undo", self.can_undo)
-
-    def redo(self) -> None:
-        """Redo in Slicer's history (as the Segment Editor's Redo does); ``sync`` then redoes the session's steps."""
-        self._walk("redo", self.can_redo)
-
-    def _walk(self, direction: str, possible: bool) -> None:
-        if self.session is None:
-            raise InputError("no model session: start the server (or connect) and select a CT volume first")
-        if not possible:
-            raise InputError(f"nothing to {direction}")
-        if self.state.busy:
-            self.message.emit(f"busy with {self.state.busy_job}; wait or press Cancel")
-            return
-        getattr(self.undo_history, direction)()  # main thread: MRML; the segmentation's events start ``sync``
 
     def reset(self, segment_id: str) -> Job | None:
         obj = self._known(segment_id)

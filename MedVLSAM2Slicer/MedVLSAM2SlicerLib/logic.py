@@ -16,7 +16,7 @@ from medvlsam2.errors import InputError
 from . import markups, model_list, segments, undo
 from .connection import NAMED_CONFIGS, Connection, ServerInfo, ServerOptions, demo_weights, installed
 from .controller import Controller
-from .model_list import OTHER, Choice  # noqa: F401 (OTHER: the widget's "Other file or folder..." test)
+from .model_list import Choice
 from .worker import Job, ModelWorker
 
 PROMPT_ATTRIBUTE = "MedVLSAM2.prompt"

@@ -261,7 +261,7 @@ class MedVLSAM2Panel(LanguagePanel, VTKObservationMixin):
         return self.ui.modelSelector.currentData or ""
 
     def _onModelActivated(self, index: int) -> None:
-        from .logic import OTHER
+        from .model_list import OTHER
 
         if self.ui.modelSelector.itemData(index) != OTHER:
             return

@@ -322,7 +322,8 @@ def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, t
 def test_model_list_shows_the_demo_bundle_released_weights_random_configs_and_other(monkeypatch, tmp_path):
     from medvlsam2 import resources, weights
     from MedVLSAM2SlicerLib import connection
-    from MedVLSAM2SlicerLib.logic import OTHER, MedVLSAM2Logic
+    from MedVLSAM2SlicerLib.logic import MedVLSAM2Logic
+    from MedVLSAM2SlicerLib.model_list import OTHER
 
     monkeypatch.setenv("MEDVLSAM2_HOME", str(tmp_path))
     names = list(weights.load_manifest())
