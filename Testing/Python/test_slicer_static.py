@@ -23,8 +23,8 @@ MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 # the Qt-free logic (whose light imports test_lib_imports_neither_torch_nor_qt_nor_slicer checks).
 ALLOWED_TOP_LEVEL = {"__future__", "logging", "os", "typing", "ctk", "qt", "slicer", "vtk", "MedVLSAM2SlicerLib.logic"}
 # Lib modules that need Slicer (qt, slicer): same file-scope rule as the module file, not importable in pytest.
-SLICER_ONLY = ("widget", "widget_language", "widget_install", "selftest")
-PANEL_PARTS = {"widget": {"widget_language", "widget_install"}}  # the panel class is split over these files
+SLICER_ONLY = ("widget", "widget_language", "widget_install", "widget_tools", "selftest")
+PANEL_PARTS = {"widget": {"widget_language", "widget_install", "widget_tools"}}  # the panel class is split over these files
 SHELL_MAX_LINES = 150  # the module file stays a thin shell (SlicerDentalSegmentator style)
 
 

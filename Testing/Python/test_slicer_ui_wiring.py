@@ -21,7 +21,8 @@ MODULE_FILE = MODULE_DIR / "MedVLSAM2Slicer.py"
 LIB_DIR = MODULE_DIR / "MedVLSAM2SlicerLib"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedVLSAM2Slicer.ui"
 # code that touches the panel's widgets (``self.ui.X``, ``u.X``) or its parameter node
-PANEL_CODE = (MODULE_FILE, LIB_DIR / "widget.py", LIB_DIR / "widget_language.py", LIB_DIR / "selftest.py")
+PANEL_CODE = (MODULE_FILE, LIB_DIR / "widget.py", LIB_DIR / "widget_language.py", LIB_DIR / "widget_tools.py",
+              LIB_DIR / "selftest.py")
 SCENE_SIGNAL, SCENE_SLOT = "mrmlSceneChanged(vtkMRMLScene*)", "setMRMLScene(vtkMRMLScene*)"
 # what a parameterNodeWrapper instance offers besides its fields
 WRAPPER_METHODS = {"connectGui", "disconnectGui", "parameterNode", "isCached", "default", "getValue", "setValue",
