@@ -33,6 +33,31 @@ def segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray
     return (np.asarray(array) > 0).astype(np.uint8)
 
 
+def segment_slices(segmentation_node, segment_id: str, volume_node, ks: list[int]) -> dict[int, np.ndarray]:
+    """Axial slices ``ks`` of the segment's mask [j, i] (uint8 0/1), read from its labelmap in place when that
+    is on the volume's grid, so a one-slice edit does not read the whole volume."""
+    _check_segment(segmentation_node, segment_id)
+    labelmap = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if labelmap is None or not _same_grid(labelmap, segmentation_node, volume_node):
+        whole = segment_array(segmentation_node, segment_id, volume_node)
+        return {k: whole[k] for k in ks}
+    dims = volume_node.GetImageData().GetDimensions()[::-1]  # (k, j, i)
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    e = labelmap.GetExtent()
+    voxels = None if _empty(e) else _voxels(labelmap)
+    out = {}
+    for k in ks:
+        plane = np.zeros(dims[1:], np.uint8)
+        if voxels is not None and e[4] <= k <= e[5]:
+            # the extent may reach past the volume (a restored state): keep the part on the volume
+            j0, i0 = max(e[2], 0), max(e[0], 0)
+            j1, i1 = min(e[3] + 1, dims[1]), min(e[1] + 1, dims[2])
+            if j0 < j1 and i0 < i1:
+                plane[j0:j1, i0:i1] = voxels[k - e[4], j0 - e[2]:j1 - e[2], i0 - e[0]:i1 - e[0]] == label
+        out[k] = plane
+    return out
+
+
 def _matrix(getter) -> np.ndarray:
     import vtk
 

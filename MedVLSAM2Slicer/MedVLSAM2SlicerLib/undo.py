@@ -242,18 +242,23 @@ class SessionUndoSync:
             self.message.emit(f"'{self._segment_name(segment_id)}' was edited outside MedVLSAM2: the model keeps its "
                               "own mask, and its next result replaces the box it changes (Reset to start over)")
             return
-        painted = segments.segment_array(self.segmentation_node, segment_id, self.volume_node)  # main thread: MRML
         # the session's mask is the content of the last state its steps reached: compare fingerprints, so a
         # sync asks the server for nothing (RemoteSession keeps no mask; ``mask`` is a full-volume download)
+        # and reads only the edited slices of the segment (main thread: MRML)
+        node, volume = self.segmentation_node, self.volume_node
         reference = track.session_key()
-        known = None if reference is None else segments.differing_slices(
-            self.segmentation_node, self.volume_node, track.keys[track.pos], reference)
+        known = None if reference is None else segments.differing_slices(node, volume, track.keys[track.pos], reference)
+        if known is not None:
+            painted = segments.segment_slices(node, segment_id, volume, known)
+        else:
+            whole = segments.segment_array(node, segment_id, volume)
+            painted = dict(enumerate(whole))
 
         def run(job: Job) -> int:
             ks = known
             if ks is None:  # the fingerprints cannot tell (history dropped, another grid): one mask download
                 current = session.mask(obj)
-                ks = [k for k in range(painted.shape[0]) if not np.array_equal(current[k], painted[k])]
+                ks = [k for k in range(len(current)) if not np.array_equal(current[k], painted[k])]
             for k in ks:
                 job.cancel.raise_if_cancelled()
                 session.add_mask(obj, k, painted[k])

@@ -205,3 +205,22 @@ def test_the_same_with_a_real_server_whose_lease_runs_out(monkeypatch):
         session.close()
         client.close()
         server.stop()
+
+
+def test_the_edited_slices_are_read_in_place_as_the_whole_segment_has_them():
+    scene = scene_with_logics()
+    ct, node, sid = phantom_with_segment(scene)
+    other = node.GetSegmentation().AddEmptySegment("other")
+    rng = np.random.default_rng(0)
+    for segment_id, i0 in ((sid, 5), (other, 32)):  # side by side, so they can share a layer
+        mask = np.zeros((8, 64, 64), np.uint8)
+        mask[1:7, 10:50, i0:i0 + 26] = rng.random((6, 40, 26)) > 0.5
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segment_id, ct)
+    node.GetSegmentation().CollapseBinaryLabelmaps(False)  # one shared layer: the segments differ by label value
+    assert node.GetSegmentation().GetNumberOfLayers() == 1
+    empty = node.GetSegmentation().AddEmptySegment("empty")
+    for segment_id in (sid, other, empty):
+        whole = segments.segment_array(node, segment_id, ct)
+        got = segments.segment_slices(node, segment_id, ct, list(range(8)))
+        assert all(np.array_equal(got[k], whole[k]) for k in range(8)), segment_id
+    assert segments.segment_array(node, other, ct).any() and not segments.segment_slices(node, empty, ct, [3])[3].any()
