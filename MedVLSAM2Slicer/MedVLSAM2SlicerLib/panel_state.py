@@ -16,10 +16,11 @@ INTERACTIVE, TEXT_SEGMENTATION, LANGUAGE = "interactive", "text_segmentation", "
 CAPABILITY_HINTS = {
     INTERACTIVE: "The loaded model cannot segment from points, boxes, lassos or scribbles; load the demo bundle, "
                  "a MedSAM2/SAM2.1 checkpoint or a recipe with a segmenter.",
-    TEXT_SEGMENTATION: "The loaded model cannot segment from text; load a trained MedVL-SAM2 bundle (the demo "
-                       "bundle) for text prompts.",
+    TEXT_SEGMENTATION: "The loaded model cannot segment from text; load a released text segmenter (voxtell, "
+                       "segvol or m3d-lamed-phi3-4b), a recipe with a text segmenter, or a trained MedVL-SAM2 "
+                       "bundle (the demo bundle).",
     LANGUAGE: "The loaded model cannot answer questions or write reports; load the demo bundle, a Med3DVLM folder "
-              "or a recipe with a language part.",
+              "(med3dvlm-qwen2.5-7b), M3D-LaMed (m3d-lamed-phi3-4b) or a recipe with a language part.",
 }
 
 # Every control whose enabled state the panel computes (objectNames in the .ui file).

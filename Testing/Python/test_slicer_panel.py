@@ -133,6 +133,12 @@ def test_controls_a_model_cannot_serve_are_disabled_with_the_reason():
     state.set_device("cpu", None, ["interactive"])  # a MedSAM2 checkpoint
     assert all(state.enabled(c) for c in PROMPTS + NEEDS_OBJECT)
     assert not state.enabled("runTextButton") and "trained MedVL-SAM2 bundle" in state.missing_capability("runTextButton")
+    assert all(name in state.missing_capability("runTextButton") for name in ("voxtell", "segvol", "m3d-lamed-phi3-4b"))
+    from medvlsam2 import weights
+
+    serving = {r["name"]: r["serves"] for r in weights.list_weights()}  # the hints name what the manifest serves
+    assert all("typed prompts" in serving[n] for n in ("voxtell", "segvol", "m3d-lamed-phi3-4b"))
+    assert "questions" in serving["m3d-lamed-phi3-4b"] and "m3d-lamed-phi3-4b" in state.missing_capability("askButton")
     assert not state.enabled("askButton") and "Med3DVLM" in state.missing_capability("reportButton")
     state.set_device("cuda:0", 80.0, ["language"])  # a Med3DVLM folder
     assert state.enabled("askButton") and not state.enabled("boxButton")
