@@ -3,7 +3,8 @@
 A segment written by a click is then painted by hand on one slice (as the Segment Editor does); the panel
 sends the edited slices to the model as mask prompts. Timed from the edit to the session having the prompt,
 with the number of ``mask()`` downloads (each a full-volume mask) counted, over ``--edits`` edits, plus
-syncs without an edit. ``--panel`` picks the MedVLSAM2Slicer folder (panel and engine) to measure, so an
+syncs without an edit; then the server forgets the session and the time the panel takes to give the new one
+its segment (a 60-slice organ) is measured. ``--panel`` picks the MedVLSAM2Slicer folder (panel and engine) to measure, so an
 older checkout can be compared. Prints a table and writes JSON.
 
     nice -n 10 python Testing/Benchmarks/panel_sync.py --panel MedVLSAM2Slicer --out panel_sync.json
@@ -82,7 +83,19 @@ def main() -> None:
             k = 30 + n
             painted[k, 200:260, 200:260] = 1 - painted[k, 200:260, 200:260]  # paint/erase a square on slice k
             edit_s.append(synced(lambda: slicer.util.updateSegmentBinaryLabelmapFromArray(painted, node, sid, ct)))
-        out = {"panel": str(Path(args.panel).resolve()), "shape": list(shape), "edits": args.edits,
+        reopen = {}
+        if hasattr(Controller, "_reopened"):  # older panels do not re-create objects after SessionExpired
+            block = segments.segment_array(node, sid, ct)
+            block[20:80, 150:350, 150:350] = 1  # the organ painted over 60 slices (one more edit, not timed)
+            synced(lambda: slicer.util.updateSegmentBinaryLabelmapFromArray(block, node, sid, ct))
+            client.request("DELETE", f"/v1/sessions/{session.sid}")  # the server forgets it, as after its lease
+            t0 = time.perf_counter()
+            c.propagate(sid)  # fails with SessionExpired; the panel re-creates the object on the new session
+            worker.wait_all(timeout=600)
+            assert c.state.error == "" and session.reopened == 1, c.state.error
+            reopen = {"reopen_s": round(time.perf_counter() - t0, 2),
+                      "reopen_slices": len(segments.covered_slices(segments.segment_array(node, sid, ct)))}
+        out = {"panel": str(Path(args.panel).resolve()), "shape": list(shape), "edits": args.edits, **reopen,
                "sync_without_edit_ms": round(1000 * statistics.median(quiet), 1),
                "mask_downloads_without_edit": quiet_downloads,
                "sync_with_edit_ms_median": round(1000 * statistics.median(edit_s), 1),
