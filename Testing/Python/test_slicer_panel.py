@@ -388,6 +388,29 @@ def test_each_model_says_its_size_licence_gpu_memory_and_what_it_serves_before_d
     assert model_list.size_text(None) == "size not published" and model_list.size_text(5 * 10**5) == "1 MB"
 
 
+def test_the_sessions_mask_is_the_last_state_its_steps_reached():
+    from MedVLSAM2SlicerLib.undo import MAX_UNDO_STATES, Track
+
+    empty = (None, ())
+    t = Track.starting_at(7, empty)
+    assert t.session_key() == empty  # a new object: empty mask, empty segment
+    t.wrote(empty, "a")
+    assert t.session_key() == "a"
+    assert t.moved("edited") == 0 and not t.in_step and t.session_key() == "a"  # an outside edit: the session is at a
+    t.steps[t.pos] = 2  # the edit was sent as two slice prompts
+    assert t.session_key() == "edited"
+    assert Track.starting_at(7, "painted before").session_key() is None  # voxels the session never saw
+    assert Track.starting_at(7, "painted before", seeded=True).session_key() == "painted before"  # after a re-open
+    # Slicer drops its oldest states: while the session's state is kept it is the answer, then it is unknown
+    t = Track.starting_at(1, empty)
+    t.wrote(empty, "s1")
+    for n in range(MAX_UNDO_STATES):
+        t.moved(f"edit {n}")
+    assert t.keys[0] == "s1" and t.session_key() == "s1"
+    t.moved("one more edit")
+    assert "s1" not in t.keys and t.session_key() is None
+
+
 def test_logic_runs_one_worker_even_when_slicer_calls_init_twice():
     from MedVLSAM2SlicerLib.logic import MedVLSAM2Logic
 
