@@ -16,7 +16,7 @@ from medvlsam2.errors import InputError
 
 
 NAMED_CONFIGS = ("tiny", "base")  # random weights, for trying the module; "paper" is too large for a panel default
-from medvlsam2.factory import MODEL_FILE_SUFFIXES  # (one list with the engine: .pt, .pth, .safetensors, .yaml)
+from medvlsam2.factory import describe  # torch-free: says what a spec is without loading it
 READY_TIMEOUT_S = 300.0  # first start on a laptop CPU imports torch and builds the model
 
 
@@ -77,12 +77,10 @@ def model_spec(model: str) -> str:
                              "or choose 'tiny' (random weights)")
         return str(folder)
     path = Path(model).expanduser()
-    if model in NAMED_CONFIGS or path.is_dir():
-        return str(path) if path.is_dir() else model
-    if path.is_file():
-        if path.suffix.lower() not in MODEL_FILE_SUFFIXES:
-            raise InputError(f"{path.name} is not a model file: choose a .pt or .safetensors checkpoint, a recipe "
-                             ".yaml or a model folder")
+    if model in NAMED_CONFIGS:
+        return model
+    if path.exists():
+        describe(str(path))  # the engine's own check (no weights read): a wrong file or folder is refused here
         return str(path)
     if model in manifest_names():
         if not installed(model):

@@ -355,12 +355,20 @@ def test_model_list_shows_the_demo_bundle_released_weights_random_configs_and_ot
     assert MedVLSAM2Logic.weights_ready("med3dvlm-qwen2.5-7b") and connection.installed("med3dvlm-qwen2.5-7b")
     # files and folders the factory takes
     ckpt, recipe, text = tmp_path / "MedSAM2_latest.pt", tmp_path / "recipe.yaml", tmp_path / "notes.txt"
-    for p in (ckpt, recipe, text):
+    for p in (ckpt, text):
         p.write_text("x")
+    recipe.write_text("segmenter: MedSAM2_latest.pt\n")
     assert connection.model_spec(str(ckpt)) == str(ckpt) and connection.model_spec(str(recipe)) == str(recipe)
-    assert connection.model_spec(str(tmp_path)) == str(tmp_path) and MedVLSAM2Logic.weights_ready(str(ckpt))
+    demo = str(connection.demo_weights())
+    assert connection.model_spec(demo) == demo and MedVLSAM2Logic.weights_ready(str(ckpt))
+    # the engine's factory.describe refuses what it cannot load, before a server is started
     with pytest.raises(InputError, match="not a model file"):
         connection.model_spec(str(text))
+    with pytest.raises(InputError, match="no config.json"):
+        connection.model_spec(str(tmp_path))
+    recipe.write_text("segmenter: MedSAM2_latest.pt\nmystery: 1\n")
+    with pytest.raises(InputError, match="unknown key"):
+        connection.model_spec(str(recipe))
     monkeypatch.setattr(resources, "SEARCH_DIRS", (tmp_path / "a", tmp_path / "b"))  # extension without demo weights
     assert MedVLSAM2Logic.model_choices()[0][0] != "demo" and not MedVLSAM2Logic.weights_ready("demo")
 
