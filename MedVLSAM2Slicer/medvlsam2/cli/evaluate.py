@@ -53,8 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", help="synthetic volume shape K,J,I (default: the generator's)")
     p.add_argument("--out", required=True, help="results JSON file")
     p.add_argument("--markdown", help="also write the tables as Markdown here")
-    p.add_argument("--tasks", default="seg,interactive,report,vqa", help="comma list of seg,interactive,report,vqa,language (language: phantoms with the findings mix "
-                        "of evaluation/language.py)")
+    p.add_argument("--tasks", default="seg,interactive,report,vqa", help="comma list of seg,interactive,report,vqa,language,honesty (language: phantoms with the findings "
+                        "mix of evaluation/language.py; honesty: the confidently-wrong rate and presence AUROC/TPR/FPR "
+                        "of evaluation/honesty.py on that mix)")
+    p.add_argument("--calibrate-presence", action="store_true",
+                   help="with --tasks honesty on training-range seeds (< 100000, e.g. 20400-20449): choose the presence "
+                        "threshold at --presence-fpr and store it, with the seeds and counts, in the bundle's metadata.json")
+    p.add_argument("--presence-fpr", type=float, default=0.05, help="false-positive rate of the calibrated threshold")
     p.add_argument("--structures", help="comma list of target names (default: every structure of the data)")
     p.add_argument("--interactive-structures", help="comma list for the interactive protocol (default: --structures)")
     p.add_argument("--clicks", type=int, default=5, help="simulated corrective clicks after the box (default 5)")
@@ -182,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: seeds below {HELD_OUT_FIRST_SEED} are training seeds; these scores are not held-out")
         kwargs = _parse_shape(args.shape)
         structures = dict(_synthetic().STRUCTURE_LABELS)
-        if "language" in tasks:  # the documented findings mix of evaluation/language.py
+        if {"language", "honesty"} & set(tasks):  # the documented findings mix of evaluation/language.py
             from ..evaluation.language import held_out_findings
 
             cases = [_SyntheticCase(seed, {**kwargs, "findings": held_out_findings(seed)}) for seed in seeds]
@@ -213,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the '{args.model}' config has RANDOM weights; its scores only show that the pipeline runs")
     if args.jobs < 1:
         raise InputError("--jobs must be >= 1")
+    if args.calibrate_presence:
+        _check_calibration(args, tasks)
 
     def keep_wanted(case):
         if wanted and structures is None and not isinstance(case, _SyntheticCase):  # dataset: requested names only
@@ -249,8 +256,31 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("the data source gave no cases to evaluate")
     markdown = write_results(records, options, args, source, time.perf_counter() - started)
     print(markdown)
+    if args.calibrate_presence:
+        from ..evaluation.presence_stats import calibrate_bundle
+
+        entry = calibrate_bundle(args.model, records, args.presence_fpr,
+                                 {"seeds": args.synthetic_seeds, "n_cases": len(records),
+                                  "mix": "medvlsam2/evaluation/honesty.py (findings of evaluation/language.py)"})
+        print(f"presence threshold {entry['threshold']} (FPR {entry['fpr']}, TPR {entry['tpr']}, AUROC "
+              f"{entry['auroc']}) written to {args.model}/metadata.json")
     print(f"wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
+
+
+def _check_calibration(args: argparse.Namespace, tasks: list[str]) -> None:
+    """Calibration needs the honesty mix, phantoms outside the held-out test seeds and a bundle folder to write."""
+    from pathlib import Path
+
+    if "honesty" not in tasks or not args.synthetic_seeds:
+        raise InputError("--calibrate-presence needs --tasks honesty and --synthetic-seeds")
+    if max(parse_seeds(args.synthetic_seeds)) >= HELD_OUT_FIRST_SEED:
+        raise InputError(f"calibrate on seeds below {HELD_OUT_FIRST_SEED} that training did not use (e.g. "
+                         "20400-20449); the held-out seeds are for reporting")
+    if not (Path(args.model) / "metadata.json").is_file():
+        raise InputError(f"--calibrate-presence writes into a bundle's metadata.json; {args.model} has none")
+    if not 0 < args.presence_fpr < 1:
+        raise InputError(f"--presence-fpr must lie between 0 and 1, got {args.presence_fpr}")
 
 
 def write_results(records: list[dict], options, args: argparse.Namespace, source: dict, wall_seconds: float) -> str:

@@ -20,8 +20,8 @@ from .seg_metrics import NSD_TOLERANCE_MM, dice, nsd
 from .text_metrics import CONVENTIONS, text_scores
 from .vqa import closed_accuracy, closed_correct, open_scores
 
-TASKS = ("seg", "interactive", "report", "vqa", "language")
-DEFAULT_TASKS = TASKS[:4]  # "language" needs the synthetic phantoms' labels and findings (evaluation/language.py)
+TASKS = ("seg", "interactive", "report", "vqa", "language", "honesty")
+DEFAULT_TASKS = TASKS[:4]  # "language" and "honesty" need the synthetic phantoms' labels and findings (evaluation/language.py)
 
 
 @dataclass
@@ -116,6 +116,10 @@ def evaluate_case(model, case, options: EvalOptions) -> dict:
 
         report = record["report"]["generated"] if "report" in record else _text(session.report())
         record["language"] = evaluate_language(session, case, report, options.structures or {})
+    if "honesty" in options.tasks:
+        from .honesty import evaluate_honesty
+
+        record["honesty"] = evaluate_honesty(session, case)
     record["seconds"] = time.perf_counter() - start
     return record
 
@@ -169,6 +173,10 @@ def summarise(records: Sequence[dict], options: EvalOptions) -> dict:
         from .language import summarise_language
 
         out["language"] = summarise_language(records)
+    if "honesty" in options.tasks:
+        from .honesty import summarise_honesty
+
+        out["honesty"] = summarise_honesty(records)
     return out
 
 
@@ -243,5 +251,9 @@ def to_markdown(summary: dict, title: str = "Evaluation") -> str:
         from .language import language_markdown
 
         lines += language_markdown(summary["language"])
+    if summary.get("honesty"):
+        from .honesty import honesty_markdown
+
+        lines += honesty_markdown(summary["honesty"])
     lines += [f"- {metric}: not computed ({reason})" for metric, reason in missing.items()]
     return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,35 @@
+"""Presence decisions scored: AUROC of the object score, and TPR/FPR of delivery and of a calibrated threshold."""
+
+from __future__ import annotations
+
+from ..plausibility.presence import rates, roc_auc
+
+
+def presence_summary(rows: list[dict], threshold: float | None) -> dict:
+    """``rows``: per-prompt dicts with ``present``, ``delivered`` and ``score`` (None: nothing drawn, scored lowest)."""
+    scores = [r["score"] if r["score"] is not None else float("-inf") for r in rows]
+    present = [bool(r["present"]) for r in rows]
+    delivered_tpr, delivered_fpr = rates([float(r["delivered"]) for r in rows], present, 0.5)
+    out = {"n": len(rows), "auroc": roc_auc(scores, present), "delivered_tpr": delivered_tpr,
+           "delivered_fpr": delivered_fpr, "threshold": threshold}
+    if threshold is not None:
+        out["tpr"], out["fpr"] = rates(scores, present, float(threshold))
+    return out
+
+
+def calibrate_bundle(bundle: str, records: list[dict], fpr: float, data: dict) -> dict:
+    """Choose the presence threshold at ``fpr`` on the honesty records and store it (with ``data``: where it came
+    from) as ``"presence"`` in ``bundle``/metadata.json; returns the entry. Only metadata changes, never weights."""
+    import json
+    from pathlib import Path
+
+    from ..plausibility.presence import calibration
+
+    rows = [p for r in records if "honesty" in r for p in r["honesty"]["prompts"]]
+    scores = [p["score"] if p["score"] is not None else float("-inf") for p in rows]
+    entry = calibration(scores, [p["present"] for p in rows], fpr, data)
+    path = Path(bundle) / "metadata.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["presence"] = entry
+    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return entry

@@ -1,0 +1,117 @@
+"""Plausibility of a named mask against the priors table (``priors.py``): where it lies (inside the body, inside the
+organ a finding is named with), how large it is and how dense. Each check gives one line saying why a mask cannot be
+what it is called, or None. numpy + scipy only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io.terminology import match
+from ..io.volume import Volume
+from .priors import any_structure, prior_for
+
+BODY_HU = -500.0  # air is -1000 HU, fat -100 HU: the body is what is denser than this (per-slice holes filled)
+WITHIN_MIN = 0.5  # at least half of a finding must lie in (or on the border of) the organ it is named with
+
+
+def body_mask(volume: Volume) -> np.ndarray:
+    """The patient: voxels above ``BODY_HU``, each axial slice's enclosed holes (bowel gas, lungs) filled."""
+    from scipy import ndimage
+
+    dense = np.asarray(volume.array) > BODY_HU
+    return np.stack([ndimage.binary_fill_holes(s) for s in dense])
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g} %" if x < 0.1 else f"{100 * x:.0f} %"
+
+
+def doubt(name: str, mask: np.ndarray, volume: Volume, organs: dict[str, np.ndarray] | None = None,
+          body: np.ndarray | None = None) -> str | None:
+    """Why ``mask`` (on ``volume``'s grid) cannot be the structure ``name`` names, in one line; None when plausible.
+
+    ``organs``: other segments by name (a finding is checked against the one it is named with, when present);
+    ``body``: ``body_mask(volume)`` when the caller has it already."""
+    m = np.asarray(mask) > 0
+    n = int(m.sum())
+    if n == 0:
+        return None
+    general = any_structure()
+    body = body_mask(volume) if body is None else body
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    ml, share = n * voxel_ml, n / m.size
+    hu = float(np.median(np.asarray(volume.array)[m]))
+    prior, organ_prior = prior_for(name)
+    if prior is None:
+        reason = _outside_body(name, m, body, general.outside_body_max)
+        if reason:
+            return reason
+        lo, hi = general.hu_median
+        return None if lo <= hu <= hi else f"'{name}': median {hu:.0f} HU, no tissue is outside {lo:g}..{hi:g} HU"
+    lo, hi = prior.volume_ml
+    if ml > hi:
+        return (f"'{name}': {_pct(share)} of the volume ({ml:.0f} mL), expected < {_pct(hi / (m.size * voxel_ml))} "
+                f"(at most {hi:g} mL for a {prior.structure.lower()})")
+    reason = _outside_body(name, m, body, general.outside_body_max) or _wrong_side(name, m, body, volume)
+    if reason:
+        return reason
+    cut = bool(m[0].any() or m[-1].any())  # the scan may cut the structure: its lower size bound does not apply
+    if ml < lo and not cut:
+        return f"'{name}': {ml:.1f} mL, expected at least {lo:g} mL for a {prior.structure.lower()}"
+    lo, hi = prior.hu_median
+    if not lo <= hu <= hi:
+        what = "fluid density" if prior.structure == "Cyst" else f"a {prior.structure.lower()}"
+        return f"'{name}': median {hu:.0f} HU, expected {lo:g}..{hi:g} HU for {what}"
+    if prior.finding and organ_prior is not None and organs:
+        reason = _outside_organ(name, m, organs)
+        if reason:
+            return reason
+    return None
+
+
+def _outside_organ(name: str, m: np.ndarray, organs: dict[str, np.ndarray]) -> str | None:
+    """A finding must lie within the organ it is named with (same organ and side), when that organ is segmented."""
+    from scipy import ndimage
+
+    want = match(name)
+    for other, om in organs.items():
+        got = match(other)
+        if got is None or got.region is not None or got.term != want.region:
+            continue
+        if want.region_modifier is not None and got.modifier not in (None, want.region_modifier):
+            continue
+        organ = ndimage.binary_dilation(np.asarray(om) > 0, iterations=2)  # a finding bulges at the organ's border
+        inside = float((m & organ).sum()) / float(m.sum())
+        if inside < WITHIN_MIN:
+            return f"'{name}': only {_pct(inside)} of it lies in the segmented '{other}', expected all of it"
+        return None
+    return None
+
+
+def _outside_body(name: str, m: np.ndarray, body: np.ndarray, most: float) -> str | None:
+    outside = float((m & ~body).sum()) / float(m.sum())
+    return f"'{name}': {_pct(outside)} of the mask lies outside the body (air), expected none" if outside > most else None
+
+
+SIDE_MARGIN_MM = 10.0  # a sided structure's centre must not lie this far on the other side of the body's midline
+
+
+def _wrong_side(name: str, m: np.ndarray, body: np.ndarray, volume: Volume) -> str | None:
+    """A structure named right (left) must lie on the patient's right (left): LPS x grows to the patient's left."""
+    from ..io.terminology import LEFT, RIGHT
+
+    found = match(name)
+    side = found.modifier or found.region_modifier if found else None
+    if side not in (LEFT, RIGHT) or not body.any():
+        return None
+    to_lps = volume.ijk_to_lps()
+
+    def x_of(sel: np.ndarray) -> float:
+        k, j, i = (float(c.mean()) for c in np.nonzero(sel))
+        return float((to_lps @ np.array([i, j, k, 1.0]))[0])
+
+    offset = x_of(m) - x_of(body)  # > 0: on the patient's left
+    if (side == RIGHT and offset > SIDE_MARGIN_MM) or (side == LEFT and offset < -SIDE_MARGIN_MM):
+        lies = "left" if offset > 0 else "right"
+        return f"'{name}': it lies on the patient's {lies} side ({abs(offset):.0f} mm from the midline)"
+    return None

@@ -1,0 +1,49 @@
+"""The one place a text-prompted result is vetted before anyone sees it (``Session.segment_text`` calls it, so the
+CLI, the server, the client and the panel all get the same answer): presence against the calibrated threshold, the
+anatomical priors, and the out-of-domain notice. An implausible result is withheld as ``NotFound`` with its reason;
+``force`` delivers it named "X (unverified)" with the reason in ``warnings``."""
+
+from __future__ import annotations
+
+from ..results import NotFound, TextResult
+from .checks import body_mask, doubt
+from .presence import presence_doubt
+
+UNVERIFIED = "(unverified)"
+FORCED = "(forced)"  # modeling.prompting.FORCED: drawn although the model or its gate said the target is absent
+FORCED_NOTE = "drawn on request although the model said it is not there"
+
+
+def vet_text_result(session, out: TextResult, force: bool = False) -> TextResult:
+    """``out`` with each implausible result withheld (or, with ``force``, renamed "X (unverified)" and warned)."""
+    from ..domain import domain_warning
+
+    if not out.found:
+        return out
+    notice = domain_warning(session.model, session.volume)
+    body = body_mask(session.volume)
+    names = session.objects()
+    kept, missing = [], list(out.not_found)
+    for r in out.found:
+        mask = session.mask(r.object_id)
+        others = {n: session.mask(i) for i, n in names.items() if i != r.object_id and not _doubtful(n)}
+        reason = presence_doubt(session.model, r.name, r.scores) or doubt(r.name, mask, session.volume, others, body)
+        if reason and not force:
+            session.remove(r.object_id)
+            missing.append(NotFound(r.name, reason))
+            continue
+        if reason:
+            if not _doubtful(r.name):
+                r.name = f"{r.name} {UNVERIFIED}"
+                session.rename(r.object_id, r.name)
+            r.warnings.append(reason)
+        elif r.name.endswith(FORCED):
+            r.warnings.append(f"'{r.name}': {FORCED_NOTE}")
+        if notice:
+            r.warnings.append(notice)
+        kept.append(r)
+    return TextResult(kept, missing)
+
+
+def _doubtful(name: str) -> bool:
+    return name.endswith((UNVERIFIED, FORCED))
