@@ -62,7 +62,8 @@ def union_box(a: BBox | None, b: BBox | None) -> BBox | None:
 
 
 def label_map(masks: list[np.ndarray]) -> np.ndarray:
-    """One uint8 label map from binary masks: mask n gets value n + 1; where masks overlap the earlier one wins."""
+    """One uint8 label map from binary masks: mask n gets value n + 1; where masks overlap the earlier one wins.
+    Writers that must keep overlaps (a lesion inside its liver) use ``label_layers``."""
     if not masks:
         raise ValueError("label_map needs at least one mask")
     if len(masks) > 255:
@@ -71,3 +72,25 @@ def label_map(masks: list[np.ndarray]) -> np.ndarray:
     for value, mask in enumerate(masks, start=1):
         labels[(mask > 0) & (labels == 0)] = value
     return labels
+
+
+def label_layers(masks: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """Overlapping masks kept, as Slicer stores segments: uint8 layers [L, k, j, i] and each mask's layer.
+
+    Mask n keeps value n + 1 (unique across layers, so one name table serves every layer); it goes into the first
+    layer it does not overlap, a new layer when it overlaps every one (a lesion goes beside its liver)."""
+    if not masks:
+        raise ValueError("label_layers needs at least one mask")
+    if len(masks) > 255:
+        raise ValueError(f"uint8 labels hold at most 255 masks, got {len(masks)}")
+    layers: list[np.ndarray] = []
+    placed = []
+    for value, mask in enumerate(masks, start=1):
+        m = np.asarray(mask) > 0
+        free = next((n for n, layer in enumerate(layers) if not (layer[m] > 0).any()), None)
+        if free is None:
+            layers.append(np.zeros(m.shape, np.uint8))
+            free = len(layers) - 1
+        layers[free][m] = value
+        placed.append(free)
+    return np.stack(layers), placed

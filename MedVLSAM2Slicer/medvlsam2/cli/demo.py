@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     from ..data.synthetic import STRUCTURE_LABELS, generate_case
     from ..evaluation.seg_metrics import dice
     from ..errors import InputError
-    from ..io.volume import write_mask
-    from ..results import label_map
     from ..api import SessionAPI
+    from ..io.volume import write_segments
     from ..session import Session
+    from .segment import write_label_names
 
     organs = [o.strip() for o in args.organs.split(",") if o.strip()]
     unknown = [o for o in organs if o not in STRUCTURE_LABELS]
@@ -84,14 +84,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"phantom: seed {args.seed}, {case.volume.shape[0]} slices of {case.volume.shape[1]}x{case.volume.shape[2]}")
     session: SessionAPI = Session(model, case.volume, cache_mb=args.cache_mb)
 
-    masks, scores = {}, {}
+    masks, scores, warnings = {}, {}, []
     for organ in tqdm(organs, desc="text prompts", unit="organ"):
-        results = session.segment_text(organ).found
+        text = session.segment_text(organ)
+        results = text.found
+        warnings += [w for r in results for w in r.warnings] + [f"not delivered: {n.reason}" for n in text.not_found]
         masks[organ] = session.mask(results[0].object_id) if results else np.zeros(case.volume.shape, np.uint8)
         scores[organ] = dice(masks[organ] > 0, np.isin(case.labels, STRUCTURE_LABELS[organ]))
-    labels = label_map([masks[organ] for organ in organs])
-    write_mask(labels, case.volume, out / "masks.nii.gz")
-    write_mask(labels, case.volume, out / "masks.seg.nrrd", {v: o for v, o in enumerate(organs, start=1)})
+    for suffix in ("nii.gz", "seg.nrrd"):  # overlapping targets are all kept (io.volume.write_segments)
+        paths = write_segments([masks[organ] for organ in organs], organs, case.volume, out / f"masks.{suffix}")
+    write_label_names(paths[0], {v: o for v, o in enumerate(organs, start=1)})
     import SimpleITK as sitk
 
     sitk.WriteImage(case.volume.to_sitk(), str(out / "phantom.nii.gz"), useCompression=True)
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from ..report.writer import draft_report
 
     title = "Draft report (research use only, not for diagnosis)"
-    (out / "report.md").write_text(draft_report(report, case.volume, masks, title=title, notice=note)
+    (out / "report.md").write_text(draft_report(report, case.volume, masks, title=title, notice=note, model=model,
+                                                warnings=warnings)
                                    + f"\n## Phantom's reference report\n\n{case.report}\n", encoding="utf-8")
     overlay_png(case.volume, masks, out / "overlay.png")
 

@@ -1,5 +1,6 @@
 """``medvlsam2 report IMAGE -o report.md [--prompt TEXT ...] [--segmentation MASK]``: stream a draft findings
-report and save it as Markdown; with segments (text prompts segmented by the model, or a label map with its
+report and save it as Markdown, headed by what model made it and every warning that fired (``report.writer``); with
+segments (text prompts segmented by the model, or a label map with its
 ``.labels.json`` names) the report gains measurements computed from them and flags the generated
 statements they contradict (``medvlsam2.report.writer``)."""
 
@@ -51,19 +52,24 @@ def run(args: argparse.Namespace) -> int:
 
     model, volume = load_model_for(args)[0], read_volume(args.image)
     warn_if_unfamiliar(model, volume)
+    from .segment import not_found_line
+
     session: SessionAPI = Session(model, volume, cache_mb=args.cache_mb)
     segments = read_segments(args.segmentation, volume) if args.segmentation else {}
+    warnings = []
     for prompt in args.prompt:
         text = session.segment_text(prompt)
         for r in text.found:
             segments[r.name] = session.mask(r.object_id) > 0
+            warnings += r.warnings
         for miss in text.not_found:
-            print(f"Not found: {miss.target} ({miss.reason}); it is not measured.", file=sys.stderr)
+            print(f"Not delivered: {not_found_line(miss)}; it is not measured.", file=sys.stderr)
+            warnings.append(f"not measured: {not_found_line(miss)}")
     pieces = []
     for piece in session.report():
         pieces.append(piece)
         print(piece, end="", flush=True)
     print()
-    out = write_report(args.output, "".join(pieces), volume, segments)
+    out = write_report(args.output, "".join(pieces), volume, segments, model=model, warnings=warnings)
     print(f"wrote {out}")
     return 0

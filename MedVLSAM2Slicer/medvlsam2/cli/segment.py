@@ -1,7 +1,11 @@
 """``medvlsam2 segment IMAGE (--prompt TEXT | --point i,j,k[,+|-] ... | --box ... [--slice k]) -o MASK``.
 
-Exit codes: 0 a non-empty mask was written; 1 an error (message on stderr); 3 the mask was written but is
-empty ("no voxels found"), so scripts never mistake an empty result for a segmentation.
+Exit codes: 0 a non-empty mask was written and nothing about it is in doubt; 1 an error (message on stderr); 3 the
+mask was written but is empty ("no voxels found"); 4 a named target was withheld (implausible: the one-line reason
+says why) or not found, the mask holds the others; 5 the mask was written but carries doubts (a "(unverified)"
+target given with --force, a click the result disagrees with, a box that may be too small, a CT unlike the model's
+training data), each printed as a WARNING line. Scripts never mistake an empty or doubtful result for a
+segmentation. Overlapping targets are all kept (``io.volume.write_segments``) and ``<mask>.labels.json`` names them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from ..io.volume import MASK_SUFFIXES
 from .common import add_model_arguments, load_model_for, warn_if_unfamiliar
 
 EMPTY_RESULT = 3  # exit code of a run that found no voxels
+WITHHELD = 4  # a named target was withheld as implausible or not found
+DOUBTFUL = 5  # written, with warnings
 
 
 def parse_point(text: str) -> tuple[list[float], int]:
@@ -61,6 +67,11 @@ def write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
     return out
 
 
+def not_found_line(miss) -> str:
+    """"'X': why" for a ``NotFound`` (a plausibility reason already names its target)."""
+    return miss.reason if miss.reason.startswith(f"'{miss.target}'") else f"'{miss.target}': {miss.reason}"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a CT by text, clicks or a box; writes a mask with the CT's geometry")
     p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
@@ -74,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box-ends", action="store_true", help="also prompt a 3D box on its first and last slices")
     add_model_arguments(p)
     p.add_argument("--no-propagate", action="store_true", help="only the prompted slices")
+    p.add_argument("--force", action="store_true",
+                   help="deliver text targets the checks withhold (implausible or absent), named 'X (unverified)'")
     p.set_defaults(func=run)
 
 
@@ -81,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from ..io.volume import read_volume, write_mask
-    from ..results import label_map
     from ..api import SessionAPI
+    from ..io.volume import read_volume, write_segments
     from ..session import Session
 
     if sum(bool(x) for x in (args.prompt, args.point, args.box)) != 1:
@@ -92,38 +104,46 @@ def run(args: argparse.Namespace) -> int:
         parse_box(args.box, args.slice)  # bad boxes are refused before the model loads
     volume = read_volume(args.image)
     model = load_model_for(args)[0]
-    warn_if_unfamiliar(model, volume)
+    unfamiliar = warn_if_unfamiliar(model, volume)
     session: SessionAPI = Session(model, volume, cache_mb=args.cache_mb)
+    missing, warnings = [], []
     with tqdm(total=volume.shape[0], desc="propagating", unit="slice") as bar:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
         if args.prompt:
-            results, missing = [], []
+            results = []
             for prompt in args.prompt:
-                text = session.segment_text(prompt, progress=progress)
+                text = session.segment_text(prompt, progress=progress, force=args.force)
                 results += text.found
                 missing += text.not_found
-            for miss in missing:
-                print(f"Not found: {miss.target} ({miss.reason}); nothing is drawn for it.", file=sys.stderr)
-            labels = {i + 1: r.name for i, r in enumerate(results)}  # none found: an empty mask, exit code 3
-            mask = label_map([session.mask(r.object_id) for r in results]) if results else np.zeros(volume.shape, np.uint8)
+            masks, names = [session.mask(r.object_id) for r in results], [r.name for r in results]
+            warnings = [w for r in results for w in r.warnings]
         else:
             obj = session.add_object("Segment_1")
             if args.point:
                 clicks = [parse_point(t) for t in args.point]
-                session.add_points(obj, [c[0] for c in clicks], [c[1] for c in clicks])
+                result = session.add_points(obj, [c[0] for c in clicks], [c[1] for c in clicks])
             else:
-                session.add_box(obj, parse_box(args.box, args.slice), k=args.slice, ends=args.box_ends)
+                result = session.add_box(obj, parse_box(args.box, args.slice), k=args.slice, ends=args.box_ends)
             if not args.no_propagate:
-                session.propagate(obj, progress=progress)
-            mask, labels = session.mask(obj), {1: "Segment_1"}
-    path = write_mask(mask, volume, args.output, labels)
-    names = write_label_names(path, labels)
-    voxels = int((mask > 0).sum())
+                result = session.propagate(obj, progress=progress)
+            masks, names, warnings = [session.mask(obj)], ["Segment_1"], list(result.warnings)
+    for miss in missing:
+        print(f"Not delivered: {not_found_line(miss)}; nothing is drawn for it (--force draws it, marked unverified).",
+              file=sys.stderr)
+    for line in dict.fromkeys(warnings):  # the domain notice is on every result: print it once
+        print(f"WARNING: {line}", file=sys.stderr)
+    paths = write_segments(masks, names, volume, args.output)
+    labels = {v: n for v, n in enumerate(names, start=1)}
+    sidecar = write_label_names(paths[0], labels)  # always, even for an empty mask: what was asked and named
+    voxels = int(sum((m > 0).sum() for m in masks))
+    if missing:
+        return WITHHELD
     if not voxels:
-        print(f"no voxels found: the model segmented nothing for this prompt; {path} is an empty mask. Try another "
+        print(f"no voxels found: the model segmented nothing for this prompt; {paths[0]} is an empty mask. Try another "
               "click or box, or a model suited to this CT", file=sys.stderr)
         return EMPTY_RESULT
-    print(f"wrote {path} ({voxels} voxels; {len(labels)} segment(s) named in {names.name})")
-    return 0
+    extra = f" and {len(paths) - 1} more layer file(s) for overlapping segments" if len(paths) > 1 else ""
+    print(f"wrote {paths[0]}{extra} ({voxels} voxels; {len(labels)} segment(s) named in {sidecar.name})")
+    return DOUBTFUL if warnings or unfamiliar else 0

@@ -140,22 +140,69 @@ def read_volume(path: str | os.PathLike) -> Volume:
 
 def write_mask(mask: np.ndarray, like: Volume, path: str | os.PathLike, labels: dict[int, str] | None = None) -> Path:
     """Write a label map with exactly the geometry of ``like`` (.nii.gz, .nrrd, .seg.nrrd, .mha)."""
+    return _write_layers(np.asarray(mask)[None], like, path, labels or {1: "Segment_1"}, [])
+
+
+def write_segments(masks: list[np.ndarray], names: list[str], like: Volume, path: str | os.PathLike) -> list[Path]:
+    """Write binary masks (one per name) with the geometry of ``like``, overlaps kept (``results.label_layers``).
+
+    Mask n has label value n + 1. A ``.seg.nrrd`` holds every segment as Slicer stores overlapping segments: one
+    layer per 3D volume of a 4D file, ``SegmentN_Layer`` / ``_LabelValue`` saying where each segment is. Other
+    formats write layer 1 to ``path`` and layer n to ``<name>.layer<n><suffix>`` next to it (values stay unique, so the
+    one ``.labels.json`` names them all). Returns the files written, ``path`` first."""
+    from ..results import label_layers
+
+    if len(masks) != len(names):
+        raise InputError(f"{len(masks)} masks but {len(names)} names")
+    if not masks:
+        masks, names = [np.zeros(like.shape, np.uint8)], ["Segment_1"]
+    layers, placed = label_layers(masks)
+    labels = {v: n for v, n in enumerate(names, start=1)}
+    p = Path(path)
+    if str(p).endswith(".seg.nrrd") or len(layers) == 1:
+        return [_write_layers(layers, like, p, labels, placed)]
+    return [_write_layers(layers[n:n + 1], like, layer_path(p, n), labels, []) for n in range(len(layers))]
+
+
+def layer_path(path: Path, n: int) -> Path:
+    """Where ``write_segments`` puts layer ``n`` (0-based; 0 is ``path`` itself) of a non-Slicer label file."""
+    if n == 0:
+        return path
+    suffix = next(s for s in sorted(MASK_SUFFIXES, key=len, reverse=True) if path.name.endswith(s))
+    return path.with_name(f"{path.name[:-len(suffix)]}.layer{n + 1}{suffix}")
+
+
+def _write_layers(layers: np.ndarray, like: Volume, path: str | os.PathLike, labels: dict[int, str],
+                  placed: list[int]) -> Path:
+    """One file: a 3D label map, or (``.seg.nrrd`` with several layers) a 4D one, layers first, as Slicer writes it."""
     import SimpleITK as sitk
 
     p = Path(path)
     if not str(p).endswith(MASK_SUFFIXES):
         raise InputError(f"mask file name must end with one of {MASK_SUFFIXES}; got {p.name}")
-    image = like.with_array(np.asarray(mask).astype(np.uint8)).to_sitk()
+    if tuple(layers.shape[1:]) != like.shape:
+        raise InputError(f"mask shape {layers.shape[1:]} differs from the volume's {like.shape}")
+    layers = layers.astype(np.uint8)
+    if len(layers) == 1:
+        image = like.with_array(layers[0]).to_sitk()
+    else:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(layers, 0, -1)), isVector=True)
+        image.CopyInformation(like.to_sitk())
     if str(p).endswith(".seg.nrrd"):
         # Slicer segmentation header: names, colours and terminology entries (io.terminology) per segment.
         from .terminology import terminology
 
-        for idx, (value, name) in enumerate(sorted((labels or {1: "Segment_1"}).items())):
+        for idx, (value, name) in enumerate(sorted(labels.items())):
             tags, colour = terminology(name, idx)
+            layer = placed[value - 1] if 0 < value <= len(placed) else 0  # write_mask: one layer
+            hit = np.argwhere(layers[layer] == value)
+            extent = (" ".join(f"{int(a)} {int(b)}" for a, b in zip(hit.min(0)[::-1], hit.max(0)[::-1]))
+                      if len(hit) else "0 -1 0 -1 0 -1")
             image.SetMetaData(f"Segment{idx}_ID", f"Segment_{value}")
             image.SetMetaData(f"Segment{idx}_Name", name)
             image.SetMetaData(f"Segment{idx}_LabelValue", str(value))
-            image.SetMetaData(f"Segment{idx}_Layer", "0")
+            image.SetMetaData(f"Segment{idx}_Layer", str(layer))
+            image.SetMetaData(f"Segment{idx}_Extent", extent)
             image.SetMetaData(f"Segment{idx}_Color", " ".join(f"{c / 255:.4f}" for c in colour))
             image.SetMetaData(f"Segment{idx}_Tags", tags)
     p.parent.mkdir(parents=True, exist_ok=True)
