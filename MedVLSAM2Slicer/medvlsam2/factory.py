@@ -236,6 +236,8 @@ def _load_medvlsam2(info: ModelInfo, device: str, image_size: int | None):
             config.segmenter.image_size = image_size
         model = new_model(config).to(device).eval()
     model.capabilities, model.provenance, model.description = info.capabilities, info.provenance, info.description
+    # the presence threshold calibrated on held-out phantoms (plausibility.presence), None when not calibrated
+    model.presence = _read_json(Path(info.path) / "metadata.json").get("presence") if info.kind == "bundle" else None
     return model
 
 

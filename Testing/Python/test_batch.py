@@ -51,3 +51,29 @@ def test_case_lists_from_csv_and_their_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no CT files"):
         list_cases(tmp_path / "empty")
+
+
+def test_resume_recomputes_a_case_whose_prompts_or_image_changed_and_always_names_its_labels(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    _ct(cases / "a.nii.gz", 0)
+    _ct(cases / "b.nii.gz", 1)
+    out = tmp_path / "out"
+    base = ["batch", str(cases), "-o", str(out), "--model", "tiny"]
+    main(base + ["--prompt", "liver"])
+    assert json.loads((out / "a" / "mask.labels.json").read_text()) == {"1": "liver"}
+
+    main(base + ["--prompt", "liver", "--prompt", "spleen"])  # a changed prompt list: never "done earlier"
+    rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert {r["status"] for r in rows.values()} == {"redone (image, model or prompts changed)"}
+    assert json.loads((out / "a" / "mask.labels.json").read_text()) == {"1": "liver", "2": "spleen"}
+
+    main(base + ["--prompt", "liver", "--prompt", "spleen"])  # the same run again: nothing to redo
+    assert {r["status"] for r in csv.DictReader(open(out / "summary.csv"))} == {"done earlier"}
+    _ct(cases / "b.nii.gz", 7)  # new image content under the same name
+    main(base + ["--prompt", "liver", "--prompt", "spleen"])
+    rows = {r["case"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["a"]["status"] == "done earlier" and rows["b"]["status"].startswith("redone")

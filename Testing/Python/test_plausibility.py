@@ -1,0 +1,166 @@
+"""Never confidently wrong, the parts that need no model: the priors table, the mask checks, prompt agreement,
+presence calibration, overlapping segments on disk and the report's marks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medvlsam2.data.synthetic import STRUCTURE_LABELS, generate_case
+from medvlsam2.evaluation.language import held_out_findings
+from medvlsam2.io import terminology
+from medvlsam2.io.volume import Volume, layer_path, write_segments
+from medvlsam2.plausibility import body_mask, box_warning, click_warnings, doubt, prior_for, priors
+from medvlsam2.plausibility.presence import calibration, rates, roc_auc, threshold_at_fpr
+from medvlsam2.plausibility.priors import PRIORS_FILE
+
+
+@pytest.fixture(scope="module")
+def case():
+    return generate_case(100001, findings=held_out_findings(100001))  # cyst in the left kidney, one liver lesion
+
+
+def test_every_prior_row_is_a_terminology_code_and_every_value_has_a_source():
+    codes = {t.type[1] for t in terminology.TERMS}
+    rows = priors()
+    assert set(rows) == codes  # one row per structure class the product names
+    for row in rows.values():
+        assert {"volume_ml", "hu_median"} <= set(row.sources), row.structure
+        assert all(len(text) > 30 for text in row.sources.values()), row.structure
+        assert row.volume_ml[0] < row.volume_ml[1] and row.hu_median[0] < row.hu_median[1]
+        if row.finding:
+            assert "within" in row.sources
+    raw = json.loads(PRIORS_FILE.read_text())
+    assert raw["any_structure"]["sources"].keys() == {"outside_body_max", "hu_median"}
+
+
+def test_names_find_their_rows_by_code():
+    cyst, organ = prior_for("the cyst in the left kidney")
+    assert (cyst.structure, organ.structure) == ("Cyst", "Kidney")
+    assert prior_for("liver")[0].code == "10200004" and prior_for("liver")[1] is None
+    assert prior_for("brain") == (None, None)
+
+
+def test_true_phantom_structures_pass_every_check(case):
+    body = body_mask(case.volume)
+    organs = {"liver": np.isin(case.labels, [1, 8]), "left kidney": np.isin(case.labels, [4, 9])}
+    for name, values in STRUCTURE_LABELS.items():
+        mask = np.isin(case.labels, values)
+        if mask.any():
+            assert doubt(name, mask, case.volume, organs, body) is None, name
+    assert doubt("cyst in the left kidney", case.labels == 9, case.volume, organs, body) is None
+
+
+def test_a_mask_of_most_of_the_volume_is_withheld_with_its_share(case):
+    air_and_all = np.ones(case.volume.shape, bool)
+    air_and_all[:, :8] = False
+    reason = doubt("right kidney cyst", air_and_all, case.volume)
+    assert reason.startswith("'right kidney cyst': 94 % of the volume") and "expected <" in reason
+
+
+def test_air_wrong_density_wrong_side_and_outside_its_organ_are_each_named(case):
+    v = case.volume
+    air = np.zeros(v.shape, bool)
+    air[10:14, :6, :6] = True  # a corner of air outside the body
+    assert "outside the body" in doubt("liver lesion", air, v)
+    assert "HU, expected -20..70 HU for fluid density" in doubt("cyst in the left kidney", case.labels == 4, v)
+    assert "patient's left side" in doubt("cyst in the right kidney", case.labels == 9, v)
+    lesion_in_spleen = case.labels == 2
+    reason = doubt("liver lesion", lesion_in_spleen, v, {"liver": np.isin(case.labels, [1, 8])})
+    assert "lies in the segmented 'liver'" in reason
+
+
+def test_a_click_the_result_disagrees_with_is_a_warning():
+    mask = np.zeros((4, 10, 10), np.uint8)
+    mask[1, 2:5, 2:5] = 1
+    assert click_warnings(mask, [(3, 3, 1, 1), (8, 8, 1, 0)]) == []
+    out = click_warnings(mask, [(8, 8, 1, 1), (3, 3, 1, 0)])
+    assert "positive click at (8, 8, 1) is not in the result" in out[0] and "negative click" in out[1]
+
+
+def test_a_mask_filling_its_box_says_the_box_may_be_too_small():
+    mask = np.zeros((6, 20, 20), np.uint8)
+    mask[2:4, 4:12, 4:12] = 1
+    mask[[1, 4], 7:9, 7:9] = 1  # the object tapers off at the box's first and last slices
+    assert box_warning(mask, (2, 2, 14, 14), (1, 4)) is None  # room on every side
+    assert "too small" in box_warning(mask, (5, 5, 8, 8), (1, 4))  # the object spills over the box
+    mask[1:5, 4:12, 4:12] = 1  # still as large on the end slices: cut by the box's slices
+    assert "too short" in box_warning(mask, (2, 2, 14, 14), (1, 4))
+
+
+def test_presence_threshold_is_chosen_at_the_false_positive_rate():
+    absent = list(np.linspace(0, 2, 20))  # 20 absent targets
+    present = [1.5, 3, 4, 5, 6]
+    scores, labels = absent + present, [False] * 20 + [True] * 5
+    t = threshold_at_fpr(scores, labels, 0.05)
+    tpr, fpr = rates(scores, labels, t)
+    assert fpr <= 0.05 and tpr == 0.8 and 1.89 < t <= 2.0
+    assert roc_auc([1, 2, 3], [False, True, True]) == 1.0 and roc_auc([1, 1], [False, True]) == 0.5
+    entry = calibration(scores, labels, 0.05, {"seeds": "20400-20449"})
+    assert entry["n_absent"] == 20 and entry["seeds"] == "20400-20449" and entry["fpr"] <= 0.05
+
+
+def test_overlapping_targets_are_all_kept_in_nifti_layers(tmp_path, case):
+    import SimpleITK as sitk
+
+    liver, lesion = np.isin(case.labels, [1, 8]), case.labels == 8
+    paths = write_segments([liver, lesion], ["liver", "liver lesion"], case.volume, tmp_path / "m.nii.gz")
+    assert paths == [tmp_path / "m.nii.gz", layer_path(tmp_path / "m.nii.gz", 1)]
+    first, second = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in paths)
+    assert ((first == 1) == liver).all() and ((second == 2) == lesion).all()  # every lesion voxel kept
+    one = write_segments([liver, case.labels == 2], ["liver", "spleen"], case.volume, tmp_path / "n.nii.gz")
+    assert len(one) == 1  # no overlap: one label map, as before
+
+
+def test_overlapping_segments_round_trip_through_slicers_segmentation_reader(tmp_path, case):
+    slicer = pytest.importorskip("slicer")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from slicer_scene import scene_with_logics
+
+    liver, lesion = np.isin(case.labels, [1, 8]), case.labels == 8
+    (path,) = write_segments([liver, lesion], ["liver", "liver lesion"], case.volume, tmp_path / "m.seg.nrrd")
+    scene = scene_with_logics()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    seg = node.GetSegmentation()
+    assert seg.GetNumberOfSegments() == 2 and seg.GetNumberOfLayers() == 2
+    counts = {}
+    for i in range(2):  # each layer's array holds its segments' label values
+        layer = slicer.util.arrayFromSegmentInternalBinaryLabelmap(node, seg.GetNthSegmentID(i))
+        counts[seg.GetNthSegment(i).GetName()] = int((layer == seg.GetNthSegment(i).GetLabelValue()).sum())
+    assert counts == {"liver": int(liver.sum()), "liver lesion": int(lesion.sum())}
+    scene.Clear(1)
+
+
+def test_the_report_names_its_model_its_warnings_and_marks_an_implausible_row(case):
+    from types import SimpleNamespace
+
+    from medvlsam2.report.writer import draft_report
+
+    model = SimpleNamespace(description="MedVL-SAM2 demo weights", provenance="phantom-trained")
+    air_lesion = case.volume.array < -500  # like the demo weights' "liver lesion": 7522 mL at -716 HU
+    text = draft_report("The liver is normal.", case.volume, {"liver lesion": air_lesion, "liver": case.labels == 1},
+                        model=model, warnings=["not measured: 'spleen': no slice scored above the gate"])
+    head = text.split("## Findings")[0]
+    assert "Made by: MedVL-SAM2 demo weights (phantom-trained; trained on synthetic phantoms only" in head
+    assert "'spleen': no slice scored above the gate" in head
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| ⚠ liver lesion |") for r in rows) and any(r.startswith("| liver |") for r in rows)
+    assert "⚠ implausible, do not use: 'liver lesion'" in text
+
+
+def test_the_report_file_carries_the_out_of_domain_warning():
+    from types import SimpleNamespace
+
+    from medvlsam2.report.writer import draft_report
+
+    head = Volume(np.full((40, 160, 160), -1000, np.int16), (0.957, 0.957, 1.5))
+    head.array[:, 30:130, 30:130] = 1200  # dense bone: unlike any phantom
+    text = draft_report("Both kidneys are normal.", head, model=SimpleNamespace(description="demo",
+                                                                               provenance="phantom-trained"))
+    assert "trained only on synthetic abdominal phantoms" in text.split("## Findings")[0]
