@@ -440,3 +440,37 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, monkeypatch, capsys
     assert "interactive" not in result["summary"] and result["summary"]["vqa"]["closed"]["n"] == 2
     assert "| cyst |" in md.read_text(encoding="utf-8") and "RANDOM weights" in capsys.readouterr().out
     assert main(["evaluate", "--synthetic-seeds", "1", "--structures", "heart", "--out", str(out)]) == 1
+
+
+def _honesty_case(rows):
+    return {"case_id": "c", "honesty": {"presence_threshold": 3.0, "prompts": rows}}
+
+
+def test_confidently_wrong_rate_counts_delivered_wrong_results_and_delivered_absent_targets():
+    from medvlsam2.evaluation.honesty import summarise_honesty
+
+    organ = dict(kind="organ", present=True, delivered=True, delivered_unvetted=True, score=7.0, dice_drawn=0.97,
+                 dice_delivered=0.97, dice_delivered_unvetted=0.97)
+    held = dict(organ, delivered=False, dice_delivered=0.0)  # a true organ the checks withheld
+    lesion = dict(kind="lesion", present=True, delivered=False, delivered_unvetted=True, score=1.5, dice_drawn=0.0,
+                  dice_delivered=0.0, dice_delivered_unvetted=0.0)
+    absent = dict(kind="absent organ", present=False, delivered=False, delivered_unvetted=True, score=1.6)
+    wrong_side = dict(kind="wrong side", present=False, delivered=True, delivered_unvetted=True, score=9.0)
+    s = summarise_honesty([_honesty_case([organ, held, lesion, absent, wrong_side])])
+    assert s["delivered_wrong_rate"] == 0.0 and s["absent_delivered_rate"] == 0.5
+    assert s["confidently_wrong_rate"] == 0.5 and s["withheld_true_organs"] == 1
+    assert s["organ_dice"] == pytest.approx(0.485) and s["organ_dice_drawn"] == pytest.approx(0.97)
+    before = s["unvetted"]  # the same masks as an engine without the checks delivers them
+    assert before["delivered_wrong_rate"] == pytest.approx(1 / 3) and before["absent_delivered_rate"] == 1.0
+    p = s["presence"]  # the wrong-side request is not a presence question
+    assert p["n"] == 4 and p["auroc"] == pytest.approx(2 / 3) and (p["tpr"], p["fpr"]) == (2 / 3, 0.0)
+
+
+def test_presence_calibration_refuses_held_out_seeds_and_folders_without_metadata(tmp_path):
+    from medvlsam2.cli import main
+
+    argv = ["evaluate", "--tasks", "honesty", "--calibrate-presence", "--out", str(tmp_path / "r.json")]
+    assert main(argv + ["--model", str(tmp_path), "--synthetic-seeds", "20400-20401"]) == 1  # no metadata.json
+    (tmp_path / "metadata.json").write_text("{}")
+    assert main(argv + ["--model", str(tmp_path), "--synthetic-seeds", "100000-100001"]) == 1
+    assert main(argv[:2] + ["seg"] + argv[3:] + ["--model", str(tmp_path), "--synthetic-seeds", "20400"]) == 1

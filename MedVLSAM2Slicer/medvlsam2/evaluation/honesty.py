@@ -69,29 +69,38 @@ def evaluate_honesty(session, case) -> dict:
     for kind, prompt, ref in prompt_mix(case, rng):
         text = session.segment_text(prompt, force=True)
         drawn = np.zeros(session.volume.shape, bool)
-        delivered = np.zeros_like(drawn)
+        delivered, unvetted = np.zeros_like(drawn), np.zeros_like(drawn)
         score = None
         for r in text.found:
             m = session.mask(r.object_id) > 0
             drawn |= m
             if not flagged(r):
                 delivered |= m
+            if not r.name.endswith(FLAGS[1]):  # what an engine without vetting delivers: all but the gate's
+                unvetted |= m
             if r.scores:
                 score = max(score if score is not None else -np.inf, max(r.scores.values()))
             session.remove(r.object_id)
         any_delivered = any(not flagged(r) for r in text.found)
         row = {"kind": kind, "prompt": prompt, "present": ref is not None, "delivered": any_delivered,
+               "delivered_unvetted": any(not r.name.endswith(FLAGS[1]) for r in text.found),
                "score": score, "warnings": [w for r in text.found for w in r.warnings][:3],
                "not_found": [n.reason for n in text.not_found][:3]}
         if ref is not None:
             row["dice_delivered"] = dice(delivered, ref) if any_delivered else 0.0
+            row["dice_delivered_unvetted"] = dice(unvetted, ref) if unvetted.any() else 0.0
             row["dice_drawn"] = dice(drawn, ref)
         rows.append(row)
     return {"prompts": rows, "presence_threshold": threshold}
 
 
-def summarise_honesty(records: list[dict]) -> dict:
-    rows = [p for r in records if "honesty" in r for p in r["honesty"]["prompts"]]
+def summarise_honesty(records: list[dict], unvetted: bool = False) -> dict:
+    """The measure (module docstring). ``unvetted``: as an engine without vetting would have delivered (every result
+    but the segmenter gate's "(forced)" ones): the "before" of the same masks."""
+    key = "_unvetted" if unvetted else ""
+    rows = [{**p, "delivered": p.get("delivered" + key, p["delivered"]),
+             "dice_delivered": p.get("dice_delivered" + key, p.get("dice_delivered"))}
+            for r in records if "honesty" in r for p in r["honesty"]["prompts"]]
     thresholds = [r["honesty"]["presence_threshold"] for r in records if "honesty" in r]
     present = [p for p in rows if p["present"]]
     absent = [p for p in rows if not p["present"]]
@@ -114,13 +123,22 @@ def summarise_honesty(records: list[dict]) -> dict:
            "n_organs": len(organs),
            "kinds": {k: {"n": v["n"], "delivered": v["delivered"],
                          "dice": float(np.mean(v["dice"])) if v["dice"] else None} for k, v in kinds.items()},
-           "presence": presence_summary(rows, thresholds[0] if thresholds else None)}
+           "presence": presence_summary(presence_rows(rows), thresholds[0] if thresholds else None)}
     out["confidently_wrong_rate"] = (0.0 if not given else out["delivered_wrong_rate"]) + out["absent_delivered_rate"]
+    if not unvetted:
+        out["unvetted"] = summarise_honesty(records, unvetted=True)
     return out
+
+
+def presence_rows(rows: list[dict]) -> list[dict]:
+    """The prompts a presence decision is about: is a structure of this class there at all? A wrong-side request
+    names a class that is present (its side is the priors' check), so it is left out of presence calibration."""
+    return [p for p in rows if p["kind"] != "wrong side"]
 
 
 def honesty_markdown(s: dict) -> list[str]:
     p = s["presence"]
+    u = s.get("unvetted")
     lines = ["Never confidently wrong (evaluation/honesty.py mix; force=True, flags = what a default call withholds):", "",
              "| Measure | Value | n |", "|---|---|---|",
              f"| confidently-wrong rate (sum of the next two) | {s['confidently_wrong_rate']:.3f} | {s['n_prompts']} |",
@@ -131,6 +149,9 @@ def honesty_markdown(s: dict) -> list[str]:
              f"| true organ results withheld | {s['withheld_true_organs']} | {s['n_organs']} |",
              f"| presence AUROC (object score) | {p['auroc']:.3f} | {p['n']} |",
              f"| delivery as presence decision: TPR / FPR | {p['delivered_tpr']:.3f} / {p['delivered_fpr']:.3f} | |"]
+    if u:
+        lines += [f"| without vetting (same masks): confidently-wrong / delivered wrong / absent delivered | "
+                  f"{u['confidently_wrong_rate']:.3f} / {u['delivered_wrong_rate']:.3f} / {u['absent_delivered_rate']:.3f} | |"]
     if p.get("threshold") is not None:
         lines.append(f"| calibrated threshold {p['threshold']:.2f}: TPR / FPR | {p['tpr']:.3f} / {p['fpr']:.3f} | |")
     lines += ["", "| Prompt kind | n | delivered | Dice of delivered |", "|---|---|---|---|"]

@@ -25,7 +25,9 @@ def calibrate_bundle(bundle: str, records: list[dict], fpr: float, data: dict) -
 
     from ..plausibility.presence import calibration
 
-    rows = [p for r in records if "honesty" in r for p in r["honesty"]["prompts"]]
+    from .honesty import presence_rows
+
+    rows = presence_rows([p for r in records if "honesty" in r for p in r["honesty"]["prompts"]])
     scores = [p["score"] if p["score"] is not None else float("-inf") for p in rows]
     entry = calibration(scores, [p["present"] for p in rows], fpr, data)
     path = Path(bundle) / "metadata.json"

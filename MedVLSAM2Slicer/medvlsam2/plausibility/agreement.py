@@ -44,3 +44,16 @@ def box_warning(mask: np.ndarray, box: tuple[float, float, float, float], bound:
             return (f"the mask is still large on the box's first and last slices ({k0}, {k1}): the box may be too "
                     "short for the object; extend its slices")
     return None
+
+
+def prompt_warnings(mask: np.ndarray, prompts, bound: tuple[int, int] | None) -> list[str]:
+    """Every disagreement between an object's prompts (the Session's: ``k``, ``points`` (i, j), ``labels`` 1/0,
+    ``box`` (i0, j0, i1, j1)) and its mask; a box counts as 3D when the object is ``bound`` to slices."""
+    clicks = [(x, y, p.k, label) for p in prompts if p.points for (x, y), label in zip(p.points, p.labels)]
+    out = click_warnings(mask, clicks)
+    boxes = [p.box for p in prompts if p.box is not None]
+    if bound is not None and boxes:
+        warning = box_warning(mask, boxes[-1], bound)
+        if warning:
+            out.append(warning)
+    return out
