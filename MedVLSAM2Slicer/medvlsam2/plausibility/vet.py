@@ -22,11 +22,10 @@ def vet_text_result(session, out: TextResult, force: bool = False) -> TextResult
         return out
     notice = domain_warning(session.model, session.volume)
     body = body_mask(session.volume)
-    names = session.objects()
     kept, missing = [], list(out.not_found)
     for r in out.found:
         mask = session.mask(r.object_id)
-        others = {n: session.mask(i) for i, n in names.items() if i != r.object_id and not _doubtful(n)}
+        others = {n: session.mask(i) for i, n in session.objects().items() if i != r.object_id and not _doubtful(n)}
         reason = presence_doubt(session.model, r.name, r.scores) or doubt(r.name, mask, session.volume, others, body)
         if reason and not force:
             session.remove(r.object_id)

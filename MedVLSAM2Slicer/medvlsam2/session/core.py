@@ -20,6 +20,7 @@ from ..io.slices import volume_to_frames
 from ..io.volume import Volume
 from ..modeling.feature_cache import FeatureCache
 from ..modeling.prompting import REPORT_QUESTION, split_targets
+from ..plausibility.vet import vet_text_result
 from ..results import NotFound, SegmentationResult, TextResult, changed_region, union_box
 from ..utils.cancel import CancelToken
 from ..utils.device import autocast, autocast_dtype, translate_oom
@@ -127,6 +128,9 @@ class Session:
 
     def objects(self) -> dict[int, str]:
         return {i: o.name for i, o in self._objects.items()}
+
+    def rename(self, obj: int, name: str) -> None:
+        self._get(obj).name = name
 
     def mask(self, obj: int) -> np.ndarray:
         return self._get(obj).mask.copy()
@@ -329,7 +333,9 @@ class Session:
         is not there ("There is no X."), or whose [SEG] tokens score below the segmenter's gate (``stop_score``) on
         every probe slice, gives no object and a ``NotFound`` with the reason. ``force`` segments it anyway
         (named "X (forced)"; for random-weight plumbing, never the default). A model with a released text
-        segmenter answers each target with its mask instead (``text_masks.seed_from_text``)."""
+        segmenter answers each target with its mask instead (``text_masks.seed_from_text``). Every result is then
+        vetted (``plausibility.vet_text_result``): an implausible one is withheld as ``NotFound``, or with ``force``
+        delivered as "X (unverified)" with the reason in its ``warnings``."""
         require(self.model, TEXT_SEGMENTATION)
         targets = split_targets(prompt)
         if not targets:
@@ -342,9 +348,11 @@ class Session:
                 if not found:
                     out.not_found.append(NotFound(target, reason))
                 out.found += found
+            out = vet_text_result(self, out, force)  # priors, calibrated presence, domain notice: the one check
         except BaseException:
             for r in out.found:  # a cancelled or failed prompt leaves no objects behind
-                self.remove(r.object_id)
+                if r.object_id in self._objects:
+                    self.remove(r.object_id)
             raise
         return out
 

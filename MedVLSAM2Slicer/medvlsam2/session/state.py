@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..plausibility.agreement import prompt_warnings
 from ..results import BBox, SegmentationResult
 
 
@@ -74,9 +75,11 @@ class ObjectState:
         return self.dirty[k] if k in self.dirty else self.mask[k] > 0
 
     def result(self, obj: int, bbox: BBox | None, scores: dict[int, float | None] | None = None) -> SegmentationResult:
-        """What a call returns: the mask inside ``bbox`` and the per-slice scores SAM2 gave."""
+        """What a call returns: the mask inside ``bbox``, the per-slice scores SAM2 gave, and where the mask
+        disagrees with the object's clicks or 3D box (``plausibility.agreement``)."""
         return SegmentationResult(obj, self.name, bbox, crop(self.mask, bbox).copy(),
-                                  {k: v for k, v in (scores or {}).items() if v is not None})
+                                  {k: v for k, v in (scores or {}).items() if v is not None},
+                                  prompt_warnings(self.mask, self.prompts, self.bound))
 
 
 def crop(mask: np.ndarray, bbox: BBox | None) -> np.ndarray:
