@@ -164,3 +164,14 @@ def test_the_report_file_carries_the_out_of_domain_warning():
     text = draft_report("Both kidneys are normal.", head, model=SimpleNamespace(description="demo",
                                                                                provenance="phantom-trained"))
     assert "trained only on synthetic abdominal phantoms" in text.split("## Findings")[0]
+
+
+def test_a_finding_named_hypodense_must_be_darker_than_the_tissue_around_it(case):
+    body = body_mask(case.volume)
+    lesion, cyst = case.labels == 8, case.labels == 9
+    assert doubt("liver hypodensity", lesion, case.volume, None, body) is None  # 20 HU in a 60 HU liver
+    assert doubt("left kidney hypodensity", cyst, case.volume, None, body) is None
+    whole = doubt("left kidney hypodensity", case.labels == 4, case.volume, None, body)  # the kidney itself
+    assert "not darker than the tissue around it" in whole
+    assert "not darker" in doubt("liver hypodensity", np.isin(case.labels, [1, 8]), case.volume, None, body)
+    assert doubt("liver mass", np.isin(case.labels, [1, 8]), case.volume, None, body) is None  # not named dark

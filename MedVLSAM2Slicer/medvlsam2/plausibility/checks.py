@@ -8,7 +8,7 @@ import numpy as np
 
 from ..io.terminology import match
 from ..io.volume import Volume
-from .priors import any_structure, prior_for
+from .priors import any_structure, hypodense, prior_for
 
 BODY_HU = -500.0  # air is -1000 HU, fat -100 HU: the body is what is denser than this (per-slice holes filled)
 WITHIN_MIN = 0.5  # at least half of a finding must lie in (or on the border of) the organ it is named with
@@ -62,11 +62,36 @@ def doubt(name: str, mask: np.ndarray, volume: Volume, organs: dict[str, np.ndar
     if not lo <= hu <= hi:
         what = "fluid density" if prior.structure == "Cyst" else f"a {prior.structure.lower()}"
         return f"'{name}': median {hu:.0f} HU, expected {lo:g}..{hi:g} HU for {what}"
+    if prior.finding:
+        reason = _not_darker(name, m, hu, volume, body)
+        if reason:
+            return reason
     if prior.finding and organ_prior is not None and organs:
         reason = _outside_organ(name, m, organs)
         if reason:
             return reason
     return None
+
+
+def _not_darker(name: str, m: np.ndarray, hu: float, volume: Volume, body: np.ndarray) -> str | None:
+    """A finding named hypodense (or a cyst) must be darker than the tissue in a thin shell around it."""
+    import re
+
+    from scipy import ndimage
+
+    rule = hypodense()
+    if not re.search(rule.words, name.lower()):
+        return None
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = True  # in-plane growth: slices can be thick
+    shell = ndimage.binary_dilation(m, plane, iterations=rule.shell_voxels) & ~m & body
+    if not shell.any():
+        return None
+    around = float(np.median(np.asarray(volume.array)[shell]))
+    if hu < around:
+        return None
+    return (f"'{name}': median {hu:.0f} HU, not darker than the tissue around it ({around:.0f} HU); a hypodense "
+            "finding or cyst is")
 
 
 def _outside_organ(name: str, m: np.ndarray, organs: dict[str, np.ndarray]) -> str | None:

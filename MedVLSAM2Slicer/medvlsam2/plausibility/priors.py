@@ -31,15 +31,24 @@ class AnyStructure:
     sources: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Hypodense:
+    """A finding named dark (hypodense, low density, cyst...) is darker than the tissue right around it."""
+    words: str  # regular expression matched in the lower-case name
+    shell_voxels: int
+    sources: dict[str, str]
+
+
 @lru_cache(maxsize=1)
-def _table() -> tuple[dict[str, Prior], AnyStructure]:
+def _table() -> tuple[dict[str, Prior], AnyStructure, Hypodense]:
     data = json.loads(PRIORS_FILE.read_text(encoding="utf-8"))
     rows = {}
     for r in data["rows"]:
         rows[r["code"]] = Prior(r["code"], r["structure"], tuple(r["volume_ml"]), tuple(r["hu_median"]),
                                 r["within"] is not None, dict(r["sources"]))
-    a = data["any_structure"]
-    return rows, AnyStructure(float(a["outside_body_max"]), tuple(a["hu_median"]), dict(a["sources"]))
+    a, h = data["any_structure"], data["hypodense_finding"]
+    return (rows, AnyStructure(float(a["outside_body_max"]), tuple(a["hu_median"]), dict(a["sources"])),
+            Hypodense(h["words"], int(h["shell_voxels"]), dict(h["sources"])))
 
 
 def priors() -> dict[str, Prior]:
@@ -49,6 +58,10 @@ def priors() -> dict[str, Prior]:
 
 def any_structure() -> AnyStructure:
     return _table()[1]
+
+
+def hypodense() -> Hypodense:
+    return _table()[2]
 
 
 def prior_for(name: str) -> tuple[Prior | None, Prior | None]:
