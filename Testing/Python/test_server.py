@@ -127,6 +127,12 @@ def test_round_trip_matches_in_process_session(client, model):
 
         text_l, text_r = local.segment_text("segment the liver"), remote.segment_text("segment the liver")
         assert text_r.not_found == text_l.not_found
+        forced_l, forced_r = local.segment_text("spleen", force=True), remote.segment_text("spleen", force=True)
+        assert [(r.name, r.warnings) for r in forced_r.found] == [(r.name, r.warnings) for r in forced_l.found]
+        assert forced_r.found and all(r.name.endswith(("(forced)", "(unverified)")) for r in forced_r.found)
+        for r in forced_l.found:
+            local.remove(r.object_id)
+            remote.remove(r.object_id)
         texts_l, texts_r = text_l.found, text_r.found
         assert [(r.object_id, r.name, r.bbox) for r in texts_r] == [(r.object_id, r.name, r.bbox) for r in texts_l]
         for r in texts_l:
