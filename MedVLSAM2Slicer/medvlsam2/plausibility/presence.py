@@ -4,6 +4,8 @@ against a threshold chosen on held-out phantoms at a fixed false-positive rate a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 DEFAULT_FPR = 0.05
@@ -39,9 +41,9 @@ def threshold_at_fpr(scores: list[float], present: list[bool], fpr: float = DEFA
 
 def calibration(scores: list[float], present: list[bool], fpr: float, data: dict) -> dict:
     """The ``metadata.json`` ``"presence"`` entry: threshold, its rates on the calibration data, and where it came from."""
-    t = threshold_at_fpr(scores, present, fpr)
+    t = math.ceil(threshold_at_fpr(scores, present, fpr) * 1e4) / 1e4  # rounded up: never admits a calibration absent
     tpr, got = rates(scores, present, t)
-    return {"signal": "largest SAM2 object-score logit of a text target's result", "threshold": round(t, 4),
+    return {"signal": "largest SAM2 object-score logit of a text target's result", "threshold": t,
             "target_fpr": fpr, "fpr": round(got, 4), "tpr": round(tpr, 4), "auroc": round(roc_auc(scores, present), 4),
             "n_present": int(np.sum(present)), "n_absent": int(len(present) - np.sum(present)), **data}
 
