@@ -175,3 +175,16 @@ def test_a_finding_named_hypodense_must_be_darker_than_the_tissue_around_it(case
     assert "not darker than the tissue around it" in whole
     assert "not darker" in doubt("liver hypodensity", np.isin(case.labels, [1, 8]), case.volume, None, body)
     assert doubt("liver mass", np.isin(case.labels, [1, 8]), case.volume, None, body) is None  # not named dark
+
+
+def test_the_demo_bundle_carries_its_presence_calibration_and_the_data_it_came_from():
+    from medvlsam2.cli.evaluate import parse_seeds
+    from medvlsam2.data import HELD_OUT_FIRST_SEED
+    from medvlsam2.resources import resource_path
+
+    meta = json.loads((resource_path("DemoWeights", must_exist=True) / "metadata.json").read_text())
+    entry = meta["presence"]
+    assert entry["fpr"] <= entry["target_fpr"] and entry["n_present"] > 0 and entry["n_absent"] > 0
+    seeds = parse_seeds(entry["seeds"])
+    trained = max(stage["train_seeds"][1] for stage in meta["training"])
+    assert min(seeds) >= trained and max(seeds) < HELD_OUT_FIRST_SEED  # neither trained on nor a test seed
