@@ -34,10 +34,10 @@ def test_segment_writes_a_mask_with_the_input_geometry(tmp_path, capsys):
     sitk.WriteImage(ct.to_sitk(), str(tmp_path / "ct.nii.gz"))
     out = tmp_path / "mask.seg.nrrd"
     # random weights may find no voxels at the click (exit 3: mask written but empty) or a mask without the clicked
-    # voxel (exit 5, with its warning); the geometry is checked here
+    # voxel (exit 5); either way the click's warning is printed. The geometry is checked here
     code = main(["segment", str(tmp_path / "ct.nii.gz"), "--point", "20,16,3,+", "-o", str(out), "--model", "tiny"])
     assert code in (0, 3, 5)
-    assert (code == 5) == ("positive click at (20, 16, 3) is not in the result" in capsys.readouterr().err)
+    assert (code in (3, 5)) == ("positive click at (20, 16, 3) is not in the result" in capsys.readouterr().err)
     mask = sitk.ReadImage(str(out))
     assert mask.GetSize() == (40, 32, 6)
     np.testing.assert_allclose(mask.GetDirection(), direction.ravel(), atol=1e-6)
