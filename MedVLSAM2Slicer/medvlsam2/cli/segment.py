@@ -132,7 +132,10 @@ def run(args: argparse.Namespace) -> int:
     for miss in missing:
         print(f"Not delivered: {not_found_line(miss)}; nothing is drawn for it (--force draws it, marked unverified).",
               file=sys.stderr)
-    for line in dict.fromkeys(warnings):  # the domain notice is on every result: print it once
+    from ..domain import domain_warning
+
+    shown = {domain_warning(model, volume)} if unfamiliar else set()  # printed above; every text result carries it
+    for line in dict.fromkeys(w for w in warnings if w not in shown):
         print(f"WARNING: {line}", file=sys.stderr)
     paths = write_segments(masks, names, volume, args.output)
     labels = {v: n for v, n in enumerate(names, start=1)}
