@@ -1,8 +1,8 @@
 """``medvlsam2 segment IMAGE (--prompt TEXT | --point i,j,k[,+|-] ... | --box ... [--slice k]) -o MASK``.
 
 Exit codes: 0 a non-empty mask was written and nothing about it is in doubt; 1 an error (message on stderr); 3 the
-mask was written but is empty ("no voxels found"); 4 a named target was withheld (implausible: the one-line reason
-says why) or not found, the mask holds the others; 5 the mask was written but carries doubts (a "(unverified)"
+mask was written but is empty ("no voxels found", e.g. the model said the target is absent); 4 a named target was
+withheld as implausible (the one-line reason says why), the mask holds the others; 5 the mask was written but carries doubts (a "(unverified)"
 target given with --force, a click the result disagrees with, a box that may be too small, a CT unlike the model's
 training data), each printed as a WARNING line. Scripts never mistake an empty or doubtful result for a
 segmentation. Overlapping targets are all kept (``io.volume.write_segments``) and ``<mask>.labels.json`` names them.
@@ -20,7 +20,7 @@ from ..io.volume import MASK_SUFFIXES
 from .common import add_model_arguments, load_model_for, warn_if_unfamiliar
 
 EMPTY_RESULT = 3  # exit code of a run that found no voxels
-WITHHELD = 4  # a named target was withheld as implausible or not found
+WITHHELD = 4  # a named target was withheld as implausible (plausibility.vet)
 DOUBTFUL = 5  # written, with warnings
 
 
@@ -129,9 +129,14 @@ def run(args: argparse.Namespace) -> int:
             if not args.no_propagate:
                 result = session.propagate(obj, progress=progress)
             masks, names, warnings = [session.mask(obj)], ["Segment_1"], list(result.warnings)
+    from ..plausibility.vet import withheld
+
     for miss in missing:
-        print(f"Not delivered: {not_found_line(miss)}; nothing is drawn for it (--force draws it, marked unverified).",
-              file=sys.stderr)
+        if withheld(miss):
+            print(f"Not delivered: {miss.reason}; nothing is drawn for it (--force draws it, marked unverified).",
+                  file=sys.stderr)
+        else:
+            print(f"Not found: {miss.target} ({miss.reason}); nothing is drawn for it.", file=sys.stderr)
     from ..domain import domain_warning
 
     shown = {domain_warning(model, volume)} if unfamiliar else set()  # printed above; every text result carries it
@@ -141,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     labels = {v: n for v, n in enumerate(names, start=1)}
     sidecar = write_label_names(paths[0], labels)  # always, even for an empty mask: what was asked and named
     voxels = int(sum((m > 0).sum() for m in masks))
-    if missing:
+    if any(withheld(m) for m in missing):
         return WITHHELD
     if not voxels:
         print(f"no voxels found: the model segmented nothing for this prompt; {paths[0]} is an empty mask. Try another "

@@ -33,8 +33,7 @@ def vet_text_result(session, out: TextResult, force: bool = False) -> TextResult
             continue
         if reason:
             if not _doubtful(r.name):
-                r.name = f"{r.name} {UNVERIFIED}"
-                session.rename(r.object_id, r.name)
+                r.name = f"{r.name} {UNVERIFIED}"  # the Session renames its object after this returns
             r.warnings.append(reason)
         elif r.name.endswith(FORCED):
             r.warnings.append(f"'{r.name}': {FORCED_NOTE}")
@@ -42,6 +41,12 @@ def vet_text_result(session, out: TextResult, force: bool = False) -> TextResult
             r.warnings.append(notice)
         kept.append(r)
     return TextResult(kept, missing)
+
+
+def withheld(miss: NotFound) -> bool:
+    """Whether a ``NotFound`` is a result these checks withheld (its reason names it: "'X': why"), not a target the
+    model said is absent."""
+    return miss.reason.startswith(f"'{miss.target}': ")
 
 
 def _doubtful(name: str) -> bool:

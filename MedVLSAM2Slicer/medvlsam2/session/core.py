@@ -129,9 +129,6 @@ class Session:
     def objects(self) -> dict[int, str]:
         return {i: o.name for i, o in self._objects.items()}
 
-    def rename(self, obj: int, name: str) -> None:
-        self._get(obj).name = name
-
     def mask(self, obj: int) -> np.ndarray:
         return self._get(obj).mask.copy()
 
@@ -349,6 +346,8 @@ class Session:
                     out.not_found.append(NotFound(target, reason))
                 out.found += found
             out = vet_text_result(self, out, force)  # priors, calibrated presence, domain notice: the one check
+            for r in out.found:  # a forced doubtful result is renamed "X (unverified)"
+                self._get(r.object_id).name = r.name
         except BaseException:
             for r in out.found:  # a cancelled or failed prompt leaves no objects behind
                 if r.object_id in self._objects:
