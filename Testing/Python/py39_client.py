@@ -36,7 +36,7 @@ def main(inp: str, out_dir: str) -> None:
         propagated = session.mask(obj).copy()
         answer = "".join(session.ask("Where is the lesion?"))
         session.undo(obj)
-        undone = session.fetch_mask(obj)
+        undone = session.mask(obj)  # the remote session keeps no mask: this is the server's
     finally:
         session.close()
         connection.stop()
