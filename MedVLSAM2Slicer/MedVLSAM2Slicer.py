@@ -52,6 +52,7 @@ class MedVLSAM2SlicerParameterNode:
     segmentation: vtkMRMLSegmentationNode
     negative: bool = False  # points, scribbles and lassos mark background
     textPrompts: str = ""
+    deliverUnverified: bool = False  # text results failing the plausibility checks are delivered as "X (unverified)"
     direction: Annotated[str, Choice(["both", "forward", "backward"])] = "both"
     useSliceRange: bool = False
     firstSlice: Annotated[int, Minimum(0)] = 0

@@ -38,6 +38,7 @@ class ServerInfo:
     capabilities: frozenset[str] | None  # None: an older server that does not say
     provenance: str = ""  # "random", "phantom-trained", "released", "trained"
     model: str = ""
+    description: str = ""  # the served model in words (factory's ``description``)
 
 
 def demo_weights() -> Path | None:
@@ -149,7 +150,8 @@ class Connection:
         capabilities = data.get("capabilities")
         return ServerInfo(str(data.get("device", "")), float(memory) if memory is not None else None,
                           frozenset(capabilities) if capabilities is not None else None,
-                          str(data.get("provenance", "")), str(data.get("model", "")))
+                          str(data.get("provenance", "")), str(data.get("model", "")),
+                          str(data.get("description", "")))
 
     def last_log_lines(self, n: int = 20) -> str:
         if self.server is None:

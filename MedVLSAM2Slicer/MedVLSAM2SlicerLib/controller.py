@@ -17,7 +17,7 @@ from medvlsam2.api import SessionAPI
 from medvlsam2.errors import Cancelled, InputError
 from medvlsam2.protocol import SessionExpired
 
-from . import report_node, segments
+from . import outcome, report_node, segments
 from .panel_state import PanelState
 from .signals import Signal
 from .undo import SegmentationUndo, SessionUndoSync, Track
@@ -49,6 +49,9 @@ class Controller(SessionUndoSync):
         self.segments_written = Signal()  # (list of segment ids)
         self.message = Signal()        # (text) informative status lines
         self._text_queue: list[str] = []
+        self._force = False  # the queued text lines are delivered even when implausible ("X (unverified)")
+        self.doubts: list[str] = []  # this session's text-result warnings and withheld targets, for the report
+        self.model_info = None  # the served model's ``description`` and ``provenance`` (the report's "Made by")
         self.current_segment: str | None = None  # the segment selected in the panel
 
     # ----- setup (main thread)
@@ -67,6 +70,7 @@ class Controller(SessionUndoSync):
         self._tracks.clear()
         self._changed.clear()
         self._text_queue.clear()
+        self.doubts.clear()
         self._observe(segmentation_node, undo_history)
         if segmentation_node is not None and volume_node is not None:
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
@@ -219,6 +223,9 @@ class Controller(SessionUndoSync):
             self.state.finish()
             self._update_selection()
             self.segments_written.emit([segment_id])
+            line = outcome.status_line([result])
+            if line:
+                self.message.emit(line)  # a click outside its mask, a box too small...
         return done
 
     # ----- interactive prompts
@@ -271,19 +278,22 @@ class Controller(SessionUndoSync):
         self.worker.cancel_current()
 
     # ----- text prompts: one job per line, each line its own segment(s)
-    def segment_text(self, text: str) -> Job | None:
+    def segment_text(self, text: str, force: bool = False) -> Job | None:
+        """One job per line. ``force`` ("Deliver anyway (unverified)") delivers a result the engine's plausibility
+        checks would withhold, named "X (unverified)" with the reason in its warnings."""
         lines = segments.prompt_lines(text)
         if not lines:
             raise InputError("type a structure to segment, one per line (e.g. 'liver')")
         if self.segmentation_node is None:
             raise InputError("select or create a segmentation first")
-        job = self._text_job(lines[0])
+        job = self._text_job(lines[0], bool(force))
         if job is not None:  # callbacks run on this thread later, so the queue is set in time
-            self._text_queue = lines[1:]
+            self._text_queue, self._force = lines[1:], bool(force)
         return job
 
-    def _text_job(self, prompt: str) -> Job | None:
-        return self._start("text", lambda job: self.session.segment_text(prompt, cancel=job.cancel, progress=job.progress),
+    def _text_job(self, prompt: str, force: bool) -> Job | None:
+        return self._start("text", lambda job: self.session.segment_text(prompt, cancel=job.cancel, progress=job.progress,
+                                                                         force=force),
                            lambda results: self._text_done(prompt, results))
 
     def _text_done(self, prompt: str, text) -> None:
@@ -291,6 +301,7 @@ class Controller(SessionUndoSync):
         try:
             for result in results:
                 phrase = result.name if len(results) > 1 and result.name else prompt
+                phrase = phrase.removesuffix(segments.doubt_suffix(phrase)).strip()  # the terminology of "X", not "X (unverified)"
                 segment_id = segments.add_prompt_segment(
                     self.segmentation_node, segments.segment_name_for(prompt, result.name, len(results)), phrase,
                     self.terminology_logic)
@@ -301,12 +312,14 @@ class Controller(SessionUndoSync):
             self._text_queue.clear()
             self.state.finish(error=str(exc))
             return
-        if text.not_found:
-            self.message.emit("Not found: " + "; ".join(f"{n.target} ({n.reason})" for n in text.not_found))
+        self.doubts = list(dict.fromkeys(self.doubts + outcome.warnings_of(results) + outcome.not_delivered(text.not_found)))
+        line = outcome.status_line(results, text.not_found)
+        if line:
+            self.message.emit(line)
         self.state.finish()
         self.segments_written.emit(ids)
         if self._text_queue:
-            self._text_job(self._text_queue.pop(0))
+            self._text_job(self._text_queue.pop(0), self._force)
 
     # ----- language
     def ask(self, question: str, context: dict | None = None) -> Job | None:
@@ -315,13 +328,34 @@ class Controller(SessionUndoSync):
         return self._stream("ask", lambda job: self.session.ask(question, context, cancel=job.cancel), lambda text: None)
 
     def report(self) -> Job | None:
-        def done(text: str) -> None:
+        """Stream the model's report; the report node then holds the one report writer's draft of it
+        (``medvlsam2.report.writer.draft_report``): what model made it, every doubt that fired (out-of-domain CT,
+        targets withheld, unverified results), the text, and measurements of the panel's model segments."""
+        def done(text: str) -> str:
+            draft = self.draft_report(text)
             node = report_node.report_text_node(self.volume_node.GetScene())
-            report_node.set_report_text(node, text)
-            self.state.update(report_text=text)
+            report_node.set_report_text(node, draft)
+            self.state.update(report_text=draft)
+            return draft
         return self._stream("report", lambda job: self.session.report(cancel=job.cancel), done)
 
-    def _stream(self, name: str, make_iter: Callable[[Job], Any], on_text: Callable[[str], None]) -> Job | None:
+    def draft_report(self, text: str) -> str:
+        """``text`` as ``medvlsam2 report`` writes it, for this panel's volume, model and segments (main thread)."""
+        from medvlsam2.report.writer import draft_report
+
+        from .geometry import volume_from_node
+
+        volume = volume_from_node(self.volume_node)
+        node = self.segmentation_node
+        masks = {}
+        for sid in self.objects:
+            if node is not None and node.GetSegmentation().GetSegment(sid) is not None:
+                mask = segments.segment_array(node, sid, self.volume_node) > 0
+                if mask.any():
+                    masks[self._segment_name(sid)] = mask
+        return draft_report(text, volume, masks, model=self.model_info, warnings=self.doubts)
+
+    def _stream(self, name: str, make_iter: Callable[[Job], Any], on_text: Callable[[str], str | None]) -> Job | None:
         def run(job: Job) -> str:
             pieces = []
             for piece in make_iter(job):
@@ -331,7 +365,11 @@ class Controller(SessionUndoSync):
             return "".join(pieces)
 
         def done(text: str) -> None:
-            on_text(text)
+            try:
+                final = on_text(text) or text  # the report: the drafted document, not the bare stream
+            except Exception as exc:
+                self.state.finish(error=str(exc) or type(exc).__name__)
+                return
             self.state.finish()
-            self.answer_done.emit(name, text)
+            self.answer_done.emit(name, final)
         return self._start(name, run, done, on_partial=self.answer_chunk.emit)

@@ -125,6 +125,8 @@ class MedVLSAM2Logic:
 
         def done(info: ServerInfo):
             self.server_info = info
+            self.controller.model_info = SimpleNamespace(description=info.description or info.model,
+                                                         provenance=info.provenance or "unknown")
             state.update(connection="connected")
             state.set_device(info.device, info.memory_gb, info.capabilities)
             if on_ready:
@@ -169,6 +171,9 @@ class MedVLSAM2Logic:
         """Use an in-process session (self-test, scripting) instead of a server."""
         self.controller.attach(session, volumeNode, segmentationNode, self.undo_history(segmentationNode))
         self.controller.state.update(connection="connected", session_open=True)
+        model = getattr(session, "model", None)  # a local Session's model says what it is
+        if model is not None:
+            self.controller.model_info = model
 
     def stop(self) -> None:
         """Cancel the running job, close the session and stop the local server (a remote one keeps running)."""
@@ -177,6 +182,7 @@ class MedVLSAM2Logic:
         self.controller.worker.wait_all(timeout=30)  # the session's close() runs before the server stops
         self.connection.stop()
         self.server_info = None
+        self.controller.model_info = None
         self.controller.state.update(connection="disconnected")
 
     def shutdown(self) -> None:

@@ -262,12 +262,22 @@ def add_prompt_segment(segmentation_node, name: str, phrase: str | None = None, 
     return segment_id
 
 
+def doubt_suffix(result_name: str) -> str:
+    """The engine's mark on a result delivered against its checks or its model ("(unverified)", "(forced)"), or ""."""
+    from medvlsam2.plausibility.vet import FORCED, UNVERIFIED
+
+    name = (result_name or "").strip()
+    return next((s for s in (UNVERIFIED, FORCED) if name.endswith(s)), "")
+
+
 def segment_name_for(prompt: str, result_name: str, count: int) -> str:
-    """Segment name for a text prompt: the prompt itself, or "prompt: phrase" when it gave several objects."""
-    prompt = prompt.strip()
-    if count <= 1 or not result_name or result_name.strip().lower() == prompt.lower():
-        return prompt
-    return f"{prompt}: {result_name.strip()}"
+    """Segment name for a text prompt: the prompt itself, or "prompt: phrase" when it gave several objects; a
+    result the engine marked "(unverified)" or "(forced)" keeps the mark, so nobody takes it for a checked one."""
+    prompt, name = prompt.strip(), (result_name or "").strip()
+    suffix = doubt_suffix(name)
+    if count <= 1 or not name or name.lower() in (prompt.lower(), f"{prompt} {suffix}".lower()):
+        return f"{prompt} {suffix}" if suffix and not prompt.endswith(suffix) else prompt
+    return f"{prompt}: {name}"
 
 
 def prompt_lines(text: str) -> list[str]:

@@ -83,7 +83,8 @@ class MedVLSAM2Panel(LanguagePanel, DrawingTools, VTKObservationMixin):
         for name, _ in TOOLS:
             getattr(u, name).connect("toggled(bool)", lambda on, name=name: self._onTool(name, on))
         u.textPromptEdit.connect("textChanged()", lambda: self.state.update(text_prompt=u.textPromptEdit.plainText))
-        u.runTextButton.connect("clicked()", lambda: self._run(c.segment_text, u.textPromptEdit.plainText))
+        u.runTextButton.connect("clicked()", lambda: self._run(c.segment_text, u.textPromptEdit.plainText,
+                                                                u.deliverUnverifiedCheckBox.checked))
         u.propagateButton.connect("clicked()", self.onPropagate)
         u.cancelButton.connect("clicked()", c.cancel)
         u.stopAnswerButton.connect("clicked()", c.cancel)

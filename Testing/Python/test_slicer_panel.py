@@ -251,6 +251,10 @@ def test_prompt_lines_and_terminology_matching():
     assert terminology.entry_and_color("blob", 0)[1] != terminology.entry_and_color("blob", 1)[1]
     assert segments.segment_name_for("liver", "liver", 1) == "liver"
     assert segments.segment_name_for("both kidneys", "left kidney", 2) == "both kidneys: left kidney"
+    # a result delivered against the checks ("Deliver anyway") or the model keeps the engine's mark
+    assert segments.segment_name_for("cyst", "cyst (unverified)", 1) == "cyst (unverified)"
+    assert segments.segment_name_for("kidney cyst", "cyst (unverified)", 1) == "kidney cyst (unverified)"
+    assert segments.segment_name_for("both kidneys", "left kidney (forced)", 2) == "both kidneys: left kidney (forced)"
 
 
 def test_connection_starts_the_local_server_connects_and_stops_it(monkeypatch, tmp_path):
