@@ -15,6 +15,8 @@ pytest.importorskip("slicer", reason="slicer-core is not installed; pip install 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedVLSAM2Slicer"))
 
 from MedVLSAM2SlicerLib import geometry, outcome, report_node, segments  # noqa: E402
+from MedVLSAM2SlicerLib.controller import Controller  # noqa: E402
+from MedVLSAM2SlicerLib.worker import ModelWorker  # noqa: E402
 from medvlsam2.domain import domain_warning  # noqa: E402
 from medvlsam2.plausibility.vet import UNVERIFIED, withheld  # noqa: E402
 from medvlsam2.results import NotFound, SegmentationResult  # noqa: E402
@@ -141,3 +143,68 @@ def test_a_new_session_forgets_the_previous_volumes_doubts(doubting, ct, segment
     assert doubting.doubts
     doubting.attach(DoubtingSession(), ct, segmentation)
     assert doubting.doubts == []
+
+
+def test_the_logic_tells_the_report_which_model_serves(segmentation, ct):
+    from MedVLSAM2SlicerLib.connection import ServerInfo
+    from MedVLSAM2SlicerLib.logic import MedVLSAM2Logic
+
+    logic = MedVLSAM2Logic()
+    try:
+        served = ServerInfo("cpu", None, None, "phantom-trained", "DemoWeights", "MedVL-SAM2 demo bundle")
+        logic.connection.connect_remote = lambda url, token: None
+        logic.connection.device_info = lambda: served
+        logic.start("demo", "cpu", "http://gpu-host:8000", "", "")
+        logic.controller.worker.wait_all()
+        info = logic.controller.model_info
+        assert (info.description, info.provenance) == ("MedVL-SAM2 demo bundle", "phantom-trained")
+        local = FakeSession()
+        local.model = SimpleNamespace(description="MedVL-SAM2 tiny", provenance="random")  # a local Session's model
+        logic.use_session(local, ct, segmentation)
+        assert logic.controller.model_info is local.model
+        logic.stop()
+        assert logic.controller.model_info is None
+    finally:
+        logic.shutdown()
+
+
+def test_a_real_tiny_session_vets_what_the_panel_asks_for(scene, monkeypatch):
+    """The engine's own checks (not a stand-in) behind the panel: a random-weight model's "liver" is not delivered
+    unchecked; "Deliver anyway" draws it with its mark and its doubts in the status line and the report."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    from medvlsam2.config import tiny
+    from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+    from medvlsam2.session import Session
+    from test_slicer_mrml import _ball_ct
+
+    _, ct = _ball_ct(64)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    torch.manual_seed(0)
+    model = MedVLSAM2.from_config(tiny()).eval()
+    model.description, model.provenance = "MedVL-SAM2 tiny", "random"
+    worker = ModelWorker()
+    try:
+        c = Controller(worker)
+        c.attach(Session(model, geometry.volume_from_node(ct)), ct, segmentation)
+        c.model_info = model
+        c.state.update(connection="connected", session_open=True)
+        messages = []
+        c.message.connect(messages.append)
+        c.segment_text("liver")
+        worker.wait_all(timeout=300)
+        assert messages == ["Not found: liver (the model answered that there is no liver)"]
+        assert names(segmentation) == [] and c.state.error == ""
+        c.segment_text("liver", force=True)
+        worker.wait_all(timeout=300)
+        assert names(segmentation) == ["liver (forced)"] and c.state.error == ""  # the engine's mark is kept
+        assert messages[-1].startswith("⚠ 'liver (forced)': ") and "outside the body" in messages[-1]
+        c.report()
+        worker.wait_all(timeout=300)
+        text = c.state.report_text
+        assert text.splitlines()[4] == "Made by: MedVL-SAM2 tiny (random; random weights: its masks and text are meaningless)."
+        warnings = text.split("## Warnings", 1)[1].split("## Findings (generated)", 1)[0]
+        assert messages[-1][2:] in warnings  # the forced result's doubt heads the report
+        assert "| ⚠ liver (forced) |" in text  # and its measurement row is marked
+    finally:
+        worker.stop()
