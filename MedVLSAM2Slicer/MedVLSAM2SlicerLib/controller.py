@@ -330,17 +330,19 @@ class Controller(SessionUndoSync):
     def report(self) -> Job | None:
         """Stream the model's report; the report node then holds the one report writer's draft of it
         (``medvlsam2.report.writer.draft_report``): what model made it, every doubt that fired (out-of-domain CT,
-        targets withheld, unverified results), the text, and measurements of the panel's model segments."""
-        def done(text: str) -> str:
-            draft = self.draft_report(text)
-            node = report_node.report_text_node(self.volume_node.GetScene())
-            report_node.set_report_text(node, draft)
-            self.state.update(report_text=draft)
-            return draft
-        return self._stream("report", lambda job: self.session.report(cancel=job.cancel), done)
+        targets withheld, unverified results), the text, and measurements of the panel's model segments. The
+        segments are read here (main thread); the draft is written on the worker thread (seconds on a large CT)."""
+        draft = self.report_drafter() if self.session is not None else None
 
-    def draft_report(self, text: str) -> str:
-        """``text`` as ``medvlsam2 report`` writes it, for this panel's volume, model and segments (main thread)."""
+        def done(text: str) -> None:
+            node = report_node.report_text_node(self.volume_node.GetScene())
+            report_node.set_report_text(node, text)
+            self.state.update(report_text=text)
+        return self._stream("report", lambda job: self.session.report(cancel=job.cancel), done, draft)
+
+    def report_drafter(self) -> Callable[[str], str]:
+        """``text -> draft`` as ``medvlsam2 report`` writes it, for this panel's volume, model, doubts and the
+        non-empty segments it wrote, read now (main thread); the returned function reads no MRML."""
         from medvlsam2.report.writer import draft_report
 
         from .geometry import volume_from_node
@@ -353,23 +355,22 @@ class Controller(SessionUndoSync):
                 mask = segments.segment_array(node, sid, self.volume_node) > 0
                 if mask.any():
                     masks[self._segment_name(sid)] = mask
-        return draft_report(text, volume, masks, model=self.model_info, warnings=self.doubts)
+        model, warnings = self.model_info, list(self.doubts)
+        return lambda text: draft_report(text, volume, masks, model=model, warnings=warnings)
 
-    def _stream(self, name: str, make_iter: Callable[[Job], Any], on_text: Callable[[str], str | None]) -> Job | None:
+    def _stream(self, name: str, make_iter: Callable[[Job], Any], on_text: Callable[[str], None],
+                finish: Callable[[str], str] | None = None) -> Job | None:
+        """Stream ``make_iter``'s pieces; ``finish`` turns the whole text into what is delivered (worker thread)."""
         def run(job: Job) -> str:
             pieces = []
             for piece in make_iter(job):
                 job.cancel.raise_if_cancelled()  # also stops remote streams between tokens
                 pieces.append(piece)
                 job.emit(piece)
-            return "".join(pieces)
+            return finish("".join(pieces)) if finish else "".join(pieces)
 
         def done(text: str) -> None:
-            try:
-                final = on_text(text) or text  # the report: the drafted document, not the bare stream
-            except Exception as exc:
-                self.state.finish(error=str(exc) or type(exc).__name__)
-                return
+            on_text(text)
             self.state.finish()
-            self.answer_done.emit(name, final)
+            self.answer_done.emit(name, text)
         return self._start(name, run, done, on_partial=self.answer_chunk.emit)

@@ -208,3 +208,24 @@ def test_a_real_tiny_session_vets_what_the_panel_asks_for(scene, monkeypatch):
         assert "| ⚠ liver (forced) |" in text  # and its measurement row is marked
     finally:
         worker.stop()
+
+
+def test_the_report_is_drafted_off_the_main_thread(doubting, monkeypatch):
+    """Measuring and checking the segments takes seconds on a large CT: Slicer's main thread must not wait for it."""
+    import threading
+
+    from medvlsam2.report import writer
+
+    threads = []
+    real = writer.draft_report
+
+    def spy(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(writer, "draft_report", spy)
+    doubting.segment_text("liver")
+    doubting.worker.wait_all()
+    doubting.report()
+    doubting.worker.wait_all()
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert doubting.state.report_text.startswith("# Draft findings report") and not doubting.state.busy
