@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from medvlsam2.cli import main
+from medvlsam2.cli.segment import DOUBTFUL, EMPTY_RESULT
 
 
 def test_info_lists_every_named_config(capsys):
@@ -59,7 +60,8 @@ def test_segment_runs_at_the_precision_asked_and_refuses_one_the_device_lacks(tm
             "--device", "cpu"]
     assert main(args + ["--precision", "fp16"]) == 1
     assert "fp16 runs only on a CUDA GPU" in capsys.readouterr().err and not out.exists()
-    assert main(args + ["--precision", "bf16"]) in (0, 3) and out.exists()
+    # random weights: an empty mask (3) or one whose click disagrees with it (5, written with a warning)
+    assert main(args + ["--precision", "bf16"]) in (0, EMPTY_RESULT, DOUBTFUL) and out.exists()
 
 
 def test_segment_takes_a_2d_box_on_a_slice(tmp_path, capsys):

@@ -15,6 +15,7 @@ from official_sam2 import SMALL, write_ct, write_official_checkpoint  # noqa: E4
 
 from medvlsam2.capabilities import INTERACTIVE, LANGUAGE, TEXT_SEGMENTATION  # noqa: E402
 from medvlsam2.cli import main  # noqa: E402
+from medvlsam2.cli.segment import DOUBTFUL  # noqa: E402
 from medvlsam2.errors import CapabilityError, CheckpointError, InputError  # noqa: E402
 from medvlsam2.factory import describe, load_model  # noqa: E402
 
@@ -69,7 +70,7 @@ def test_import_then_segment_by_manifest_name_with_a_box(files, home, tmp_path, 
     out = tmp_path / "box.nii.gz"
     code = main(["segment", str(files["ct"]), "--model", "medsam2-latest", "--image-size", SIZE,
                  "--box", "20,20,2,44,44,6", "-o", str(out), "--device", "cpu"])
-    assert code == 0, capsys.readouterr().err
+    assert code in (0, DOUBTFUL), capsys.readouterr().err  # random weights may fill the box: "box may be too small"
     import SimpleITK as sitk
 
     assert sitk.GetArrayFromImage(_read(out)).sum() > 0
