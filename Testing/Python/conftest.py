@@ -13,3 +13,10 @@ def model():
 
     torch.manual_seed(0)
     return MedVLSAM2.from_config(tiny()).eval()
+
+
+@pytest.fixture
+def without_priors(monkeypatch):
+    """Random-weight models draw masks anywhere and the engine's anatomical priors would withhold them
+    (test_plausibility covers the priors); plumbing tests run without them."""
+    monkeypatch.setattr("medvlsam2.plausibility.vet.doubt", lambda *args, **kwargs: None)

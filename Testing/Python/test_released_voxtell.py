@@ -30,11 +30,7 @@ GEOMETRIES = {"lps": np.eye(3), "ras": np.diag([-1.0, -1.0, 1.0]), "oblique": RO
               "permuted": np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])}
 
 
-@pytest.fixture(autouse=True)
-def _random_masks_are_not_anatomy(monkeypatch):
-    """Random-weight folders draw masks anywhere; the engine's anatomical priors would withhold them
-    (test_plausibility covers the priors), so this file tests the plumbing without them."""
-    monkeypatch.setattr("medvlsam2.plausibility.vet.doubt", lambda *args, **kwargs: None)
+pytestmark = pytest.mark.usefixtures("without_priors")  # random-weight masks are not anatomy
 
 
 @pytest.fixture(scope="module")

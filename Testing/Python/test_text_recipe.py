@@ -25,11 +25,7 @@ from medvlsam2.session import Session  # noqa: E402
 SIZE = 128  # SAM2 input size in tests
 
 
-@pytest.fixture(autouse=True)
-def _random_masks_are_not_anatomy(monkeypatch):
-    """Random-weight folders draw masks anywhere; the engine's anatomical priors would withhold them
-    (test_plausibility covers the priors), so this file tests the plumbing without them."""
-    monkeypatch.setattr("medvlsam2.plausibility.vet.doubt", lambda *args, **kwargs: None)
+pytestmark = pytest.mark.usefixtures("without_priors")  # random-weight masks are not anatomy
 
 
 @pytest.fixture(scope="module")
