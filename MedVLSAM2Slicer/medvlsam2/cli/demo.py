@@ -91,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
         warnings += [w for r in results for w in r.warnings] + [f"not delivered: {n.reason}" for n in text.not_found]
         masks[organ] = session.mask(results[0].object_id) if results else np.zeros(case.volume.shape, np.uint8)
         scores[organ] = dice(masks[organ] > 0, np.isin(case.labels, STRUCTURE_LABELS[organ]))
+    written = []
     for suffix in ("nii.gz", "seg.nrrd"):  # overlapping targets are all kept (io.volume.write_segments)
         paths = write_segments([masks[organ] for organ in organs], organs, case.volume, out / f"masks.{suffix}")
-    write_label_names(paths[0], {v: o for v, o in enumerate(organs, start=1)})
+        written += paths
+    written.append(write_label_names(paths[0], {v: o for v, o in enumerate(organs, start=1)}))
     import SimpleITK as sitk
 
     sitk.WriteImage(case.volume.to_sitk(), str(out / "phantom.nii.gz"), useCompression=True)
@@ -116,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {organ:<14} {d:.3f}")
     print(f"\nQ: {qa.prompt()}\nA: {answer}   (expected {qa.target()})")
     print(f"\nreport: {report}\n")
-    print(f"wrote {out}/masks.nii.gz, masks.seg.nrrd, phantom.nii.gz, answer.txt, report.md, overlay.png")
+    names = [p.name for p in written] + ["phantom.nii.gz", "answer.txt", "report.md", "overlay.png"]
+    print(f"wrote {out}/" + ", ".join(names))
     if not trained:
         print(f"WARNING: {RANDOM_WARNING}")
     return 0
