@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from medvlsam2.cli import main
+from medvlsam2.cli.segment import DOUBTFUL
 from medvlsam2.data.synthetic import STRUCTURE_LABELS, generate_case
 from medvlsam2.evaluation.language import held_out_findings
 from medvlsam2.evaluation.seg_metrics import dice
@@ -108,7 +109,7 @@ def test_on_a_head_ct_no_result_is_unflagged(head_ct, tmp_path, capsys, monkeypa
 def test_on_a_head_ct_the_report_file_and_the_answer_carry_the_warning(head_ct, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     out = tmp_path / "report.md"
-    assert main(["report", str(head_ct), "--prompt", "liver", "-o", str(out), "--model", DEMO]) == 0
+    assert main(["report", str(head_ct), "--prompt", "liver", "-o", str(out), "--model", DEMO]) == DOUBTFUL
     head = out.read_text().split("## Findings")[0]
     assert "Made by: MedVL-SAM2 demo weights" in head and "trained only on synthetic abdominal phantoms" in head
     capsys.readouterr()

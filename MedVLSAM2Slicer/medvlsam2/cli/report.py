@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from ..api import SessionAPI
     from ..session import Session
 
+    from .segment import DOUBTFUL, not_found_line
+
     model, volume = load_model_for(args)[0], read_volume(args.image)
-    warn_if_unfamiliar(model, volume)
-    from .segment import not_found_line
+    unfamiliar = warn_if_unfamiliar(model, volume)
 
     session: SessionAPI = Session(model, volume, cache_mb=args.cache_mb)
     segments = read_segments(args.segmentation, volume) if args.segmentation else {}
@@ -72,4 +73,4 @@ def run(args: argparse.Namespace) -> int:
     print()
     out = write_report(args.output, "".join(pieces), volume, segments, model=model, warnings=warnings)
     print(f"wrote {out}")
-    return 0
+    return DOUBTFUL if warnings or unfamiliar else 0  # as `segment`: the report was written, with doubts
