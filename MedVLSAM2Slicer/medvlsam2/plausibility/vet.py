@@ -6,7 +6,7 @@ anatomical priors, and the out-of-domain notice. An implausible result is withhe
 from __future__ import annotations
 
 from ..results import NotFound, TextResult
-from .checks import body_mask, doubt
+from .checks import doubt
 from .presence import presence_doubt
 
 UNVERIFIED = "(unverified)"
@@ -21,14 +21,17 @@ def vet_text_result(session, out: TextResult, force: bool = False) -> TextResult
     if not out.found:
         return out
     notice = domain_warning(session.model, session.volume)
-    body = body_mask(session.volume)
+    body = session._body  # computed once per CT (Session caches it)
+    # every object's mask read once (not once per result); a result withheld below leaves the others' context
+    masks = {i: (n, session.mask(i)) for i, n in session.objects().items()}
     kept, missing = [], list(out.not_found)
     for r in out.found:
-        mask = session.mask(r.object_id)
-        others = {n: session.mask(i) for i, n in session.objects().items() if i != r.object_id and not _doubtful(n)}
-        reason = presence_doubt(session.model, r.name, r.scores) or doubt(r.name, mask, session.volume, others, body)
+        others = {n: m for i, (n, m) in masks.items() if i != r.object_id and not _doubtful(n)}
+        reason = (presence_doubt(session.model, r.name, r.scores)
+                  or doubt(r.name, masks[r.object_id][1], session.volume, others, body))
         if reason and not force:
             session.remove(r.object_id)
+            del masks[r.object_id]
             missing.append(NotFound(r.name, reason))
             continue
         if reason:

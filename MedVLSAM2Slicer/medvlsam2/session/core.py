@@ -269,19 +269,26 @@ class Session:
     # ----- history ----------------------------------------------------------------------------
     @_foreground
     def undo(self, obj: int) -> SegmentationResult:
-        self._get(obj)
-        bbox = self.history.undo(obj)
-        self._replay(self._objects[obj])
-        return self._result(obj, bbox)
+        return self._history_step(obj, self.history.undo)
 
     @_foreground
     def redo(self, obj: int) -> SegmentationResult:
         """Take the last undone step of ``obj`` again, exactly as it was (mask, prompts, bound); a new prompt,
         propagation or reset after an undo ends what can be redone."""
+        return self._history_step(obj, self.history.redo)
+
+    def _history_step(self, obj: int, step) -> SegmentationResult:
         self._get(obj)
-        bbox = self.history.redo(obj)
+        bbox = step(obj)
         self._replay(self._objects[obj])
         return self._result(obj, bbox)
+
+    @functools.cached_property
+    def _body(self) -> np.ndarray:
+        """The patient's voxels (``plausibility.body_mask``), computed once per CT for the text-result checks."""
+        from ..plausibility import body_mask
+
+        return body_mask(self.volume)
 
     @_foreground
     def reset(self, obj: int) -> SegmentationResult:
