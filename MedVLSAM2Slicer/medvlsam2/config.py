@@ -43,6 +43,10 @@ class ProjectorConfig:
 
     kind: str = "mlp"  # "mlp" (pool + 2-layer MLP, M3D) or "mixer" (Med3DVLM's dual-stream MLP-Mixer)
     num_tokens: int = 256  # mixer: must equal low_tokens[-1] + high_tokens[-1]
+    # "mlp": False pools the patch tokens, then applies the MLP (M3D-LaMed); True applies the MLP to every patch
+    # token, then pools, so a finding that fills part of one patch keeps a feature of its own in the pooled token
+    # (the demo bundle: a 15 mm lesion is under 1/16 of a pooled token, and pooling first averaged it away)
+    mlp_first: bool = False
     low_tokens: tuple[int, ...] = (192, 128)  # mixer: token count after each layer of the low-level stream
     high_tokens: tuple[int, ...] = (64, 128)  # mixer: the same for the high-level stream
     mlp_depth: int = 2  # mixer: Linear layers in each token/channel MLP
@@ -89,6 +93,11 @@ class SegmenterConfig:
     # size; components not touching the previous mask are dropped outside a 3D box). "box" suits weights
     # whose memory path is weakly trained (the demo bundle); text-prompted objects always use memory + [SEG].
     propagation: str = "memory"
+    # How a text-prompted object is drawn: "memory" (its [SEG] tokens decoded on key slices, then carried by SAM2's
+    # memory propagation with the tokens on every slice) or "slices" (the tokens decoded on every slice without
+    # memory, each slice kept where its object score reaches ``stop_score``): small findings, present on a few
+    # slices, need no tracking, and the decoder is then trained exactly as it runs (configs/train, issue 25).
+    text_decoding: str = "memory"
     box_margin: float = 0.03  # chosen on unseen training-range phantoms 20400-20409 (0.03 / 0.05 / 0.075 / 0.1)
     # "box" outside a 3D box: the chain has left its object (the organ ended and a neighbour of another density
     # filled the box) once the mask's median HU is this far from the object's (its mask before the propagation,

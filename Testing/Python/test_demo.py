@@ -6,7 +6,9 @@ from PIL import Image
 
 from medvlsam2.cli import main
 from medvlsam2.cli.common import RANDOM_WARNING
+from medvlsam2.cli.demo import DEMO_SEED, overlay_slices
 from medvlsam2.data.synthetic import generate_case
+from medvlsam2.evaluation.language import held_out_findings
 
 
 def test_demo_with_random_weights_writes_all_outputs_and_says_so(tmp_path, capsys, monkeypatch):
@@ -16,7 +18,7 @@ def test_demo_with_random_weights_writes_all_outputs_and_says_so(tmp_path, capsy
     printed = capsys.readouterr()
     assert RANDOM_WARNING in printed.err and "Dice" in printed.out
     mask = sitk.ReadImage(str(out / "masks.nii.gz"))
-    case = generate_case(100000)
+    case = generate_case(DEMO_SEED, findings=held_out_findings(DEMO_SEED))
     assert sitk.GetArrayFromImage(mask).shape == case.volume.shape
     assert np.allclose(mask.GetSpacing(), case.volume.spacing) and np.allclose(mask.GetOrigin(), case.volume.origin)
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1, 2}
@@ -30,3 +32,14 @@ def test_demo_with_random_weights_writes_all_outputs_and_says_so(tmp_path, capsy
 def test_demo_refuses_unknown_organs(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path), "--model", "tiny", "--organs", "brain"]) == 1
     assert "unknown organ" in capsys.readouterr().err
+
+
+def test_the_demo_phantom_holds_a_liver_lesion_and_a_renal_cyst_and_the_overlay_cuts_through_them():
+    case = generate_case(DEMO_SEED, findings=held_out_findings(DEMO_SEED))
+    assert (case.labels == 8).any() and (case.labels == 9).any()  # never a training seed: >= 100000
+    masks = {name: np.isin(case.labels, values).astype(np.uint8)
+             for name, values in (("liver", (1, 8)), ("liver lesion", (8,)), ("kidney cyst", (9,)))}
+    slices = overlay_slices(case.volume, masks)
+    assert len(slices) == 3
+    for name in ("liver lesion", "kidney cyst"):  # each finding's largest cross-section is shown
+        assert int((masks[name] > 0).sum(axis=(1, 2)).argmax()) in slices

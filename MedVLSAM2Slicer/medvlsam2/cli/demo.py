@@ -1,8 +1,10 @@
 """``medvlsam2 demo``: the whole product on one held-out synthetic phantom, with no download.
 
-Segments organs by text, answers a question, drafts a report, and writes what a person can check:
-the masks (with the phantom's geometry), ``answer.txt``, ``report.md``, an overlay PNG and Dice
-against the phantom's own labels.
+The phantom (seed 100001, findings of the held-out mix ``evaluation.language.held_out_findings``) holds a liver
+lesion and a renal cyst. The demo segments organs and both findings by text, measures every segment, asks
+whether there is a focal liver lesion, drafts a report, and writes what a person can check: the masks (with the
+phantom's geometry), ``answer.txt``, ``report.md`` (generated text, measurements, warnings), an overlay PNG
+through the findings and Dice against the phantom's own labels.
 """
 
 from __future__ import annotations
@@ -12,33 +14,55 @@ from pathlib import Path
 
 from .common import RANDOM_WARNING, TRAINED_NOTE, add_model_arguments, load_model_for
 
-DEMO_ORGANS = ("liver", "spleen", "right kidney", "left kidney")
-# Outline colours (RGB) per organ, in DEMO_ORGANS order; further targets reuse them.
+DEMO_TARGETS = ("liver", "spleen", "right kidney", "left kidney", "liver lesion", "kidney cyst")
+DEMO_SEED = 100001  # held-out mix: one liver lesion of 15-30 mm and a cyst in the left kidney
+DEMO_QUESTION = "Is there a focal liver lesion?"
+# Fill colours (RGB) per target, in DEMO_TARGETS order; further targets reuse them.
 COLOURS = ((235, 120, 50), (160, 90, 210), (60, 190, 80), (70, 140, 240), (240, 220, 60), (60, 210, 210))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run text segmentation, a question and a report on a synthetic phantom (no download)")
     p.add_argument("-o", "--output", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--seed", type=int, default=100000, help="phantom seed (>= 100000: never seen in training)")
-    p.add_argument("--organs", default=",".join(DEMO_ORGANS), help="comma-separated text prompts")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help="phantom seed (>= 100000: never seen in training; its "
+                   "findings follow the held-out mix of evaluation/language.py)")
+    p.add_argument("--organs", default=",".join(DEMO_TARGETS), help="comma-separated text prompts (phantom structures)")
     add_model_arguments(p)
     p.set_defaults(func=run)
 
 
-def overlay_png(volume, masks: dict[str, "np.ndarray"], path: Path, window: str = "abdomen") -> Path:
-    """Three axial slices through the segmented organs, windowed, with filled coloured masks and a legend."""
+def overlay_slices(volume, masks: dict[str, "np.ndarray"], small_ml: float = 50.0) -> list[int]:
+    """Three axial slices: the largest cross-section of each small segment (a finding, under ``small_ml``), then
+    slices through the middle of all segments until there are three."""
     import numpy as np
-    from PIL import Image, ImageDraw
 
-    from ..io.windowing import apply_window
-
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    chosen: list[int] = []
+    for m in masks.values():
+        area = (m > 0).sum(axis=(1, 2))
+        if 0 < area.sum() * voxel_ml < small_ml and len(chosen) < 3:
+            chosen.append(int(area.argmax()))
     union = np.zeros(volume.shape, bool)
     for m in masks.values():
         union |= m > 0
     ks = np.nonzero(union.any(axis=(1, 2)))[0]
     lo, hi = (int(ks.min()), int(ks.max())) if len(ks) else (0, volume.shape[0] - 1)
-    slices = sorted({int(round(lo + f * (hi - lo))) for f in (0.25, 0.5, 0.75)})
+    for f in (0.5, 0.25, 0.75, 0.4, 0.6):
+        k = int(round(lo + f * (hi - lo)))
+        if len(set(chosen)) < 3 and k not in chosen:
+            chosen.append(k)
+    return sorted(set(chosen))[:3]
+
+
+def overlay_png(volume, masks: dict[str, "np.ndarray"], path: Path, window: str = "abdomen") -> Path:
+    """Three axial slices (``overlay_slices``: through the findings first), windowed, with filled coloured masks
+    and a legend."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from ..io.windowing import apply_window
+
+    slices = overlay_slices(volume, masks)
     gray = (apply_window(volume.array, window) * 255).astype(np.uint8)
     tiles = []
     for k in slices:
@@ -66,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.synthetic import STRUCTURE_LABELS, generate_case
+    from ..evaluation.language import held_out_findings
     from ..evaluation.seg_metrics import dice
+    from ..report.measurements import measure
     from ..errors import InputError
     from ..api import SessionAPI
     from ..io.volume import write_segments
@@ -80,12 +106,14 @@ def run(args: argparse.Namespace) -> int:
     model, trained = load_model_for(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    case = generate_case(args.seed)
-    print(f"phantom: seed {args.seed}, {case.volume.shape[0]} slices of {case.volume.shape[1]}x{case.volume.shape[2]}")
+    findings = held_out_findings(args.seed) if args.seed >= 100000 else None
+    case = generate_case(args.seed, findings=findings)
+    print(f"phantom: seed {args.seed}, {case.volume.shape[0]} slices of {case.volume.shape[1]}x{case.volume.shape[2]}; "
+          f"reference report: {case.report}")
     session: SessionAPI = Session(model, case.volume, cache_mb=args.cache_mb)
 
     masks, scores, warnings = {}, {}, []
-    for organ in tqdm(organs, desc="text prompts", unit="organ"):
+    for organ in tqdm(organs, desc="text prompts", unit="target"):
         text = session.segment_text(organ)
         results = text.found
         warnings += [w for r in results for w in r.warnings] + [f"not delivered: {n.reason}" for n in text.not_found]
@@ -100,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     sitk.WriteImage(case.volume.to_sitk(), str(out / "phantom.nii.gz"), useCompression=True)
 
-    qa = case.vqa_closed[0]
+    qa = next((q for q in case.vqa_closed if q.question == DEMO_QUESTION), case.vqa_closed[0])
     answer = "".join(session.ask(qa.prompt())).strip()
     (out / "answer.txt").write_text(f"Q: {qa.prompt()}\nA: {answer}\nexpected: {qa.target()}\n", encoding="utf-8")
     report = "".join(session.report()).strip()
@@ -113,9 +141,13 @@ def run(args: argparse.Namespace) -> int:
                                    + f"\n## Phantom's reference report\n\n{case.report}\n", encoding="utf-8")
     overlay_png(case.volume, masks, out / "overlay.png")
 
-    print("\nDice against the phantom's labels:")
+    print("\nDice against the phantom's labels, and what the segment measures:")
+    sizes = {m.name: m for m in measure({o: masks[o] for o in organs}, case.volume)}
     for organ, d in scores.items():
-        print(f"  {organ:<14} {d:.3f}")
+        m = sizes.get(organ)
+        size = (f"{m.volume_ml:8.1f} mL, long axis {m.long_axis_mm:5.1f} mm, short axis {m.short_axis_mm:5.1f} mm"
+                if m else "not delivered")
+        print(f"  {organ:<14} Dice {d:.3f}   {size}")
     print(f"\nQ: {qa.prompt()}\nA: {answer}   (expected {qa.target()})")
     print(f"\nreport: {report}\n")
     names = [p.name for p in written] + ["phantom.nii.gz", "answer.txt", "report.md", "overlay.png"]

@@ -17,16 +17,17 @@ from ..errors import InputError
 
 
 class Projector(nn.Module):
-    """"mlp": [B, N, in_dim] -> pool to ``num_tokens`` -> Linear-GELU-Linear -> [B, num_tokens, out_dim]."""
+    """"mlp": [B, N, in_dim] -> pool to ``num_tokens`` -> Linear-GELU-Linear -> [B, num_tokens, out_dim]
+    (``mlp_first``: Linear-GELU-Linear on each of the N tokens, then pool)."""
 
     def __init__(self, cfg: ProjectorConfig, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.num_tokens = cfg.num_tokens
+        self.cfg, self.num_tokens = cfg, cfg.num_tokens  # the model's own config: a change to mlp_first applies
         self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = F.adaptive_avg_pool1d(tokens.transpose(1, 2), self.num_tokens).transpose(1, 2)
-        return self.proj(x)
+        pool = lambda x: F.adaptive_avg_pool1d(x.transpose(1, 2), self.num_tokens).transpose(1, 2)  # noqa: E731
+        return pool(self.proj(tokens)) if self.cfg.mlp_first else self.proj(pool(tokens))
 
 
 class _StackedMLP(nn.Module):

@@ -156,15 +156,26 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
                                       current["object_score_logits"], current)
 
     # ----- decoding helpers ------------------------------------------------------------------
+    def _decode_alone(self, state: dict, frame_idx: int) -> dict:
+        # one slice decoded with the current extra prompt tokens only: no clicks, no memory
+        _, _, feats, pos, sizes = self._get_image_feature(state, frame_idx, batch_size=1)
+        return self.track_step(frame_idx=frame_idx, is_init_cond_frame=True, current_vision_feats=feats,
+                               current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=None, mask_inputs=None,
+                               output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                               num_frames=state["num_frames"], run_mem_encoder=False)
+
     @torch.inference_mode()
     def object_score_without_memory(self, state: dict, frame_idx: int) -> float:
         """SAM2's object-score logit for the current prompts on one slice, decoded without memory."""
-        _, _, feats, pos, sizes = self._get_image_feature(state, frame_idx, batch_size=1)
-        out = self.track_step(frame_idx=frame_idx, is_init_cond_frame=True, current_vision_feats=feats,
-                              current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=None, mask_inputs=None,
-                              output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-                              num_frames=state["num_frames"], run_mem_encoder=False)
-        return float(out["object_score_logits"].flatten()[0])
+        return float(self._decode_alone(state, frame_idx)["object_score_logits"].flatten()[0])
+
+    @torch.inference_mode()
+    def decode_tokens_without_memory(self, state: dict, frame_idx: int) -> tuple[torch.Tensor, float]:
+        """(mask logits [H, W] at the original slice size, object-score logit) of the current prompt tokens
+        on one slice, decoded without memory (``SegmenterConfig.text_decoding`` "slices")."""
+        out = self._decode_alone(state, frame_idx)
+        _, masks = self._get_orig_video_res_output(state, out["pred_masks"])
+        return masks[0, 0], float(out["object_score_logits"].flatten()[0])
 
     @torch.inference_mode()
     def decode_without_memory(self, state: dict, frame_idx: int, box=None, points=(), labels=()

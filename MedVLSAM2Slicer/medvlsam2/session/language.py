@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+import torch
 
 from ..errors import CapabilityError, InputError
 from ..modeling.key_slices import choose_key_slices
@@ -27,11 +28,20 @@ def segment_target(session: "Session", prompt: str, cancel: CancelToken | None, 
     prompts = session.model.text_to_seg_prompts(session.visual_tokens(), prompt, cancel=cancel, force=force)
     if not prompts:
         return [], f"the model answered that there is no {prompt}"
+    if cfg.text_decoding not in ("memory", "slices"):
+        raise InputError(f"segmenter text_decoding must be 'memory' or 'slices', got {cfg.text_decoding!r}")
     for name, tokens in prompts:
         obj = session.add_object(name)
         o = session._objects[obj]
         o.tokens = tokens
         try:
+            if cfg.text_decoding == "slices":
+                result = _every_slice(session, obj, cancel, progress, force)
+                if result is None:
+                    session.remove(obj)
+                else:
+                    results.append(result)
+                continue
             with predictor.extra_prompt_tokens(tokens):
                 keys, scores = choose_key_slices(lambda k: predictor.object_score_without_memory(o.state, k),
                                                  session.volume.shape[0], cfg.key_slice_stride, cfg.num_key_slices)
@@ -52,6 +62,37 @@ def segment_target(session: "Session", prompt: str, cancel: CancelToken | None, 
     reason = "" if results else (f"the segmenter found no {prompt}: no slice scored above its presence "
                                  f"gate ({cfg.stop_score:g})")
     return results, reason
+
+
+def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progress: Progress | None,
+                 force: bool) -> SegmentationResult | None:
+    """``text_decoding`` "slices": the object's tokens decoded on every slice without memory; a slice keeps its
+    mask where its object score reaches the gate (``stop_score``). None when no slice does (``force``: the
+    best slice is kept anyway, and the object named "(forced)"). The best slice becomes the object's prompted
+    slice, so clicks and a later propagation start from it as from a key slice."""
+    from ..utils.cancel import check
+
+    predictor, o = session.predictor, session._objects[obj]
+    gate, n = session.model.config.segmenter.stop_score, session.volume.shape[0]
+    masks, scores = {}, {}
+    with predictor.extra_prompt_tokens(o.tokens):
+        for k in range(n):
+            check(cancel)
+            logits, scores[k] = predictor.decode_tokens_without_memory(o.state, k)
+            masks[k] = (logits > 0).cpu().numpy().astype(np.uint8)
+            if progress:
+                progress(k + 1, n)
+    best = max(scores, key=scores.get)
+    kept = {k for k in range(n) if scores[k] >= gate and masks[k].any()}
+    if not kept:
+        if not force or not masks[best].any():
+            return None
+        kept, o.name = {best}, o.name if o.name.endswith(FORCED) else f"{o.name} {FORCED}"
+    key = max(kept, key=scores.get)
+    session.predictor.add_prompt_tokens(o.state, key, 1, o.tokens)
+    session.predictor.set_slice_mask(o.state, key, torch.from_numpy(masks[key] > 0))
+    writes = {k: masks[k] for k in kept}
+    return session._commit(obj, writes, [Prompt(key)], {k: scores[k] for k in kept}, None)
 
 
 def region_mask(session: "Session", context: dict | None) -> np.ndarray | None:

@@ -48,6 +48,7 @@ class CaseTensors:
     interactive: bool = True  # its present targets may also be box/click clips (the source's ``tasks``)
     # training from a feature cache: the frozen encoders' outputs (``frames`` then stays None)
     features: CachedFeatures | None = None
+    patch_labels: torch.Tensor | None = None  # [N, L]: label value 1..L present in 3D-encoder patch n (``patch_presence``)
 
     def slices_with(self, target: Target) -> list[int]:
         if target.values not in self.z_extent:
@@ -127,10 +128,20 @@ def language_rows(case: CTCase, config: ModelConfig, encoder: torch.Tensor, pres
     return rows
 
 
+def patch_presence(labels: np.ndarray, config: ModelConfig, count: int) -> torch.Tensor:
+    """Label map [k, j, i] -> [N, count]: 1 where 3D-encoder patch n (the ViT's flattening order) holds any voxel of
+    label value 1..count. The encoder sees the whole field of view resized, so patches tile the label map evenly."""
+    from ..modeling.region import patch_grid
+
+    lab = torch.from_numpy(labels.astype(np.int64))
+    onehot = torch.stack([lab == v for v in range(1, count + 1)]).float()  # [count, k, j, i]
+    return F.adaptive_max_pool3d(onehot, patch_grid(config.vision)).flatten(1).T.contiguous()
+
+
 def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, Iterable[int]],
-                 with_frames: bool = True, absent_by_segmenter: bool = False) -> CaseTensors:
+                 with_frames: bool = True, absent_by_segmenter: bool = False, patch_labels: int = 0) -> CaseTensors:
     """Convert one case with the inference pre-processing (encoder grid, SAM2 frames); ``absent_by_segmenter``
-    as in ``language_rows``.
+    as in ``language_rows``; ``patch_labels`` > 0 adds ``patch_presence`` of label values 1..patch_labels.
 
     ``with_frames=False`` leaves ``frames`` None (the streaming loader builds only the planned slices'). A case
     without a label map (report / VQA only) has no targets and an empty label map [K, 0, 0]."""
@@ -150,6 +161,8 @@ def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, 
     # name its target (a quick language-only loss; stage 2's mask losses alone did not separate left/right)
     rows = language_rows(case, config, encoder, present, absent, absent_by_segmenter)
     tensors = CaseTensors(encoder[0], frames, labels, case_texts(case) + rows, present, absent)
+    if patch_labels and case.labels is not None:
+        tensors.patch_labels = patch_presence(case.labels, config, patch_labels)
     for t in present + absent:
         tensors.slices_with(t)
     return tensors
@@ -273,8 +286,9 @@ def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, tex
         target = _pick(rng, choices, target_weights)
         seg.append(_clip(rng, case, c, target, clip_len))
         k = case.labels.shape[0]
-        # probes: half on slices holding the target, half anywhere (mostly absent), same [SEG] tokens
-        inside = seg[-1].slices
+        # probes: half on slices holding the target (any of them: a short clip covers few), half anywhere (mostly
+        # absent), same [SEG] tokens
+        inside = case.slices_with(target) or seg[-1].slices
         picks = [int(rng.choice(inside)) for _ in range(probes // 2)]
         picks += [int(v) for v in rng.integers(0, k, size=probes - len(picks))]
         probe_list.append((c, target, picks))

@@ -17,6 +17,8 @@ from .batches import ClickSchedule
 from .sources import DataSource
 
 STAGES = (1, 2)
+# model-config settings a run may change on its init_from bundle (they change no weight's shape)
+OVERRIDABLE = {"projector": ("mlp_first",), "segmenter": ("text_decoding", "stop_score", "num_key_slices")}
 MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter", "region")
 
 
@@ -88,6 +90,13 @@ class TrainConfig:
     # also turns the "There is no X." language rows into "It is [SEG] X." (the LLM grounds every request and
     # the Session's presence gate decides), since a small LLM's 32 visual tokens cannot see a 15 mm lesion
     absent_rate: float = 0.0
+    # stage 1: > 0 adds the auxiliary patch-label loss (``stage1``): a training-only head predicts from each
+    # 3D-encoder patch token which label values 1..patch_labels it holds, weighted by ``patch_label_weight``
+    patch_labels: int = 0
+    patch_label_weight: float = 1.0
+    # settings of the ``init_from`` bundle's model config changed before training, e.g.
+    # {projector: {mlp_first: true}, segmenter: {text_decoding: slices}}; only ``OVERRIDABLE`` ones (no weight shapes)
+    model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # loss weights and per-module learning-rate multipliers (e.g. {"llm": 10} to move the LLM faster)
     lm_weight: float = 1.0
     seg_weight: float = 1.0
@@ -116,6 +125,17 @@ class TrainConfig:
         if bad:
             raise InputError(f"unknown trainable module(s) {bad}; choose from {list(MODULES)} or a part of one "
                              "(e.g. segmenter.sam_mask_decoder)")
+        for section, values in self.model_overrides.items():
+            bad = sorted(set(values) - set(OVERRIDABLE.get(section, ())))
+            if bad or not isinstance(values, dict):
+                raise InputError(f"model_overrides: {section}.{bad} cannot be changed on a trained bundle; "
+                                 f"allowed: {OVERRIDABLE}")
+            if not self.init_from:
+                raise InputError("model_overrides changes the init_from bundle's config; set init_from")
+        if self.patch_labels < 0 or self.patch_label_weight <= 0:
+            raise InputError("patch_labels must be >= 0 and patch_label_weight > 0")
+        if self.patch_labels and (self.stage != 1 or not any(t.split(".")[0] == "vision_encoder" for t in self.trainable)):
+            raise InputError("patch_labels trains the 3D vision encoder: use it in stage 1 with vision_encoder in trainable")
         if self.feature_cache:
             from .feature_cache import STORE_DTYPES, covers_encoder
 

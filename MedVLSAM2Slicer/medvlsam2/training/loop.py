@@ -45,11 +45,15 @@ class TrainStep(nn.Module):
     def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
         super().__init__()
         self.model, self.cfg = model, cfg
+        # training-only (never in a bundle): the auxiliary patch-label head of ``stage1``
+        width = model.vision_encoder.output_shapes[0][1]
+        self.patch_head = nn.Linear(width, cfg.patch_labels).to(next(model.parameters()).device) \
+            if cfg.patch_labels else None
 
     def forward(self, pool: Sequence[CaseTensors], plan) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
         if self.cfg.stage == 1:
-            return stage1_losses(self.model, pool, plan, device)
+            return stage1_losses(self.model, pool, plan, device, self.patch_head, self.cfg.patch_label_weight)
         return stage2_losses(self.model, pool, plan, device, self.cfg.lm_weight, self.cfg.seg_weight,
                              self.cfg.thin_end_weight)
 
@@ -189,12 +193,16 @@ def set_trainable(model, trainable: Sequence[str], frozen: Sequence[str] = ()) -
     return params
 
 
-def param_groups(model, cfg: TrainConfig) -> list[dict]:
+def param_groups(model, cfg: TrainConfig, extra: nn.Module | None = None) -> list[dict]:
     """AdamW groups of the trainable parameters: per module (its ``lr_multipliers`` entry) and with or
-    without weight decay (none on biases and norms); empty groups are left out."""
+    without weight decay (none on biases and norms); empty groups are left out. ``extra``: training-only
+    modules (the patch-label head), at the base learning rate."""
     groups = []
-    for name in MODULES:
-        trainable = [p for p in getattr(model, name).parameters() if p.requires_grad]
+    for name in (*MODULES, None):
+        module = getattr(model, name) if name else extra
+        if module is None:
+            continue
+        trainable = [p for p in module.parameters() if p.requires_grad]
         scale = float(cfg.lr_multipliers.get(name, 1.0))
         for decay, members in ((cfg.weight_decay, [p for p in trainable if p.dim() > 1]),
                                (0.0, [p for p in trainable if p.dim() <= 1])):
@@ -232,7 +240,7 @@ def save_checkpoint(accelerator, wrapped: nn.Module, model, optimizer, cfg: Trai
     full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if accelerator.is_main_process:
         prefix = "model."  # TrainStep's attribute
-        save_bundle(model, tmp, metadata, state_dict={k[len(prefix):]: v for k, v in full.items()})
+        save_bundle(model, tmp, metadata, state_dict={k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)})
         (tmp / "state.json").write_text(json.dumps({"step": step, "train_config": cfg.to_dict()}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -272,6 +280,9 @@ def _prepare(cfg: TrainConfig, checkpoint: Path | None):
         from ..factory import load_model
 
         model = load_model(str(checkpoint or cfg.init_from))
+        for section, values in ({} if checkpoint else cfg.model_overrides).items():  # a checkpoint has them already
+            for key, value in values.items():
+                setattr(getattr(model.config, section), key, value)
         return sources, StepData(sources, cfg, model.config), model
     config = get_config(cfg.model)
     data = StepData(sources, cfg, config)
@@ -311,8 +322,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     params = set_trainable(model, cfg.trainable, ENCODED_PARTS if cfg.feature_cache else ())
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
-    step_module, optimizer = accelerator.prepare(TrainStep(model, cfg), optimizer)
+    train_step = TrainStep(model, cfg)
+    if train_step.patch_head is not None:
+        params += list(train_step.patch_head.parameters())
+    optimizer = torch.optim.AdamW(param_groups(model, cfg, train_step.patch_head), lr=cfg.lr)
+    step_module, optimizer = accelerator.prepare(train_step, optimizer)
     torch_optimizer = getattr(optimizer, "optimizer", optimizer)
     start = load_checkpoint(checkpoint, step_module, torch_optimizer) if checkpoint else 0
     _set_modes(model)

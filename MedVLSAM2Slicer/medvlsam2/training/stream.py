@@ -121,7 +121,7 @@ class StepData(Dataset):
             src = self.sources[s]
             structures = src.structures if case.labels is not None else {}
             tensors = prepare_case(case, self.model_config, structures, with_frames=False,
-                                   absent_by_segmenter=self.cfg.absent_rate > 0)
+                                   absent_by_segmenter=self.cfg.absent_rate > 0, patch_labels=self.cfg.patch_labels)
             tensors.interactive = "interactive" in src.spec.tasks
             pool.append(tensors)
             volumes.append(case.volume)

@@ -1,0 +1,161 @@
+"""The design that lets the demo weights see findings (issue 25): the projector's MLP before pooling, the
+auxiliary patch-label loss, settings changed on an ``init_from`` bundle, and text objects decoded slice by slice."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from medvlsam2.config import ProjectorConfig, tiny  # noqa: E402
+from medvlsam2.errors import InputError  # noqa: E402
+from medvlsam2.factory import load_model  # noqa: E402
+from medvlsam2.modeling.projector import Projector  # noqa: E402
+from medvlsam2.modeling.region import patch_grid, region_inputs  # noqa: E402
+from medvlsam2.session import Session  # noqa: E402
+from medvlsam2.training.batches import patch_presence  # noqa: E402
+from medvlsam2.training.config import TrainConfig  # noqa: E402
+from medvlsam2.checkpoint import save_bundle  # noqa: E402
+from medvlsam2.training.loop import train  # noqa: E402
+
+from phantoms import ellipsoid_volume  # noqa: E402
+
+SYNTHETIC = {"reader": "synthetic", "seeds": [0, 2], "shape": [8, 64, 64]}
+
+
+def test_the_mlp_first_projector_keeps_a_single_patch_feature_that_pooling_first_averages_away():
+    torch.manual_seed(0)
+    first = Projector(ProjectorConfig(num_tokens=2, mlp_first=True), 4, 3)
+    pooled = Projector(ProjectorConfig(num_tokens=2, mlp_first=False), 4, 3)
+    pooled.load_state_dict(first.state_dict())
+    x = torch.randn(1, 8, 4)
+    pool = lambda t: F.adaptive_avg_pool1d(t.transpose(1, 2), 2).transpose(1, 2)  # noqa: E731
+    assert torch.allclose(first(x), pool(first.proj(x)), atol=1e-6)
+    assert torch.allclose(pooled(x), pooled.proj(pool(x)), atol=1e-6)
+    assert not torch.allclose(first(x), pooled(x), atol=1e-3)
+    first.cfg.mlp_first = False  # the projector reads the model's config: an override applies without a rebuild
+    assert torch.allclose(first(x), pooled(x), atol=1e-6)
+
+
+def test_patch_labels_flag_exactly_the_encoder_patches_that_hold_the_label():
+    config = tiny()
+    d, h, w = patch_grid(config.vision)
+    labels = np.zeros((16, 64, 64), np.uint8)
+    labels[2:12, 10:40, 8:30] = 1
+    labels[5:7, 50:54, 40:44] = 2  # a small finding inside one corner of the grid
+    presence = patch_presence(labels, config, 3)
+    assert presence.shape == (d * h * w, 3)
+    encoder_image = torch.zeros(1, *config.vision.input_size)
+    for value in (1, 2):
+        weights, _ = region_inputs(labels == value, (1.0, 1.0, 1.0), encoder_image, config.vision)
+        # the region encoder pools the same patches (its weights are the region's share of each patch)
+        assert torch.equal(presence[:, value - 1] > 0, weights > 0)
+    assert presence[:, 2].sum() == 0  # value 3 is absent
+    assert 0 < presence[:, 1].sum() < presence[:, 0].sum()
+
+
+def language_config(tmp_path, name: str, **kw) -> TrainConfig:
+    base = dict(stage=1, model="tiny", output_dir=str(tmp_path / name), max_steps=2, lr=1e-3, warmup_steps=1,
+                datasets=[SYNTHETIC], cases_per_step=2, cache_dir=str(tmp_path / "cases"), text_cases=2, log_every=1,
+                checkpoint_every=100, cpu=True, seed=3, trainable=["vision_encoder", "projector", "llm"])
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def test_the_patch_label_loss_trains_the_encoder_and_stays_out_of_the_bundle(tmp_path):
+    summary = train(language_config(tmp_path, "aux", patch_labels=9, patch_label_weight=2.0), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "aux" / "metrics.jsonl").read_text().splitlines()]
+    assert all("patch" in r and r["loss"] > r["lm"] for r in rows)  # the auxiliary term is part of the loss
+    plain = train(language_config(tmp_path, "plain"), progress=False)
+    aux_model, plain_model = load_model(summary["final"]), load_model(plain["final"])
+    assert not any("patch_head" in k for k in aux_model.state_dict())  # training-only head: not in the bundle
+    # same data and seed: only the auxiliary loss differs, and it moves the encoder
+    a, p = aux_model.vision_encoder.state_dict(), plain_model.vision_encoder.state_dict()
+    assert any(not torch.equal(a[k], p[k]) for k in a)
+    resumed = train(language_config(tmp_path, "aux", patch_labels=9, patch_label_weight=2.0, max_steps=3),
+                    resume=True, progress=False)  # the head's weights and optimizer state come back with the rest
+    assert resumed["started_at_step"] == 2 and resumed["steps"] == 3
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(stage=2, patch_labels=9), "stage 1"),
+    (dict(patch_labels=9, trainable=["llm"]), "vision_encoder"),
+    (dict(patch_labels=9, patch_label_weight=0.0), "patch_label_weight"),
+    (dict(init_from="x", model_overrides={"vision": {"hidden_size": 8}}), "cannot be changed"),
+    (dict(model_overrides={"projector": {"mlp_first": True}}), "init_from"),
+])
+def test_bad_findings_settings_fail_clearly(tmp_path, kw, words):
+    with pytest.raises(InputError, match=words):
+        language_config(tmp_path, "bad", **kw).validate()
+
+
+def test_model_overrides_change_the_init_bundle_and_the_trained_bundle_keeps_them(tmp_path, model):
+    bundle = save_bundle(model, tmp_path / "start", {})
+    cfg = language_config(tmp_path, "over", init_from=str(bundle), max_steps=1,
+                          model_overrides={"projector": {"mlp_first": True}, "segmenter": {"text_decoding": "slices"}})
+    trained = load_model(train(cfg, progress=False)["final"])
+    assert trained.config.projector.mlp_first and trained.config.segmenter.text_decoding == "slices"
+    assert not load_model(bundle).config.projector.mlp_first  # the start bundle itself is untouched
+
+
+@pytest.fixture
+def slices_session(model, monkeypatch, without_priors):
+    monkeypatch.setattr(model.config.segmenter, "text_decoding", "slices")
+    with Session(model, ellipsoid_volume((6, 32, 32), (3, 16, 16), (2.5, 8, 8), (1.0, 1.0, 2.0))) as session:
+        yield session
+
+
+def test_slices_decoding_keeps_each_slice_whose_score_passes_the_gate(slices_session, monkeypatch):
+    session = slices_session
+    predictor = session.predictor
+    monkeypatch.setattr(session.model.config.segmenter, "stop_score", -1e9)  # every slice passes
+    found = session.segment_text("liver", force=True).found
+    assert len(found) == 1 and found[0].name == "liver (forced)"
+    obj = found[0].object_id
+    o = session._objects[obj]
+    with predictor.extra_prompt_tokens(o.tokens):
+        expected = np.stack([(predictor.decode_tokens_without_memory(o.state, k)[0] > 0).numpy()
+                             for k in range(session.volume.shape[0])])
+    assert np.array_equal(session.mask(obj) > 0, expected)  # each slice decoded alone, as in training
+    assert len(o.prompts) == 1  # the best slice is the object's prompt: clicks refine from it
+    k = o.prompts[0].k
+    session.add_points(obj, [(16, 16, k)], [1])
+    session.propagate(obj)
+    session.undo(obj)
+    session.undo(obj)
+    session.undo(obj)
+    assert not session.mask(obj).any()
+
+
+def test_slices_decoding_keeps_only_slices_over_the_gate_and_forced_keeps_the_best(slices_session, monkeypatch):
+    session = slices_session
+    blob = torch.full((32, 32), -5.0)
+    blob[12:20, 12:20] = 5.0
+    scores = {1: 0.5, 2: 3.0, 4: 1.0}  # slices 1, 2 and 4 show something, 2 most surely; the rest score -3
+
+    def decode(state, k):
+        return (blob if k in scores else torch.full((32, 32), -5.0)), scores.get(k, -3.0)
+
+    monkeypatch.setattr(session.predictor, "decode_tokens_without_memory", decode)
+    monkeypatch.setattr(type(session.model), "text_to_seg_prompts",
+                        lambda self, visual, prompt, cancel=None, force=False: [(prompt, torch.ones(1, 1, 256))])
+    cfg = session.model.config.segmenter
+    for gate, kept in ((0.0, [1, 2, 4]), (0.8, [2, 4]), (2.0, [2])):
+        monkeypatch.setattr(cfg, "stop_score", gate)
+        found = session.segment_text("liver").found
+        mask = session.mask(found[0].object_id)
+        assert np.nonzero(mask.any(axis=(1, 2)))[0].tolist() == kept
+        assert session._objects[found[0].object_id].prompts[0].k == 2  # the best slice is the prompted one
+        session.remove(found[0].object_id)
+    monkeypatch.setattr(cfg, "stop_score", 5.0)
+    out = session.segment_text("liver")
+    assert not out.found and "presence gate" in out.not_found[0].reason and not session.objects()
+    forced = session.segment_text("liver", force=True).found
+    assert forced[0].name == "liver (forced)"
+    assert np.nonzero(session.mask(forced[0].object_id).any(axis=(1, 2)))[0].tolist() == [2]
