@@ -233,7 +233,7 @@ def test_training_rows_teach_absence_regions_and_reshuffled_choices(model):
     assert not any(a.startswith("It is [SEG]") and "right kidney" in q and "cyst" in q for q, a, *_ in rows)
     regions = [r for r in rows if len(r) == 3]
     assert regions and all(REGION_TOKEN in q for q, _, _ in regions)
-    weights, geometry = regions[0][2]
+    weights, geometry = regions[0][2]()  # computed when a step draws the row (batches.RegionInputs)
     assert weights.sum().item() == pytest.approx(1.0) and geometry.shape == (9,)
     closed = [q for q, *_ in rows if "Choices:" in q and q.startswith("Which kidney")]
     assert len(set(closed)) > 1  # the same question with its choices in other orders

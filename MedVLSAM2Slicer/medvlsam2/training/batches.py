@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig
-from ..data.case import CHOICE_LETTERS, ClosedQA, CTCase
+from ..config import ModelConfig, VisionConfig
+from ..data.case import CHOICE_LETTERS, ClosedQA, CTCase, RegionQA
 from ..errors import InputError
 from ..io.encoder_input import to_encoder_tensor
 from ..io.slices import volume_to_frames
@@ -49,11 +49,15 @@ class CaseTensors:
     # training from a feature cache: the frozen encoders' outputs (``frames`` then stays None)
     features: CachedFeatures | None = None
     patch_labels: torch.Tensor | None = None  # [N, L]: label value 1..L present in 3D-encoder patch n (``patch_presence``)
+    _on_slice: torch.Tensor | None = field(default=None, repr=False)  # [K, 256] bool: label value v on slice k
 
     def slices_with(self, target: Target) -> list[int]:
         if target.values not in self.z_extent:
-            values = torch.tensor(target.values, dtype=self.labels.dtype)
-            hit = torch.isin(self.labels, values).flatten(1).any(1)
+            if self._on_slice is None:  # one pass over the label map, not one per target
+                flat = self.labels.flatten(1).long()
+                self._on_slice = torch.stack([torch.bincount(row, minlength=256) > 0 for row in flat]) \
+                    if flat.shape[1] else torch.zeros((len(flat), 256), dtype=torch.bool)
+            hit = self._on_slice[:, [v for v in target.values if 0 <= v < 256]].any(1)
             self.z_extent[target.values] = torch.nonzero(hit).flatten().tolist()
         return self.z_extent[target.values]
 
@@ -118,14 +122,29 @@ def language_rows(case: CTCase, config: ModelConfig, encoder: torch.Tensor, pres
     if case.report:  # rows are drawn uniformly: copies keep reports from drowning among the short rows
         rows += [(REPORT_QUESTION, case.report)] * REPORT_COPIES
     if config.region_input and case.labels is not None:
+        present = set(np.unique(case.labels).tolist())
+        for qa in case.region_qa:  # a component of a present value exists: the generator numbered what it found
+            if present & set(qa.values):
+                rows.append((region_question(qa.question), qa.answer,
+                             RegionInputs(qa, case.labels, case.volume.spacing, encoder[0], config.vision)))
+    return rows
+
+
+@dataclass
+class RegionInputs:
+    """A region row's model inputs (patch weights [N], geometry [G]) from ``modeling.region.region_inputs``, computed
+    when a step draws the row: a case has about 20 region rows and a step draws one or none of them."""
+
+    qa: RegionQA
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+    encoder: torch.Tensor  # [1, D, H, W]
+    vision: VisionConfig
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         from ..modeling.region import region_inputs
 
-        for qa in case.region_qa:
-            mask = qa.mask(case.labels)
-            if mask.any():
-                rows.append((region_question(qa.question), qa.answer,
-                             region_inputs(mask, case.volume.spacing, encoder[0], config.vision)))
-    return rows
+        return region_inputs(self.qa.mask(self.labels), self.spacing, self.encoder, self.vision)
 
 
 def patch_presence(labels: np.ndarray, config: ModelConfig, count: int) -> torch.Tensor:

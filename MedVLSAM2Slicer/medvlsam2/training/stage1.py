@@ -45,8 +45,9 @@ def chat_forward(model, pool: Sequence[CaseTensors], rows: Sequence[tuple], devi
     with_region = [r for r in rows if len(r) > 3]
     regions = None
     if with_region:
-        weights = torch.stack([r[3][0] for r in with_region]).to(device)
-        geometry = torch.stack([r[3][1] for r in with_region]).to(device)
+        inputs = [r[3]() if callable(r[3]) else r[3] for r in with_region]  # ``batches.RegionInputs``, or the pair
+        weights = torch.stack([w for w, _ in inputs]).to(device)
+        geometry = torch.stack([g for _, g in inputs]).to(device)
         regions = model.region_embeddings(patches[torch.tensor([index[r[0]] for r in with_region], device=device)],
                                           weights, geometry)
     return model(None, ids.to(device), attn.to(device), labels.to(device), visual_tokens=row_visual, regions=regions)
