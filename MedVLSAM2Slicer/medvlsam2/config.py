@@ -62,6 +62,9 @@ class LLMConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # True: questions and reports are asked after the findings sentence of ``report.context`` (what the segmenter found
+    # and measured); the demo bundle, whose 3D encoder cannot resolve a 15 mm finding
+    findings_context: bool = False
     max_new_tokens: int = 256
 
 

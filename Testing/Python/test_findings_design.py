@@ -159,3 +159,65 @@ def test_slices_decoding_keeps_only_slices_over_the_gate_and_forced_keeps_the_be
     forced = session.segment_text("liver", force=True).found
     assert forced[0].name == "liver (forced)"
     assert np.nonzero(session.mask(forced[0].object_id).any(axis=(1, 2)))[0].tolist() == [2]
+
+
+def test_the_findings_sentence_says_what_the_reference_report_says():
+    from medvlsam2.data.synthetic import generate_case
+    from medvlsam2.report.context import context_from_labels
+    from medvlsam2.report.findings import positive_findings
+
+    for seed, findings in ((5, {"liver_lesions": [22.0, 9.0], "renal_cyst": "left", "cyst_mm": 18.0}),
+                           (6, {"liver_lesions": [], "renal_cyst": "right", "cyst_mm": 14.0}),
+                           (7, {"liver_lesions": [16.0], "renal_cyst": None})):
+        case = generate_case(seed, findings=findings)
+        sentence = context_from_labels(case.volume, case.labels)
+        ref = positive_findings(case.report)
+        lesion = ref.get(("liver lesion", None))
+        if lesion:
+            count = {1: "one", 2: "two"}[len(findings["liver_lesions"])]
+            words = sentence.split()
+            at = words.index("mm")
+            assert words[0:3] == ["findings", ":", count] and abs(int(words[at - 1]) - lesion.size_mm) <= 2
+            assert f"{'right' if 'right lobe' in case.report else 'left'} lobe" in sentence
+        else:
+            assert "no liver lesion" in sentence
+        side = findings["renal_cyst"]
+        cyst = ref.get(("renal cyst", side))
+        if side:
+            size = int(sentence.split("cyst ")[1].split()[0])
+            assert f"mm {side} kidney" in sentence and abs(size - cyst.size_mm) <= 2
+        else:
+            assert "no cyst" in sentence
+
+
+def test_with_findings_context_training_rows_and_session_questions_read_the_sentence(model, monkeypatch,
+                                                                                      without_priors):
+    from medvlsam2.data.synthetic import STRUCTURE_LABELS, generate_case
+    from medvlsam2.modeling.prompting import REPORT_QUESTION
+    from medvlsam2.training.batches import prepare_case
+
+    case = generate_case(5, shape=(16, 64, 64), spacing=(5.6, 5.6, 10.0),
+                         findings={"liver_lesions": [30.0], "renal_cyst": "left", "cyst_mm": 20.0})
+    monkeypatch.setattr(model.config.llm, "findings_context", True)
+    rows = prepare_case(case, model.config, STRUCTURE_LABELS).texts
+    report_rows = [q for q, *_ in rows if q.endswith(REPORT_QUESTION)]
+    assert report_rows and all(q.startswith("findings : one liver lesion") for q in report_rows)
+    assert all(not q.startswith("findings") for q, *_ in rows if q.startswith(("Segment the", "About this region")))
+    assert any(q.startswith("findings") and "Choices:" in q for q, *_ in rows)
+
+    asked = []
+    monkeypatch.setattr(type(model), "stream_text", lambda self, visual, question, cancel=None, max_new_tokens=None,
+                        region=None: iter(asked.append(question) or ["ok"]))
+    with Session(model, case.volume) as session:
+        mine = session.add_object("mine")
+        session.add_points(mine, [(30, 30, 8)], [1])
+        before = session.mask(mine)
+        calls = []
+        real = Session.segment_text
+        monkeypatch.setattr(Session, "segment_text", lambda self, *a, **k: calls.append(a[0]) or real(self, *a, **k))
+        list(session.ask("Is there a focal liver lesion?"))
+        list(session.report())
+        assert asked[0].startswith("findings : ") and asked[0].endswith("Is there a focal liver lesion?")
+        assert asked[1].startswith("findings : ") and asked[1].endswith(REPORT_QUESTION)
+        assert calls == ["liver", "spleen", "liver lesion", "kidney cyst"]  # once per Session
+        assert session.objects() == {mine: "mine"} and np.array_equal(session.mask(mine), before)

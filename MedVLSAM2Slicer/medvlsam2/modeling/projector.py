@@ -22,11 +22,11 @@ class Projector(nn.Module):
 
     def __init__(self, cfg: ProjectorConfig, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.cfg, self.num_tokens = cfg, cfg.num_tokens  # the model's own config: a change to mlp_first applies
+        self.cfg = cfg  # the model's own config: a change to num_tokens or mlp_first applies (no weight depends on them)
         self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        pool = lambda x: F.adaptive_avg_pool1d(x.transpose(1, 2), self.num_tokens).transpose(1, 2)  # noqa: E731
+        pool = lambda x: F.adaptive_avg_pool1d(x.transpose(1, 2), self.cfg.num_tokens).transpose(1, 2)  # noqa: E731
         return pool(self.proj(tokens)) if self.cfg.mlp_first else self.proj(pool(tokens))
 
 

@@ -26,7 +26,7 @@ from ..utils.cancel import CancelToken
 from ..utils.device import autocast, autocast_dtype, translate_oom
 from .box_chain import BoxChain
 from .history import History
-from .language import ask, segment_target
+from .language import ask, grounded, segment_target
 from .text_masks import seed_from_text, text_segmenter_of
 from .prefetch import prefetch as prefetch_slices
 from .prompts import box_prompts, mask_prompt, point_prompts, slice_range, widened
@@ -80,6 +80,7 @@ class Session:
         self.history = History(self._objects, int((history_mb if history_mb is not None else HISTORY_MB) * 2**20))
         self._next_id = 1
         self._visual: torch.Tensor | None = None
+        self._findings: str | None = None  # the findings sentence questions are asked after (``language.grounded``)
         self._stop = threading.Event()
         weakref.finalize(self, self._stop.set)
         self._prefetcher: threading.Thread | None = None
@@ -370,4 +371,4 @@ class Session:
 
     def report(self, cancel: CancelToken | None = None) -> Iterator[str]:
         require(self.model, LANGUAGE)
-        return self.model.stream_text(self.visual_tokens(), REPORT_QUESTION, cancel=cancel)
+        return self.model.stream_text(self.visual_tokens(), grounded(self, REPORT_QUESTION, cancel), cancel=cancel)

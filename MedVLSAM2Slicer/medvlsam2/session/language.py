@@ -95,6 +95,25 @@ def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progr
     return session._commit(obj, writes, [Prompt(key)], {k: scores[k] for k in kept}, None)
 
 
+def grounded(session: "Session", question: str, cancel: CancelToken | None) -> str:
+    """``question`` after the findings sentence (``report.context``) when the model reads one, else as it is. The
+    sentence comes from the Session's own text segmentation of ``CONTEXT_TARGETS``, vetted like any text result,
+    once per Session; the objects it makes are removed again (the user's segments are not touched)."""
+    cfg = getattr(session.model, "config", None)
+    if not (cfg is not None and cfg.llm.findings_context and session.predictor is not None):
+        return question
+    from ..report.context import CONTEXT_TARGETS, findings_context, with_context
+
+    if session._findings is None:
+        masks = {}
+        for target in CONTEXT_TARGETS:
+            for r in session.segment_text(target, cancel=cancel).found:
+                masks[target] = masks.get(target, 0) | (session.mask(r.object_id) > 0)
+                session.remove(r.object_id)
+        session._findings = findings_context(session.volume, masks, session._body)
+    return with_context(session._findings, question)
+
+
 def region_mask(session: "Session", context: dict | None) -> np.ndarray | None:
     """The region ``context`` ({"object": id} or {"box": (i0, j0, k0, i1, j1, k1)}) names, as a [K, J, I] mask."""
     if context and "object" in context:
@@ -119,7 +138,7 @@ def ask(session: "Session", question: str, context: dict | None, cancel: CancelT
     model, volume = session.model, session.volume
     region = region_mask(session, context)
     if region is None:
-        return model.stream_text(session.visual_tokens(), question, cancel=cancel)
+        return model.stream_text(session.visual_tokens(), grounded(session, question, cancel), cancel=cancel)
     if not getattr(model, "supports_region_input", False):
         raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
                               "(e.g. one trained with configs/train/demo_language_cpu.yaml) or ask without a region")

@@ -179,7 +179,14 @@ def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, 
     # "Segment the X." -> "It is [SEG] X." as language rows too: stage 1 then teaches the [SEG] state to
     # name its target (a quick language-only loss; stage 2's mask losses alone did not separate left/right)
     rows = language_rows(case, config, encoder, present, absent, absent_by_segmenter)
-    tensors = CaseTensors(encoder[0], frames, labels, case_texts(case) + rows, present, absent)
+    texts = case_texts(case) + rows
+    if config.llm.findings_context and case.labels is not None:  # report and VQA rows read the findings sentence
+        from ..report.context import context_from_labels, with_context
+
+        sentence = context_from_labels(case.volume, case.labels)
+        asked = {q for q, *_ in case_texts(case) + shuffled_choices(case)}
+        texts = [(with_context(sentence, r[0]), *r[1:]) if r[0] in asked else r for r in texts]
+    tensors = CaseTensors(encoder[0], frames, labels, texts, present, absent)
     if patch_labels and case.labels is not None:
         tensors.patch_labels = patch_presence(case.labels, config, patch_labels)
     for t in present + absent:
@@ -307,7 +314,7 @@ def plan_step(seed: int, step: int, pool: Sequence[CaseTensors], stage: int, tex
         k = case.labels.shape[0]
         # probes: half on slices holding the target (any of them: a short clip covers few), half anywhere (mostly
         # absent), same [SEG] tokens
-        inside = case.slices_with(target) or seg[-1].slices
+        inside = case.slices_with(target) or seg[-1].slices or list(range(k))
         picks = [int(rng.choice(inside)) for _ in range(probes // 2)]
         picks += [int(v) for v in rng.integers(0, k, size=probes - len(picks))]
         probe_list.append((c, target, picks))

@@ -18,7 +18,7 @@ from .sources import DataSource
 
 STAGES = (1, 2)
 # model-config settings a run may change on its init_from bundle (they change no weight's shape)
-OVERRIDABLE = {"projector": ("mlp_first",), "segmenter": ("text_decoding", "stop_score", "num_key_slices")}
+OVERRIDABLE = {"llm": ("findings_context",), "projector": ("mlp_first", "num_tokens"), "segmenter": ("text_decoding", "stop_score", "num_key_slices")}
 MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter", "region")
 
 
@@ -73,7 +73,7 @@ class TrainConfig:
     text_cases: int = 4  # cases whose report / VQA pairs are trained on
     seg_clips: int = 4  # text-prompted clips ("Segment the X." -> [SEG] -> SAM2 with memory)
     interactive_clips: int = 2  # clips prompted by GT-sampled clicks or boxes, then corrective clicks
-    clip_len: int = 6
+    clip_len: int = 6  # 0: text targets train by probes alone (no memory clip; ``text_decoding: slices`` bundles)
     # box/click clips as SAM2 trains them (``batches.ClickSchedule``); interactive_clip_len [0, 0] = clip_len
     interactive_clip_len: tuple[int, int] = (0, 0)  # [min, max] slices per box/click clip (memory over 8-16)
     max_corrections: int = 1  # corrective clicks per corrected slice (SAM2 samples up to 7)
@@ -90,8 +90,8 @@ class TrainConfig:
     # also turns the "There is no X." language rows into "It is [SEG] X." (the LLM grounds every request and
     # the Session's presence gate decides), since a small LLM's 32 visual tokens cannot see a 15 mm lesion
     absent_rate: float = 0.0
-    # stage 1: > 0 adds the auxiliary patch-label loss (``stage1``): a training-only head predicts from each
-    # 3D-encoder patch token which label values 1..patch_labels it holds, weighted by ``patch_label_weight``
+    # stage 1: > 0 adds the auxiliary patch-label loss (``stage1``): a training-only head predicts from each visual
+    # token which label values 1..patch_labels its encoder patches hold, weighted by ``patch_label_weight``
     patch_labels: int = 0
     patch_label_weight: float = 1.0
     # settings of the ``init_from`` bundle's model config changed before training, e.g.
@@ -155,8 +155,10 @@ class TrainConfig:
             raise InputError(f"absent_rate must be in [0, 1), got {self.absent_rate}")
         if any(v <= 0 for v in [*self.lr_multipliers.values(), *self.target_weights.values()]):
             raise InputError("lr_multipliers and target_weights must be positive numbers")
-        if self.stage == 2 and self.clip_len < 1:
-            raise InputError("clip_len must be at least 1")
+        if self.stage == 2 and (self.clip_len < 0 or self.clip_len == 0 and self.probes < 1):
+            raise InputError("clip_len must be at least 1, or 0 (text targets trained by probes alone) with probes >= 1")
+        if self.clip_len == 0 and self.interactive_clips and self.interactive_clip_len == (0, 0):
+            raise InputError("clip_len 0 needs its own interactive_clip_len, e.g. [1, 1]")
         lo_len, hi_len = self.interactive_clip_len
         if (lo_len, hi_len) != (0, 0) and not 1 <= lo_len <= hi_len:
             raise InputError(f"interactive_clip_len must be [min, max] with 1 <= min <= max (or [0, 0] for clip_len), "

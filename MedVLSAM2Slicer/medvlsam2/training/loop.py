@@ -45,8 +45,8 @@ class TrainStep(nn.Module):
     def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
         super().__init__()
         self.model, self.cfg = model, cfg
-        # training-only (never in a bundle): the auxiliary patch-label head of ``stage1``
-        width = model.vision_encoder.output_shapes[0][1]
+        # training-only (never in a bundle): the auxiliary patch-label head of ``stage1``, on the visual tokens
+        width = model.llm.get_input_embeddings().embedding_dim
         self.patch_head = nn.Linear(width, cfg.patch_labels).to(next(model.parameters()).device) \
             if cfg.patch_labels else None
 
@@ -281,6 +281,8 @@ def _prepare(cfg: TrainConfig, checkpoint: Path | None):
 
         model = load_model(str(checkpoint or cfg.init_from))
         for section, values in ({} if checkpoint else cfg.model_overrides).items():  # a checkpoint has them already
+            if section == "projector" and "num_tokens" in values and model.config.projector.kind != "mlp":
+                raise InputError("model_overrides: projector.num_tokens can change only on an 'mlp' projector")
             for key, value in values.items():
                 setattr(getattr(model.config, section), key, value)
         return sources, StepData(sources, cfg, model.config), model

@@ -184,8 +184,9 @@ def stage2_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: to
         if int(clip_rows.sum()) != len(plan.seg):
             raise RuntimeError(f"expected {len(plan.seg)} [SEG] states, got {int(clip_rows.sum())}")
         tokens = model.seg_prompt_tokens(out.seg_hidden[clip_rows])  # [n, k, 256]
-        text_parts = _clip_losses(seg, pool, plan.seg, device, tokens, None, {}, thin_end_weight)
-        seg_terms.append(_mean(text_parts, "text", logs))
+        if plan.seg[0].slices:  # clip_len 0: the probes alone (a bundle that decodes text objects slice by slice)
+            text_parts = _clip_losses(seg, pool, plan.seg, device, tokens, None, {}, thin_end_weight)
+            seg_terms.append(_mean(text_parts, "text", logs))
         probe = _probe_losses(seg, pool, plan.probes, tokens, device)
         logs.update({f"probe_{k}": v for k, v in probe.items() if k != "loss"})
         seg_terms.append(probe["loss"])

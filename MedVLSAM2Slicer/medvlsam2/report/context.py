@@ -1,0 +1,87 @@
+"""Findings context: what the segmenter found and measured, in words the language model reads before a question.
+
+A 15 mm lesion fills a fraction of one of the 3D encoder's 16x16x4-voxel patches, and the demo encoder did not learn
+to tell it apart (a probe on its visual tokens told phantoms with a lesion from those without at chance, after
+training with an auxiliary patch-label loss; Testing/Benchmarks/RESULTS.md). The segmenter sees every slice at full
+resolution. So a model whose config sets ``findings_context`` answers and reports with one sentence in front of the
+question, built from masks by ``findings_context``:
+
+    findings : two liver lesions 21 mm right lobe , cyst 17 mm left kidney , spleen 11 cm .
+
+Training builds it from the reference masks (``context_from_labels``), the Session from its own text segmentation of
+``CONTEXT_TARGETS`` (vetted like any text result: what the checks withhold is not in the sentence). Sizes are
+measured, never generated: the diameter of the sphere of the finding's volume, the diagonal of the spleen's box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io.volume import Volume
+
+CONTEXT_TARGETS = ("liver", "spleen", "liver lesion", "kidney cyst")  # segmented before a question
+_COUNT = {1: "one", 2: "two", 3: "three"}
+MIN_VOXELS = 3  # a finding's component smaller than this is a speck, not counted
+LOBE_MARGIN_MM = 10.0  # the phantoms' lobe rule: a lesion centred left of the liver's centre + 10 mm is "left"
+
+
+def _x_mm(volume: Volume, mask: np.ndarray) -> float:
+    """LPS x (grows to the patient's left) of the mask's centroid."""
+    k, j, i = (float(c.mean()) for c in np.nonzero(mask))
+    return float((volume.ijk_to_lps() @ np.array([i, j, k, 1.0]))[0])
+
+
+def _diameter_mm(volume: Volume, mask: np.ndarray) -> int:
+    """Diameter of the sphere with the mask's volume."""
+    ml = float(mask.sum()) * float(np.prod(volume.spacing))
+    return int(round((6.0 * ml / np.pi) ** (1.0 / 3.0)))
+
+
+def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndarray) -> str:
+    """The sentence for ``masks`` (name in ``CONTEXT_TARGETS`` -> [k, j, i] mask; a missing or empty one is "none")
+    on ``volume``; ``body`` is the patient's voxels (``plausibility.body_mask``), whose centre is the midline."""
+    from scipy.ndimage import label
+
+    def get(name: str) -> np.ndarray:
+        m = masks.get(name)
+        return np.zeros(volume.shape, bool) if m is None else np.asarray(m) > 0
+
+    parts = []
+    lesion, liver = get("liver lesion"), get("liver")
+    comps, n = label(lesion)
+    sizes = np.bincount(comps.ravel())[1:] if n else np.zeros(0, int)
+    kept = [c + 1 for c in np.argsort(sizes)[::-1] if sizes[c] >= MIN_VOXELS]
+    if kept:
+        largest = comps == kept[0]
+        centre = _x_mm(volume, liver | lesion)
+        lobe = "right" if _x_mm(volume, largest) < centre + LOBE_MARGIN_MM else "left"
+        count = _COUNT[min(len(kept), 3)]
+        parts.append(f"{count} liver lesion{'s' if len(kept) > 1 else ''} {_diameter_mm(volume, largest)} mm {lobe} lobe")
+    else:
+        parts.append("no liver lesion")
+    cyst = get("kidney cyst")
+    if cyst.sum() >= MIN_VOXELS and body.any():
+        side = "left" if _x_mm(volume, cyst) > _x_mm(volume, body) else "right"
+        parts.append(f"cyst {_diameter_mm(volume, cyst)} mm {side} kidney")
+    else:
+        parts.append("no cyst")
+    spleen = get("spleen")
+    if spleen.any():
+        idx = np.argwhere(spleen) * np.array(volume.spacing[::-1])
+        extent = idx.max(0) - idx.min(0) + np.array(volume.spacing[::-1])
+        parts.append(f"spleen {int(round(float(np.linalg.norm(extent)) / 10))} cm")
+    return "findings : " + " , ".join(parts) + " ."  # the word-level vocabulary has "," (not ";")
+
+
+def context_from_labels(volume: Volume, labels: np.ndarray) -> str:
+    """The sentence from a synthetic phantom's label map (``data.synthetic.ORGANS`` values), as training reads it."""
+    from ..plausibility import body_mask
+
+    masks = {"liver": np.isin(labels, (1, 8)), "spleen": labels == 2, "liver lesion": labels == 8,
+             "kidney cyst": labels == 9}
+    return findings_context(volume, masks, body_mask(volume))
+
+
+def with_context(context: str, question: str) -> str:
+    """The question as the model reads it: the findings sentence, then the question."""
+    return f"{context} {question}"
