@@ -221,3 +221,27 @@ def test_with_findings_context_training_rows_and_session_questions_read_the_sent
         assert asked[1].startswith("findings : ") and asked[1].endswith(REPORT_QUESTION)
         assert calls == ["liver", "spleen", "liver lesion", "kidney cyst"]  # once per Session
         assert session.objects() == {mine: "mine"} and np.array_equal(session.mask(mine), before)
+
+
+def test_ungated_probes_teach_the_mask_of_a_slice_the_object_score_still_calls_absent():
+    from medvlsam2.training import losses
+
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:5, 2:5] = 1
+    multi = torch.zeros(1, 3, 8, 8, requires_grad=True)
+    ious, absent_score = torch.ones(1, 3), torch.tensor([[-2.0]])
+    gated = losses.multimask_loss(multi, ious, absent_score, target, every_candidate=True)
+    ungated = losses.multimask_loss(multi, ious, absent_score, target, every_candidate=True, gated=False)
+    assert gated["mask"] == 0 and ungated["mask"] > 0
+    ungated["loss"].backward()
+    assert multi.grad.abs().sum() > 0
+
+
+def test_the_segmenter_hands_out_the_masks_before_sam2_blanks_absent_slices(model):
+    seg = model.segmenter
+    state = seg.init_volume_state(torch.zeros(2, 3, seg.image_size, seg.image_size), (16, 16))
+    with seg.extra_prompt_tokens(torch.ones(1, 1, 256)), seg.ungated_masks() as raw:
+        seg.object_score_without_memory(state, 0)
+    assert len(raw) == 1 and raw[0].dim() == 4 and (raw[0] > -1000).all()  # no NO_OBJ_SCORE constants
+    seg.object_score_without_memory(state, 1)
+    assert len(raw) == 1  # the hook is gone after the block

@@ -82,6 +82,18 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
         finally:
             self._extra_tokens = previous
 
+    @contextlib.contextmanager
+    def ungated_masks(self):
+        """Within the block, the list yielded collects the mask decoder's candidate logits [B, M, h, w] of every
+        decode before SAM2 blanks the slices it scores absent (``NO_OBJ_SCORE``, which carries no gradient):
+        training can then teach a mask while the object score still says "absent"."""
+        seen: list[torch.Tensor] = []
+        handle = self.sam_mask_decoder.register_forward_hook(lambda module, args, out: seen.append(out[0]))
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
     # ----- frames and features ---------------------------------------------------------------
     def init_volume_state(self, frames: torch.Tensor, orig_hw: tuple[int, int], cache: FeatureCache | None = None) -> dict:
         """Upstream's inference state over in-memory frames [K, 3, S, S] (same keys as ``init_state``).

@@ -82,6 +82,9 @@ class TrainConfig:
     edge_start_rate: float = 0.0  # share prompted on the target's first or last slice (its thin end)
     thin_end_weight: float = 1.0  # object-score loss weight of slices holding < 25% of the organ's largest area
     probes: int = 4  # single-slice decodes without memory per text-prompted clip (present and absent)
+    # True: a probe slice holding the target trains its mask even while its object score still says "absent" (SAM2
+    # blanks such a slice's masks, so they carry no gradient): a new target (a lesion) learns mask and score at once
+    ungated_probes: bool = False
     # sampling weight per target phrase or structure name (default 1); a referring expression ("the lesion in the
     # liver") takes its structure's ("liver lesion") unless its phrase has its own
     target_weights: dict[str, float] = field(default_factory=dict)

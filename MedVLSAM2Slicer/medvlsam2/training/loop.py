@@ -55,7 +55,7 @@ class TrainStep(nn.Module):
         if self.cfg.stage == 1:
             return stage1_losses(self.model, pool, plan, device, self.patch_head, self.cfg.patch_label_weight)
         return stage2_losses(self.model, pool, plan, device, self.cfg.lm_weight, self.cfg.seg_weight,
-                             self.cfg.thin_end_weight)
+                             self.cfg.thin_end_weight, self.cfg.ungated_probes)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:

@@ -36,14 +36,15 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def multimask_loss(multimasks: torch.Tensor, ious: torch.Tensor, object_logits: torch.Tensor,
                    target: torch.Tensor, dice_weight: float = 1.0, bce_weight: float = 1.0,
                    iou_weight: float = 1.0, object_weight: float = 1.0, every_candidate: bool = False,
-                   object_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   object_weights: torch.Tensor | None = None, gated: bool = True) -> dict[str, torch.Tensor]:
     """Losses of one decode.
 
     multimasks [B, M, H, W] logits, ious [B, M], object_logits [B, 1], target [B, H, W] in {0, 1}.
     Mask losses count only where the object is present (SAM2 blanks masks it scores as absent) and
     only for the candidate with the lowest loss, or for all of them with ``every_candidate`` (text
     prompts); IoU regression covers all candidates. ``object_weights`` [B] weighs rows in the object-score
-    term (the thin ends of an organ): a weight of 3 counts that slice three times.
+    term (the thin ends of an organ): a weight of 3 counts that slice three times. ``gated=False``: ``multimasks``
+    are the decoder's logits before SAM2 blanks absent-scored slices, and every present slice trains its mask.
     """
     tgt = target[:, None].expand_as(multimasks).float()
     per = dice_weight * dice_loss(multimasks, tgt) + bce_weight * bce_loss(multimasks, tgt)  # [B, M]
@@ -51,7 +52,7 @@ def multimask_loss(multimasks: torch.Tensor, ious: torch.Tensor, object_logits: 
     chosen = per.mean(dim=1) if every_candidate else per[rows, per.argmin(dim=1)]
     present = (target.flatten(1).sum(1) > 0).float()
     # A slice scored absent has its masks replaced by a constant (no gradient): leave it to the object term.
-    decoded = present * (object_logits.detach().flatten() > 0).float()
+    decoded = present * (object_logits.detach().flatten() > 0).float() if gated else present
     mask_term = (chosen * decoded).sum() / decoded.sum().clamp(min=1)
     iou_err = F.mse_loss(ious.float(), mask_iou(multimasks.detach(), tgt), reduction="none").mean(1)
     iou_term = (iou_err * decoded).sum() / decoded.sum().clamp(min=1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from sam2.modeling.sam2_utils import get_next_point, sample_box_points
 
 from .batches import CaseTensors, Clip, StepPlan, seg_pairs
@@ -150,15 +151,19 @@ def _clip_losses(seg, pool, clips: Sequence[Clip], device, tokens: torch.Tensor 
     return losses
 
 
-def _probe_losses(seg, pool, probes, tokens: torch.Tensor, device) -> dict[str, torch.Tensor]:
+def _probe_losses(seg, pool, probes, tokens: torch.Tensor, device, gated: bool = True) -> dict[str, torch.Tensor]:
+    """Single-slice decodes of the [SEG] tokens; ``gated=False`` trains the masks of present slices from the decoder's
+    logits before SAM2 blanks the slices it scores absent (``ungated_probes``)."""
     gts = torch.cat([pool[c].mask(t, s) for c, t, s in probes]).to(device)
     counts = torch.tensor([len(s) for _, _, s in probes], device=device)
     feats, pos, sizes = encode_frames(seg, pool, [(c, s) for c, _, s in probes], device)
     num_frames = int(pool[probes[0][0]].labels.shape[0])
-    with seg.extra_prompt_tokens(tokens.repeat_interleave(counts, dim=0)):
+    with seg.extra_prompt_tokens(tokens.repeat_interleave(counts, dim=0)), seg.ungated_masks() as raw:
         _, multi, ious, obj, _ = decode(seg, 0, True, feats, pos, sizes, None,
                                         {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames)
-    return multimask_loss(multi, ious, obj, gts, every_candidate=True)
+    if not gated:
+        multi = F.interpolate(raw[-1].float(), size=multi.shape[-2:], mode="bilinear", align_corners=False)
+    return multimask_loss(multi, ious, obj, gts, every_candidate=True, gated=gated)
 
 
 def _mean(parts: list[dict[str, torch.Tensor]], prefix: str, into: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -169,8 +174,8 @@ def _mean(parts: list[dict[str, torch.Tensor]], prefix: str, into: dict[str, tor
 
 
 def stage2_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: torch.device,
-                  lm_weight: float = 1.0, seg_weight: float = 1.0, thin_end_weight: float = 1.0
-                  ) -> dict[str, torch.Tensor]:
+                  lm_weight: float = 1.0, seg_weight: float = 1.0, thin_end_weight: float = 1.0,
+                  ungated_probes: bool = False) -> dict[str, torch.Tensor]:
     """Joint loss of one planned step; the dict holds "loss" (with graph) and detached parts for logging."""
     seg = model.segmenter
     rows = seg_pairs(plan) + plan.text
@@ -187,7 +192,7 @@ def stage2_losses(model, pool: Sequence[CaseTensors], plan: StepPlan, device: to
         if plan.seg[0].slices:  # clip_len 0: the probes alone (a bundle that decodes text objects slice by slice)
             text_parts = _clip_losses(seg, pool, plan.seg, device, tokens, None, {}, thin_end_weight)
             seg_terms.append(_mean(text_parts, "text", logs))
-        probe = _probe_losses(seg, pool, plan.probes, tokens, device)
+        probe = _probe_losses(seg, pool, plan.probes, tokens, device, not ungated_probes)
         logs.update({f"probe_{k}": v for k, v in probe.items() if k != "loss"})
         seg_terms.append(probe["loss"])
     if plan.interactive:
