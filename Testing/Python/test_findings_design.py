@@ -245,3 +245,21 @@ def test_the_segmenter_hands_out_the_masks_before_sam2_blanks_absent_slices(mode
     assert len(raw) == 1 and raw[0].dim() == 4 and (raw[0] > -1000).all()  # no NO_OBJ_SCORE constants
     seg.object_score_without_memory(state, 1)
     assert len(raw) == 1  # the hook is gone after the block
+
+
+def test_a_report_states_the_measured_lesion_and_cyst_sizes_whatever_the_model_wrote():
+    from medvlsam2.report.context import SegmentedFindings, grounded_stream
+    from medvlsam2.report.findings import positive_findings
+
+    found = SegmentedFindings("findings : one liver lesion 20 mm right lobe , cyst 17 mm left kidney .", 20, 17)
+    text = ("One hypodense liver lesion, the largest 27 mm in the right lobe. The spleen is enlarged, measuring 1.5 cm. "
+            "A 12 mm simple cyst in the left kidney. No other lesion of 3 mm. Impression: liver lesion.")
+    pieces = [text[i:i + 4] for i in range(0, len(text), 4)]  # streamed in pieces that cut words and sentences
+    out = list(grounded_stream(iter(pieces), found))
+    joined = "".join(out)
+    facts = positive_findings(joined)
+    assert facts[("liver lesion", None)].size_mm == 20 and facts[("renal cyst", "left")].size_mm == 17
+    assert "1.5 cm" in joined and "3 mm" in joined  # other sizes and negated sentences are the model's own
+    assert len(out) == 5 and joined.replace("20 mm", "27 mm").replace("17 mm", "12 mm") == text
+    nothing = SegmentedFindings("findings : no liver lesion , no cyst .")
+    assert "".join(grounded_stream(iter(pieces), nothing)) == text  # nothing measured: nothing replaced

@@ -10,10 +10,15 @@ question, built from masks by ``findings_context``:
 
 Training builds it from the reference masks (``context_from_labels``), the Session from its own text segmentation of
 ``CONTEXT_TARGETS`` (vetted like any text result: what the checks withhold is not in the sentence). Sizes are
-measured, never generated: the diameter of the sphere of the finding's volume, the diagonal of the spleen's box.
+measured, never generated: the diameter of the sphere of the finding's volume, the diagonal of the spleen's box;
+a generated report's lesion and cyst sizes are replaced by the measured ones (``grounded_stream``).
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -37,8 +42,17 @@ def _diameter_mm(volume: Volume, mask: np.ndarray) -> int:
     return int(round((6.0 * ml / np.pi) ** (1.0 / 3.0)))
 
 
-def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndarray) -> str:
-    """The sentence for ``masks`` (name in ``CONTEXT_TARGETS`` -> [k, j, i] mask; a missing or empty one is "none")
+@dataclass(frozen=True)
+class SegmentedFindings:
+    """What the segmenter found, measured: the findings sentence and the sizes the report is grounded on."""
+
+    sentence: str
+    lesion_mm: int | None = None  # the largest liver lesion
+    cyst_mm: int | None = None
+
+
+def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndarray) -> SegmentedFindings:
+    """The findings for ``masks`` (name in ``CONTEXT_TARGETS`` -> [k, j, i] mask; a missing or empty one is "none")
     on ``volume``; ``body`` is the patient's voxels (``plausibility.body_mask``), whose centre is the midline."""
     from scipy.ndimage import label
 
@@ -46,7 +60,7 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
         m = masks.get(name)
         return np.zeros(volume.shape, bool) if m is None else np.asarray(m) > 0
 
-    parts = []
+    parts, lesion_mm, cyst_mm = [], None, None
     lesion, liver = get("liver lesion"), get("liver")
     comps, n = label(lesion)
     sizes = np.bincount(comps.ravel())[1:] if n else np.zeros(0, int)
@@ -55,14 +69,14 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
         largest = comps == kept[0]
         centre = _x_mm(volume, liver | lesion)
         lobe = "right" if _x_mm(volume, largest) < centre + LOBE_MARGIN_MM else "left"
-        count = _COUNT[min(len(kept), 3)]
-        parts.append(f"{count} liver lesion{'s' if len(kept) > 1 else ''} {_diameter_mm(volume, largest)} mm {lobe} lobe")
+        count, lesion_mm = _COUNT[min(len(kept), 3)], _diameter_mm(volume, largest)
+        parts.append(f"{count} liver lesion{'s' if len(kept) > 1 else ''} {lesion_mm} mm {lobe} lobe")
     else:
         parts.append("no liver lesion")
     cyst = get("kidney cyst")
     if cyst.sum() >= MIN_VOXELS and body.any():
-        side = "left" if _x_mm(volume, cyst) > _x_mm(volume, body) else "right"
-        parts.append(f"cyst {_diameter_mm(volume, cyst)} mm {side} kidney")
+        side, cyst_mm = "left" if _x_mm(volume, cyst) > _x_mm(volume, body) else "right", _diameter_mm(volume, cyst)
+        parts.append(f"cyst {cyst_mm} mm {side} kidney")
     else:
         parts.append("no cyst")
     spleen = get("spleen")
@@ -70,7 +84,35 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
         idx = np.argwhere(spleen) * np.array(volume.spacing[::-1])
         extent = idx.max(0) - idx.min(0) + np.array(volume.spacing[::-1])
         parts.append(f"spleen {int(round(float(np.linalg.norm(extent)) / 10))} cm")
-    return "findings : " + " , ".join(parts) + " ."  # the word-level vocabulary has "," (not ";")
+    sentence = "findings : " + " , ".join(parts) + " ."  # the word-level vocabulary has "," (not ";")
+    return SegmentedFindings(sentence, lesion_mm, cyst_mm)
+
+
+def ground_sizes(text: str, found: SegmentedFindings) -> str:
+    """``text`` (one generated sentence) with the size it gives a liver lesion or a renal cyst replaced by the measured
+    one: a report states the sizes the segmentation measured, never sizes the language model made up."""
+    from .findings import _SIZE, extract_findings
+
+    for f in extract_findings(text):
+        size = {"liver lesion": found.lesion_mm, "renal cyst": found.cyst_mm}.get(f.kind)
+        if f.present and f.size_mm is not None and size is not None:
+            return _SIZE.sub(f"{size} mm", text, count=1)
+    return text
+
+
+def grounded_stream(pieces: Iterator[str], found: SegmentedFindings) -> Iterator[str]:
+    """A generated report streamed sentence by sentence (up to each "."), every sentence through ``ground_sizes``."""
+    buffer = ""
+    for piece in pieces:
+        buffer += piece
+        while True:
+            end = re.search(r"(?<!\d)\.(?!\d)", buffer)
+            if end is None:
+                break
+            yield ground_sizes(buffer[:end.end()], found)
+            buffer = buffer[end.end():]
+    if buffer:
+        yield ground_sizes(buffer, found)
 
 
 def context_from_labels(volume: Volume, labels: np.ndarray) -> str:
@@ -79,7 +121,7 @@ def context_from_labels(volume: Volume, labels: np.ndarray) -> str:
 
     masks = {"liver": np.isin(labels, (1, 8)), "spleen": labels == 2, "liver lesion": labels == 8,
              "kidney cyst": labels == 9}
-    return findings_context(volume, masks, body_mask(volume))
+    return findings_context(volume, masks, body_mask(volume)).sentence
 
 
 def with_context(context: str, question: str) -> str:

@@ -20,13 +20,14 @@ from ..io.slices import volume_to_frames
 from ..io.volume import Volume
 from ..modeling.feature_cache import FeatureCache
 from ..modeling.prompting import REPORT_QUESTION, split_targets
+from ..report.context import grounded_stream
 from ..plausibility.vet import vet_text_result
 from ..results import NotFound, SegmentationResult, TextResult, changed_region, union_box
 from ..utils.cancel import CancelToken
 from ..utils.device import autocast, autocast_dtype, translate_oom
 from .box_chain import BoxChain
 from .history import History
-from .language import ask, grounded, segment_target
+from .language import ask, grounded, segment_target, segmented_findings
 from .text_masks import seed_from_text, text_segmenter_of
 from .prefetch import prefetch as prefetch_slices
 from .prompts import box_prompts, mask_prompt, point_prompts, slice_range, widened
@@ -80,7 +81,7 @@ class Session:
         self.history = History(self._objects, int((history_mb if history_mb is not None else HISTORY_MB) * 2**20))
         self._next_id = 1
         self._visual: torch.Tensor | None = None
-        self._findings: str | None = None  # the findings sentence questions are asked after (``language.grounded``)
+        self._findings = None  # report.context.SegmentedFindings, once computed (``language.segmented_findings``)
         self._stop = threading.Event()
         weakref.finalize(self, self._stop.set)
         self._prefetcher: threading.Thread | None = None
@@ -370,5 +371,9 @@ class Session:
         return ask(self, question, context, cancel)
 
     def report(self, cancel: CancelToken | None = None) -> Iterator[str]:
+        """The generated findings report, streamed; with a findings sentence (``llm.findings_context``) it is streamed
+        sentence by sentence and states the measured lesion and cyst sizes (``report.context.grounded_stream``)."""
         require(self.model, LANGUAGE)
-        return self.model.stream_text(self.visual_tokens(), grounded(self, REPORT_QUESTION, cancel), cancel=cancel)
+        found = segmented_findings(self, cancel)
+        stream = self.model.stream_text(self.visual_tokens(), grounded(self, REPORT_QUESTION, cancel), cancel=cancel)
+        return stream if found is None else grounded_stream(stream, found)

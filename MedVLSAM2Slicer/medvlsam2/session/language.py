@@ -95,14 +95,14 @@ def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progr
     return session._commit(obj, writes, [Prompt(key)], {k: scores[k] for k in kept}, None)
 
 
-def grounded(session: "Session", question: str, cancel: CancelToken | None) -> str:
-    """``question`` after the findings sentence (``report.context``) when the model reads one, else as it is. The
-    sentence comes from the Session's own text segmentation of ``CONTEXT_TARGETS``, vetted like any text result,
-    once per Session; the objects it makes are removed again (the user's segments are not touched)."""
+def segmented_findings(session: "Session", cancel: CancelToken | None):
+    """The Session's ``report.context.SegmentedFindings`` when its model reads the findings sentence, else None: its own
+    text segmentation of ``CONTEXT_TARGETS``, vetted like any text result, once per Session; the objects it makes are
+    removed again (the user's segments are not touched)."""
     cfg = getattr(session.model, "config", None)
     if not (cfg is not None and cfg.llm.findings_context and session.predictor is not None):
-        return question
-    from ..report.context import CONTEXT_TARGETS, findings_context, with_context
+        return None
+    from ..report.context import CONTEXT_TARGETS, findings_context
 
     if session._findings is None:
         masks = {}
@@ -111,7 +111,15 @@ def grounded(session: "Session", question: str, cancel: CancelToken | None) -> s
                 masks[target] = masks.get(target, 0) | (session.mask(r.object_id) > 0)
                 session.remove(r.object_id)
         session._findings = findings_context(session.volume, masks, session._body)
-    return with_context(session._findings, question)
+    return session._findings
+
+
+def grounded(session: "Session", question: str, cancel: CancelToken | None) -> str:
+    """``question`` after the findings sentence (``report.context``) when the model reads one, else as it is."""
+    from ..report.context import with_context
+
+    found = segmented_findings(session, cancel)
+    return question if found is None else with_context(found.sentence, question)
 
 
 def region_mask(session: "Session", context: dict | None) -> np.ndarray | None:
