@@ -263,3 +263,18 @@ def test_a_report_states_the_measured_lesion_and_cyst_sizes_whatever_the_model_w
     assert len(out) == 5 and joined.replace("20 mm", "27 mm").replace("17 mm", "12 mm") == text
     nothing = SegmentedFindings("findings : no liver lesion , no cyst .")
     assert "".join(grounded_stream(iter(pieces), nothing)) == text  # nothing measured: nothing replaced
+
+
+def test_an_absent_referring_target_trains_towards_nothing_not_the_background(model):
+    from medvlsam2.data.synthetic import STRUCTURE_LABELS, generate_case
+    from medvlsam2.training.batches import prepare_case
+
+    case = generate_case(3, shape=(16, 64, 64), spacing=(5.6, 5.6, 10.0),
+                         findings={"liver_lesions": [], "renal_cyst": "left", "cyst_mm": 20.0})
+    tensors = prepare_case(case, model.config, STRUCTURE_LABELS, absent_by_segmenter=True)
+    referring = [t for t in tensors.absent if t.phrase not in STRUCTURE_LABELS]
+    assert referring  # "lesion in the liver" without a lesion, "cyst in the right kidney", "gallbladder", ...
+    for t in referring:
+        assert t.values == () and tensors.slices_with(t) == [] and tensors.mask(t, range(16)).sum() == 0
+    cyst = [t for t in tensors.present if t.values == (9,)]
+    assert cyst and tensors.mask(cyst[0], range(16)).sum() > 0

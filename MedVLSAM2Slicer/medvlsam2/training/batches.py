@@ -79,7 +79,10 @@ def case_targets(case: CTCase, structure_labels: dict[str, Iterable[int]]) -> tu
     for ref in case.referring:
         phrase = ref.expression.strip().rstrip(".")
         phrase = phrase[4:] if phrase.lower().startswith("the ") else phrase  # "Segment the" adds it back
-        t = Target(phrase, (int(ref.label),), named.get((int(ref.label),), ""))
+        # an absent expression (label 0) covers no voxel: "the cyst in the right kidney" of a phantom whose cyst is on the
+        # left is nothing, not the background (label value 0), which is what such targets used to train towards
+        values = (int(ref.label),) if ref.label else ()
+        t = Target(phrase, values, named.get(values, ""))
         (present if ref.label in present_values else absent).append(t)
     return present, absent
 
