@@ -242,7 +242,7 @@ def test_the_segmenter_hands_out_the_masks_before_sam2_blanks_absent_slices(mode
     state = seg.init_volume_state(torch.zeros(2, 3, seg.image_size, seg.image_size), (16, 16))
     with seg.extra_prompt_tokens(torch.ones(1, 1, 256)), seg.ungated_masks() as raw:
         seg.object_score_without_memory(state, 0)
-    assert len(raw) == 1 and raw[0].dim() == 4 and (raw[0] > -1000).all()  # no NO_OBJ_SCORE constants
+    assert len(raw) == 1 and raw[0][0].dim() == 4 and (raw[0][0] > -1000).all()  # no NO_OBJ_SCORE constants
     seg.object_score_without_memory(state, 1)
     assert len(raw) == 1  # the hook is gone after the block
 

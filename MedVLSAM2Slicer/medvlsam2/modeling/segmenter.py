@@ -84,11 +84,11 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
 
     @contextlib.contextmanager
     def ungated_masks(self):
-        """Within the block, the list yielded collects the mask decoder's candidate logits [B, M, h, w] of every
-        decode before SAM2 blanks the slices it scores absent (``NO_OBJ_SCORE``, which carries no gradient):
-        training can then teach a mask while the object score still says "absent"."""
-        seen: list[torch.Tensor] = []
-        handle = self.sam_mask_decoder.register_forward_hook(lambda module, args, out: seen.append(out[0]))
+        """Within the block, the list yielded collects (candidate logits [B, M, h, w], predicted IoUs [B, M]) of every
+        decode, before SAM2 blanks the slices it scores absent (``NO_OBJ_SCORE``, which carries no gradient): training
+        can then teach a mask while the object score still says "absent", and a gate other than 0 can be applied."""
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handle = self.sam_mask_decoder.register_forward_hook(lambda module, args, out: seen.append((out[0], out[1])))
         try:
             yield seen
         finally:
@@ -184,9 +184,13 @@ class SAM2VolumePredictor(SAM2VideoPredictor):
     @torch.inference_mode()
     def decode_tokens_without_memory(self, state: dict, frame_idx: int) -> tuple[torch.Tensor, float]:
         """(mask logits [H, W] at the original slice size, object-score logit) of the current prompt tokens
-        on one slice, decoded without memory (``SegmenterConfig.text_decoding`` "slices")."""
-        out = self._decode_alone(state, frame_idx)
-        _, masks = self._get_orig_video_res_output(state, out["pred_masks"])
+        on one slice, decoded without memory (``SegmenterConfig.text_decoding`` "slices"). The logits are SAM2's chosen
+        candidate (highest predicted IoU) before it blanks a slice it scores absent: the caller's gate decides."""
+        with self.ungated_masks() as raw:
+            out = self._decode_alone(state, frame_idx)
+        candidates, ious = raw[-1]
+        chosen = candidates[:, ious[0].argmax()][:, None] if candidates.shape[1] > 1 else candidates
+        _, masks = self._get_orig_video_res_output(state, chosen.float())
         return masks[0, 0], float(out["object_score_logits"].flatten()[0])
 
     @torch.inference_mode()

@@ -162,7 +162,7 @@ def _probe_losses(seg, pool, probes, tokens: torch.Tensor, device, gated: bool =
         _, multi, ious, obj, _ = decode(seg, 0, True, feats, pos, sizes, None,
                                         {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames)
     if not gated:
-        multi = F.interpolate(raw[-1].float(), size=multi.shape[-2:], mode="bilinear", align_corners=False)
+        multi = F.interpolate(raw[-1][0].float(), size=multi.shape[-2:], mode="bilinear", align_corners=False)
     return multimask_loss(multi, ious, obj, gts, every_candidate=True, gated=gated)
 
 
