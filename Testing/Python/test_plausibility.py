@@ -2,6 +2,7 @@
 presence calibration, overlapping segments on disk and the report's marks."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -177,14 +178,24 @@ def test_a_finding_named_hypodense_must_be_darker_than_the_tissue_around_it(case
     assert doubt("liver mass", np.isin(case.labels, [1, 8]), case.volume, None, body) is None  # not named dark
 
 
-def test_the_demo_bundle_carries_its_presence_calibration_and_the_data_it_came_from():
+def test_the_demo_bundle_says_how_it_decides_presence_and_on_which_data():
+    """Either a calibrated presence threshold, or why there is none and the per-slice gate chosen instead; the
+    calibration phantoms are neither trained on nor test phantoms."""
     from medvlsam2.cli.evaluate import parse_seeds
     from medvlsam2.data import HELD_OUT_FIRST_SEED
     from medvlsam2.resources import resource_path
 
-    meta = json.loads((resource_path("DemoWeights", must_exist=True) / "metadata.json").read_text())
-    entry = meta["presence"]
-    assert entry["fpr"] <= entry["target_fpr"] and entry["n_present"] > 0 and entry["n_absent"] > 0
-    seeds = parse_seeds(entry["seeds"])
-    trained = max(stage["train_seeds"][1] for stage in meta["training"])
+    folder = resource_path("DemoWeights", must_exist=True)
+    meta = json.loads((folder / "metadata.json").read_text())
+    trained = max(stage["train_seeds"][1] for stage in meta["training"] if "train_seeds" in stage)
+    if "presence" in meta:
+        entry = meta["presence"]
+        assert entry["fpr"] <= entry["target_fpr"] and entry["n_present"] > 0 and entry["n_absent"] > 0
+        seeds = parse_seeds(entry["seeds"])
+    else:
+        assert "withhold every finding" in meta["presence_not_stored"]
+        gate = json.loads((folder / "config.json").read_text())["segmenter"]["stop_score"]
+        chosen = [s["calibrated"] for s in meta["training"] if "calibrated" in s and "stop_score" in s["calibrated"]]
+        assert chosen and f"stop_score {gate:g}" in chosen[-1]
+        seeds = parse_seeds(re.search(r"phantoms (\d+-\d+)", chosen[-1]).group(1))
     assert min(seeds) >= trained and max(seeds) < HELD_OUT_FIRST_SEED  # neither trained on nor a test seed
