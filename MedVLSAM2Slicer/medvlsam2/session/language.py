@@ -89,8 +89,8 @@ def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progr
             return None
         kept, o.name = {best}, o.name if o.name.endswith(FORCED) else f"{o.name} {FORCED}"
     key = max(kept, key=scores.get)
-    session.predictor.add_prompt_tokens(o.state, key, 1, o.tokens)
-    session.predictor.set_slice_mask(o.state, key, torch.from_numpy(masks[key] > 0))
+    predictor.add_prompt_tokens(o.state, key, 1, o.tokens)
+    predictor.set_slice_mask(o.state, key, torch.from_numpy(masks[key] > 0))
     writes = {k: masks[k] for k in kept}
     return session._commit(obj, writes, [Prompt(key)], {k: scores[k] for k in kept}, None)
 
