@@ -18,7 +18,8 @@ from .sources import DataSource
 
 STAGES = (1, 2)
 # model-config settings a run may change on its init_from bundle (they change no weight's shape)
-OVERRIDABLE = {"llm": ("findings_context",), "projector": ("mlp_first", "num_tokens"), "segmenter": ("text_decoding", "stop_score", "num_key_slices")}
+OVERRIDABLE = {"llm": ("findings_context",), "projector": ("mlp_first", "num_tokens"),
+               "segmenter": ("text_decoding", "stop_score", "num_key_slices")}
 MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter", "region")
 
 
@@ -129,8 +130,8 @@ class TrainConfig:
             raise InputError(f"unknown trainable module(s) {bad}; choose from {list(MODULES)} or a part of one "
                              "(e.g. segmenter.sam_mask_decoder)")
         for section, values in self.model_overrides.items():
-            bad = sorted(set(values) - set(OVERRIDABLE.get(section, ())))
-            if bad or not isinstance(values, dict):
+            bad = sorted(set(values) - set(OVERRIDABLE.get(section, ()))) if isinstance(values, dict) else [values]
+            if bad:
                 raise InputError(f"model_overrides: {section}.{bad} cannot be changed on a trained bundle; "
                                  f"allowed: {OVERRIDABLE}")
             if not self.init_from:
