@@ -121,6 +121,12 @@ def _outside_body(name: str, m: np.ndarray, body: np.ndarray, most: float) -> st
 SIDE_MARGIN_MM = 10.0  # a sided structure's centre must not lie this far on the other side of the body's midline
 
 
+def centroid_x_mm(volume: Volume, mask: np.ndarray) -> float:
+    """LPS x (grows to the patient's left) of a [k, j, i] mask's centroid, in mm."""
+    k, j, i = (float(c.mean()) for c in np.nonzero(mask))
+    return float((volume.ijk_to_lps() @ np.array([i, j, k, 1.0]))[0])
+
+
 def _wrong_side(name: str, m: np.ndarray, body: np.ndarray, volume: Volume) -> str | None:
     """A structure named right (left) must lie on the patient's right (left): LPS x grows to the patient's left."""
     from ..io.terminology import LEFT, RIGHT
@@ -129,13 +135,7 @@ def _wrong_side(name: str, m: np.ndarray, body: np.ndarray, volume: Volume) -> s
     side = found.modifier or found.region_modifier if found else None
     if side not in (LEFT, RIGHT) or not body.any():
         return None
-    to_lps = volume.ijk_to_lps()
-
-    def x_of(sel: np.ndarray) -> float:
-        k, j, i = (float(c.mean()) for c in np.nonzero(sel))
-        return float((to_lps @ np.array([i, j, k, 1.0]))[0])
-
-    offset = x_of(m) - x_of(body)  # > 0: on the patient's left
+    offset = centroid_x_mm(volume, m) - centroid_x_mm(volume, body)  # > 0: on the patient's left
     if (side == RIGHT and offset > SIDE_MARGIN_MM) or (side == LEFT and offset < -SIDE_MARGIN_MM):
         lies = "left" if offset > 0 else "right"
         return f"'{name}': it lies on the patient's {lies} side ({abs(offset):.0f} mm from the midline)"

@@ -23,17 +23,12 @@ from typing import Iterator
 import numpy as np
 
 from ..io.volume import Volume
+from ..plausibility.checks import centroid_x_mm
 
 CONTEXT_TARGETS = ("liver", "spleen", "liver lesion", "kidney cyst")  # segmented before a question
 _COUNT = {1: "one", 2: "two", 3: "three"}
 MIN_VOXELS = 3  # a finding's component smaller than this is a speck, not counted
 LOBE_MARGIN_MM = 10.0  # the phantoms' lobe rule: a lesion centred left of the liver's centre + 10 mm is "left"
-
-
-def _x_mm(volume: Volume, mask: np.ndarray) -> float:
-    """LPS x (grows to the patient's left) of the mask's centroid."""
-    k, j, i = (float(c.mean()) for c in np.nonzero(mask))
-    return float((volume.ijk_to_lps() @ np.array([i, j, k, 1.0]))[0])
 
 
 def _diameter_mm(volume: Volume, mask: np.ndarray) -> int:
@@ -67,15 +62,15 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
     kept = [c + 1 for c in np.argsort(sizes)[::-1] if sizes[c] >= MIN_VOXELS]
     if kept:
         largest = comps == kept[0]
-        centre = _x_mm(volume, liver | lesion)
-        lobe = "right" if _x_mm(volume, largest) < centre + LOBE_MARGIN_MM else "left"
+        centre = centroid_x_mm(volume, liver | lesion)
+        lobe = "right" if centroid_x_mm(volume, largest) < centre + LOBE_MARGIN_MM else "left"
         count, lesion_mm = _COUNT[min(len(kept), 3)], _diameter_mm(volume, largest)
         parts.append(f"{count} liver lesion{'s' if len(kept) > 1 else ''} {lesion_mm} mm {lobe} lobe")
     else:
         parts.append("no liver lesion")
     cyst = get("kidney cyst")
     if cyst.sum() >= MIN_VOXELS and body.any():
-        side, cyst_mm = "left" if _x_mm(volume, cyst) > _x_mm(volume, body) else "right", _diameter_mm(volume, cyst)
+        side, cyst_mm = "left" if centroid_x_mm(volume, cyst) > centroid_x_mm(volume, body) else "right", _diameter_mm(volume, cyst)
         parts.append(f"cyst {cyst_mm} mm {side} kidney")
     else:
         parts.append("no cyst")
@@ -91,12 +86,12 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
 def ground_sizes(text: str, found: SegmentedFindings) -> str:
     """``text`` (one generated sentence) with the size it gives a liver lesion or a renal cyst replaced by the measured
     one: a report states the sizes the segmentation measured, never sizes the language model made up."""
-    from .findings import _SIZE, extract_findings
+    from .findings import SIZE, extract_findings
 
     for f in extract_findings(text):
         size = {"liver lesion": found.lesion_mm, "renal cyst": found.cyst_mm}.get(f.kind)
         if f.present and f.size_mm is not None and size is not None:
-            return _SIZE.sub(f"{size} mm", text, count=1)
+            return SIZE.sub(f"{size} mm", text, count=1)
     return text
 
 
@@ -117,10 +112,10 @@ def grounded_stream(pieces: Iterator[str], found: SegmentedFindings) -> Iterator
 
 def context_from_labels(volume: Volume, labels: np.ndarray) -> str:
     """The sentence from a synthetic phantom's label map (``data.synthetic.ORGANS`` values), as training reads it."""
+    from ..data.synthetic import STRUCTURE_LABELS
     from ..plausibility import body_mask
 
-    masks = {"liver": np.isin(labels, (1, 8)), "spleen": labels == 2, "liver lesion": labels == 8,
-             "kidney cyst": labels == 9}
+    masks = {name: np.isin(labels, STRUCTURE_LABELS[name]) for name in CONTEXT_TARGETS}
     return findings_context(volume, masks, body_mask(volume)).sentence
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 KINDS = ("liver lesion", "renal cyst", "splenomegaly")
 _NEGATION = re.compile(r"\b(no|without|not|normal|unremarkable|absent|neither|none)\b")
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b")
+SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b")
 _LESION = re.compile(r"\b(lesions?|mass(?:es)?|hypodensit(?:y|ies)|nodules?|metastas[ie]s)\b")
 _LIVER = re.compile(r"\b(liver|hepatic|lobe)\b")
 _CYST = re.compile(r"\bcysts?\b")
@@ -43,7 +43,7 @@ def sentences(text: str) -> list[str]:
 
 
 def _size(sentence: str) -> float | None:
-    m = _SIZE.search(sentence)
+    m = SIZE.search(sentence)
     if not m:
         return None
     value = float(m.group(1))

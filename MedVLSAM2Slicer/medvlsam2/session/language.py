@@ -11,7 +11,7 @@ from ..errors import CapabilityError, InputError
 from ..modeling.key_slices import choose_key_slices
 from ..modeling.prompting import FORCED
 from ..results import SegmentationResult
-from ..utils.cancel import CancelToken
+from ..utils.cancel import CancelToken, check
 from .propagation import Progress
 from .state import Prompt
 
@@ -70,8 +70,6 @@ def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progr
     mask where its object score reaches the gate (``stop_score``). None when no slice does (``force``: the
     best slice is kept anyway, and the object named "(forced)"). The best slice becomes the object's prompted
     slice, so clicks and a later propagation start from it as from a key slice."""
-    from ..utils.cancel import check
-
     predictor, o = session.predictor, session._objects[obj]
     gate, n = session.model.config.segmenter.stop_score, session.volume.shape[0]
     masks, scores = {}, {}

@@ -182,12 +182,13 @@ def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, 
     # "Segment the X." -> "It is [SEG] X." as language rows too: stage 1 then teaches the [SEG] state to
     # name its target (a quick language-only loss; stage 2's mask losses alone did not separate left/right)
     rows = language_rows(case, config, encoder, present, absent, absent_by_segmenter)
-    texts = case_texts(case) + rows
+    asked = case_texts(case)
+    texts = asked + rows
     if config.llm.findings_context and case.labels is not None:  # report and VQA rows read the findings sentence
         from ..report.context import context_from_labels, with_context
 
         sentence = context_from_labels(case.volume, case.labels)
-        asked = {q for q, *_ in case_texts(case) + shuffled_choices(case)}
+        asked = {q for q, *_ in asked + shuffled_choices(case)}
         texts = [(with_context(sentence, r[0]), *r[1:]) if r[0] in asked else r for r in texts]
     tensors = CaseTensors(encoder[0], frames, labels, texts, present, absent)
     if patch_labels and case.labels is not None:
