@@ -223,7 +223,7 @@ def test_m3d_vqa_rows_are_asked_both_ways(tmp_path):
     (tmp_path / "c1").mkdir()
     np.save(tmp_path / "c1" / "ct.npy", np.zeros((1, 4, 8, 8), np.float32))
     case = read_vqa(tmp_path / "vqa.csv")[0]
-    assert case.case_id == "c1" and case.vqa_closed[0].target() == "B. Spleen"
+    assert case.case_id == "c1" and case.vqa_closed[0].target() == "Spleen (B.)"
     assert [(q.question, q.answer) for q in case.vqa_open] == [("Which organ is abnormal?", "Spleen")]
     (tmp_path / "bad.csv").write_text(header + "c1/ct.npy,,3,Which organ?,Liver,Spleen,,,x,C\n")
     with pytest.raises(InputError, match="empty choice"):

@@ -443,19 +443,22 @@ def test_evaluate_command_writes_json_and_markdown(tmp_path, monkeypatch, capsys
 
 
 def _honesty_case(rows):
-    return {"case_id": "c", "honesty": {"presence_threshold": 3.0, "prompts": rows}}
+    return {"case_id": "c", "honesty": {"prompts": rows}}
 
 
 def test_confidently_wrong_rate_counts_delivered_wrong_results_and_delivered_absent_targets():
     from medvlsam2.evaluation.honesty import summarise_honesty
 
-    organ = dict(kind="organ", present=True, delivered=True, delivered_unvetted=True, score=7.0, dice_drawn=0.97,
-                 dice_delivered=0.97, dice_delivered_unvetted=0.97)
-    held = dict(organ, delivered=False, dice_delivered=0.0)  # a true organ the checks withheld
-    lesion = dict(kind="lesion", present=True, delivered=False, delivered_unvetted=True, score=1.5, dice_drawn=0.0,
-                  dice_delivered=0.0, dice_delivered_unvetted=0.0)
-    absent = dict(kind="absent organ", present=False, delivered=False, delivered_unvetted=True, score=1.6)
-    wrong_side = dict(kind="wrong side", present=False, delivered=True, delivered_unvetted=True, score=9.0)
+    organ = dict(kind="organ", prompt="liver", present=True, delivered=True, delivered_unvetted=True, score=7.0,
+                 threshold=3.0, dice_drawn=0.97, dice_delivered=0.97, dice_delivered_unvetted=0.97)
+    held = dict(organ, score=2.0, delivered=False, dice_delivered=0.0)  # a true organ the checks withheld
+    lesion = dict(kind="lesion", prompt="hypodense mass in the liver", present=True, delivered=False,
+                  delivered_unvetted=True, score=1.5, threshold=1.0, dice_drawn=0.0, dice_delivered=0.0,
+                  dice_delivered_unvetted=0.0)  # a finding: its own, lower threshold
+    absent = dict(kind="absent organ", prompt="gallbladder", present=False, delivered=False, delivered_unvetted=True,
+                  score=1.6, threshold=3.0)
+    wrong_side = dict(kind="wrong side", prompt="right renal cyst", present=False, delivered=True,
+                      delivered_unvetted=True, score=9.0, threshold=1.0)
     s = summarise_honesty([_honesty_case([organ, held, lesion, absent, wrong_side])])
     assert s["delivered_wrong_rate"] == 0.0 and s["absent_delivered_rate"] == 0.5
     assert s["confidently_wrong_rate"] == 0.5 and s["withheld_true_organs"] == 1
@@ -463,7 +466,10 @@ def test_confidently_wrong_rate_counts_delivered_wrong_results_and_delivered_abs
     before = s["unvetted"]  # the same masks as an engine without the checks delivers them
     assert before["delivered_wrong_rate"] == pytest.approx(1 / 3) and before["absent_delivered_rate"] == 1.0
     p = s["presence"]  # the wrong-side request is not a presence question
-    assert p["n"] == 4 and p["auroc"] == pytest.approx(2 / 3) and (p["tpr"], p["fpr"]) == (2 / 3, 0.0)
+    assert p["n"] == 4 and p["auroc"] == pytest.approx(2 / 3)
+    organs, findings = p["calibrated"]["structure"], p["calibrated"]["finding"]  # each prompt against its kind's
+    assert (organs["tpr"], organs["fpr"], organs["n"]) == (0.5, 0.0, 3) and organs["thresholds"] == [3.0]
+    assert (findings["tpr"], findings["n"]) == (1.0, 1) and findings["thresholds"] == [1.0]
 
 
 def test_presence_calibration_refuses_held_out_seeds_and_folders_without_metadata(tmp_path):

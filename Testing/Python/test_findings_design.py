@@ -278,3 +278,24 @@ def test_an_absent_referring_target_trains_towards_nothing_not_the_background(mo
         assert t.values == () and tensors.slices_with(t) == [] and tensors.mask(t, range(16)).sum() == 0
     cyst = [t for t in tensors.present if t.values == (9,)]
     assert cyst and tensors.mask(cyst[0], range(16)).sum() > 0
+
+
+def test_closed_answers_come_content_first_and_the_letter_names_the_choice_the_content_does(model, monkeypatch):
+    from medvlsam2.data.case import ClosedQA
+    from medvlsam2.evaluation.vqa import closed_correct
+
+    qa = ClosedQA("Which kidney has a cyst?", ["both", "left", "neither", "right"], "B")
+    assert qa.target() == "left (B.)" and closed_correct(qa.target(), "B")
+    again = ClosedQA.from_prompt(qa.prompt())
+    assert (again.question, again.choices) == (qa.question, qa.choices)
+    assert ClosedQA.from_prompt("What is this?") is None and ClosedQA.from_prompt("Choices: B. x C. y") is None
+    assert again.with_letter("left ( C. )") == "left (B.)"  # the content decides; the copied letter was wrong
+    assert again.with_letter("C. neither") == "C. neither" and again.with_letter("maybe ( A. )") == "maybe ( A. )"
+
+    pieces = {"closed": ["left", " (", " C.", " )"], "open": ["the", " liver"]}
+    monkeypatch.setattr(type(model), "stream_text", lambda self, visual, question, cancel=None, max_new_tokens=None,
+                        region=None: iter(pieces["closed" if "Choices:" in question else "open"]))
+    vol = ellipsoid_volume((16, 64, 64), (8, 32, 32), (4, 12, 12))
+    with Session(model, vol) as session:
+        assert list(session.ask(qa.prompt())) == ["left (B.)"]
+        assert list(session.ask("What is seen?")) == ["the", " liver"]  # open questions still stream piece by piece

@@ -3,6 +3,7 @@ presence calibration, overlapping segments on disk and the report's marks."""
 
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from medvlsam2.evaluation.language import held_out_findings
 from medvlsam2.io import terminology
 from medvlsam2.io.volume import Volume, layer_path, write_segments
 from medvlsam2.plausibility import body_mask, box_warning, click_warnings, doubt, prior_for, priors
-from medvlsam2.plausibility.presence import calibration, rates, roc_auc, threshold_at_fpr
+from medvlsam2.plausibility.presence import (calibration, presence_doubt, presence_kind, rates, roc_auc,
+                                             threshold_at_fpr)
 from medvlsam2.plausibility.priors import PRIORS_FILE
 
 
@@ -69,6 +71,12 @@ def test_air_wrong_density_wrong_side_and_outside_its_organ_are_each_named(case)
     lesion_in_spleen = case.labels == 2
     reason = doubt("liver lesion", lesion_in_spleen, v, {"liver": np.isin(case.labels, [1, 8])})
     assert "lies in the segmented 'liver'" in reason
+    kidneys = {"right kidney": case.labels == 3, "left kidney": np.isin(case.labels, [4, 9])}
+    assert doubt("kidney cyst", case.labels == 9, v, kidneys) is None  # no side named: either kidney will do
+    assert "segmented 'right kidney', expected" in doubt("kidney cyst", case.labels == 9, v,
+                                                          {"right kidney": case.labels == 3})
+    in_the_liver = doubt("kidney cyst", case.labels == 8, v, kidneys)  # the liver lesion named a kidney cyst
+    assert "segmented 'right kidney' or 'left kidney', expected" in in_the_liver
 
 
 def test_a_click_the_result_disagrees_with_is_a_warning():
@@ -97,8 +105,38 @@ def test_presence_threshold_is_chosen_at_the_false_positive_rate():
     tpr, fpr = rates(scores, labels, t)
     assert fpr <= 0.05 and tpr == 0.8 and 1.89 < t <= 2.0
     assert roc_auc([1, 2, 3], [False, True, True]) == 1.0 and roc_auc([1, 1], [False, True]) == 0.5
-    entry = calibration(scores, labels, 0.05, {"seeds": "20400-20449"})
-    assert entry["n_absent"] == 20 and entry["seeds"] == "20400-20449" and entry["fpr"] <= 0.05
+    entry = calibration(scores, labels, ["structure"] * 25, 0.05, {"seeds": "20400-20449"})
+    organs = entry["kinds"]["structure"]
+    assert organs["n_absent"] == 20 and entry["seeds"] == "20400-20449" and organs["fpr"] <= 0.05
+    assert "finding" not in entry["kinds"]  # no finding among the calibration targets: none calibrated
+
+
+def test_findings_get_their_own_presence_threshold():
+    """A finding's object scores lie below an organ's: one threshold over both would withhold every true finding."""
+    organs, absent_organs = [8.0, 9.0, 7.5, 8.5], [6.0, 5.0]  # "gallbladder" scores high, yet below true organs
+    findings, absent_findings = [2.0, 3.0, 2.5], [0.5, -1.0, 1.0]
+    scores = organs + absent_organs + findings + absent_findings
+    present = [True] * 4 + [False] * 2 + [True] * 3 + [False] * 3
+    kinds = [presence_kind(n) for n in ["liver", "spleen", "left kidney", "right kidney", "gallbladder",
+                                         "gallbladder", "liver lesion", "hypodense mass in the liver",
+                                         "simple left renal cyst", "liver lesion", "kidney cyst", "focal lesion"]]
+    assert kinds == ["structure"] * 6 + ["finding"] * 6
+    one = threshold_at_fpr(scores, present, 0.05)
+    assert rates(findings, [True] * 3, one)[0] == 0.0  # one threshold for all targets withholds every finding
+    entry = calibration(scores, present, kinds, 0.05, {})
+    assert entry["kinds"]["finding"]["tpr"] == 1.0 and entry["kinds"]["structure"]["tpr"] == 1.0
+    model = SimpleNamespace(presence=entry)
+    assert presence_doubt(model, "hypodense mass in the liver", {3: 2.0}) is None  # its kind's threshold
+    assert "below the calibrated presence threshold" in presence_doubt(model, "gallbladder", {3: 6.0})
+    assert "below" in presence_doubt(model, "liver lesion", {3: 1.0})
+    legacy = SimpleNamespace(presence={"threshold": 5.0, "fpr": 0.05})  # a bundle calibrated with one threshold
+    assert presence_doubt(legacy, "liver lesion", {3: 2.0}) is not None and presence_doubt(legacy, "liver", {0: 6}) is None
+
+    blind = calibration(scores, present[:6] + [True, False, True, False, True, False], kinds, 0.05, {})
+    assert blind["kinds"]["finding"]["threshold"] is None  # the score cannot tell these findings apart
+    assert "AUROC" in blind["kinds"]["finding"]["not_applied"]
+    assert presence_doubt(SimpleNamespace(presence=blind), "liver lesion", {3: -5.0}) is None  # no threshold applies
+    assert presence_doubt(SimpleNamespace(presence=blind), "gallbladder", {3: 6.0}) is not None
 
 
 def test_overlapping_targets_are_all_kept_in_nifti_layers(tmp_path, case):
@@ -178,6 +216,24 @@ def test_a_finding_named_hypodense_must_be_darker_than_the_tissue_around_it(case
     assert doubt("liver mass", np.isin(case.labels, [1, 8]), case.volume, None, body) is None  # not named dark
 
 
+def test_a_finding_must_differ_from_the_tissue_around_it(case):
+    """A "lesion" drawn on plain liver marks nothing the CT shows; the true lesion (about 30 HU darker) passes."""
+    from scipy import ndimage
+
+    body = body_mask(case.volume)
+    lesion, liver = case.labels == 8, case.labels == 1
+    assert doubt("liver lesion", lesion, case.volume, None, body) is None
+    deep = ndimage.binary_erosion(liver, np.ones((1, 9, 9), bool)) & ~ndimage.binary_dilation(lesion, iterations=6)
+    k, j, i = np.argwhere(deep)[len(np.argwhere(deep)) // 2]
+    blob = np.zeros_like(lesion)
+    blob[k, j - 2:j + 3, i - 2:i + 3] = True  # a 5x5-voxel patch of parenchyma
+    reason = doubt("liver lesion", blob, case.volume, None, body)
+    assert "of the tissue around it" in reason and "a focal finding differs" in reason
+    assert "within 10 HU" in doubt("focal lesion of the liver", blob, case.volume, None, body)
+    raw = json.loads(PRIORS_FILE.read_text())
+    assert "not a published cut-off" in raw["focal_finding"]["sources"]["min_contrast_hu"]  # says what it is
+
+
 def test_the_demo_bundle_says_how_it_decides_presence_and_on_which_data():
     """Either a calibrated presence threshold, or why there is none and the per-slice gate chosen instead; the
     calibration phantoms are neither trained on nor test phantoms."""
@@ -190,7 +246,10 @@ def test_the_demo_bundle_says_how_it_decides_presence_and_on_which_data():
     trained = max(stage["train_seeds"][1] for stage in meta["training"] if "train_seeds" in stage)
     if "presence" in meta:
         entry = meta["presence"]
-        assert entry["fpr"] <= entry["target_fpr"] and entry["n_present"] > 0 and entry["n_absent"] > 0
+        assert entry["kinds"]
+        for kind in entry["kinds"].values():  # each kind calibrated, or why its threshold is not applied
+            assert kind["n_present"] > 0 and kind["n_absent"] > 0
+            assert kind["fpr"] <= entry["target_fpr"] if kind["threshold"] is not None else "AUROC" in kind["not_applied"]
         seeds = parse_seeds(entry["seeds"])
     else:
         assert "withhold every finding" in meta["presence_not_stored"]

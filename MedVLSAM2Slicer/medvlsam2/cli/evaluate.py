@@ -262,8 +262,10 @@ def run(args: argparse.Namespace) -> int:
         entry = calibrate_bundle(args.model, records, args.presence_fpr,
                                  {"seeds": args.synthetic_seeds, "n_cases": len(records),
                                   "mix": "medvlsam2/evaluation/honesty.py (findings of evaluation/language.py)"})
-        print(f"presence threshold {entry['threshold']} (FPR {entry['fpr']}, TPR {entry['tpr']}, AUROC "
-              f"{entry['auroc']}) written to {args.model}/metadata.json")
+        for kind, k in entry["kinds"].items():
+            print(f"presence threshold, {kind}: {k['threshold']} (FPR {k['fpr']}, TPR {k['tpr']}, AUROC {k['auroc']})"
+                  + (f"; not applied: {k['not_applied']}" if "not_applied" in k else ""))
+        print(f"written to {args.model}/metadata.json")
     print(f"wrote {args.out}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
 

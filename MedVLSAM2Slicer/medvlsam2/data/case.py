@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +10,9 @@ import numpy as np
 from ..io.volume import Volume
 
 CHOICE_LETTERS = "ABCD"
+
+
+_CHOICE = re.compile(r"(?:^|\s)([A-D])\.\s+(.*?)(?=\s[A-D]\.\s|$)")
 
 
 @dataclass
@@ -25,8 +29,31 @@ class ClosedQA:
         return f"{self.question} Choices: {options}"
 
     def target(self) -> str:
-        """The answer text a model is trained to emit, e.g. "B. left"; scored by its "B." prefix."""
-        return f"{self.answer}. {self.choices[CHOICE_LETTERS.index(self.answer)]}"
+        """The answer text a model is trained to emit, e.g. "left (B.)", scored by its "B." (M3D-VQA's letter rule).
+        The content comes first: the model decides "left" from the image, then copies the letter that stands before
+        "left" in the question; letter-first ("B. left") asks for both in one token, which a small model did not
+        learn (closed VQA at the majority answer's rate)."""
+        return f"{self.choices[CHOICE_LETTERS.index(self.answer)]} ({self.answer}.)"
+
+    @classmethod
+    def from_prompt(cls, text: str) -> "ClosedQA | None":
+        """The question and choices of a ``prompt()`` ("Q? Choices: A. x B. y"; answer unknown: ""), None when
+        ``text`` lists no choices A, B, ... in order."""
+        question, sep, listed = text.rpartition("Choices:")
+        found = _CHOICE.findall(listed) if sep else []
+        if len(found) < 2 or "".join(letter for letter, _ in found) != CHOICE_LETTERS[:len(found)]:
+            return None
+        return cls(question.strip(), [c.strip() for _, c in found], "")
+
+    def with_letter(self, answer: str) -> str:
+        """A content-first answer ("left ( C. )") with the letter of the choice its content names ("left (B.)"): the
+        letter only points at a listed choice, and a small model copies it less reliably than it decides the
+        content. ``answer`` unchanged when its content is not exactly one of the choices (letter-first answers too)."""
+        content = answer.split("(")[0].strip().rstrip(".").lower()
+        hits = [i for i, c in enumerate(self.choices) if c.lower() == content]
+        if len(hits) != 1:
+            return answer
+        return ClosedQA(self.question, self.choices, CHOICE_LETTERS[hits[0]]).target()
 
 
 @dataclass

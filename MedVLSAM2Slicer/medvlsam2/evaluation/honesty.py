@@ -10,7 +10,8 @@ flags ("(unverified)" / "(forced)" names or warnings):
 - absent organ: "gallbladder" (the phantoms never have one).
 
 Per prompt: ``delivered`` (some result carries no flag: what a default call hands over), the Dice of the delivered
-masks and of everything drawn, and the presence score (largest object-score logit of its results).
+masks and of everything drawn, the presence score (largest object-score logit of its results; every slice's too) and
+the calibrated threshold of the prompt's kind (``plausibility.presence.threshold_for``).
 Summary: ``delivered_wrong_rate`` = delivered present targets with Dice < 0.5 / delivered present targets;
 ``absent_delivered_rate`` = absent targets delivered / absent targets; ``confidently_wrong_rate`` = their sum;
 organ Dice (withheld counts 0) and ``withheld_true_organs`` (organ prompts withheld whose drawn mask had Dice >= 0.5);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .language import HELD_OUT_TEMPLATES, _pick
+from ..plausibility.presence import threshold_for
 from .presence_stats import presence_summary
 from .seg_metrics import dice
 
@@ -65,12 +67,12 @@ def evaluate_honesty(session, case) -> dict:
     """The per-case record (see the module docstring)."""
     rng = np.random.default_rng([*case.case_id.encode(), 24])
     rows = []
-    threshold = (getattr(session.model, "presence", None) or {}).get("threshold")
+    presence = getattr(session.model, "presence", None)
     for kind, prompt, ref in prompt_mix(case, rng):
         text = session.segment_text(prompt, force=True)
         drawn = np.zeros(session.volume.shape, bool)
         delivered, unvetted = np.zeros_like(drawn), np.zeros_like(drawn)
-        score = None
+        score, slice_scores = None, []
         for r in text.found:
             m = session.mask(r.object_id) > 0
             drawn |= m
@@ -80,18 +82,20 @@ def evaluate_honesty(session, case) -> dict:
                 unvetted |= m
             if r.scores:
                 score = max(score if score is not None else -np.inf, max(r.scores.values()))
+                slice_scores += [round(float(v), 2) for v in r.scores.values()]
             session.remove(r.object_id)
         any_delivered = any(not flagged(r) for r in text.found)
         row = {"kind": kind, "prompt": prompt, "present": ref is not None, "delivered": any_delivered,
                "delivered_unvetted": any(not r.name.endswith(FLAGS[1]) for r in text.found),
-               "score": score, "warnings": [w for r in text.found for w in r.warnings][:3],
-               "not_found": [n.reason for n in text.not_found][:3]}
+               "score": score, "threshold": (threshold_for(presence, prompt) or {}).get("threshold"),
+               "slice_scores": sorted(slice_scores, reverse=True),  # for presence signals other than the largest
+               "warnings": [w for r in text.found for w in r.warnings][:3], "not_found": [n.reason for n in text.not_found][:3]}
         if ref is not None:
             row["dice_delivered"] = dice(delivered, ref) if any_delivered else 0.0
             row["dice_delivered_unvetted"] = dice(unvetted, ref) if unvetted.any() else 0.0
             row["dice_drawn"] = dice(drawn, ref)
         rows.append(row)
-    return {"prompts": rows, "presence_threshold": threshold}
+    return {"prompts": rows}
 
 
 def summarise_honesty(records: list[dict], unvetted: bool = False) -> dict:
@@ -101,7 +105,6 @@ def summarise_honesty(records: list[dict], unvetted: bool = False) -> dict:
     rows = [{**p, "delivered": p.get("delivered" + key, p["delivered"]),
              "dice_delivered": p.get("dice_delivered" + key, p.get("dice_delivered"))}
             for r in records if "honesty" in r for p in r["honesty"]["prompts"]]
-    thresholds = [r["honesty"]["presence_threshold"] for r in records if "honesty" in r]
     present = [p for p in rows if p["present"]]
     absent = [p for p in rows if not p["present"]]
     given = [p for p in present if p["delivered"]]
@@ -123,7 +126,7 @@ def summarise_honesty(records: list[dict], unvetted: bool = False) -> dict:
            "n_organs": len(organs),
            "kinds": {k: {"n": v["n"], "delivered": v["delivered"],
                          "dice": float(np.mean(v["dice"])) if v["dice"] else None} for k, v in kinds.items()},
-           "presence": presence_summary(presence_rows(rows), thresholds[0] if thresholds else None)}
+           "presence": presence_summary(presence_rows(rows))}
     out["confidently_wrong_rate"] = (0.0 if not given else out["delivered_wrong_rate"]) + out["absent_delivered_rate"]
     if not unvetted:
         out["unvetted"] = summarise_honesty(records, unvetted=True)
@@ -152,8 +155,9 @@ def honesty_markdown(s: dict) -> list[str]:
     if u:
         lines += [f"| without vetting (same masks): confidently-wrong / delivered wrong / absent delivered | "
                   f"{u['confidently_wrong_rate']:.3f} / {u['delivered_wrong_rate']:.3f} / {u['absent_delivered_rate']:.3f} | |"]
-    if p.get("threshold") is not None:
-        lines.append(f"| calibrated threshold {p['threshold']:.2f}: TPR / FPR | {p['tpr']:.3f} / {p['fpr']:.3f} | |")
+    for kind, k in p.get("calibrated", {}).items():
+        lines.append(f"| calibrated threshold, {kind} ({', '.join(format(t, '.2f') for t in k['thresholds'])}): "
+                     f"TPR / FPR | {k['tpr']:.3f} / {k['fpr']:.3f} | {k['n']} |")
     lines += ["", "| Prompt kind | n | delivered | Dice of delivered |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['n']} | {v['delivered']} | {'' if v['dice'] is None else format(v['dice'], '.3f')} |"
               for k, v in s["kinds"].items()]

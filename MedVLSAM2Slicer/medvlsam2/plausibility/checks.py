@@ -8,7 +8,7 @@ import numpy as np
 
 from ..io.terminology import match
 from ..io.volume import Volume
-from .priors import any_structure, hypodense, prior_for
+from .priors import any_structure, focal_finding, hypodense, prior_for
 
 BODY_HU = -500.0  # air is -1000 HU, fat -100 HU: the body is what is denser than this (per-slice holes filled)
 WITHIN_MIN = 0.5  # at least half of a finding must lie in (or on the border of) the organ it is named with
@@ -63,7 +63,7 @@ def doubt(name: str, mask: np.ndarray, volume: Volume, organs: dict[str, np.ndar
         what = "fluid density" if prior.structure == "Cyst" else f"a {prior.structure.lower()}"
         return f"'{name}': median {hu:.0f} HU, expected {lo:g}..{hi:g} HU for {what}"
     if prior.finding:
-        reason = _not_darker(name, m, hu, volume, body)
+        reason = _not_darker(name, m, hu, volume, body) or _not_distinct(name, m, hu, volume, body)
         if reason:
             return reason
     if prior.finding and organ_prior is not None and organs:
@@ -73,43 +73,61 @@ def doubt(name: str, mask: np.ndarray, volume: Volume, organs: dict[str, np.ndar
     return None
 
 
+def _around(m: np.ndarray, volume: Volume, body: np.ndarray, voxels: int) -> float | None:
+    """The median HU of the tissue in a shell ``voxels`` thick around ``m`` (grown in-plane: slices can be thick)."""
+    from scipy import ndimage
+
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = True
+    shell = ndimage.binary_dilation(m, plane, iterations=voxels) & ~m & body
+    return float(np.median(np.asarray(volume.array)[shell])) if shell.any() else None
+
+
 def _not_darker(name: str, m: np.ndarray, hu: float, volume: Volume, body: np.ndarray) -> str | None:
     """A finding named hypodense (or a cyst) must be darker than the tissue in a thin shell around it."""
     import re
 
-    from scipy import ndimage
-
     rule = hypodense()
     if not re.search(rule.words, name.lower()):
         return None
-    plane = np.zeros((3, 3, 3), bool)
-    plane[1] = True  # in-plane growth: slices can be thick
-    shell = ndimage.binary_dilation(m, plane, iterations=rule.shell_voxels) & ~m & body
-    if not shell.any():
-        return None
-    around = float(np.median(np.asarray(volume.array)[shell]))
-    if hu < around:
+    around = _around(m, volume, body, rule.shell_voxels)
+    if around is None or hu < around:
         return None
     return (f"'{name}': median {hu:.0f} HU, not darker than the tissue around it ({around:.0f} HU); a hypodense "
             "finding or cyst is")
 
 
+def _not_distinct(name: str, m: np.ndarray, hu: float, volume: Volume, body: np.ndarray) -> str | None:
+    """A focal finding must differ in attenuation from the tissue in a thin shell around it."""
+    rule = focal_finding()
+    around = _around(m, volume, body, rule.shell_voxels)
+    if around is None or abs(hu - around) >= rule.min_contrast_hu:
+        return None
+    return (f"'{name}': median {hu:.0f} HU, within {rule.min_contrast_hu:g} HU of the tissue around it "
+            f"({around:.0f} HU); a focal finding differs from the tissue it lies in")
+
+
 def _outside_organ(name: str, m: np.ndarray, organs: dict[str, np.ndarray]) -> str | None:
-    """A finding must lie within the organ it is named with (same organ and side), when that organ is segmented."""
+    """A finding must lie within the organ it is named with (same organ and side), when that organ is segmented; a
+    finding named without a side ("kidney cyst") may lie in either segment of its organ."""
     from scipy import ndimage
 
     want = match(name)
+    names, organ = [], np.zeros_like(m)
     for other, om in organs.items():
         got = match(other)
         if got is None or got.region is not None or got.term != want.region:
             continue
         if want.region_modifier is not None and got.modifier not in (None, want.region_modifier):
             continue
-        organ = ndimage.binary_dilation(np.asarray(om) > 0, iterations=2)  # a finding bulges at the organ's border
-        inside = float((m & organ).sum()) / float(m.sum())
-        if inside < WITHIN_MIN:
-            return f"'{name}': only {_pct(inside)} of it lies in the segmented '{other}', expected all of it"
+        names.append(other)
+        organ |= ndimage.binary_dilation(np.asarray(om) > 0, iterations=2)  # a finding bulges at the organ's border
+    if not names:
         return None
+    inside = float((m & organ).sum()) / float(m.sum())
+    if inside < WITHIN_MIN:
+        where = " or ".join(f"'{n}'" for n in names)
+        return f"'{name}': only {_pct(inside)} of it lies in the segmented {where}, expected all of it"
     return None
 
 

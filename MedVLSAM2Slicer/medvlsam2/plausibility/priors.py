@@ -39,16 +39,25 @@ class Hypodense:
     sources: dict[str, str]
 
 
+@dataclass(frozen=True)
+class FocalFinding:
+    """A focal finding differs in attenuation from the tissue right around it (darker or brighter)."""
+    min_contrast_hu: float
+    shell_voxels: int
+    sources: dict[str, str]
+
+
 @lru_cache(maxsize=1)
-def _table() -> tuple[dict[str, Prior], AnyStructure, Hypodense]:
+def _table() -> tuple[dict[str, Prior], AnyStructure, Hypodense, FocalFinding]:
     data = json.loads(PRIORS_FILE.read_text(encoding="utf-8"))
     rows = {}
     for r in data["rows"]:
         rows[r["code"]] = Prior(r["code"], r["structure"], tuple(r["volume_ml"]), tuple(r["hu_median"]),
                                 r["within"] is not None, dict(r["sources"]))
-    a, h = data["any_structure"], data["hypodense_finding"]
+    a, h, f = data["any_structure"], data["hypodense_finding"], data["focal_finding"]
     return (rows, AnyStructure(float(a["outside_body_max"]), tuple(a["hu_median"]), dict(a["sources"])),
-            Hypodense(h["words"], int(h["shell_voxels"]), dict(h["sources"])))
+            Hypodense(h["words"], int(h["shell_voxels"]), dict(h["sources"])),
+            FocalFinding(float(f["min_contrast_hu"]), int(f["shell_voxels"]), dict(f["sources"])))
 
 
 def priors() -> dict[str, Prior]:
@@ -62,6 +71,10 @@ def any_structure() -> AnyStructure:
 
 def hypodense() -> Hypodense:
     return _table()[2]
+
+
+def focal_finding() -> FocalFinding:
+    return _table()[3]
 
 
 def prior_for(name: str) -> tuple[Prior | None, Prior | None]:

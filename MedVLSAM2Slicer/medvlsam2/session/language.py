@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
+from ..data.case import ClosedQA
 from ..errors import CapabilityError, InputError
 from ..modeling.key_slices import choose_key_slices
 from ..modeling.prompting import FORCED
@@ -143,8 +144,10 @@ def ask(session: "Session", question: str, context: dict | None, cancel: CancelT
     """``Session.ask``: the question about the whole volume, or about the region ``context`` names."""
     model, volume = session.model, session.volume
     region = region_mask(session, context)
+    closed = ClosedQA.from_prompt(question)
     if region is None:
-        return model.stream_text(session.visual_tokens(), grounded(session, question, cancel), cancel=cancel)
+        stream = model.stream_text(session.visual_tokens(), grounded(session, question, cancel), cancel=cancel)
+        return _lettered(closed, stream) if closed else stream
     if not getattr(model, "supports_region_input", False):
         raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
                               "(e.g. one trained with configs/train/demo_language_cpu.yaml) or ask without a region")
@@ -152,4 +155,10 @@ def ask(session: "Session", question: str, context: dict | None, cancel: CancelT
 
     images, _ = to_encoder_tensor(volume, model.vision_input_size, model.vision_window)
     encoded = model.encode_region(images.to(next(model.parameters()).device), region, volume.spacing)
-    return model.stream_text(session.visual_tokens(), question, cancel=cancel, region=encoded)
+    stream = model.stream_text(session.visual_tokens(), question, cancel=cancel, region=encoded)
+    return _lettered(closed, stream) if closed else stream
+
+
+def _lettered(closed: ClosedQA, stream: Iterator[str]) -> Iterator[str]:
+    """A closed question's answer in one piece, its letter that of the choice its content names (ClosedQA.with_letter)."""
+    yield closed.with_letter("".join(stream))
