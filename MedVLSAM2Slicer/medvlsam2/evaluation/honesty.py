@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .language import HELD_OUT_TEMPLATES, _pick
 from ..plausibility.presence import threshold_for
+from .language import HELD_OUT_TEMPLATES, _pick
 from .presence_stats import presence_summary
 from .seg_metrics import dice
 
@@ -89,7 +89,8 @@ def evaluate_honesty(session, case) -> dict:
                "delivered_unvetted": any(not r.name.endswith(FLAGS[1]) for r in text.found),
                "score": score, "threshold": (threshold_for(presence, prompt) or {}).get("threshold"),
                "slice_scores": sorted(slice_scores, reverse=True),  # for presence signals other than the largest
-               "warnings": [w for r in text.found for w in r.warnings][:3], "not_found": [n.reason for n in text.not_found][:3]}
+               "warnings": [w for r in text.found for w in r.warnings][:3],
+               "not_found": [n.reason for n in text.not_found][:3]}
         if ref is not None:
             row["dice_delivered"] = dice(delivered, ref) if any_delivered else 0.0
             row["dice_delivered_unvetted"] = dice(unvetted, ref) if unvetted.any() else 0.0
