@@ -68,8 +68,9 @@ def test_cached_training_equals_training_from_images(runs):
         delta = (value - start[key]).float()
         diff = (other[key] - value).float()
         gap, total = gap + float(diff.pow(2).sum()), total + float(delta.pow(2).sum())
-        # a tensor moved by more than rounding noise (a key bias has no gradient, so Adam moves it by noise alone)
-        if delta.norm() > 1e-4:
+        # a tensor moved by more than rounding noise; an attention key bias has no gradient (softmax ignores a shift
+        # shared by all keys), so Adam moves it by rounding noise alone, whatever its size
+        if delta.norm() > 1e-4 and not key.endswith("k_proj.bias"):
             assert diff.norm() <= 1e-2 * delta.norm(), key
     assert total > 0 and gap ** 0.5 <= 1e-3 * total ** 0.5
 
