@@ -63,7 +63,8 @@ def doubt(name: str, mask: np.ndarray, volume: Volume, organs: dict[str, np.ndar
         what = "fluid density" if prior.structure == "Cyst" else f"a {prior.structure.lower()}"
         return f"'{name}': median {hu:.0f} HU, expected {lo:g}..{hi:g} HU for {what}"
     if prior.finding:
-        reason = _not_darker(name, m, hu, volume, body) or _not_distinct(name, m, hu, volume, body)
+        around = _around(m, volume, body, hypodense().shell_voxels)  # one shell for both density rules
+        reason = _not_darker(name, hu, around) or _not_distinct(name, hu, around)
         if reason:
             return reason
     if prior.finding and organ_prior is not None and organs:
@@ -83,28 +84,23 @@ def _around(m: np.ndarray, volume: Volume, body: np.ndarray, voxels: int) -> flo
     return float(np.median(np.asarray(volume.array)[shell])) if shell.any() else None
 
 
-def _not_darker(name: str, m: np.ndarray, hu: float, volume: Volume, body: np.ndarray) -> str | None:
+def _not_darker(name: str, hu: float, around: float | None) -> str | None:
     """A finding named hypodense (or a cyst) must be darker than the tissue in a thin shell around it."""
     import re
 
-    rule = hypodense()
-    if not re.search(rule.words, name.lower()):
-        return None
-    around = _around(m, volume, body, rule.shell_voxels)
-    if around is None or hu < around:
+    if around is None or not re.search(hypodense().words, name.lower()) or hu < around:
         return None
     return (f"'{name}': median {hu:.0f} HU, not darker than the tissue around it ({around:.0f} HU); a hypodense "
             "finding or cyst is")
 
 
-def _not_distinct(name: str, m: np.ndarray, hu: float, volume: Volume, body: np.ndarray) -> str | None:
+def _not_distinct(name: str, hu: float, around: float | None) -> str | None:
     """A focal finding must differ in attenuation from the tissue in a thin shell around it."""
-    rule = focal_finding()
-    around = _around(m, volume, body, rule.shell_voxels)
-    if around is None or abs(hu - around) >= rule.min_contrast_hu:
+    least = focal_finding().min_contrast_hu
+    if around is None or abs(hu - around) >= least:
         return None
-    return (f"'{name}': median {hu:.0f} HU, within {rule.min_contrast_hu:g} HU of the tissue around it "
-            f"({around:.0f} HU); a focal finding differs from the tissue it lies in")
+    return (f"'{name}': median {hu:.0f} HU, within {least:g} HU of the tissue around it ({around:.0f} HU); a focal "
+            "finding differs from the tissue it lies in")
 
 
 def _outside_organ(name: str, m: np.ndarray, organs: dict[str, np.ndarray]) -> str | None:

@@ -41,9 +41,9 @@ class Hypodense:
 
 @dataclass(frozen=True)
 class FocalFinding:
-    """A focal finding differs in attenuation from the tissue right around it (darker or brighter)."""
+    """A focal finding differs in attenuation from the tissue right around it (darker or brighter; the shell is
+    ``Hypodense.shell_voxels`` thick)."""
     min_contrast_hu: float
-    shell_voxels: int
     sources: dict[str, str]
 
 
@@ -57,7 +57,7 @@ def _table() -> tuple[dict[str, Prior], AnyStructure, Hypodense, FocalFinding]:
     a, h, f = data["any_structure"], data["hypodense_finding"], data["focal_finding"]
     return (rows, AnyStructure(float(a["outside_body_max"]), tuple(a["hu_median"]), dict(a["sources"])),
             Hypodense(h["words"], int(h["shell_voxels"]), dict(h["sources"])),
-            FocalFinding(float(f["min_contrast_hu"]), int(f["shell_voxels"]), dict(f["sources"])))
+            FocalFinding(float(f["min_contrast_hu"]), dict(f["sources"])))
 
 
 def priors() -> dict[str, Prior]:
