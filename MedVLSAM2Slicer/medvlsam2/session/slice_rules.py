@@ -40,16 +40,12 @@ def unchanged(old: np.ndarray, new: np.ndarray) -> bool:
     return np.count_nonzero(old != new) <= SETTLE_TOLERANCE * union
 
 
-KEEP_LARGEST = 0.5  # a negative click keeps at least this share of the slice's largest blob (else changes nothing)
-
-
 def refine(old: np.ndarray, pred: np.ndarray, p: Prompt) -> np.ndarray:
     """The slice mask a prompt leaves: ``old`` current mask, ``pred`` SAM2's answer (both [H, W] bool).
 
     A box replaces the slice with SAM2's answer inside the box, a mask prompt with SAM2's answer. Negative clicks change only the blobs
     (8-connected components of ``old``) they land in: there SAM2's answer is taken, and a blob that
-    is not the slice's largest is removed outright if SAM2 keeps the clicked voxel; of the largest, a click removes
-    at most half (when SAM2 would keep less, the click leaves it as it was). Positive clicks
+    is not the slice's largest is removed outright if SAM2 keeps the clicked voxel. Positive clicks
     then add the components of SAM2's answer that hold them (all of it if none does); nothing else changes.
     """
     from scipy import ndimage
@@ -73,10 +69,6 @@ def refine(old: np.ndarray, pred: np.ndarray, p: Prompt) -> np.ndarray:
             kept = blob & pred
             if c != largest and any(kept[j, i] for j, i in negative):
                 kept[:] = False
-            if c == largest and kept.sum() < KEEP_LARGEST * blob.sum():
-                # SAM2 found (almost) no object without the clicked voxel: that says little about the rest of the
-                # slice's object, so the click changes nothing here (the click warning says the result disagrees)
-                continue
             new[blob] = kept[blob]
     positive = [(j, i) for j, i, label in clicks if label == 1]
     if positive:
