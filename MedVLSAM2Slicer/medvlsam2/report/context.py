@@ -70,7 +70,8 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
         parts.append("no liver lesion")
     cyst = get("kidney cyst")
     if cyst.sum() >= MIN_VOXELS and body.any():
-        side, cyst_mm = "left" if centroid_x_mm(volume, cyst) > centroid_x_mm(volume, body) else "right", _diameter_mm(volume, cyst)
+        side = "left" if centroid_x_mm(volume, cyst) > centroid_x_mm(volume, body) else "right"
+        cyst_mm = _diameter_mm(volume, cyst)
         parts.append(f"cyst {cyst_mm} mm {side} kidney")
     else:
         parts.append("no cyst")

@@ -144,18 +144,18 @@ def ask(session: "Session", question: str, context: dict | None, cancel: CancelT
     """``Session.ask``: the question about the whole volume, or about the region ``context`` names."""
     model, volume = session.model, session.volume
     region = region_mask(session, context)
-    closed = ClosedQA.from_prompt(question)
     if region is None:
         stream = model.stream_text(session.visual_tokens(), grounded(session, question, cancel), cancel=cancel)
-        return _lettered(closed, stream) if closed else stream
-    if not getattr(model, "supports_region_input", False):
-        raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
-                              "(e.g. one trained with configs/train/demo_language_cpu.yaml) or ask without a region")
-    from ..io.encoder_input import to_encoder_tensor
+    else:
+        if not getattr(model, "supports_region_input", False):
+            raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
+                                  "(e.g. one trained with configs/train/demo_language_cpu.yaml) or ask without a region")
+        from ..io.encoder_input import to_encoder_tensor
 
-    images, _ = to_encoder_tensor(volume, model.vision_input_size, model.vision_window)
-    encoded = model.encode_region(images.to(next(model.parameters()).device), region, volume.spacing)
-    stream = model.stream_text(session.visual_tokens(), question, cancel=cancel, region=encoded)
+        images, _ = to_encoder_tensor(volume, model.vision_input_size, model.vision_window)
+        encoded = model.encode_region(images.to(next(model.parameters()).device), region, volume.spacing)
+        stream = model.stream_text(session.visual_tokens(), question, cancel=cancel, region=encoded)
+    closed = ClosedQA.from_prompt(question)
     return _lettered(closed, stream) if closed else stream
 
 
