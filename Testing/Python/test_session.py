@@ -140,3 +140,27 @@ def test_undo_after_box_then_click_replays_prompts(session):
     session.undo(obj)
     assert np.array_equal(session.mask(obj), boxed)
     session.add_points(obj, [[24, 20, 5]], [1])  # the rebuilt state accepts further clicks
+
+
+def test_a_negative_click_at_the_objects_edge_corrects_its_border_and_one_inside_clears_it():
+    """The demo decoder answered a negative click on a 17-voxel border error of a 1063-voxel held-out liver slice
+    with an empty slice, and propagation carried the loss on (liver 0.985 -> 0.960). A click near the edge now
+    removes a disc around itself when SAM2 would take most of the object; a click deep inside still clears it."""
+    from medvlsam2.session.slice_rules import refine
+    from medvlsam2.session.state import Prompt
+
+    old = np.zeros((40, 40), bool)
+    old[5:35, 5:35] = True  # the organ on this slice, depth up to 15
+    old[2, 2] = True  # a stray voxel, another blob
+    edge = Prompt(k=0, points=[[33.0, 20.0]], labels=[0])  # (x=i, y=j): depth 2, on the organ's border
+    trimmed = old.copy()
+    trimmed[:, 30:35] = False
+    assert np.array_equal(refine(old, trimmed, edge), trimmed)  # SAM2 removes the border strip: taken
+    peeled = refine(old, np.zeros_like(old), edge)  # SAM2 removes everything
+    removed = old & ~peeled
+    assert not peeled[20, 33] and 10 <= removed.sum() <= 29 and peeled[2, 2]  # a disc of radius 3 around the click
+    assert removed[:, :29].sum() == 0  # ... and nothing away from it
+    inside = Prompt(k=0, points=[[20.0, 20.0]], labels=[0])  # the middle: "not this object here"
+    assert not refine(old, np.zeros_like(old), inside)[5:35, 5:35].any()
+    stray = Prompt(k=0, points=[[2.0, 2.0]], labels=[0])
+    assert not refine(old, old, stray)[2, 2]  # a small blob SAM2 keeps is still removed outright
