@@ -12,6 +12,7 @@ from .priors import any_structure, focal_finding, hypodense, prior_for
 
 BODY_HU = -500.0  # air is -1000 HU, fat -100 HU: the body is what is denser than this (per-slice holes filled)
 WITHIN_MIN = 0.5  # at least half of a finding must lie in (or on the border of) the organ it is named with
+SPECK_VOXELS = 3  # a finding (or a finding's component, in a report) of fewer voxels is a speck, not a finding
 
 
 def body_mask(volume: Volume) -> np.ndarray:
@@ -42,6 +43,8 @@ def doubt(name: str, mask: np.ndarray, volume: Volume, organs: dict[str, np.ndar
     ml, share = n * voxel_ml, n / m.size
     hu = float(np.median(np.asarray(volume.array)[m]))
     prior, organ_prior = prior_for(name)
+    if prior is not None and prior.finding and n < SPECK_VOXELS:
+        return f"'{name}': {n} voxel{'s' if n > 1 else ''}, a speck, not a finding"
     if prior is None:
         reason = _outside_body(name, m, body, general.outside_body_max)
         if reason:

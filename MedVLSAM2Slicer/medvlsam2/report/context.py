@@ -23,11 +23,10 @@ from typing import Iterator
 import numpy as np
 
 from ..io.volume import Volume
-from ..plausibility.checks import centroid_x_mm
+from ..plausibility.checks import SPECK_VOXELS, centroid_x_mm
 
 CONTEXT_TARGETS = ("liver", "spleen", "liver lesion", "kidney cyst")  # segmented before a question
 _COUNT = {1: "one", 2: "two", 3: "three"}
-MIN_VOXELS = 3  # a finding's component smaller than this is a speck, not counted
 LOBE_MARGIN_MM = 10.0  # the phantoms' lobe rule: a lesion centred left of the liver's centre + 10 mm is "left"
 
 
@@ -59,7 +58,7 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
     lesion, liver = get("liver lesion"), get("liver")
     comps, n = label(lesion)
     sizes = np.bincount(comps.ravel())[1:] if n else np.zeros(0, int)
-    kept = [c + 1 for c in np.argsort(sizes)[::-1] if sizes[c] >= MIN_VOXELS]
+    kept = [c + 1 for c in np.argsort(sizes)[::-1] if sizes[c] >= SPECK_VOXELS]
     if kept:
         largest = comps == kept[0]
         centre = centroid_x_mm(volume, liver | lesion)
@@ -69,7 +68,7 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
     else:
         parts.append("no liver lesion")
     cyst = get("kidney cyst")
-    if cyst.sum() >= MIN_VOXELS and body.any():
+    if cyst.sum() >= SPECK_VOXELS and body.any():
         side = "left" if centroid_x_mm(volume, cyst) > centroid_x_mm(volume, body) else "right"
         cyst_mm = _diameter_mm(volume, cyst)
         parts.append(f"cyst {cyst_mm} mm {side} kidney")
