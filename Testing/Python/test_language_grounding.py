@@ -263,3 +263,15 @@ def test_an_old_bundle_is_upgraded_with_region_input_and_new_words(tmp_path):
             assert torch.equal(value, fresh[key][:value.shape[0]])
         else:
             assert torch.equal(value, fresh[key]), key
+
+
+def test_region_answers_report_how_many_distinct_answers_they_were():
+    """One constant answer ("... the spleen.") scored the spleens' share of the regions (0.417) and read as progress."""
+    from medvlsam2.evaluation.language import language_markdown, summarise_language
+
+    empty = {"referring": [], "multi": [], "absent": [], "closed_shuffled": []}
+    regions = [{"words": ["spleen"], "answer": "is of the spleen.", "correct": True},
+               {"words": ["cyst", "kidney"], "answer": "is of the spleen.", "correct": False}]
+    s = summarise_language([{"language": {**empty, "region_what": regions}}])
+    assert s["region_what"] == {"accuracy": 0.5, "n": 2, "distinct_answers": 1}
+    assert '| region input: "What is this?" (1 distinct answers) | 0.500 | 2 |' in language_markdown(s)

@@ -166,9 +166,10 @@ def summarise_language(records: list[dict]) -> dict:
                         "size_error_mm": mean(sizes), "within_5mm": mean([e <= 5 for e in sizes]),
                         "reference": sum(x["reference"] for x in f), "generated": sum(x["generated"] for x in f)},
            "closed_shuffled": {"accuracy": mean(closed), "n": len(closed)}}
-    region = [x["correct"] for r in rows for x in r.get("region_what", [])]
-    if region:
-        out["region_what"] = {"accuracy": mean(region), "n": len(region)}
+    region = [x for r in rows for x in r.get("region_what", [])]
+    if region:  # a constant answer ("... spleen.") scores the spleens' share: the distinct answers show it
+        out["region_what"] = {"accuracy": mean([x["correct"] for x in region]), "n": len(region),
+                              "distinct_answers": len({x["answer"] for x in region})}
     return out
 
 
@@ -184,5 +185,7 @@ def language_markdown(s: dict) -> list[str]:
               f"| report size error (mm, mean) / within 5 mm | {f['size_error_mm']:.1f} / {f['within_5mm']:.2f} | |",
               f"| closed VQA, reshuffled choices | {s['closed_shuffled']['accuracy']:.3f} | {s['closed_shuffled']['n']} |"]
     if "region_what" in s:
-        lines.append(f"| region input: \"What is this?\" | {s['region_what']['accuracy']:.3f} | {s['region_what']['n']} |")
+        r = s["region_what"]
+        lines.append(f"| region input: \"What is this?\" ({r['distinct_answers']} distinct answers) | "
+                     f"{r['accuracy']:.3f} | {r['n']} |")
     return lines + [""]
