@@ -59,7 +59,29 @@ def _peel(blob: np.ndarray, clicks: list[tuple[int, int]]) -> np.ndarray | None:
     return kept
 
 
-def refine(old: np.ndarray, pred: np.ndarray, p: Prompt) -> np.ndarray:
+GROW_MAX = 2.0  # a positive click leaves its slice at most this many times its neighbours' (or its own) mask
+
+
+def grow_cap(old: np.ndarray, neighbours: list[np.ndarray]) -> int | None:
+    """The most voxels a positive click may leave on a slice whose mask is ``old``, next to slices ``neighbours``
+    (an organ's cross-section changes little from slice to slice); None when the object has nothing there yet."""
+    largest = max([int(np.count_nonzero(old))] + [int(np.count_nonzero(m)) for m in neighbours])
+    return int(GROW_MAX * largest) if largest else None
+
+
+def _near_clicks(mask: np.ndarray, clicks: list[tuple[int, int]]) -> np.ndarray:
+    """Discs around ``clicks`` reaching ``mask`` (radius: the click's distance to it + 2)."""
+    from scipy import ndimage
+
+    distance = ndimage.distance_transform_edt(~mask) if mask.any() else np.zeros(mask.shape)
+    jj, ii = np.ogrid[:mask.shape[0], :mask.shape[1]]
+    near = np.zeros_like(mask)
+    for j, i in clicks:
+        near |= (jj - j) ** 2 + (ii - i) ** 2 <= (distance[j, i] + 2) ** 2
+    return near
+
+
+def refine(old: np.ndarray, pred: np.ndarray, p: Prompt, most: int | None = None) -> np.ndarray:
     """The slice mask a prompt leaves: ``old`` current mask, ``pred`` SAM2's answer (both [H, W] bool).
 
     A box replaces the slice with SAM2's answer inside the box, a mask prompt with SAM2's answer. Negative clicks change only the blobs
@@ -68,7 +90,9 @@ def refine(old: np.ndarray, pred: np.ndarray, p: Prompt) -> np.ndarray:
     blob's edge corrects its border: when SAM2's answer would take more than half of the blob (the demo decoder
     answers a click on a 17-voxel border error of a 1063-voxel liver slice with an empty slice), the click removes
     only a disc around itself; a click deep inside the blob takes SAM2's answer, emptying the slice. Positive clicks
-    then add the components of SAM2's answer that hold them (all of it if none does); nothing else changes.
+    then add the components of SAM2's answer that hold them (all of it if none does); when that would leave more
+    than ``most`` voxels (``grow_cap``: SAM2's part ran into a neighbouring organ, e.g. a spleen click taking 240
+    voxels of kidney), only the part within a disc around each click is added. Nothing else changes.
     """
     from scipy import ndimage
 
@@ -100,5 +124,8 @@ def refine(old: np.ndarray, pred: np.ndarray, p: Prompt) -> np.ndarray:
         parts, _ = ndimage.label(pred, structure=BLOB)
         hit = sorted({int(parts[j, i]) for j, i in positive} - {0})
         # SAM2 answered off the click (weak weights): take its whole answer rather than ignore the click
-        new |= (np.isin(parts, hit) & (parts > 0)) if hit else pred
+        add = (np.isin(parts, hit) & (parts > 0)) if hit else pred
+        if most is not None and np.count_nonzero(new | add) > most:
+            add &= _near_clicks(new, positive)
+        new |= add
     return new
