@@ -44,6 +44,15 @@ EDGE_DEPTH = 1 / 3  # a negative click shallower than this share of its blob's d
 EDGE_KEEP = 0.5  # ... and may not take more than half of the blob with it
 
 
+def _discs(shape: tuple[int, ...], clicks: list[tuple[int, int]], radii: list[float]) -> np.ndarray:
+    """The union of discs of ``radii`` around ``clicks`` (j, i) on a slice of ``shape``."""
+    jj, ii = np.ogrid[:shape[0], :shape[1]]
+    out = np.zeros(shape, bool)
+    for (j, i), r in zip(clicks, radii):
+        out |= (jj - j) ** 2 + (ii - i) ** 2 <= r ** 2
+    return out
+
+
 def _peel(blob: np.ndarray, clicks: list[tuple[int, int]]) -> np.ndarray | None:
     """``blob`` less a disc around each click (radius: the click's depth + 1, through the border) when every click
     lies near the blob's edge; None when one lies deep inside (the user says "not this object here")."""
@@ -52,11 +61,7 @@ def _peel(blob: np.ndarray, clicks: list[tuple[int, int]]) -> np.ndarray | None:
     depth = ndimage.distance_transform_edt(blob)
     if any(depth[j, i] >= EDGE_DEPTH * depth.max() for j, i in clicks):
         return None
-    jj, ii = np.ogrid[:blob.shape[0], :blob.shape[1]]
-    kept = blob.copy()
-    for j, i in clicks:
-        kept &= (jj - j) ** 2 + (ii - i) ** 2 > (depth[j, i] + 1) ** 2
-    return kept
+    return blob & ~_discs(blob.shape, clicks, [depth[j, i] + 1 for j, i in clicks])
 
 
 GROW_MAX = 2.0  # a positive click leaves its slice at most this many times its neighbours' (or its own) mask
@@ -74,11 +79,7 @@ def _near_clicks(mask: np.ndarray, clicks: list[tuple[int, int]]) -> np.ndarray:
     from scipy import ndimage
 
     distance = ndimage.distance_transform_edt(~mask) if mask.any() else np.zeros(mask.shape)
-    jj, ii = np.ogrid[:mask.shape[0], :mask.shape[1]]
-    near = np.zeros_like(mask)
-    for j, i in clicks:
-        near |= (jj - j) ** 2 + (ii - i) ** 2 <= (distance[j, i] + 2) ** 2
-    return near
+    return _discs(mask.shape, clicks, [distance[j, i] + 2 for j, i in clicks])
 
 
 def refine(old: np.ndarray, pred: np.ndarray, p: Prompt, most: int | None = None) -> np.ndarray:
