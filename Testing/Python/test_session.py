@@ -180,9 +180,10 @@ def test_a_positive_click_whose_answer_runs_into_a_neighbour_adds_only_its_surro
     click = Prompt(k=0, points=[[18.0, 15.0]], labels=[1])  # (x=i, y=j)
     most = grow_cap(old, [organ, organ])
     assert most == 200 and grow_cap(np.zeros_like(old), [np.zeros_like(old)]) is None
-    assert np.array_equal(refine(old, organ, click, most), organ)  # SAM2 adds the border: taken whole
+    assert np.array_equal(refine(old, organ, click, [organ, organ]), organ)  # SAM2 adds the border: taken whole
     leak = organ.copy()
     leak[10:40, 18:40] = True  # ... and the neighbouring organ with it
-    got = refine(old, leak, click, most)
+    got = refine(old, leak, click, [organ, organ])
     assert got[15, 18] and got.sum() < 130 and not got[30:, :].any()  # only around the click
-    assert np.array_equal(refine(old, leak, click), old | leak)  # no cap (no neighbours): SAM2's part whole
+    nothing = np.zeros_like(old)
+    assert np.array_equal(refine(nothing, leak, click), leak)  # no object there yet: no cap, SAM2's part whole

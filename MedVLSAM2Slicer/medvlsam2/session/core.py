@@ -32,7 +32,7 @@ from .text_masks import seed_from_text, text_segmenter_of
 from .prefetch import prefetch as prefetch_slices
 from .prompts import box_prompts, mask_prompt, point_prompts, slice_range, widened
 from .propagation import Progress, Run, memory_passes
-from .slice_rules import grow_cap, refine
+from .slice_rules import refine
 from .state import ObjectState, Prompt, Step, crop
 
 HISTORY_MB = 256.0  # default undo budget of one Session (all objects together)
@@ -207,8 +207,7 @@ class Session:
                 if not near.any():  # a click next to the object extends it: decode it in its neighbours' box
                     near = (o.mask[max(p.k - 1, 0)] > 0) | (o.mask[min(p.k + 1, len(o.mask) - 1)] > 0)
                 pred = self.box_chain.clicks(o, p, near)
-            most = grow_cap(old > 0, [o.mask[z] for z in (p.k - 1, p.k + 1) if 0 <= z < len(o.mask)])
-            new = refine(old > 0, pred, p, most)
+            new = refine(old > 0, pred, p, [o.mask[z] for z in (p.k - 1, p.k + 1) if 0 <= z < len(o.mask)])
             self.predictor.set_slice_mask(o.state, p.k, torch.from_numpy(new))
             writes[p.k] = new.astype(np.uint8)
             o.dirty.setdefault(p.k, old > 0)

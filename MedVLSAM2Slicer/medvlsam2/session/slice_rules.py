@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from .state import Prompt
@@ -82,8 +84,9 @@ def _near_clicks(mask: np.ndarray, clicks: list[tuple[int, int]]) -> np.ndarray:
     return _discs(mask.shape, clicks, [distance[j, i] + 2 for j, i in clicks])
 
 
-def refine(old: np.ndarray, pred: np.ndarray, p: Prompt, most: int | None = None) -> np.ndarray:
-    """The slice mask a prompt leaves: ``old`` current mask, ``pred`` SAM2's answer (both [H, W] bool).
+def refine(old: np.ndarray, pred: np.ndarray, p: Prompt, neighbours: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """The slice mask a prompt leaves: ``old`` current mask, ``pred`` SAM2's answer (both [H, W] bool), ``neighbours``
+    the object's masks on the slices next to it.
 
     A box replaces the slice with SAM2's answer inside the box, a mask prompt with SAM2's answer. Negative clicks change only the blobs
     (8-connected components of ``old``) they land in: there SAM2's answer is taken, and a blob that
@@ -92,7 +95,7 @@ def refine(old: np.ndarray, pred: np.ndarray, p: Prompt, most: int | None = None
     answers a click on a 17-voxel border error of a 1063-voxel liver slice with an empty slice), the click removes
     only a disc around itself; a click deep inside the blob takes SAM2's answer, emptying the slice. Positive clicks
     then add the components of SAM2's answer that hold them (all of it if none does); when that would leave more
-    than ``most`` voxels (``grow_cap``: SAM2's part ran into a neighbouring organ, e.g. a spleen click taking 240
+    than ``grow_cap(old, neighbours)`` voxels (SAM2's part ran into a neighbouring organ, e.g. a spleen click taking 240
     voxels of kidney), only the part within a disc around each click is added. Nothing else changes.
     """
     from scipy import ndimage
@@ -126,6 +129,7 @@ def refine(old: np.ndarray, pred: np.ndarray, p: Prompt, most: int | None = None
         hit = sorted({int(parts[j, i]) for j, i in positive} - {0})
         # SAM2 answered off the click (weak weights): take its whole answer rather than ignore the click
         add = (np.isin(parts, hit) & (parts > 0)) if hit else pred
+        most = grow_cap(old, neighbours)
         if most is not None and np.count_nonzero(new | add) > most:
             add &= _near_clicks(new, positive)
         new |= add
