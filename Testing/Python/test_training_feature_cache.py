@@ -131,3 +131,20 @@ def test_bad_feature_cache_settings_fail_clearly(tmp_path):
     model = _prepare(config(tmp_path, "x"), None)[2]
     with pytest.raises(InputError, match="not valid JSON"):
         TrainFeatureCache(tmp_path / "f", model)
+
+
+def test_cached_phantoms_follow_the_generator_version(tmp_path, monkeypatch):
+    """The preprocessed-case cache holds a phantom's texts as well: a new generator version (new referring
+    templates here) must read the phantoms again rather than train on the old texts."""
+    from medvlsam2.data import synthetic
+
+    data = _prepare(config(tmp_path, "v_now"), None)[1]
+    before = [r.expression for r in data.case(0, 0).referring]
+    monkeypatch.setattr(synthetic, "LESION_TEMPLATES", ["liver lesion seen now"] * 3)
+    monkeypatch.setattr(synthetic, "CYST_TEMPLATES", ["{side} kidney cyst seen now"] * 3)
+    assert [r.expression for r in _prepare(config(tmp_path, "same"), None)[1].case(0, 0).referring] == before
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    again = _prepare(config(tmp_path, "v_next"), None)[1]
+    after = [r.expression for r in again.case(0, 0).referring]
+    assert after != before and any("seen now" in e for e in after)
+    assert again.case_key(0, 0) != data.case_key(0, 0)  # its cached features are encoded again too

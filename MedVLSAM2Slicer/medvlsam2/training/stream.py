@@ -84,6 +84,10 @@ class StepData(Dataset):
         for s in self.sources:
             spacing = tuple(s.spec.spacing) if s.spec.spacing else None
             key = f"{s.spec.reader}|{Path(s.spec.path).resolve() if s.spec.path else s.spec.seeds}|{s.spec.shape}|{spacing}"
+            if s.spec.reader == "synthetic":  # a seed's phantom (image or texts) changes with the generator version
+                from ..data.synthetic import GENERATOR_VERSION
+
+                key += f"|generator {GENERATOR_VERSION}"
             transform = None if s.spec.reader == "synthetic" else standardize_transform(spacing)
             self.cached.append(persistent_cases(s.cases, cache, key, transform))
             self.keys.append(key)
