@@ -101,6 +101,10 @@ class SegmenterConfig:
     # memory, each slice kept where its object score reaches ``stop_score``): small findings, present on a few
     # slices, need no tracking, and the decoder is then trained exactly as it runs (configs/train, issue 25).
     text_decoding: str = "memory"
+    # "slices": a slice next to a kept one keeps its mask too when its object score reaches ``grow_score`` and
+    # its mask overlaps that slice's by at least half the smaller of the two (an object's slices are contiguous;
+    # a finding's edge slices score lower than its centre). None: the gate alone.
+    grow_score: float | None = None
     box_margin: float = 0.03  # chosen on unseen training-range phantoms 20400-20409 (0.03 / 0.05 / 0.075 / 0.1)
     # "box" outside a 3D box: the chain has left its object (the organ ended and a neighbour of another density
     # filled the box) once the mask's median HU is this far from the object's (its mask before the propagation,

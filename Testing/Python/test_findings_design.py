@@ -161,6 +161,27 @@ def test_slices_decoding_keeps_only_slices_over_the_gate_and_forced_keeps_the_be
     assert np.nonzero(session.mask(forced[0].object_id).any(axis=(1, 2)))[0].tolist() == [2]
 
 
+def test_slices_decoding_grows_into_overlapping_neighbours_over_the_lower_score():
+    """A finding's edge slices score below the gate while their masks continue the centre's: with ``grow_score``
+    they are kept while contiguous and overlapping; a slice that does not touch the object, or a gap, stops it."""
+    from medvlsam2.session.language import kept_slices
+
+    blob = np.zeros((32, 32), np.uint8)
+    blob[12:20, 12:20] = 1
+    shifted = np.roll(blob, 10, axis=1)  # no overlap with blob
+    masks = {k: blob.copy() for k in range(10)}
+    masks[6], masks[8] = shifted, np.zeros_like(blob)
+    scores = {0: -1.0, 1: -1.0, 2: -1.2, 3: 1.0, 4: -1.0, 5: -1.0, 6: -1.0, 7: -1.0, 8: -1.0, 9: 2.0}
+    assert kept_slices(masks, scores, 0.0, None) == {3, 9}
+    # 2-1-0 below slice 3, 4-5 above it; 6 does not overlap 5; 8 is empty, so 7 has no kept neighbour
+    assert kept_slices(masks, scores, 0.0, -1.5) == {0, 1, 2, 3, 4, 5, 9}
+    assert kept_slices(masks, scores, 0.0, -1.0) == {3, 4, 5, 9}  # slice 2 scores -1.2: the chain below 3 stops
+    small = np.zeros_like(blob)
+    small[15:17, 15:17] = 1  # inside the blob: overlaps by all of the smaller mask
+    masks[4] = small
+    assert 4 in kept_slices(masks, scores, 0.0, -1.5)
+
+
 def test_the_findings_sentence_says_what_the_reference_report_says():
     from medvlsam2.data.synthetic import generate_case
     from medvlsam2.report.context import context_from_labels

@@ -65,6 +65,22 @@ def segment_target(session: "Session", prompt: str, cancel: CancelToken | None, 
     return results, reason
 
 
+def kept_slices(masks: dict[int, np.ndarray], scores: dict[int, float], gate: float, grow: float | None) -> set[int]:
+    """The slices whose mask a "slices" text object keeps: those whose object score reaches ``gate``, then, when
+    ``grow`` is set, each neighbour of a kept slice whose score reaches ``grow`` and whose mask overlaps that
+    slice's by at least half the smaller mask (hysteresis along the slice axis)."""
+    kept = {k for k in masks if scores[k] >= gate and masks[k].any()}
+    todo = list(kept) if grow is not None else []
+    while todo:
+        k = todo.pop()
+        for nb in (k - 1, k + 1):
+            if nb in masks and nb not in kept and scores[nb] >= grow and masks[nb].any():
+                if (masks[nb] & masks[k]).sum() * 2 >= min(masks[nb].sum(), masks[k].sum()):
+                    kept.add(nb)
+                    todo.append(nb)
+    return kept
+
+
 def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progress: Progress | None,
                  force: bool) -> SegmentationResult | None:
     """``text_decoding`` "slices": the object's tokens decoded on every slice without memory; a slice keeps its
@@ -82,7 +98,7 @@ def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progr
             if progress:
                 progress(k + 1, n)
     best = max(scores, key=scores.get)
-    kept = {k for k in range(n) if scores[k] >= gate and masks[k].any()}
+    kept = kept_slices(masks, scores, gate, session.model.config.segmenter.grow_score)
     if not kept:
         if not force or not masks[best].any():
             return None

@@ -19,7 +19,7 @@ from .sources import DataSource
 STAGES = (1, 2)
 # model-config settings a run may change on its init_from bundle (they change no weight's shape)
 OVERRIDABLE = {"llm": ("findings_context",), "projector": ("mlp_first", "num_tokens"),
-               "segmenter": ("text_decoding", "stop_score", "num_key_slices")}
+               "segmenter": ("text_decoding", "stop_score", "grow_score", "num_key_slices")}
 MODULES = ("vision_encoder", "projector", "llm", "bridge", "segmenter", "region")
 
 
