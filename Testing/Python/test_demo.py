@@ -6,7 +6,7 @@ from PIL import Image
 
 from medvlsam2.cli import main
 from medvlsam2.cli.common import RANDOM_WARNING
-from medvlsam2.cli.demo import DEMO_SEED, overlay_slices
+from medvlsam2.cli.demo import COLOURS, DEMO_SEED, overlay_png, overlay_slices
 from medvlsam2.data.synthetic import generate_case
 from medvlsam2.evaluation.language import held_out_findings
 
@@ -43,3 +43,16 @@ def test_the_demo_phantom_holds_a_liver_lesion_and_a_renal_cyst_and_the_overlay_
     assert len(slices) == 3
     for name in ("liver lesion", "kidney cyst"):  # each finding's largest cross-section is shown
         assert int((masks[name] > 0).sum(axis=(1, 2)).argmax()) in slices
+
+
+def test_a_finding_inside_its_organ_keeps_its_own_colour_in_the_overlay(tmp_path):
+    case = generate_case(DEMO_SEED, findings=held_out_findings(DEMO_SEED))
+    cyst = (case.labels == 9).astype(np.uint8)
+    kidney = np.isin(case.labels, (4, 9)).astype(np.uint8)  # the organ's mask covers its cyst, as a model's may
+    png = overlay_png(case.volume, {"left kidney": kidney, "kidney cyst": cyst}, tmp_path / "o.png")
+    k = int(cyst.sum(axis=(1, 2)).argmax())
+    tile = list(overlay_slices(case.volume, {"left kidney": kidney, "kidney cyst": cyst})).index(k)
+    j, i = np.argwhere(cyst[k])[len(np.argwhere(cyst[k])) // 2]
+    rgb = np.asarray(Image.open(png))[2 * j, 256 * tile + 2 * i].astype(float)
+    # within 40 of the cyst's colour on every channel: the kidney's colour does not swamp it
+    assert np.abs(rgb - np.array(COLOURS[1], float)).max() < 40

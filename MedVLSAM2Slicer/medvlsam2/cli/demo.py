@@ -54,22 +54,26 @@ def overlay_slices(volume, masks: dict[str, "np.ndarray"], small_ml: float = 50.
     return sorted(set(chosen))[:3]
 
 
-def overlay_png(volume, masks: dict[str, "np.ndarray"], path: Path, window: str = "abdomen") -> Path:
+def overlay_png(volume, masks: dict[str, "np.ndarray"], path: Path, window: str = "abdomen",
+                small_ml: float = 50.0) -> Path:
     """Three axial slices (``overlay_slices``: through the findings first), windowed, with filled coloured masks
-    and a legend."""
+    (findings, segments under ``small_ml``, nearly opaque) and a legend."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     from ..io.windowing import apply_window
 
-    slices = overlay_slices(volume, masks)
+    slices = overlay_slices(volume, masks, small_ml)
     gray = (apply_window(volume.array, window) * 255).astype(np.uint8)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    # a finding lies inside its organ's mask: drawn nearly opaque over it, it keeps its own colour
+    alpha = {name: 0.9 if 0 < (m > 0).sum() * voxel_ml < small_ml else 0.45 for name, m in masks.items()}
     tiles = []
     for k in slices:
         rgb = np.repeat(gray[k][..., None], 3, axis=2).astype(np.float32)
         for (name, m), colour in zip(masks.items(), COLOURS * 4):
             sel = m[k] > 0
-            rgb[sel] = 0.55 * rgb[sel] + 0.45 * np.array(colour, np.float32)
+            rgb[sel] = (1 - alpha[name]) * rgb[sel] + alpha[name] * np.array(colour, np.float32)
         tile = Image.fromarray(rgb.astype(np.uint8)).resize((256, 256), Image.NEAREST)
         ImageDraw.Draw(tile).text((4, 4), f"slice {k}", fill=(255, 255, 0))
         tiles.append(tile)
