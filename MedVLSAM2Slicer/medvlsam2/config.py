@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,14 @@ class SegmenterConfig:
     # the prompted slice on a first one); 0 turns it off.
     # 50 chosen on phantoms 20400-20409 (single-click starts: 20-100 HU tried, 40-80 equally good).
     end_hu_change: float = 50.0
+
+    def __post_init__(self) -> None:  # the per-slice gates compare scores with these: a typo must not pass
+        for name in ("stop_score", "grow_score"):
+            value = getattr(self, name)
+            if name == "grow_score" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"segmenter {name} must be a finite number, got {value!r}; check config.json")
 
 
 @dataclass

@@ -320,3 +320,17 @@ def test_closed_answers_come_content_first_and_the_letter_names_the_choice_the_c
     with Session(model, vol) as session:
         assert list(session.ask(qa.prompt())) == ["left (B.)"]
         assert list(session.ask("What is seen?")) == ["the", " liver"]  # open questions still stream piece by piece
+
+
+@pytest.mark.parametrize("field,value", [("grow_score", "-2.5"), ("grow_score", float("nan")), ("stop_score", None),
+                                         ("stop_score", True)])
+def test_a_bundle_config_with_a_gate_that_is_not_a_finite_number_fails_clearly(field, value):
+    from medvlsam2.config import ModelConfig, tiny
+    from medvlsam2.errors import InputError
+
+    data = tiny().to_dict()
+    data["segmenter"][field] = value
+    with pytest.raises(InputError, match=f"segmenter {field} must be a finite number"):
+        ModelConfig.from_dict(data)
+    data["segmenter"][field] = -2.5
+    assert getattr(ModelConfig.from_dict(data).segmenter, field) == -2.5
