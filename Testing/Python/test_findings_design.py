@@ -240,7 +240,8 @@ def test_with_findings_context_training_rows_and_session_questions_read_the_sent
         list(session.report())
         assert asked[0].startswith("findings : ") and asked[0].endswith("Is there a focal liver lesion?")
         assert asked[1].startswith("findings : ") and asked[1].endswith(REPORT_QUESTION)
-        assert calls == ["liver", "spleen", "liver lesion", "kidney cyst"]  # once per Session
+        assert calls == ["liver", "spleen", "liver lesion", "lesion in the liver", "hypodense liver lesion",
+                         "kidney cyst"]  # once per Session
         assert session.objects() == {mine: "mine"} and np.array_equal(session.mask(mine), before)
 
 
@@ -334,3 +335,30 @@ def test_a_bundle_config_with_a_gate_that_is_not_a_finite_number_fails_clearly(f
         ModelConfig.from_dict(data)
     data["segmenter"][field] = -2.5
     assert getattr(ModelConfig.from_dict(data).segmenter, field) == -2.5
+
+
+def test_a_finding_in_the_findings_sentence_needs_two_of_its_phrasings(model, monkeypatch, without_priors):
+    """One phrasing alone may draw a lesion in a liver without one: the sentence names a lesion where two agree."""
+    from types import SimpleNamespace
+
+    from medvlsam2.data.synthetic import generate_case
+    from medvlsam2.results import TextResult
+    from medvlsam2.session.language import segmented_findings
+
+    case = generate_case(5, shape=(16, 64, 64), spacing=(5.6, 5.6, 10.0),
+                         findings={"liver_lesions": [30.0], "renal_cyst": None})
+    monkeypatch.setattr(model.config.llm, "findings_context", True)
+    lesion = case.labels == 8
+    for finders, named in (({"lesion in the liver"}, False), ({"lesion in the liver", "liver lesion"}, True)):
+        with Session(model, case.volume) as session:
+            def segment_text(self, phrase, cancel=None, finders=finders):
+                if phrase not in finders:
+                    return TextResult()
+                obj = self.add_object(phrase)
+                self._objects[obj].mask[:] = lesion
+                return TextResult([SimpleNamespace(object_id=obj, name=phrase)])
+
+            monkeypatch.setattr(Session, "segment_text", segment_text)
+            sentence = segmented_findings(session, None).sentence
+            assert ("one liver lesion" in sentence) is named and ("no liver lesion" in sentence) is not named
+            assert not session.objects()

@@ -112,19 +112,26 @@ def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progr
 
 def segmented_findings(session: "Session", cancel: CancelToken | None):
     """The Session's ``report.context.SegmentedFindings`` when its model reads the findings sentence, else None: its own
-    text segmentation of ``CONTEXT_TARGETS``, vetted like any text result, once per Session; the objects it makes are
-    removed again (the user's segments are not touched)."""
+    text segmentation of ``CONTEXT_TARGETS`` (``CONTEXT_AGREEMENT`` of a target's phrasings must find it), vetted like
+    any text result, once per Session; the objects it makes are removed again (the user's segments are not touched)."""
     cfg = getattr(session.model, "config", None)
     if not (cfg is not None and cfg.llm.findings_context and session.predictor is not None):
         return None
-    from ..report.context import CONTEXT_TARGETS, findings_context
+    from ..report.context import CONTEXT_AGREEMENT, CONTEXT_TARGETS, findings_context
 
     if session._findings is None:
         masks = {}
-        for target in CONTEXT_TARGETS:
-            for r in session.segment_text(target, cancel=cancel).found:
-                masks[target] = masks.get(target, 0) | (session.mask(r.object_id) > 0)
-                session.remove(r.object_id)
+        for target, phrasings in CONTEXT_TARGETS.items():
+            found = []
+            for phrase in phrasings:
+                mask = np.zeros(session.volume.shape, bool)
+                for r in session.segment_text(phrase, cancel=cancel).found:
+                    mask |= session.mask(r.object_id) > 0
+                    session.remove(r.object_id)
+                if mask.any():
+                    found.append(mask)
+            if found and len(found) >= min(CONTEXT_AGREEMENT, len(phrasings)):
+                masks[target] = np.logical_or.reduce(found)
         session._findings = findings_context(session.volume, masks, session._body)
     return session._findings
 
