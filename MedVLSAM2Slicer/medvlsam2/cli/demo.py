@@ -31,17 +31,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def is_finding(volume, mask: "np.ndarray", small_ml: float = 50.0) -> bool:
+    """A segment smaller than ``small_ml`` (a lesion or a cyst, not an organ)."""
+    import numpy as np
+
+    return 0 < (mask > 0).sum() * float(np.prod(volume.spacing)) / 1000.0 < small_ml
+
+
 def overlay_slices(volume, masks: dict[str, "np.ndarray"], small_ml: float = 50.0) -> list[int]:
     """Three axial slices: the largest cross-section of each small segment (a finding, under ``small_ml``), then
     slices through the middle of all segments until there are three."""
     import numpy as np
 
-    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     chosen: list[int] = []
     for m in masks.values():
-        area = (m > 0).sum(axis=(1, 2))
-        if 0 < area.sum() * voxel_ml < small_ml and len(chosen) < 3:
-            chosen.append(int(area.argmax()))
+        if is_finding(volume, m, small_ml) and len(chosen) < 3:
+            chosen.append(int((m > 0).sum(axis=(1, 2)).argmax()))
     union = np.zeros(volume.shape, bool)
     for m in masks.values():
         union |= m > 0
@@ -65,9 +70,8 @@ def overlay_png(volume, masks: dict[str, "np.ndarray"], path: Path, window: str 
 
     slices = overlay_slices(volume, masks, small_ml)
     gray = (apply_window(volume.array, window) * 255).astype(np.uint8)
-    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     # a finding lies inside its organ's mask: drawn nearly opaque over it, it keeps its own colour
-    alpha = {name: 0.9 if 0 < (m > 0).sum() * voxel_ml < small_ml else 0.45 for name, m in masks.items()}
+    alpha = {name: 0.9 if is_finding(volume, m, small_ml) else 0.45 for name, m in masks.items()}
     tiles = []
     for k in slices:
         rgb = np.repeat(gray[k][..., None], 3, axis=2).astype(np.float32)
