@@ -18,6 +18,7 @@ DEMO_TARGETS = ("liver", "spleen", "right kidney", "left kidney", "liver lesion"
 DEMO_SEED = 100001  # held-out mix: one liver lesion of 15-30 mm and a cyst in the left kidney
 DEMO_QUESTION = "Is there a focal liver lesion?"
 # Fill colours (RGB) per target, in DEMO_TARGETS order; further targets reuse them.
+FINDING_ML = 50.0  # the overlay treats a segment under this volume as a finding (a lesion or cyst, not an organ)
 COLOURS = ((235, 120, 50), (160, 90, 210), (60, 190, 80), (70, 140, 240), (240, 220, 60), (60, 210, 210))
 
 
@@ -31,14 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def is_finding(volume, mask: "np.ndarray", small_ml: float = 50.0) -> bool:
+def is_finding(volume, mask: "np.ndarray", small_ml: float = FINDING_ML) -> bool:
     """A segment smaller than ``small_ml`` (a lesion or a cyst, not an organ)."""
     import numpy as np
 
     return 0 < (mask > 0).sum() * float(np.prod(volume.spacing)) / 1000.0 < small_ml
 
 
-def overlay_slices(volume, masks: dict[str, "np.ndarray"], small_ml: float = 50.0) -> list[int]:
+def overlay_slices(volume, masks: dict[str, "np.ndarray"], small_ml: float = FINDING_ML) -> list[int]:
     """Three axial slices: the largest cross-section of each small segment (a finding, under ``small_ml``), then
     slices through the middle of all segments until there are three."""
     import numpy as np
@@ -60,7 +61,7 @@ def overlay_slices(volume, masks: dict[str, "np.ndarray"], small_ml: float = 50.
 
 
 def overlay_png(volume, masks: dict[str, "np.ndarray"], path: Path, window: str = "abdomen",
-                small_ml: float = 50.0) -> Path:
+                small_ml: float = FINDING_ML) -> Path:
     """Three axial slices (``overlay_slices``: through the findings first), windowed, with filled coloured masks
     (findings, segments under ``small_ml``, nearly opaque) and a legend."""
     import numpy as np

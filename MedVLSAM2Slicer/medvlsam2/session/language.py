@@ -88,7 +88,7 @@ def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progr
     best slice is kept anyway, and the object named "(forced)"). The best slice becomes the object's prompted
     slice, so clicks and a later propagation start from it as from a key slice."""
     predictor, o = session.predictor, session._objects[obj]
-    gate, n = session.model.config.segmenter.stop_score, session.volume.shape[0]
+    cfg, n = session.model.config.segmenter, session.volume.shape[0]
     masks, scores = {}, {}
     with predictor.extra_prompt_tokens(o.tokens):
         for k in range(n):
@@ -98,7 +98,7 @@ def _every_slice(session: "Session", obj: int, cancel: CancelToken | None, progr
             if progress:
                 progress(k + 1, n)
     best = max(scores, key=scores.get)
-    kept = kept_slices(masks, scores, gate, session.model.config.segmenter.grow_score)
+    kept = kept_slices(masks, scores, cfg.stop_score, cfg.grow_score)
     if not kept:
         if not force or not masks[best].any():
             return None

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import ModelConfig
 from ..data.case import CTCase
+from ..data import synthetic
 from ..io.slices import volume_to_frames
 from ..io.volume import Volume
 from .batches import CaseTensors, StepPlan, plan_step
@@ -85,9 +86,7 @@ class StepData(Dataset):
             spacing = tuple(s.spec.spacing) if s.spec.spacing else None
             key = f"{s.spec.reader}|{Path(s.spec.path).resolve() if s.spec.path else s.spec.seeds}|{s.spec.shape}|{spacing}"
             if s.spec.reader == "synthetic":  # a seed's phantom (image or texts) changes with the generator version
-                from ..data.synthetic import GENERATOR_VERSION
-
-                key += f"|generator {GENERATOR_VERSION}"
+                key += f"|generator {synthetic.GENERATOR_VERSION}"
             transform = None if s.spec.reader == "synthetic" else standardize_transform(spacing)
             self.cached.append(persistent_cases(s.cases, cache, key, transform))
             self.keys.append(key)
