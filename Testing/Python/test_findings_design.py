@@ -18,6 +18,7 @@ from medvlsam2.errors import InputError  # noqa: E402
 from medvlsam2.factory import load_model  # noqa: E402
 from medvlsam2.modeling.projector import Projector  # noqa: E402
 from medvlsam2.modeling.region import patch_grid, region_inputs  # noqa: E402
+from medvlsam2.report.context import SPLENOMEGALY_CM  # noqa: E402
 from medvlsam2.session import Session  # noqa: E402
 from medvlsam2.training.batches import patch_presence  # noqa: E402
 from medvlsam2.training.config import TrainConfig  # noqa: E402
@@ -183,8 +184,9 @@ def test_slices_decoding_grows_into_overlapping_neighbours_over_the_lower_score(
 
 
 def test_the_findings_sentence_says_what_the_reference_report_says():
-    from medvlsam2.data.synthetic import generate_case
-    from medvlsam2.report.context import context_from_labels
+    from medvlsam2.data.synthetic import STRUCTURE_LABELS, generate_case
+    from medvlsam2.plausibility import body_mask
+    from medvlsam2.report.context import context_from_labels, findings_context
     from medvlsam2.report.findings import positive_findings
 
     for seed, findings in ((5, {"liver_lesions": [22.0, 9.0], "renal_cyst": "left", "cyst_mm": 18.0}),
@@ -209,6 +211,14 @@ def test_the_findings_sentence_says_what_the_reference_report_says():
             assert f"mm {side} kidney" in sentence and abs(size - cyst.size_mm) <= 2
         else:
             assert "no cyst" in sentence
+    for seed, enlarged in ((8, True), (9, False), (10, True), (11, False)):  # the reference masks' spleen, measured
+        case = generate_case(seed, findings={"splenomegaly": enlarged})
+        masks = {name: np.isin(case.labels, STRUCTURE_LABELS[name]) for name in ("liver", "spleen")}
+        measured = findings_context(case.volume, masks, body_mask(case.volume)).spleen_cm
+        assert (("splenomegaly", None) in positive_findings(case.report)) == enlarged
+        assert (measured >= SPLENOMEGALY_CM) == enlarged, measured
+        masks["spleen"][0, 0, 0] = True  # a speck far from the spleen does not stretch it
+        assert findings_context(case.volume, masks, body_mask(case.volume)).spleen_cm == measured
 
 
 def test_with_findings_context_training_rows_and_session_questions_read_the_sentence(model, monkeypatch,
@@ -285,6 +295,57 @@ def test_a_report_states_the_measured_lesion_and_cyst_sizes_whatever_the_model_w
     assert len(out) == 5 and joined.replace("20 mm", "27 mm").replace("17 mm", "12 mm") == text
     nothing = SegmentedFindings("findings : no liver lesion , no cyst .")
     assert "".join(grounded_stream(iter(pieces), nothing)) == text  # nothing measured: nothing replaced
+
+
+@pytest.mark.parametrize("measured_cm, said", [(SPLENOMEGALY_CM - 1, "normal in size"), (SPLENOMEGALY_CM, "enlarged")])
+def test_a_report_says_what_the_measured_spleen_is_in_its_findings_and_its_impression(measured_cm, said):
+    from medvlsam2.report.context import SegmentedFindings, grounded_stream
+    from medvlsam2.report.findings import positive_findings
+
+    found = SegmentedFindings("findings : no liver lesion , no cyst , spleen ...", spleen_cm=measured_cm)
+    enlarged = said == "enlarged"
+    kidneys = " the kidneys are unremarkable."
+    for made_up in ("the spleen is normal in size.", "the spleen is enlarged, measuring 31 cm.", "no splenomegaly."):
+        out = "".join(grounded_stream(iter([made_up, kidneys]), found))
+        assert out == f"the spleen is {said}.{kidneys}"
+        spleen = positive_findings(out).get(("splenomegaly", None))
+        assert (spleen is not None) == enlarged and (spleen is None or spleen.size_mm is None)  # no made-up length
+    assert "".join(grounded_stream(iter(["The spleen is enlarged."]), found)) == f"The spleen is {said}."
+    impressions = {" impression : liver lesion, left renal cyst.": " impression : liver lesion, splenomegaly, left renal cyst.",
+                   " impression : no acute abnormality.": " impression : splenomegaly.",
+                   " Impression: splenomegaly.": " Impression: no acute abnormality."}
+    for made_up, with_spleen in impressions.items():
+        out = "".join(grounded_stream(iter([made_up]), found))
+        assert (("splenomegaly", None) in positive_findings(out)) == enlarged
+        assert out == (with_spleen if enlarged != ("splenomegaly" in made_up) else made_up)
+
+
+def test_a_question_about_the_spleens_size_is_answered_from_the_measured_spleen(model, monkeypatch):
+    import medvlsam2.session.language as language
+    from medvlsam2.report.context import SegmentedFindings, measured_answer
+
+    asked = []
+    monkeypatch.setattr(type(model), "stream_text", lambda self, visual, question, cancel=None, max_new_tokens=None,
+                        region=None: iter(asked.append(question) or ["normal"]))
+    closed = "What is the size of the spleen? Choices: A. normal B. absent C. enlarged"
+    volume = ellipsoid_volume((6, 32, 32), (3, 16, 16), (2.5, 8, 8), (1.0, 1.0, 2.0))
+    for cm, content, letter, yes in ((SPLENOMEGALY_CM, "enlarged", "C", "yes"), (SPLENOMEGALY_CM - 1, "normal", "A", "no")):
+        found = SegmentedFindings("findings : no liver lesion , no cyst , spleen ...", spleen_cm=cm)
+        monkeypatch.setattr(language, "segmented_findings", lambda session, cancel, found=found: found)
+        with Session(model, volume) as session:
+            assert "".join(session.ask(closed)) == f"{content} ({letter}.)"
+            assert "".join(session.ask("Is the spleen enlarged?")) == yes
+            assert "".join(session.ask("Is the spleen normal in size?")) == {"yes": "no", "no": "yes"}[yes]
+            assert not asked  # the measurement answered, not the language model
+            assert "".join(session.ask("Is there a focal liver lesion?")) == "normal" and len(asked) == 1
+            asked.clear()
+    unmeasured = SegmentedFindings("findings : no liver lesion , no cyst .")
+    assert measured_answer(closed, unmeasured) is None  # no spleen segmented: the language model answers
+    assert measured_answer("Which organ is enlarged? Choices: A. liver B. spleen", found) is None
+    assert measured_answer("Is the spleen enlarged? Choices: A. atrophic B. absent", found) is None  # no such choice
+    monkeypatch.setattr(language, "segmented_findings", lambda session, cancel: None)  # no findings sentence
+    with Session(model, volume) as session:
+        assert "".join(session.ask(closed)) == "normal (A.)" and len(asked) == 1
 
 
 def test_an_absent_referring_target_trains_towards_nothing_not_the_background(model):

@@ -164,11 +164,17 @@ def region_mask(session: "Session", context: dict | None) -> np.ndarray | None:
 
 
 def ask(session: "Session", question: str, context: dict | None, cancel: CancelToken | None) -> Iterator[str]:
-    """``Session.ask``: the question about the whole volume, or about the region ``context`` names."""
+    """``Session.ask``: the question about the whole volume, or about the region ``context`` names; a question about the
+    spleen's size is answered from the measured spleen (``report.context.measured_answer``)."""
     model, volume = session.model, session.volume
     region = region_mask(session, context)
     if region is None:
-        stream = model.stream_text(session.visual_tokens(), grounded(session, question, cancel), cancel=cancel)
+        from ..report.context import measured_answer
+
+        found = segmented_findings(session, cancel)
+        measured = measured_answer(question, found) if found else None
+        stream = iter([measured]) if measured else model.stream_text(session.visual_tokens(),
+                                                                     grounded(session, question, cancel), cancel=cancel)
     else:
         if not getattr(model, "supports_region_input", False):
             raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
