@@ -28,7 +28,7 @@ STRUCTURE_LABELS: dict[str, list[int]] = {"liver": [1, 8], "spleen": [2], "right
 HU = {"air": -1000, "fat": -100, "muscle": 50, "bone": 700, "marrow": 250, "liver": 60, "spleen": 48,
       "kidney": 150, "pancreas": 40, "aorta": 180, "stomach_wall": 45, "stomach_fluid": 10, "gas": -900,
       "lesion": 20, "cyst": 5}
-GENERATOR_VERSION = 3  # bump whenever a seed's image or texts change (models trained on older phantoms differ)
+GENERATOR_VERSION = 4  # bump whenever a seed's image or texts change (models trained on older phantoms differ)
 NOISE_HU = 12.0
 BLUR_VOXELS = 0.6  # partial-volume blur (Gaussian sigma, in voxels)
 _NUMBER_WORDS = ["none", "one", "two", "three"]
@@ -229,7 +229,11 @@ CYST_TEMPLATES = ["cyst in the {side} kidney", "{side} renal cyst", "{side} kidn
                   "fluid filled lesion of the {side} kidney", "cyst of the {side} kidney", "simple cyst in the {side} kidney",
                   # finding words after the kidney's name, not only "cyst" (so "{side} kidney" + a density word
                   # names the cyst, not the kidney)
-                  "{side} kidney hypodense lesion", "{side} kidney low density lesion", "{side} kidney fluid lesion"]
+                  "{side} kidney hypodense lesion", "{side} kidney low density lesion", "{side} kidney fluid lesion",
+                  # and finding words other than "lesion" there (a model that learnt "kidney ... lesion" alone still
+                  # segments the kidney for a density word after its name)
+                  "{side} kidney hypodense region", "{side} kidney low density region", "{side} kidney cystic region",
+                  "{side} kidney fluid density", "{side} kidney low attenuation region"]
 ORGAN_SYNONYMS = {1: ["largest abdominal organ", "hepatic parenchyma"],
                   2: ["organ on the left side next to the stomach", "splenic parenchyma"],
                   3: ["right renal parenchyma"], 4: ["left renal parenchyma"],
