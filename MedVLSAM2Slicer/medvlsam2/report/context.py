@@ -134,7 +134,7 @@ def ground_sentence(text: str, found: SegmentedFindings) -> str:
         if _SPLEEN.search(low) and not _NOT_ONLY_SPLEEN.search(low):
             said = "the spleen is enlarged." if enlarged else "the spleen is normal in size."
             body = text.lstrip()
-            return text[:len(text) - len(body)] + (said[0].upper() + said[1:] if body[:1].isupper() else said)
+            return text[:len(text) - len(body)] + (said.capitalize() if body[:1].isupper() else said)
     for f in extract_findings(text):
         size = {"liver lesion": found.lesion_mm, "renal cyst": found.cyst_mm}.get(f.kind)
         if f.present and f.size_mm is not None and size is not None:

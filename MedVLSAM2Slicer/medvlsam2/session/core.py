@@ -372,8 +372,9 @@ class Session:
 
     def report(self, cancel: CancelToken | None = None) -> Iterator[str]:
         """The generated findings report, streamed; with a findings sentence (``llm.findings_context``) it is streamed
-        sentence by sentence and states the measured lesion and cyst sizes (``report.context.grounded_stream``)."""
+        sentence by sentence and states the measured lesion and cyst sizes and the spleen's size class
+        (``report.context.grounded_stream``)."""
         require(self.model, LANGUAGE)
         found = segmented_findings(self, cancel)
-        stream = self.model.stream_text(self.visual_tokens(), grounded(self, REPORT_QUESTION, cancel), cancel=cancel)
+        stream = self.model.stream_text(self.visual_tokens(), grounded(found, REPORT_QUESTION), cancel=cancel)
         return stream if found is None else grounded_stream(stream, found)

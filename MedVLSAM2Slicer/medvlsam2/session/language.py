@@ -17,6 +17,7 @@ from .propagation import Progress
 from .state import Prompt
 
 if TYPE_CHECKING:
+    from ..report.context import SegmentedFindings
     from .core import Session
 
 
@@ -136,11 +137,10 @@ def segmented_findings(session: "Session", cancel: CancelToken | None):
     return session._findings
 
 
-def grounded(session: "Session", question: str, cancel: CancelToken | None) -> str:
-    """``question`` after the findings sentence (``report.context``) when the model reads one, else as it is."""
+def grounded(found: "SegmentedFindings | None", question: str) -> str:
+    """``question`` after the findings sentence of ``found`` (``segmented_findings``), or as it is when None."""
     from ..report.context import with_context
 
-    found = segmented_findings(session, cancel)
     return question if found is None else with_context(found.sentence, question)
 
 
@@ -173,8 +173,8 @@ def ask(session: "Session", question: str, context: dict | None, cancel: CancelT
 
         found = segmented_findings(session, cancel)
         measured = measured_answer(question, found) if found else None
-        stream = iter([measured]) if measured else model.stream_text(session.visual_tokens(),
-                                                                     grounded(session, question, cancel), cancel=cancel)
+        stream = iter([measured]) if measured else model.stream_text(session.visual_tokens(), grounded(found, question),
+                                                                     cancel=cancel)
     else:
         if not getattr(model, "supports_region_input", False):
             raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
