@@ -363,6 +363,36 @@ def test_an_absent_referring_target_trains_towards_nothing_not_the_background(mo
     assert cyst and tensors.mask(cyst[0], range(16)).sum() > 0
 
 
+def test_answer_finding_kind_names_the_finding_first_whatever_the_phrasing(model):
+    """With ``answer_finding_kind`` a finding's phrasing is answered by its kind first, on its own side, present or
+    absent; organ synonyms and structure names keep their words; without it every answer repeats the phrase."""
+    from medvlsam2.data.synthetic import NEVER_PRESENT, ORGAN_SYNONYMS, STRUCTURE_LABELS, generate_case
+    from medvlsam2.modeling.prompting import seg_answer, segment_question
+    from medvlsam2.training.batches import prepare_case
+
+    case = generate_case(5, shape=(16, 64, 64), spacing=(5.6, 5.6, 10.0),
+                         findings={"liver_lesions": [20.0], "renal_cyst": "left", "cyst_mm": 20.0})
+    kind = prepare_case(case, model.config, STRUCTURE_LABELS, absent_by_segmenter=True, answer_finding_kind=True)
+    words = prepare_case(case, model.config, STRUCTURE_LABELS, absent_by_segmenter=True)
+    named = {t.phrase: t.answer for t in kind.present + kind.absent}
+    organs = {n for names in ORGAN_SYNONYMS.values() for n in names} | set(NEVER_PRESENT)
+    for ref in case.referring:
+        phrase = ref.expression.removeprefix("the ")
+        if phrase in organs:
+            assert named[phrase] == "", phrase
+        elif "kidney" in phrase or "renal" in phrase:
+            side = "left" if "left" in phrase else "right" if "right" in phrase else None
+            assert named[phrase] == (f"cyst in the {side} kidney" if side else "cyst in the kidney"), phrase
+        else:
+            assert named[phrase] == "lesion in the liver", phrase
+    assert all(named[s] == "" for s in STRUCTURE_LABELS)
+    assert any(a.startswith("cyst in the right") for a in named.values())  # the absent other side is named so too
+    cyst_phrase = next(p for p, a in named.items() if a == "cyst in the left kidney")
+    assert (segment_question(cyst_phrase), seg_answer("cyst in the left kidney")) in kind.texts
+    assert (segment_question(cyst_phrase), seg_answer(cyst_phrase)) in words.texts
+    assert all(t.answer == "" for t in words.present + words.absent)
+
+
 def test_closed_answers_come_content_first_and_the_letter_names_the_choice_the_content_does(model, monkeypatch):
     from medvlsam2.data.case import ClosedQA
     from medvlsam2.evaluation.vqa import closed_correct

@@ -68,6 +68,9 @@ class Referring:
 
     expression: str
     label: int
+    # the name a segmentation answer gives the target, its kind first ("cyst in the left kidney" for "left kidney
+    # hypodense region"); "" = the expression itself. Used by recipes with ``answer_finding_kind``
+    answer: str = ""
 
 
 @dataclass

@@ -13,6 +13,7 @@ These phantoms train and test the pipeline; they are not clinical images.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,6 +246,15 @@ def _fill(template: str, rng, **values) -> str:
     return template.format(**{k: (v if isinstance(v, str) else str(rng.choice(v))) for k, v in values.items()})
 
 
+def _lesion(expression: str, label: int) -> Referring:
+    return Referring(expression, label, "lesion in the liver")
+
+
+def _cyst(expression: str, label: int) -> Referring:
+    side = next((w for w in ("left", "right") if re.search(rf"\b{w}\b", expression)), None)
+    return Referring(expression, label, f"cyst in the {side} kidney" if side else "cyst in the kidney")
+
+
 def referring_expressions(f: Findings, lobes: list[str], rng, lesion_templates=None, cyst_templates=None,
                           absent: int = 3) -> list[Referring]:
     """Referring expressions for what the phantom shows (label 8 lesions, 9 cyst, organ synonyms) and,
@@ -255,18 +265,18 @@ def referring_expressions(f: Findings, lobes: list[str], rng, lesion_templates=N
     pick = lambda options, k: [options[i] for i in rng.choice(len(options), size=min(k, len(options)), replace=False)]  # noqa: E731
     out = [Referring(str(rng.choice(names)), v) for v, names in ORGAN_SYNONYMS.items()]
     if f.liver_lesions:
-        out += [Referring(_fill(t, rng, lobe=lobes[0]), 8) for t in pick(lesion_templates, 3)]
+        out += [_lesion(_fill(t, rng, lobe=lobes[0]), 8) for t in pick(lesion_templates, 3)]
         if len(f.liver_lesions) > 1:
-            out.append(Referring(str(rng.choice(["liver lesions", "lesions in the liver"])), 8))
+            out.append(_lesion(str(rng.choice(["liver lesions", "lesions in the liver"])), 8))
     else:
-        out += [Referring(_fill(t, rng, lobe=["left", "right"]), 0) for t in pick(lesion_templates, absent)]
+        out += [_lesion(_fill(t, rng, lobe=["left", "right"]), 0) for t in pick(lesion_templates, absent)]
     if f.renal_cyst:
-        out += [Referring(_fill(t, rng, side=f.renal_cyst), 9) for t in pick(cyst_templates, 3)]
+        out += [_cyst(_fill(t, rng, side=f.renal_cyst), 9) for t in pick(cyst_templates, 3)]
         other = "left" if f.renal_cyst == "right" else "right"
         sided = [t for t in cyst_templates if "{side}" in t]
-        out += [Referring(_fill(t, rng, side=other), 0) for t in pick(sided, absent)]
+        out += [_cyst(_fill(t, rng, side=other), 0) for t in pick(sided, absent)]
     else:
-        out += [Referring(_fill(t, rng, side=["left", "right"]), 0) for t in pick(cyst_templates, absent)]
+        out += [_cyst(_fill(t, rng, side=["left", "right"]), 0) for t in pick(cyst_templates, absent)]
     out.append(Referring(str(rng.choice(NEVER_PRESENT)), 0))
     return out
 

@@ -32,6 +32,7 @@ class Target:
     phrase: str
     values: tuple[int, ...]
     structure: str = ""
+    answer: str = ""  # the name its segmentation answer gives it ("" = the phrase; ``case_targets``)
 
 
 @dataclass
@@ -68,8 +69,12 @@ class CaseTensors:
         return torch.isin(lab, values).float()
 
 
-def case_targets(case: CTCase, structure_labels: dict[str, Iterable[int]]) -> tuple[list[Target], list[Target]]:
-    """Semantic targets (``structure_labels``) and referring expressions, split into present / absent."""
+def case_targets(case: CTCase, structure_labels: dict[str, Iterable[int]], answer_finding_kind: bool = False
+                 ) -> tuple[list[Target], list[Target]]:
+    """Semantic targets (``structure_labels``) and referring expressions, split into present / absent.
+    ``answer_finding_kind``: a referring expression is answered with its ``Referring.answer`` (the finding's kind
+    first, "It is [SEG] cyst in the left kidney."), so that the next-token loss at [SEG] must tell a finding in an
+    organ from the organ; otherwise, and structures always, with its own words."""
     present_values = set(np.unique(case.labels).tolist()) - {0} if case.labels is not None else set()
     present, absent = [], []
     structures = [Target(name, tuple(int(v) for v in values), name) for name, values in structure_labels.items()]
@@ -82,7 +87,7 @@ def case_targets(case: CTCase, structure_labels: dict[str, Iterable[int]]) -> tu
         # an absent expression (label 0) covers no voxel: "the cyst in the right kidney" of a phantom whose cyst is on the
         # left is nothing, not the background (label value 0), which is what such targets used to train towards
         values = (int(ref.label),) if ref.label else ()
-        t = Target(phrase, values, named.get(values, ""))
+        t = Target(phrase, values, named.get(values, ""), ref.answer if answer_finding_kind else "")
         (present if ref.label in present_values else absent).append(t)
     return present, absent
 
@@ -118,9 +123,9 @@ def language_rows(case: CTCase, config: ModelConfig, encoder: torch.Tensor, pres
     "There is no X." for absent ones (``absent_by_segmenter``: "It is [SEG] X." too, since the segmenter's
     object score then learns absence), closed VQA with reshuffled choices, and region questions (the
     region as model input) when the model has a region encoder."""
-    rows: list[tuple] = [(segment_question(t.phrase), seg_answer(t.phrase)) for t in present]
-    answer = seg_answer if absent_by_segmenter else no_object_answer
-    rows += [(segment_question(t.phrase), answer(t.phrase)) for t in absent] * ABSENT_COPIES
+    rows: list[tuple] = [(segment_question(t.phrase), seg_answer(t.answer or t.phrase)) for t in present]
+    rows += [(segment_question(t.phrase), seg_answer(t.answer or t.phrase) if absent_by_segmenter
+              else no_object_answer(t.phrase)) for t in absent] * ABSENT_COPIES
     rows += shuffled_choices(case)
     if case.report:  # rows are drawn uniformly: copies keep reports from drowning among the short rows
         rows += [(REPORT_QUESTION, case.report)] * REPORT_COPIES
@@ -161,9 +166,11 @@ def patch_presence(labels: np.ndarray, config: ModelConfig, count: int) -> torch
 
 
 def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, Iterable[int]],
-                 with_frames: bool = True, absent_by_segmenter: bool = False, patch_labels: int = 0) -> CaseTensors:
+                 with_frames: bool = True, absent_by_segmenter: bool = False, patch_labels: int = 0,
+                 answer_finding_kind: bool = False) -> CaseTensors:
     """Convert one case with the inference pre-processing (encoder grid, SAM2 frames); ``absent_by_segmenter``
-    as in ``language_rows``; ``patch_labels`` > 0 adds ``patch_presence`` of label values 1..patch_labels.
+    as in ``language_rows``; ``patch_labels`` > 0 adds ``patch_presence`` of label values 1..patch_labels;
+    ``answer_finding_kind`` as in ``case_targets``.
 
     ``with_frames=False`` leaves ``frames`` None (the streaming loader builds only the planned slices'). A case
     without a label map (report / VQA only) has no targets and an empty label map [K, 0, 0]."""
@@ -178,7 +185,7 @@ def prepare_case(case: CTCase, config: ModelConfig, structure_labels: dict[str, 
     else:
         labels = F.interpolate(torch.from_numpy(case.labels.astype(np.uint8))[:, None].float(), size=(size, size),
                                mode="nearest")[:, 0].to(torch.uint8)
-    present, absent = case_targets(case, structure_labels)
+    present, absent = case_targets(case, structure_labels, answer_finding_kind)
     # "Segment the X." -> "It is [SEG] X." as language rows too: stage 1 then teaches the [SEG] state to
     # name its target (a quick language-only loss; stage 2's mask losses alone did not separate left/right)
     rows = language_rows(case, config, encoder, present, absent, absent_by_segmenter)
@@ -351,4 +358,5 @@ def _corrections(rng: np.random.Generator, clips: list[Clip], clicks: ClickSched
 
 def seg_pairs(plan: StepPlan) -> list[tuple[int, str, str]]:
     """Chat rows for the text-prompted clips: "Segment the X." -> "It is [SEG] X."."""
-    return [(clip.case, segment_question(clip.target.phrase), seg_answer(clip.target.phrase)) for clip in plan.seg]
+    return [(clip.case, segment_question(clip.target.phrase), seg_answer(clip.target.answer or clip.target.phrase))
+            for clip in plan.seg]

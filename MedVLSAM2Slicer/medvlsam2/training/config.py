@@ -94,6 +94,9 @@ class TrainConfig:
     # also turns the "There is no X." language rows into "It is [SEG] X." (the LLM grounds every request and
     # the Session's presence gate decides), since a small LLM's 32 visual tokens cannot see a 15 mm lesion
     absent_rate: float = 0.0
+    # True: referring expressions of findings are answered with the finding's kind first ("Segment the left kidney
+    # hypodense region." -> "It is [SEG] cyst in the left kidney."; ``batches.case_targets``)
+    answer_finding_kind: bool = False
     # stage 1: > 0 adds the auxiliary patch-label loss (``stage1``): a training-only head predicts from each visual
     # token which label values 1..patch_labels its encoder patches hold, weighted by ``patch_label_weight``
     patch_labels: int = 0

@@ -124,7 +124,8 @@ class StepData(Dataset):
             src = self.sources[s]
             structures = src.structures if case.labels is not None else {}
             tensors = prepare_case(case, self.model_config, structures, with_frames=False,
-                                   absent_by_segmenter=self.cfg.absent_rate > 0, patch_labels=self.cfg.patch_labels)
+                                   absent_by_segmenter=self.cfg.absent_rate > 0, patch_labels=self.cfg.patch_labels,
+                                   answer_finding_kind=self.cfg.answer_finding_kind)
             tensors.interactive = "interactive" in src.spec.tasks
             pool.append(tensors)
             volumes.append(case.volume)
