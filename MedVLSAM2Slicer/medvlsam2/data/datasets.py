@@ -40,6 +40,7 @@ from .case import CHOICE_LETTERS, ClosedQA, CTCase, OpenQA, Referring
 
 VQA_COLUMNS = ("Image Path", "Question", "Choice A", "Choice B", "Choice C", "Choice D", "Answer", "Answer Choice")
 REFSEG_COLUMNS = ("Image", "Mask", "Mask_ID", "Question")
+ANSWER_NAME = "Answer Name"  # our optional RefSeg column: ``Referring.answer`` (M3D's own "Answer" is a sentence)
 CTRATE_COLUMNS = ("VolumeName", "Findings_EN")
 
 
@@ -376,7 +377,7 @@ def _refs_by_image(path: Path) -> dict[tuple[str, str], list[Referring]]:
     grouped: dict[tuple[str, str], list[Referring]] = {}
     for row in _csv(path, REFSEG_COLUMNS):
         try:
-            ref = Referring(row["Question"], int(row["Mask_ID"]))
+            ref = Referring(row["Question"], int(row["Mask_ID"]), row.get(ANSWER_NAME) or "")
         except ValueError:
             raise InputError(f"{path.name}: 'Mask_ID' must be an integer label value, got {row['Mask_ID']!r}") from None
         grouped.setdefault((row["Image"], row["Mask"]), []).append(ref)

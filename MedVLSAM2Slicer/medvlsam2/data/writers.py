@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..io.volume import write_mask
 from .case import CHOICE_LETTERS, CTCase
-from .datasets import REFSEG_COLUMNS, VQA_COLUMNS
+from .datasets import ANSWER_NAME, REFSEG_COLUMNS, VQA_COLUMNS
 
 LAYOUT_FILES = {"segmentation": "dataset.json", "captions": "m3d_cap.json", "vqa": "m3d_vqa.csv",
                 "refseg": "m3d_refseg.csv"}
@@ -42,13 +42,14 @@ def write_dataset(cases: Iterable[CTCase], folder: str | os.PathLike, label_name
             vqa.append({"Image Path": image, "Question Type": "open", "Question": q.question,
                         **{f"Choice {c}": "" for c in CHOICE_LETTERS}, "Answer": q.answer, "Answer Choice": ""})
         for r in case.referring:
-            ref.append({"Image": image, "Mask": label, "Mask_ID": r.label, "Question": r.expression, "Answer": ""})
+            ref.append({"Image": image, "Mask": label, "Mask_ID": r.label, "Question": r.expression, "Answer": "",
+                        ANSWER_NAME: r.answer})
     names = {"0": "background", **{str(v): n for v, n in sorted(label_names.items())}}
     key = "training" if split == "train" else split
     (root / LAYOUT_FILES["segmentation"]).write_text(json.dumps({"name": "synthetic abdomen", "labels": names, key: seg}, indent=1))
     (root / LAYOUT_FILES["captions"]).write_text(json.dumps({split: caps}, indent=1))
     _write_csv(root / LAYOUT_FILES["vqa"], ("Question Type",) + VQA_COLUMNS, vqa)
-    _write_csv(root / LAYOUT_FILES["refseg"], REFSEG_COLUMNS + ("Answer",), ref)
+    _write_csv(root / LAYOUT_FILES["refseg"], REFSEG_COLUMNS + ("Answer", ANSWER_NAME), ref)
     return root
 
 
