@@ -13,7 +13,6 @@ These phantoms train and test the pipeline; they are not clinical images.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -251,7 +250,7 @@ def _lesion(expression: str, label: int) -> Referring:
 
 
 def _cyst(expression: str, label: int) -> Referring:
-    side = next((w for w in ("left", "right") if re.search(rf"\b{w}\b", expression)), None)
+    side = next((w for w in ("left", "right") if w in expression.split()), None)
     return Referring(expression, label, f"cyst in the {side} kidney" if side else "cyst in the kidney")
 
 

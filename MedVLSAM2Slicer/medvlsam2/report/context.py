@@ -57,6 +57,11 @@ class SegmentedFindings:
     cyst_mm: int | None = None
     spleen_cm: int | None = None
 
+    @property
+    def spleen_enlarged(self) -> bool | None:
+        """Whether the measured spleen is enlarged (``SPLENOMEGALY_CM``); None when no spleen was measured."""
+        return None if self.spleen_cm is None else self.spleen_cm >= SPLENOMEGALY_CM
+
 
 def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndarray) -> SegmentedFindings:
     """The findings for ``masks`` (name in ``CONTEXT_TARGETS`` -> [k, j, i] mask; a missing or empty one is "none")
@@ -127,8 +132,8 @@ def ground_sentence(text: str, found: SegmentedFindings) -> str:
     from .findings import SIZE, extract_findings
 
     low = text.lower()
-    if found.spleen_cm is not None:
-        enlarged = found.spleen_cm >= SPLENOMEGALY_CM
+    enlarged = found.spleen_enlarged
+    if enlarged is not None:
         if _IMPRESSION.match(text):
             return text if enlarged == ("splenomegaly" in low) else _impression_with_spleen(text, enlarged)
         if _SPLEEN.search(low) and not _NOT_ONLY_SPLEEN.search(low):
@@ -154,9 +159,9 @@ def measured_answer(question: str, found: SegmentedFindings) -> str | None:
 
     closed = ClosedQA.from_prompt(question)
     low = (closed.question if closed else question).lower()
-    if found.spleen_cm is None or not _SPLEEN_SIZE_QUESTION.search(low) or _NOT_ONLY_SPLEEN.search(low):
+    enlarged = found.spleen_enlarged
+    if enlarged is None or not _SPLEEN_SIZE_QUESTION.search(low) or _NOT_ONLY_SPLEEN.search(low):
         return None
-    enlarged = found.spleen_cm >= SPLENOMEGALY_CM
     if re.match(r"\s*(is|does|has)\b", low):  # yes or no, and "Is the spleen normal in size?" asks the opposite
         answer = "yes" if enlarged != ("normal" in low) else "no"
     else:

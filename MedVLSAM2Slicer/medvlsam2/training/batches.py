@@ -34,6 +34,11 @@ class Target:
     structure: str = ""
     answer: str = ""  # the name its segmentation answer gives it ("" = the phrase; ``case_targets``)
 
+    @property
+    def named(self) -> str:
+        """The words after [SEG] in its answer: ``answer``, else the phrase."""
+        return self.answer or self.phrase
+
 
 @dataclass
 class CaseTensors:
@@ -123,8 +128,8 @@ def language_rows(case: CTCase, config: ModelConfig, encoder: torch.Tensor, pres
     "There is no X." for absent ones (``absent_by_segmenter``: "It is [SEG] X." too, since the segmenter's
     object score then learns absence), closed VQA with reshuffled choices, and region questions (the
     region as model input) when the model has a region encoder."""
-    rows: list[tuple] = [(segment_question(t.phrase), seg_answer(t.answer or t.phrase)) for t in present]
-    rows += [(segment_question(t.phrase), seg_answer(t.answer or t.phrase) if absent_by_segmenter
+    rows: list[tuple] = [(segment_question(t.phrase), seg_answer(t.named)) for t in present]
+    rows += [(segment_question(t.phrase), seg_answer(t.named) if absent_by_segmenter
               else no_object_answer(t.phrase)) for t in absent] * ABSENT_COPIES
     rows += shuffled_choices(case)
     if case.report:  # rows are drawn uniformly: copies keep reports from drowning among the short rows
@@ -358,5 +363,4 @@ def _corrections(rng: np.random.Generator, clips: list[Clip], clicks: ClickSched
 
 def seg_pairs(plan: StepPlan) -> list[tuple[int, str, str]]:
     """Chat rows for the text-prompted clips: "Segment the X." -> "It is [SEG] X."."""
-    return [(clip.case, segment_question(clip.target.phrase), seg_answer(clip.target.answer or clip.target.phrase))
-            for clip in plan.seg]
+    return [(clip.case, segment_question(clip.target.phrase), seg_answer(clip.target.named)) for clip in plan.seg]
