@@ -118,7 +118,7 @@ def segmented_findings(session: "Session", cancel: CancelToken | None):
     cfg = getattr(session.model, "config", None)
     if not (cfg is not None and cfg.llm.findings_context and session.predictor is not None):
         return None
-    from ..report.context import CONTEXT_AGREEMENT, CONTEXT_TARGETS, findings_context
+    from ..report.context import CONTEXT_AGREEMENT, CONTEXT_TARGETS, LESION_MIN_SLICES, findings_context
 
     if session._findings is None:
         masks = {}
@@ -133,7 +133,7 @@ def segmented_findings(session: "Session", cancel: CancelToken | None):
                     found.append(mask)
             if found and len(found) >= min(CONTEXT_AGREEMENT, len(phrasings)):
                 masks[target] = np.logical_or.reduce(found)
-        session._findings = findings_context(session.volume, masks, session._body)
+        session._findings = findings_context(session.volume, masks, session._body, LESION_MIN_SLICES)
     return session._findings
 
 
