@@ -113,6 +113,8 @@ def slices_session(model, monkeypatch, without_priors):
 
 
 def test_slices_decoding_keeps_each_slice_whose_score_passes_the_gate(slices_session, monkeypatch):
+    from medvlsam2.session.language import without_strays
+
     session = slices_session
     predictor = session.predictor
     monkeypatch.setattr(session.model.config.segmenter, "stop_score", -1e9)  # every slice passes
@@ -121,9 +123,10 @@ def test_slices_decoding_keeps_each_slice_whose_score_passes_the_gate(slices_ses
     obj = found[0].object_id
     o = session._objects[obj]
     with predictor.extra_prompt_tokens(o.tokens):
-        expected = np.stack([(predictor.decode_tokens_without_memory(o.state, k)[0] > 0).numpy()
-                             for k in range(session.volume.shape[0])])
-    assert np.array_equal(session.mask(obj) > 0, expected)  # each slice decoded alone, as in training
+        decoded = np.stack([(predictor.decode_tokens_without_memory(o.state, k)[0] > 0).numpy()
+                            for k in range(session.volume.shape[0])])
+    # each slice decoded alone, as in training, less the one-slice strays
+    assert np.array_equal(session.mask(obj) > 0, without_strays(decoded.astype(np.uint8)) > 0)
     assert len(o.prompts) == 1  # the best slice is the object's prompt: clicks refine from it
     k = o.prompts[0].k
     session.add_points(obj, [(16, 16, k)], [1])
@@ -147,7 +150,9 @@ def test_slices_decoding_keeps_only_slices_over_the_gate_and_forced_keeps_the_be
     monkeypatch.setattr(type(session.model), "text_to_seg_prompts",
                         lambda self, visual, prompt, cancel=None, force=False: [(prompt, torch.ones(1, 1, 256))])
     cfg = session.model.config.segmenter
-    for gate, kept in ((0.0, [1, 2, 4]), (0.8, [2, 4]), (2.0, [2])):
+    # at gate 0 slice 4 is a one-slice part beside the two-slice one (1-2), a stray (``without_strays``); at 0.8 no
+    # part spans two slices, so both stay
+    for gate, kept in ((0.0, [1, 2]), (0.8, [2, 4]), (2.0, [2])):
         monkeypatch.setattr(cfg, "stop_score", gate)
         found = session.segment_text("liver").found
         mask = session.mask(found[0].object_id)
@@ -181,6 +186,20 @@ def test_slices_decoding_grows_into_overlapping_neighbours_over_the_lower_score(
     small[15:17, 15:17] = 1  # inside the blob: overlaps by all of the smaller mask
     masks[4] = small
     assert 4 in kept_slices(masks, scores, 0.0, -1.5)
+
+
+def test_one_slice_parts_beside_a_deeper_part_are_strays():
+    from medvlsam2.session.language import without_strays
+
+    mask = np.zeros((8, 16, 16), np.uint8)
+    mask[2:5, 4:8, 4:8] = 1  # the object, on three slices
+    mask[3, 12:14, 12:14] = 1  # a bit beside it on one slice, not touching it
+    mask[6, 4:6, 4:6] = 1  # a bit on one slice after a gap slice
+    cleaned = without_strays(mask)
+    assert cleaned.dtype == mask.dtype and cleaned.sum() == 3 * 16 and cleaned[2:5, 4:8, 4:8].all()
+    flat = np.zeros_like(mask)
+    flat[3, 4:8, 4:8] = flat[5, 12:14, 12:14] = 1  # no part spans two slices: nothing to tell a stray by
+    assert np.array_equal(without_strays(flat), flat)
 
 
 def test_the_findings_sentence_says_what_the_reference_report_says():
