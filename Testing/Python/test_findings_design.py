@@ -243,7 +243,8 @@ def test_the_findings_sentence_says_what_the_reference_report_says():
 def test_a_segmented_lesion_part_on_one_slice_is_not_counted():
     from medvlsam2.data.synthetic import STRUCTURE_LABELS, generate_case
     from medvlsam2.plausibility import body_mask
-    from medvlsam2.report.context import LESION_MIN_SLICES, findings_context
+    from medvlsam2.plausibility.checks import MIN_PART_SLICES
+    from medvlsam2.report.context import findings_context
 
     case = generate_case(7, findings={"liver_lesions": [16.0], "renal_cyst": None})
     masks = {name: np.isin(case.labels, STRUCTURE_LABELS[name]) for name in ("liver", "liver lesion")}
@@ -251,10 +252,11 @@ def test_a_segmented_lesion_part_on_one_slice_is_not_counted():
     masks["liver lesion"][k, j:j + 3, i:i + 3] = True  # a 9-voxel fragment on one slice, apart from the lesion
     body = body_mask(case.volume)
     assert findings_context(case.volume, masks, body).sentence.startswith("findings : two liver lesions")
-    assert findings_context(case.volume, masks, body, LESION_MIN_SLICES).sentence.startswith("findings : one liver lesion")
+    counted = findings_context(case.volume, masks, body, MIN_PART_SLICES)
+    assert counted.sentence.startswith("findings : one liver lesion")
     alone = {"liver": masks["liver"], "liver lesion": np.zeros_like(masks["liver"])}
     alone["liver lesion"][k, j:j + 3, i:i + 3] = True
-    assert "no liver lesion" in findings_context(case.volume, alone, body, LESION_MIN_SLICES).sentence
+    assert "no liver lesion" in findings_context(case.volume, alone, body, MIN_PART_SLICES).sentence
 
 
 def test_with_findings_context_training_rows_and_session_questions_read_the_sentence(model, monkeypatch,

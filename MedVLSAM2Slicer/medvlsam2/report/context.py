@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from ..io.volume import Volume
-from ..plausibility.checks import SPECK_VOXELS, centroid_x_mm
+from ..plausibility.checks import SPECK_VOXELS, centroid_x_mm, slice_spans
 
 # Segmented before a question, each by its phrasings; a target with several counts where at least
 # ``CONTEXT_AGREEMENT`` of them find it (the union of their masks): on phantoms 20400-20427 the bare "liver lesion"
@@ -36,11 +36,6 @@ CONTEXT_TARGETS: dict[str, tuple[str, ...]] = {
     "liver lesion": ("liver lesion", "lesion in the liver", "hypodense liver lesion"), "kidney cyst": ("kidney cyst",)}
 CONTEXT_AGREEMENT = 2
 _COUNT = {1: "one", 2: "two", 3: "three"}
-# A segmented lesion is counted where it is seen on this many adjacent slices at least, as a reader confirms a finding
-# on the next slice (reference masks hold no fragments, and a 9 mm lesion can lie on one 5 mm slice): on phantoms
-# 20400-20427, 18 of the 20 fragments (of 3 voxels or more) in the union of the phrasings' masks lie on one slice, the
-# 20 real lesions found on 2 to 8; the sentence's count was right for 25 of 28 phantoms, for 20 counting every part.
-LESION_MIN_SLICES = 2
 LOBE_MARGIN_MM = 10.0  # the phantoms' lobe rule: a lesion centred left of the liver's centre + 10 mm is "left"
 # A spleen whose box diagonal reaches this many cm is called enlarged: on the reference masks of training phantoms
 # 20000-20059 normal spleens measure 11-15 cm and enlarged ones 16-18 cm (phantom anatomy, not a clinical threshold).
@@ -72,8 +67,9 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
                      lesion_min_slices: int = 1) -> SegmentedFindings:
     """The findings for ``masks`` (name in ``CONTEXT_TARGETS`` -> [k, j, i] mask; a missing or empty one is "none")
     on ``volume``; ``body`` is the patient's voxels (``plausibility.body_mask``), whose centre is the midline.
-    ``lesion_min_slices``: a lesion part on fewer slices is not a lesion (``LESION_MIN_SLICES`` for segmented masks)."""
-    from scipy.ndimage import find_objects, label
+    ``lesion_min_slices``: a lesion part on fewer slices is not a lesion (``plausibility.checks.MIN_PART_SLICES`` for
+    segmented masks: on phantoms 20400-20427 the count was then right for 25 of 28, for 20 counting every part)."""
+    from scipy.ndimage import label
 
     def get(name: str) -> np.ndarray:
         m = masks.get(name)
@@ -83,7 +79,7 @@ def findings_context(volume: Volume, masks: dict[str, np.ndarray], body: np.ndar
     lesion, liver = get("liver lesion"), get("liver")
     comps, n = label(lesion)
     sizes = np.bincount(comps.ravel())[1:] if n else np.zeros(0, int)
-    slices = [box[0].stop - box[0].start for box in find_objects(comps)]
+    slices = slice_spans(comps)
     kept = [c + 1 for c in np.argsort(sizes)[::-1] if sizes[c] >= SPECK_VOXELS and slices[c] >= lesion_min_slices]
     if kept:
         largest = comps == kept[0]
