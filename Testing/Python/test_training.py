@@ -3,6 +3,7 @@ config validation, and the trained bundle loads and segments through ``Session``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -109,6 +110,17 @@ def test_plan_is_a_function_of_seed_and_step():
         assert len(clip.slices) == 3 and abs(clip.slices[1] - clip.slices[0]) == 1
     # the liver referring expression is a target too, without a doubled article
     assert any(t.phrase == "largest organ" for t in pool[0].present)
+
+
+def test_region_rows_come_through_the_disk_cache_into_steps():
+    from medvlsam2.data.synthetic import generate_case
+    from medvlsam2.data.transforms import case_record, record_case
+
+    case = record_case(case_record(generate_case(3, shape=(8, 32, 32), spacing=(11.2, 11.2, 20.0))))
+    pool = [prepare_case(case, dataclasses.replace(tiny(), region_input=True), STRUCTURES)]
+    assert sum(len(row) > 2 for row in pool[0].texts) >= 6  # what / size / cystic about each organ at least
+    rows = [r for s in range(12) for r in plan_step(0, s, pool, 2, 1, 0, 0, 1, 0).text]
+    assert any(len(r) == 4 for r in rows) and any(len(r) == 3 for r in rows)  # region rows among the others
 
 
 def test_absent_rate_asks_for_targets_the_case_lacks(tmp_path):

@@ -60,6 +60,26 @@ def test_disk_cache_serves_preprocessed_cases_without_reading_them_again(tmp_pat
     assert np.allclose(again.volume.ijk_to_ras(), want.volume.ijk_to_ras())
 
 
+def test_the_case_record_keeps_every_annotation():
+    """The record dropped region questions once, so no streamed training step ever drew one."""
+    import dataclasses
+
+    from medvlsam2.data.transforms import case_record
+    from medvlsam2.evaluation.language import held_out_findings
+
+    case = generate_case(7, findings=held_out_findings(100002))  # liver lesions and a cyst
+    back = record_case(case_record(case))
+    assert case.region_qa and any(q.component for q in case.region_qa)
+    for f in dataclasses.fields(case):
+        mine, theirs = getattr(case, f.name), getattr(back, f.name)
+        if f.name == "volume":
+            assert np.array_equal(mine.array, theirs.array) and mine.spacing == theirs.spacing
+        elif isinstance(mine, np.ndarray):
+            assert np.array_equal(mine, theirs)
+        else:
+            assert mine == theirs, f.name
+
+
 def test_intensity_transform_matches_the_model_windowing():
     case = generate_case(2, shape=(8, 32, 32), spacing=(11.2, 11.2, 20.0))
     out = intensity_transform("abdomen")({"image": case.volume.array.astype(np.float32)})["image"]

@@ -81,7 +81,7 @@ def standardize(case: CTCase, transform=None) -> CTCase:
 
 
 # ----- on-disk cache (training streams cases from here) -------------------------------------------
-CACHE_VERSION = 2  # bump when the record layout or the preprocessing changes
+CACHE_VERSION = 3  # bump when the record layout or the preprocessing changes (3: region questions kept)
 
 
 def case_record(case: CTCase) -> dict:
@@ -93,7 +93,8 @@ def case_record(case: CTCase) -> dict:
             "direction": np.asarray(v.direction).tolist(), "label_names": {str(k): n for k, n in case.label_names.items()},
             "report": case.report, "vqa_closed": [[q.question, q.choices, q.answer] for q in case.vqa_closed],
             "vqa_open": [[q.question, q.answer] for q in case.vqa_open],
-            "referring": [[r.expression, r.label, r.answer] for r in case.referring]}
+            "referring": [[r.expression, r.label, r.answer] for r in case.referring],
+            "region_qa": [[q.question, q.answer, list(q.values), q.component] for q in case.region_qa]}
     record = {"image": torch.from_numpy(np.ascontiguousarray(v.array)), "meta": json.dumps(meta)}
     if case.labels is not None:
         record["labels"] = torch.from_numpy(np.ascontiguousarray(case.labels))
@@ -102,14 +103,15 @@ def case_record(case: CTCase) -> dict:
 
 def record_case(record: dict) -> CTCase:
     """The inverse of ``case_record``."""
-    from .case import ClosedQA, OpenQA, Referring
+    from .case import ClosedQA, OpenQA, Referring, RegionQA
 
     m = json.loads(record["meta"])
     volume = Volume(record["image"].numpy(), tuple(m["spacing"]), tuple(m["origin"]), np.array(m["direction"]))
     labels = record["labels"].numpy() if "labels" in record else None
     return CTCase(m["case_id"], volume, labels, {int(k): n for k, n in m["label_names"].items()}, m["report"],
                   [ClosedQA(q, list(c), a) for q, c, a in m["vqa_closed"]], [OpenQA(q, a) for q, a in m["vqa_open"]],
-                  [Referring(e, int(lab), answer) for e, lab, answer in m["referring"]])
+                  [Referring(e, int(lab), answer) for e, lab, answer in m["referring"]],
+                  [RegionQA(q, a, tuple(int(v) for v in values), int(c)) for q, a, values, c in m["region_qa"]])
 
 
 class _ReadCase(Transform):

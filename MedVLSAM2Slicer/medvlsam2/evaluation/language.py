@@ -1,6 +1,6 @@
 """Language-grounding evaluation on synthetic phantoms (issue 14): referring segmentation on held-out
 phrasings, multi-target prompts, absent targets, findings in generated reports, closed VQA with the
-choices reshuffled, and (for models with region input) "What is this?" about a given region.
+choices reshuffled, and (for models with region input) questions about a given region.
 
 Held-out phrasings (``HELD_OUT_TEMPLATES``) are built from words the training templates use
 (``data.synthetic.LESION_TEMPLATES`` / ``CYST_TEMPLATES``) but are not among those templates (a test
@@ -23,10 +23,15 @@ Per case:
   recall = found / reference findings, false-finding rate = generated findings absent from the
   reference / generated findings, size error = |generated - reference| mm for findings with a size in
   both (the largest lesion, the cyst; splenomegaly sizes are in cm and compared in mm);
-- closed VQA: each closed question with its choices in a new order (seeded by the case), scored as usual.
+- closed VQA: each closed question with its choices in a new order (seeded by the case), scored as usual;
+- region questions: the phantom's own questions about each lesion, the cyst and the spleen (``CTCase.region_qa``:
+  what, how large, whether cystic, where), the reference region as the segment asked about; scored by
+  ``region_correct``.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -41,6 +46,8 @@ HELD_OUT_TEMPLATES = {
              "simple {side} renal cyst"],
 }
 ABSENT_ORGANS = ["gallbladder"]
+REGION_VALUES = ((8,), (9,), (2,))  # regions asked about: each liver lesion, the renal cyst, the spleen
+_FILLER = {"this", "is", "a", "the", "in", "of", "it"}
 MULTI_TARGET_PROMPTS = ["liver and spleen", "right kidney and left kidney"]
 
 
@@ -125,17 +132,40 @@ def evaluate_language(session, case, generated_report: str | None, structures: d
         out["closed_shuffled"].append({"question": again.prompt(), "answer": again.answer, "generated": generated,
                                        "correct": closed_correct(generated, again.answer)})
     if getattr(session.model, "supports_region_input", False):
-        out["region_what"] = []
-        for values, words in (((8,), ("lesion", "liver")), ((9,), ("cyst", "kidney")), ((2,), ("spleen",))):
-            mask = np.isin(labels, values)
-            if mask.any():
-                obj = session.add_object("region")
-                session._objects[obj].mask = mask.astype(np.uint8)  # the reference region as the asked-about segment
-                answer = "".join(session.ask("What is this?", context={"object": obj})).strip().lower()
-                session.remove(obj)
-                out["region_what"].append({"words": list(words), "answer": answer,
-                                           "correct": all(w in answer for w in words)})
+        out["region"] = _region_answers(session, case)
     return out
+
+
+def _region_answers(session, case) -> list[dict]:
+    """The generator's questions about each lesion, the cyst and the spleen (``CTCase.region_qa``), the reference
+    region as the asked-about segment."""
+    by_region: dict[tuple, list] = {}
+    for qa in case.region_qa:
+        if qa.values in REGION_VALUES:
+            by_region.setdefault((qa.values, qa.component), []).append(qa)
+    out = []
+    for qas in by_region.values():
+        obj = session.add_object("region")
+        session._objects[obj].mask = qas[0].mask(case.labels).astype(np.uint8)
+        for qa in qas:
+            answer = "".join(session.ask(qa.question, context={"object": obj})).strip().lower()
+            out.append({"question": qa.question, "reference": qa.answer, "answer": answer,
+                        "correct": region_correct(qa.question, qa.answer, answer)})
+        session.remove(obj)
+    return out
+
+
+def region_correct(question: str, reference: str, answer: str) -> bool:
+    """A size within 5 mm (findings) or 1 cm (organs) of the reference's; "yes"/"no" as the reference's; otherwise
+    every word of the reference but its filler ("This is a cyst in the left kidney." -> cyst, left, kidney)."""
+    words = lambda t: re.findall(r"[a-z]+", t.lower())  # noqa: E731
+    if question == "How large is it?":
+        ref, got = (re.search(r"(\d+) (mm|cm)\b", t.lower()) for t in (reference, answer))
+        tolerance = 5 if ref and ref[2] == "mm" else 1
+        return bool(ref and got) and got[2] == ref[2] and abs(int(got[1]) - int(ref[1])) <= tolerance
+    if reference.lower() in ("yes", "no"):
+        return words(answer)[:1] == [reference.lower()]
+    return set(words(reference)) - _FILLER <= set(words(answer))
 
 
 def _touches(a: np.ndarray, b: np.ndarray) -> bool:
@@ -166,10 +196,12 @@ def summarise_language(records: list[dict]) -> dict:
                         "size_error_mm": mean(sizes), "within_5mm": mean([e <= 5 for e in sizes]),
                         "reference": sum(x["reference"] for x in f), "generated": sum(x["generated"] for x in f)},
            "closed_shuffled": {"accuracy": mean(closed), "n": len(closed)}}
-    region = [x for r in rows for x in r.get("region_what", [])]
-    if region:  # a constant answer ("... spleen.") scores the spleens' share: the distinct answers show it
-        out["region_what"] = {"accuracy": mean([x["correct"] for x in region]), "n": len(region),
-                              "distinct_answers": len({x["answer"] for x in region})}
+    region = [x for r in rows for x in r.get("region", [])]
+    if region:  # a constant answer scores the share of regions it fits: the distinct answers show it
+        out["region"] = {q: {"accuracy": mean([x["correct"] for x in region if x["question"] == q]),
+                             "n": sum(x["question"] == q for x in region),
+                             "distinct_answers": len({x["answer"] for x in region if x["question"] == q})}
+                         for q in dict.fromkeys(x["question"] for x in region)}
     return out
 
 
@@ -184,8 +216,7 @@ def language_markdown(s: dict) -> list[str]:
               f"| report false-finding rate | {f['false_rate']:.3f} | {f['generated']} |",
               f"| report size error (mm, mean) / within 5 mm | {f['size_error_mm']:.1f} / {f['within_5mm']:.2f} | |",
               f"| closed VQA, reshuffled choices | {s['closed_shuffled']['accuracy']:.3f} | {s['closed_shuffled']['n']} |"]
-    if "region_what" in s:
-        r = s["region_what"]
-        lines.append(f"| region input: \"What is this?\" ({r['distinct_answers']} distinct answers) | "
-                     f"{r['accuracy']:.3f} | {r['n']} |")
+    for q, r in s.get("region", {}).items():
+        lines.append(f"| region input: \"{q}\" ({r['distinct_answers']} distinct answers) | {r['accuracy']:.3f} | "
+                     f"{r['n']} |")
     return lines + [""]

@@ -64,9 +64,11 @@ def planned_slices(plan: StepPlan) -> dict[int, set[int]]:
 
 
 def _for_tasks(case: CTCase, tasks: Sequence[str]) -> CTCase:
-    """The case with only what its source's ``tasks`` train (reports, VQA, referring expressions)."""
-    return replace(case, report=case.report if "report" in tasks else None,
-                   vqa_closed=case.vqa_closed if "vqa" in tasks else [], vqa_open=case.vqa_open if "vqa" in tasks else [],
+    """The case with only what its source's ``tasks`` train (reports, VQA and region questions, referring
+    expressions)."""
+    vqa = "vqa" in tasks
+    return replace(case, report=case.report if "report" in tasks else None, vqa_closed=case.vqa_closed if vqa else [],
+                   vqa_open=case.vqa_open if vqa else [], region_qa=case.region_qa if vqa else [],
                    referring=case.referring if "refseg" in tasks else [])
 
 
