@@ -132,6 +132,9 @@ class ModelConfig:
     bridge_hidden: int = 512  # [SEG] hidden state -> Linear-ReLU-Linear -> prompt_dim
     num_seg_prompt_tokens: int = 1  # sparse prompt tokens made from one [SEG] hidden state
     region_input: bool = False  # a region encoder (modeling/region.py) feeds questions about a mask or box
+    # False: the region encoder was never trained (added to a trained bundle, and no training run has trained it
+    # since), so its answers about a region would be guesses; the Session refuses questions about a region
+    region_trained: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,7 +10,7 @@ import torch
 from medvlsam2.cli import main
 from medvlsam2.config import tiny
 from medvlsam2.data.synthetic import CYST_TEMPLATES, LESION_TEMPLATES, Findings, _report
-from medvlsam2.errors import InputError
+from medvlsam2.errors import CapabilityError, InputError
 from medvlsam2.evaluation.language import HELD_OUT_TEMPLATES, held_out_findings
 from medvlsam2.io.volume import Volume
 from medvlsam2.modeling.medvlsam2 import MedVLSAM2
@@ -239,6 +239,24 @@ def test_asking_about_a_segment_needs_a_model_with_region_input(model):
         session.ask("What is this?", context={"box": (2, 2, 1, 20, 20, 4)})
     pieces = list(Session(model, volume).ask("What is this?", context={"box": (2, 2, 1, 20, 20, 4)}))
     assert all(isinstance(p, str) for p in pieces)
+
+
+def test_a_region_encoder_never_trained_refuses_instead_of_guessing(model, tmp_path):
+    """The shipped bundle's region encoder never saw a region question and answered every region "is of the spleen."."""
+    from pathlib import Path
+
+    from medvlsam2.checkpoint import load_bundle, save_bundle
+
+    plain = MedVLSAM2.from_config(tiny()).eval()
+    plain.enable_region_input(["lesion"])  # a region encoder added to a trained bundle is untrained
+    assert plain.supports_region_input and not plain.region_trained
+    with pytest.raises(CapabilityError, match="never trained"):
+        Session(plain, _volume()).ask("What is this?", context={"box": (2, 2, 1, 20, 20, 4)})
+    save_bundle(plain, tmp_path / "b")
+    assert not load_bundle(tmp_path / "b").region_trained  # the bundle says so (the shipped config.json too)
+    shipped = json.loads((Path(__file__).parents[2] / "Resources/DemoWeights/config.json").read_text())
+    assert shipped["region_input"] and not shipped["region_trained"]
+    assert model.region_trained  # a fresh model's region encoder trains with the rest (training marks it trained)
 
 
 def test_training_rows_teach_absence_regions_and_reshuffled_choices(model):

@@ -123,6 +123,19 @@ def test_region_rows_come_through_the_disk_cache_into_steps():
     assert any(len(r) == 4 for r in rows) and any(len(r) == 3 for r in rows)  # region rows among the others
 
 
+def test_a_run_that_trains_the_region_encoder_marks_it_trained(tmp_path):
+    from medvlsam2.checkpoint import load_bundle, save_bundle
+    from medvlsam2.modeling.medvlsam2 import MedVLSAM2
+    from medvlsam2.training.loop import latest_checkpoint, train
+
+    untrained = MedVLSAM2.from_config(tiny()).enable_region_input(["lesion"])
+    save_bundle(untrained, tmp_path / "init")
+    assert not load_bundle(tmp_path / "init").region_trained
+    train(small_config(tmp_path, stage=1, init_from=str(tmp_path / "init"), trainable=["region"], max_steps=1,
+                       checkpoint_every=1), progress=False)
+    assert load_bundle(latest_checkpoint(tmp_path / "run")).region_trained
+
+
 def test_absent_rate_asks_for_targets_the_case_lacks(tmp_path):
     pool = [prepare_case(make_case(s), tiny(), STRUCTURES) for s in range(3)]
     assert all(p.absent for p in pool)

@@ -131,8 +131,8 @@ def evaluate_language(session, case, generated_report: str | None, structures: d
         generated = "".join(session.ask(again.prompt())).strip()
         out["closed_shuffled"].append({"question": again.prompt(), "answer": again.answer, "generated": generated,
                                        "correct": closed_correct(generated, again.answer)})
-    if getattr(session.model, "supports_region_input", False):
-        out["region"] = _region_answers(session, case)
+    if getattr(session.model, "region_trained", False):
+        out["region"] = _region_answers(session, case)  # a bundle with an untrained region encoder refuses them
     return out
 
 

@@ -83,6 +83,11 @@ class MedVLSAM2(nn.Module):
     def supports_region_input(self) -> bool:
         return self.config.region_input
 
+    @property
+    def region_trained(self) -> bool:
+        """Whether answers about a region come from a trained region encoder (``ModelConfig.region_trained``)."""
+        return self.config.region_input and self.config.region_trained
+
     def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 1, D, H, W] in [0, 1] -> the 3D encoder's patch tokens [B, N, Cv]."""
         expected = (1, *self.config.vision.input_size)
@@ -212,7 +217,7 @@ class MedVLSAM2(nn.Module):
         self.tokenizer.add_tokens([AddedToken(w.lower(), single_word=True, normalized=True) for w in new])
         self.llm.resize_token_embeddings(len(self.tokenizer))
         if not self.config.region_input:
-            self.config.region_input = True
+            self.config.region_input, self.config.region_trained = True, False
             width = self.llm.get_input_embeddings().embedding_dim
             self.region = RegionEncoder(self.config.vision, width)
         self.region_token_id = self.tokenizer.convert_tokens_to_ids(REGION_TOKEN)

@@ -198,8 +198,12 @@ def ask(session: "Session", question: str, context: dict | None, cancel: CancelT
                                                                      cancel=cancel)
     else:
         if not getattr(model, "supports_region_input", False):
-            raise CapabilityError("this model cannot take a region as input; load a bundle with region input "
-                                  "(e.g. one trained with configs/train/demo_language_cpu.yaml) or ask without a region")
+            raise CapabilityError("this model cannot take a region as input; load a bundle with region input (e.g. one "
+                                  "trained with configs/train/demo_stage2_region_cpu.yaml) or ask without a region")
+        if not getattr(model, "region_trained", False):
+            raise CapabilityError("this bundle's region encoder was never trained, so its answers about a region would "
+                                  "be guesses; ask without a region, or load a bundle trained with questions about a "
+                                  "region (configs/train/demo_stage2_region_cpu.yaml)")
         from ..io.encoder_input import to_encoder_tensor
 
         images, _ = to_encoder_tensor(volume, model.vision_input_size, model.vision_window)

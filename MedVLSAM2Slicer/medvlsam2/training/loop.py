@@ -322,6 +322,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None, 
     data_s = time.time() - t0
 
     params = set_trainable(model, cfg.trainable, ENCODED_PARTS if cfg.feature_cache else ())
+    if any(p.requires_grad for p in model.region.parameters()):
+        model.config.region_trained = True  # written with every checkpoint of this run
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     train_step = TrainStep(model, cfg)
